@@ -1,0 +1,1 @@
+//! Real execution of kscratch plans.

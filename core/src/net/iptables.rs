@@ -1,0 +1,1 @@
+//! iptables rules in `iptables-save` syntax.

@@ -1,0 +1,1 @@
+//! kscratch-sim: the simulated cluster.

@@ -1,0 +1,107 @@
+//! The `kscratch` command: flag parsing, file IO, printing and exit codes.
+//! Everything else lives in the library crates.
+
+mod load;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Build Kubernetes clusters from scratch, and prove they work before touching hardware.
+///
+/// A scenario (YAML) declares the cluster. `plan` turns it into a deterministic
+/// step graph, `check` runs that graph on a simulated cluster and proves the
+/// Kubernetes network model. Exit codes: 0 success, 1 a check failed,
+/// 2 invalid input.
+#[derive(Parser)]
+#[command(name = "kscratch", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a scenario: every problem at once, with file, YAML path, line and column.
+    ///
+    /// Example: kscratch validate scenarios/guide-routed.yaml
+    Validate(ScenarioArgs),
+    /// Plan a scenario: phases, steps per node, the address allocation and a fingerprint.
+    ///
+    /// Example: kscratch plan scenarios/guide-routed.yaml --format json > plan.json
+    Plan {
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// Output format: a readable summary, the full plan as JSON, or a Graphviz graph.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+    },
+}
+
+#[derive(clap::Args)]
+struct ScenarioArgs {
+    /// The scenario file.
+    scenario: PathBuf,
+    /// Fail instead of writing the IPAM lock when allocations would change (for CI).
+    #[arg(long)]
+    locked: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlanFormat {
+    Text,
+    Json,
+    Dot,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprint!("{e}");
+            if !e.to_string().ends_with('\n') {
+                eprintln!();
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, load::Error> {
+    match cli.command {
+        Command::Validate(args) => {
+            let loaded = load::scenario(&args.scenario, args.locked)?;
+            eprint!("{}", loaded.warnings);
+            println!(
+                "{}: valid ({} nodes, Kubernetes {})",
+                args.scenario.display(),
+                loaded.scenario.nodes.len(),
+                loaded.scenario.version
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { scenario, format } => {
+            let loaded = load::scenario(&scenario.scenario, scenario.locked)?;
+            let plan = kscratch_core::plan::plan(&loaded.scenario);
+            match format {
+                PlanFormat::Text => {
+                    print!(
+                        "{}",
+                        kscratch_core::plan::Summary {
+                            scenario: &loaded.scenario,
+                            plan: &plan
+                        }
+                    );
+                    if !loaded.warnings.0.is_empty() {
+                        println!();
+                        print!("{}", loaded.warnings);
+                    }
+                }
+                PlanFormat::Json => print!("{}", kscratch_core::plan::to_json(&plan)),
+                PlanFormat::Dot => print!("{}", kscratch_core::plan::to_dot(&plan)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

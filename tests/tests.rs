@@ -1,0 +1,11 @@
+//! Integration tests: one binary, one module per area.
+
+/// Golden-file `check` helper and scenario loading.
+mod support;
+
+/// The planner on the bundled scenarios: goldens, determinism, structure.
+mod plan;
+/// Random and mutated scenarios never panic.
+mod proptests;
+/// Broken scenarios fail with every problem, precisely.
+mod validate;
