@@ -1,1 +1,6 @@
-//! Real execution of kscratch plans.
+//! Real execution of kscratch plans: SSH, rendering actions to idempotent shell,
+//! known_hosts verification and private key file handling.
+
+pub mod keyfile;
+pub mod known_hosts;
+pub mod shell;
