@@ -7,5 +7,7 @@ mod support;
 mod plan;
 /// Random and mutated scenarios never panic.
 mod proptests;
+/// The real-kernel testbed (KSCRATCH_TESTBED=1, root).
+mod testbed;
 /// Broken scenarios fail with every problem, precisely.
 mod validate;
