@@ -4,7 +4,7 @@
 //! values to idempotent shell. Anything with a text syntax of its own
 //! (iptables rules, routes) is a typed value from [`crate::net`].
 
-use super::ipt_shim::{Rule, Table};
+use crate::net::iptables::{Rule, Table};
 use super::{ArtifactId, Asset};
 use ipnet::IpNet;
 use serde::Serialize;

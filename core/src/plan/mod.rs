@@ -12,14 +12,13 @@
 
 mod action;
 mod asset;
-mod ipt_shim;
 mod output;
 mod planner;
 
 pub use action::*;
 pub use asset::*;
 pub use output::{fingerprint, to_dot, to_json, Summary};
-pub use planner::plan;
+pub use planner::{docker_default_rules, masquerade_rule, plan, vtep_mac};
 
 use crate::scenario::KubeVersion;
 use ipnet::IpNet;

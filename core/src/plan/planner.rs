@@ -3,7 +3,7 @@
 //! It walks the guide in order. Same scenario in, same steps out: iteration
 //! is over vectors in scenario order, never over hash maps.
 
-use super::ipt_shim::{Rule, Table};
+use crate::net::iptables::{Rule, Table};
 use super::*;
 use crate::scenario::{EtcdRunAs, PodTraffic, Runtime, Scenario, SecurityModel};
 use std::net::IpAddr;

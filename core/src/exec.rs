@@ -1,0 +1,374 @@
+//! The executor: walks a plan's DAG against any [`Backend`].
+//!
+//! One executor for every backend, so ordering, parallelism, retries and
+//! failure handling behave the same on the simulator and on real machines.
+//! Every step is check-then-apply: a step whose state already holds is `ok`,
+//! one the backend had to change is `changed`. A failed step skips its
+//! dependents; independent branches go on. The executor reads no clock:
+//! per-step timeouts belong to the backend, which knows what a step costs.
+
+use crate::plan::{Plan, Step, StepRef, Target};
+use crate::scenario::Scenario;
+use async_trait::async_trait;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a backend sees of the step it runs.
+pub struct StepCx<'a> {
+    pub plan: &'a Plan,
+    pub scenario: &'a Scenario,
+    pub index: StepRef,
+    pub step: &'a Step,
+}
+
+impl StepCx<'_> {
+    pub fn id(&self) -> String {
+        self.plan.step_id(self.step)
+    }
+    /// The node index of the step's target, if it is a node.
+    pub fn node(&self) -> Option<usize> {
+        match self.step.target {
+            Target::Node(i) => Some(i as usize),
+            _ => None,
+        }
+    }
+}
+
+/// The answer to "does this step's desired state already hold?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    Satisfied,
+    Needed,
+    /// The step cannot apply on this backend (e.g. no control-plane binaries
+    /// on the testbed); it is skipped with the reason, and so are its dependents.
+    NotApplicable(String),
+}
+
+/// One implementation per way of running a plan: simulator, SSH, and wrappers.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Checks the step's desired state without changing anything.
+    async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError>;
+    /// Makes the step's desired state hold.
+    async fn apply(&self, cx: &StepCx<'_>) -> Result<(), StepError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The connection to the target failed or was lost: worth a retry.
+    Connection,
+    /// A command ran and failed.
+    Command,
+    /// The step did not finish in its time.
+    Timeout,
+    /// The state after apply still does not hold, or the input is unusable.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl StepError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        StepError { kind, message: message.into() }
+    }
+    pub fn failed(message: impl Into<String>) -> Self {
+        StepError::new(ErrorKind::Failed, message)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Already in the desired state: nothing was done.
+    Ok,
+    Changed,
+    /// Only with `dry_run`: the step would change something.
+    WouldChange,
+    Failed { error: StepError },
+    /// Not run: a dependency failed or was skipped, or the backend cannot run it.
+    Skipped { reason: String },
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::Changed | Outcome::WouldChange)
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Changed => "changed",
+            Outcome::WouldChange => "would-change",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Skipped { .. } => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Steps in flight at once, over all targets. 1 runs the plan in its own order.
+    pub max_parallel: usize,
+    /// Steps in flight at once on one target.
+    pub per_target: usize,
+    /// Retries of a step after a connection-level error (never after others).
+    pub connection_retries: u32,
+    /// Check only: report what would change, change nothing.
+    pub dry_run: bool,
+    /// Re-check after apply and fail if the state still does not hold.
+    pub verify: bool,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions { max_parallel: 16, per_target: 1, connection_retries: 2, dry_run: false, verify: true }
+    }
+}
+
+impl ExecOptions {
+    /// One step at a time, in plan order: what the simulator uses, so that its
+    /// world evolves the same way on every run.
+    pub fn sequential() -> Self {
+        ExecOptions { max_parallel: 1, per_target: 1, ..ExecOptions::default() }
+    }
+}
+
+/// Told about each step as it starts and ends (progress bars, journals, logs).
+pub trait Observer: Send {
+    fn started(&mut self, _plan: &Plan, _step: StepRef) {}
+    fn finished(&mut self, _plan: &Plan, _step: StepRef, _outcome: &Outcome) {}
+}
+
+/// An observer that does nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// The outcome of every step, indexed like `Plan::steps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Report {
+    pub fn count(&self, name: &str) -> usize {
+        self.outcomes.iter().filter(|o| o.name() == name).count()
+    }
+    pub fn succeeded(&self) -> bool {
+        self.outcomes.iter().all(Outcome::succeeded)
+    }
+    /// Per target: how many steps ended in each outcome, in target order.
+    pub fn per_target(&self, plan: &Plan) -> BTreeMap<Target, BTreeMap<&'static str, usize>> {
+        let mut m: BTreeMap<Target, BTreeMap<&'static str, usize>> = BTreeMap::new();
+        for (s, o) in plan.steps.iter().zip(&self.outcomes) {
+            *m.entry(s.target).or_default().entry(o.name()).or_default() += 1;
+        }
+        m
+    }
+}
+
+/// Runs `plan` on `backend`.
+pub async fn execute(plan: &Plan, scenario: &Scenario, backend: &dyn Backend, opts: &ExecOptions, observer: &mut dyn Observer) -> Report {
+    let n = plan.steps.len();
+    // Dependents in one flat array (CSR), like the plan's own dependency pool.
+    let mut pending = vec![0u32; n];
+    let mut counts = vec![0u32; n + 1];
+    for (i, s) in plan.steps.iter().enumerate() {
+        pending[i] = plan.deps(s).len() as u32;
+        for &d in plan.deps(s) {
+            counts[d as usize + 1] += 1;
+        }
+    }
+    for i in 0..n {
+        counts[i + 1] += counts[i];
+    }
+    let mut fill = counts.clone();
+    let mut dependents = vec![0 as StepRef; plan.dep_pool.len()];
+    for (i, s) in plan.steps.iter().enumerate() {
+        for &d in plan.deps(s) {
+            dependents[fill[d as usize] as usize] = i as StepRef;
+            fill[d as usize] += 1;
+        }
+    }
+
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut ready: BTreeSet<StepRef> = (0..n as StepRef).filter(|&i| pending[i as usize] == 0).collect();
+    let mut running = FuturesUnordered::new();
+    let mut on_target: BTreeMap<Target, usize> = BTreeMap::new();
+    let max_parallel = opts.max_parallel.max(1);
+    let per_target = opts.per_target.max(1);
+    let mut done = 0usize;
+
+    while done < n {
+        // Start the lowest-numbered ready steps that fit the limits.
+        let mut started = Vec::new();
+        for &i in &ready {
+            if running.len() + started.len() >= max_parallel {
+                break;
+            }
+            let step = &plan.steps[i as usize];
+            let busy = on_target.get(&step.target).copied().unwrap_or(0) + started.iter().filter(|&&j: &&StepRef| plan.steps[j as usize].target == step.target).count();
+            if busy < per_target {
+                started.push(i);
+            }
+        }
+        for i in started {
+            ready.remove(&i);
+            let step = &plan.steps[i as usize];
+            // A step whose dependency did not succeed is skipped, not run.
+            if let Some(bad) = plan.deps(step).iter().find(|&&d| !outcomes[d as usize].as_ref().is_some_and(Outcome::succeeded)) {
+                let why = match &outcomes[*bad as usize] {
+                    Some(Outcome::Skipped { .. }) => format!("dependency {} was skipped", plan.step_id(&plan.steps[*bad as usize])),
+                    _ => format!("dependency {} failed", plan.step_id(&plan.steps[*bad as usize])),
+                };
+                let o = Outcome::Skipped { reason: why };
+                observer.finished(plan, i, &o);
+                finish(i, o, &mut outcomes, &mut pending, &counts, &dependents, &mut ready);
+                done += 1;
+                continue;
+            }
+            *on_target.entry(step.target).or_default() += 1;
+            observer.started(plan, i);
+            let cx = StepCx { plan, scenario, index: i, step };
+            running.push(async move {
+                let o = run_step(backend, &cx, opts).await;
+                (i, o)
+            });
+        }
+        if running.is_empty() {
+            if ready.is_empty() && done < n {
+                // Unreachable for a valid plan (every dependency is earlier), but never hang.
+                break;
+            }
+            continue;
+        }
+        if let Some((i, o)) = running.next().await {
+            let t = plan.steps[i as usize].target;
+            if let Some(c) = on_target.get_mut(&t) {
+                *c -= 1;
+            }
+            observer.finished(plan, i, &o);
+            finish(i, o, &mut outcomes, &mut pending, &counts, &dependents, &mut ready);
+            done += 1;
+        }
+    }
+    Report { outcomes: outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Skipped { reason: "not reached".into() })).collect() }
+}
+
+fn finish(i: StepRef, o: Outcome, outcomes: &mut [Option<Outcome>], pending: &mut [u32], counts: &[u32], dependents: &[StepRef], ready: &mut BTreeSet<StepRef>) {
+    outcomes[i as usize] = Some(o);
+    for &d in &dependents[counts[i as usize] as usize..counts[i as usize + 1] as usize] {
+        pending[d as usize] -= 1;
+        if pending[d as usize] == 0 {
+            ready.insert(d);
+        }
+    }
+}
+
+async fn run_step(backend: &dyn Backend, cx: &StepCx<'_>, opts: &ExecOptions) -> Outcome {
+    let mut attempt = 0;
+    loop {
+        match check_then_apply(backend, cx, opts).await {
+            Err(e) if e.kind == ErrorKind::Connection && attempt < opts.connection_retries => attempt += 1,
+            Err(error) => return Outcome::Failed { error },
+            Ok(o) => return o,
+        }
+    }
+}
+
+async fn check_then_apply(backend: &dyn Backend, cx: &StepCx<'_>, opts: &ExecOptions) -> Result<Outcome, StepError> {
+    match backend.check(cx).await? {
+        Probe::Satisfied => Ok(Outcome::Ok),
+        Probe::NotApplicable(reason) => Ok(Outcome::Skipped { reason }),
+        Probe::Needed if opts.dry_run => Ok(Outcome::WouldChange),
+        Probe::Needed => {
+            backend.apply(cx).await?;
+            if opts.verify {
+                match backend.check(cx).await? {
+                    Probe::Satisfied => {}
+                    other => return Err(StepError::failed(format!("{}: applied, but the state still does not hold ({other:?})", cx.id()))),
+                }
+            }
+            Ok(Outcome::Changed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A backend over a set of "done" steps, failing the ones named.
+    struct Fake {
+        done: Mutex<BTreeSet<StepRef>>,
+        fail: BTreeSet<String>,
+        log: Mutex<Vec<StepRef>>,
+    }
+
+    #[async_trait]
+    impl Backend for Fake {
+        async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
+            Ok(if self.done.lock().unwrap().contains(&cx.index) { Probe::Satisfied } else { Probe::Needed })
+        }
+        async fn apply(&self, cx: &StepCx<'_>) -> Result<(), StepError> {
+            self.log.lock().unwrap().push(cx.index);
+            if self.fail.contains(&cx.id()) {
+                return Err(StepError::new(ErrorKind::Command, "boom"));
+            }
+            self.done.lock().unwrap().insert(cx.index);
+            Ok(())
+        }
+    }
+
+    fn guide() -> (Scenario, Plan) {
+        let text = "cluster: {name: t, kubernetesVersion: \"1.30.0\"}\nnodes:\n  - {name: a, ip: 192.168.0.1, roles: [control-plane, etcd, worker]}\n  - {name: b, ip: 192.168.0.2}\n";
+        let s = crate::load("t.yaml", text, None).unwrap().scenario;
+        let p = crate::plan::plan(&s);
+        (s, p)
+    }
+
+    fn run(p: &Plan, s: &Scenario, b: &Fake, opts: &ExecOptions) -> Report {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(execute(p, s, b, opts, &mut Quiet))
+    }
+
+    #[test]
+    fn sequential_runs_in_plan_order_and_a_second_run_changes_nothing() {
+        let (s, p) = guide();
+        let b = Fake { done: Mutex::default(), fail: BTreeSet::new(), log: Mutex::default() };
+        let r = run(&p, &s, &b, &ExecOptions::sequential());
+        assert_eq!(r.count("changed"), p.steps.len());
+        let log = b.log.lock().unwrap().clone();
+        assert_eq!(log, (0..p.steps.len() as StepRef).collect::<Vec<_>>());
+        let again = run(&p, &s, &b, &ExecOptions::sequential());
+        assert_eq!(again.count("ok"), p.steps.len());
+    }
+
+    #[test]
+    fn a_failure_skips_its_dependents_and_spares_independent_branches() {
+        let (s, p) = guide();
+        let b = Fake { done: Mutex::default(), fail: ["b/net/bridge".to_string()].into(), log: Mutex::default() };
+        let r = run(&p, &s, &b, &ExecOptions::default());
+        let id = |o: &str| p.steps.iter().position(|s| p.step_id(s) == o).unwrap();
+        assert_eq!(r.outcomes[id("b/net/bridge")].name(), "failed");
+        assert_eq!(r.outcomes[id("b/service/containerd")].name(), "skipped");
+        assert_eq!(r.outcomes[id("b/service/kubelet")].name(), "skipped");
+        assert_eq!(r.outcomes[id("a/service/kubelet")].name(), "changed");
+        assert_eq!(r.outcomes[id("a/validate/cluster")].name(), "skipped");
+    }
+
+    #[test]
+    fn dry_run_changes_nothing() {
+        let (s, p) = guide();
+        let b = Fake { done: Mutex::default(), fail: BTreeSet::new(), log: Mutex::default() };
+        let r = run(&p, &s, &b, &ExecOptions { dry_run: true, ..ExecOptions::default() });
+        assert!(b.log.lock().unwrap().is_empty());
+        assert_eq!(r.count("would-change"), p.steps.len());
+    }
+}
