@@ -1,6 +1,7 @@
 //! The `kscratch` command: flag parsing, file IO, printing and exit codes.
 //! Everything else lives in the library crates.
 
+mod cmd_render;
 mod load;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -35,6 +36,16 @@ enum Command {
         /// Output format: a readable summary, the full plan as JSON, or a Graphviz graph.
         #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
         format: PlanFormat,
+    },
+    /// Render every file the plan writes, per node, into a directory tree; keys are generated once and reused.
+    ///
+    /// Example: kscratch render scenarios/guide-routed.yaml --out out/
+    Render {
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// Output directory: DIR/<node>/<path> per node, DIR/local/ for the operator (key store, admin kubeconfig).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -80,6 +91,9 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
                 loaded.scenario.version
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Render { scenario, out } => {
+            cmd_render::run(&scenario.scenario, scenario.locked, &out)
         }
         Command::Plan { scenario, format } => {
             let loaded = load::scenario(&scenario.scenario, scenario.locked)?;

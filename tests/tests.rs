@@ -7,6 +7,8 @@ mod support;
 mod plan;
 /// Random and mutated scenarios never panic.
 mod proptests;
+/// Rendered assets: PKI, kubeconfigs, manifests, units, checked with real tools.
+mod render;
 /// The real-kernel testbed (KSCRATCH_TESTBED=1, root).
 mod testbed;
 /// Broken scenarios fail with every problem, precisely.

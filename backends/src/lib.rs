@@ -3,4 +3,6 @@
 
 pub mod keyfile;
 pub mod known_hosts;
+pub mod pki;
+pub mod render;
 pub mod shell;

@@ -76,7 +76,10 @@ pub struct StepError {
 
 impl StepError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        StepError { kind, message: message.into() }
+        StepError {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn failed(message: impl Into<String>) -> Self {
         StepError::new(ErrorKind::Failed, message)
@@ -91,9 +94,13 @@ pub enum Outcome {
     Changed,
     /// Only with `dry_run`: the step would change something.
     WouldChange,
-    Failed { error: StepError },
+    Failed {
+        error: StepError,
+    },
     /// Not run: a dependency failed or was skipped, or the backend cannot run it.
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -127,7 +134,13 @@ pub struct ExecOptions {
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { max_parallel: 16, per_target: 1, connection_retries: 2, dry_run: false, verify: true }
+        ExecOptions {
+            max_parallel: 16,
+            per_target: 1,
+            connection_retries: 2,
+            dry_run: false,
+            verify: true,
+        }
     }
 }
 
@@ -135,7 +148,11 @@ impl ExecOptions {
     /// One step at a time, in plan order: what the simulator uses, so that its
     /// world evolves the same way on every run.
     pub fn sequential() -> Self {
-        ExecOptions { max_parallel: 1, per_target: 1, ..ExecOptions::default() }
+        ExecOptions {
+            max_parallel: 1,
+            per_target: 1,
+            ..ExecOptions::default()
+        }
     }
 }
 
@@ -173,7 +190,13 @@ impl Report {
 }
 
 /// Runs `plan` on `backend`.
-pub async fn execute(plan: &Plan, scenario: &Scenario, backend: &dyn Backend, opts: &ExecOptions, observer: &mut dyn Observer) -> Report {
+pub async fn execute(
+    plan: &Plan,
+    scenario: &Scenario,
+    backend: &dyn Backend,
+    opts: &ExecOptions,
+    observer: &mut dyn Observer,
+) -> Report {
     let n = plan.steps.len();
     // Dependents in one flat array (CSR), like the plan's own dependency pool.
     let mut pending = vec![0u32; n];
@@ -197,7 +220,9 @@ pub async fn execute(plan: &Plan, scenario: &Scenario, backend: &dyn Backend, op
     }
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-    let mut ready: BTreeSet<StepRef> = (0..n as StepRef).filter(|&i| pending[i as usize] == 0).collect();
+    let mut ready: BTreeSet<StepRef> = (0..n as StepRef)
+        .filter(|&i| pending[i as usize] == 0)
+        .collect();
     let mut running = FuturesUnordered::new();
     let mut on_target: BTreeMap<Target, usize> = BTreeMap::new();
     let max_parallel = opts.max_parallel.max(1);
@@ -212,7 +237,11 @@ pub async fn execute(plan: &Plan, scenario: &Scenario, backend: &dyn Backend, op
                 break;
             }
             let step = &plan.steps[i as usize];
-            let busy = on_target.get(&step.target).copied().unwrap_or(0) + started.iter().filter(|&&j: &&StepRef| plan.steps[j as usize].target == step.target).count();
+            let busy = on_target.get(&step.target).copied().unwrap_or(0)
+                + started
+                    .iter()
+                    .filter(|&&j: &&StepRef| plan.steps[j as usize].target == step.target)
+                    .count();
             if busy < per_target {
                 started.push(i);
             }
@@ -221,20 +250,43 @@ pub async fn execute(plan: &Plan, scenario: &Scenario, backend: &dyn Backend, op
             ready.remove(&i);
             let step = &plan.steps[i as usize];
             // A step whose dependency did not succeed is skipped, not run.
-            if let Some(bad) = plan.deps(step).iter().find(|&&d| !outcomes[d as usize].as_ref().is_some_and(Outcome::succeeded)) {
+            if let Some(bad) = plan.deps(step).iter().find(|&&d| {
+                !outcomes[d as usize]
+                    .as_ref()
+                    .is_some_and(Outcome::succeeded)
+            }) {
                 let why = match &outcomes[*bad as usize] {
-                    Some(Outcome::Skipped { .. }) => format!("dependency {} was skipped", plan.step_id(&plan.steps[*bad as usize])),
-                    _ => format!("dependency {} failed", plan.step_id(&plan.steps[*bad as usize])),
+                    Some(Outcome::Skipped { .. }) => format!(
+                        "dependency {} was skipped",
+                        plan.step_id(&plan.steps[*bad as usize])
+                    ),
+                    _ => format!(
+                        "dependency {} failed",
+                        plan.step_id(&plan.steps[*bad as usize])
+                    ),
                 };
                 let o = Outcome::Skipped { reason: why };
                 observer.finished(plan, i, &o);
-                finish(i, o, &mut outcomes, &mut pending, &counts, &dependents, &mut ready);
+                finish(
+                    i,
+                    o,
+                    &mut outcomes,
+                    &mut pending,
+                    &counts,
+                    &dependents,
+                    &mut ready,
+                );
                 done += 1;
                 continue;
             }
             *on_target.entry(step.target).or_default() += 1;
             observer.started(plan, i);
-            let cx = StepCx { plan, scenario, index: i, step };
+            let cx = StepCx {
+                plan,
+                scenario,
+                index: i,
+                step,
+            };
             running.push(async move {
                 let o = run_step(backend, &cx, opts).await;
                 (i, o)
@@ -253,14 +305,39 @@ pub async fn execute(plan: &Plan, scenario: &Scenario, backend: &dyn Backend, op
                 *c -= 1;
             }
             observer.finished(plan, i, &o);
-            finish(i, o, &mut outcomes, &mut pending, &counts, &dependents, &mut ready);
+            finish(
+                i,
+                o,
+                &mut outcomes,
+                &mut pending,
+                &counts,
+                &dependents,
+                &mut ready,
+            );
             done += 1;
         }
     }
-    Report { outcomes: outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Skipped { reason: "not reached".into() })).collect() }
+    Report {
+        outcomes: outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(Outcome::Skipped {
+                    reason: "not reached".into(),
+                })
+            })
+            .collect(),
+    }
 }
 
-fn finish(i: StepRef, o: Outcome, outcomes: &mut [Option<Outcome>], pending: &mut [u32], counts: &[u32], dependents: &[StepRef], ready: &mut BTreeSet<StepRef>) {
+fn finish(
+    i: StepRef,
+    o: Outcome,
+    outcomes: &mut [Option<Outcome>],
+    pending: &mut [u32],
+    counts: &[u32],
+    dependents: &[StepRef],
+    ready: &mut BTreeSet<StepRef>,
+) {
     outcomes[i as usize] = Some(o);
     for &d in &dependents[counts[i as usize] as usize..counts[i as usize + 1] as usize] {
         pending[d as usize] -= 1;
@@ -274,14 +351,20 @@ async fn run_step(backend: &dyn Backend, cx: &StepCx<'_>, opts: &ExecOptions) ->
     let mut attempt = 0;
     loop {
         match check_then_apply(backend, cx, opts).await {
-            Err(e) if e.kind == ErrorKind::Connection && attempt < opts.connection_retries => attempt += 1,
+            Err(e) if e.kind == ErrorKind::Connection && attempt < opts.connection_retries => {
+                attempt += 1
+            }
             Err(error) => return Outcome::Failed { error },
             Ok(o) => return o,
         }
     }
 }
 
-async fn check_then_apply(backend: &dyn Backend, cx: &StepCx<'_>, opts: &ExecOptions) -> Result<Outcome, StepError> {
+async fn check_then_apply(
+    backend: &dyn Backend,
+    cx: &StepCx<'_>,
+    opts: &ExecOptions,
+) -> Result<Outcome, StepError> {
     match backend.check(cx).await? {
         Probe::Satisfied => Ok(Outcome::Ok),
         Probe::NotApplicable(reason) => Ok(Outcome::Skipped { reason }),
@@ -291,7 +374,12 @@ async fn check_then_apply(backend: &dyn Backend, cx: &StepCx<'_>, opts: &ExecOpt
             if opts.verify {
                 match backend.check(cx).await? {
                     Probe::Satisfied => {}
-                    other => return Err(StepError::failed(format!("{}: applied, but the state still does not hold ({other:?})", cx.id()))),
+                    other => {
+                        return Err(StepError::failed(format!(
+                            "{}: applied, but the state still does not hold ({other:?})",
+                            cx.id()
+                        )))
+                    }
                 }
             }
             Ok(Outcome::Changed)
@@ -314,7 +402,11 @@ mod tests {
     #[async_trait]
     impl Backend for Fake {
         async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
-            Ok(if self.done.lock().unwrap().contains(&cx.index) { Probe::Satisfied } else { Probe::Needed })
+            Ok(if self.done.lock().unwrap().contains(&cx.index) {
+                Probe::Satisfied
+            } else {
+                Probe::Needed
+            })
         }
         async fn apply(&self, cx: &StepCx<'_>) -> Result<(), StepError> {
             self.log.lock().unwrap().push(cx.index);
@@ -334,14 +426,20 @@ mod tests {
     }
 
     fn run(p: &Plan, s: &Scenario, b: &Fake, opts: &ExecOptions) -> Report {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(execute(p, s, b, opts, &mut Quiet))
     }
 
     #[test]
     fn sequential_runs_in_plan_order_and_a_second_run_changes_nothing() {
         let (s, p) = guide();
-        let b = Fake { done: Mutex::default(), fail: BTreeSet::new(), log: Mutex::default() };
+        let b = Fake {
+            done: Mutex::default(),
+            fail: BTreeSet::new(),
+            log: Mutex::default(),
+        };
         let r = run(&p, &s, &b, &ExecOptions::sequential());
         assert_eq!(r.count("changed"), p.steps.len());
         let log = b.log.lock().unwrap().clone();
@@ -353,7 +451,11 @@ mod tests {
     #[test]
     fn a_failure_skips_its_dependents_and_spares_independent_branches() {
         let (s, p) = guide();
-        let b = Fake { done: Mutex::default(), fail: ["b/net/bridge".to_string()].into(), log: Mutex::default() };
+        let b = Fake {
+            done: Mutex::default(),
+            fail: ["b/net/bridge".to_string()].into(),
+            log: Mutex::default(),
+        };
         let r = run(&p, &s, &b, &ExecOptions::default());
         let id = |o: &str| p.steps.iter().position(|s| p.step_id(s) == o).unwrap();
         assert_eq!(r.outcomes[id("b/net/bridge")].name(), "failed");
@@ -366,8 +468,20 @@ mod tests {
     #[test]
     fn dry_run_changes_nothing() {
         let (s, p) = guide();
-        let b = Fake { done: Mutex::default(), fail: BTreeSet::new(), log: Mutex::default() };
-        let r = run(&p, &s, &b, &ExecOptions { dry_run: true, ..ExecOptions::default() });
+        let b = Fake {
+            done: Mutex::default(),
+            fail: BTreeSet::new(),
+            log: Mutex::default(),
+        };
+        let r = run(
+            &p,
+            &s,
+            &b,
+            &ExecOptions {
+                dry_run: true,
+                ..ExecOptions::default()
+            },
+        );
         assert!(b.log.lock().unwrap().is_empty());
         assert_eq!(r.count("would-change"), p.steps.len());
     }

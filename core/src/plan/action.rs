@@ -4,8 +4,8 @@
 //! values to idempotent shell. Anything with a text syntax of its own
 //! (iptables rules, routes) is a typed value from [`crate::net`].
 
-use crate::net::iptables::{Rule, Table};
 use super::{ArtifactId, Asset};
+use crate::net::iptables::{Rule, Table};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::net::IpAddr;

@@ -3,8 +3,8 @@
 //! It walks the guide in order. Same scenario in, same steps out: iteration
 //! is over vectors in scenario order, never over hash maps.
 
-use crate::net::iptables::{Rule, Table};
 use super::*;
+use crate::net::iptables::{Rule, Table};
 use crate::scenario::{EtcdRunAs, PodTraffic, Runtime, Scenario, SecurityModel};
 use std::net::IpAddr;
 

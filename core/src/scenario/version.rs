@@ -109,6 +109,29 @@ pub struct Features {
     pub admin_cluster_admins_group: bool,
     /// kubelet `--network-plugin` (kubenet/cni): removed with dockershim in 1.24.
     pub kubelet_network_plugin_flag: bool,
+    /// apiserver `--authorization-mode=Node`: the Node authorizer arrived in 1.7
+    /// (CHANGELOG-1.7, kubernetes#46076); 1.6 has RBAC (beta) only.
+    pub node_authorizer: bool,
+    /// kubelet `--allow-privileged`: deprecated in 1.13, removed in 1.15 (CHANGELOG-1.15).
+    pub kubelet_allow_privileged_flag: bool,
+    /// kubelet `--container-runtime` (`docker` or `remote`): removed in 1.27 (CHANGELOG-1.27);
+    /// from then the kubelet only talks CRI to its endpoint.
+    pub kubelet_container_runtime_flag: bool,
+    /// KubeletConfiguration `containerRuntimeEndpoint` replaces the
+    /// `--container-runtime-endpoint` flag from 1.27 (CHANGELOG-1.27).
+    pub kubelet_runtime_endpoint_in_config: bool,
+    /// Control-plane nodes are tainted `node-role.kubernetes.io/control-plane` from 1.24;
+    /// before, `node-role.kubernetes.io/master` (kubeadm CHANGELOG-1.24, kubernetes/kubeadm#2200).
+    pub control_plane_taint: bool,
+    /// CoreDNS is the cluster DNS from 1.11 (CHANGELOG-1.11: CoreDNS GA, kubeadm's default);
+    /// before, kube-dns.
+    pub coredns: bool,
+    /// Deployments are served as `apps/v1` from 1.9 (CHANGELOG-1.9: Workloads API GA);
+    /// before, `extensions/v1beta1`.
+    pub apps_v1: bool,
+    /// The apiserver reconciles the `kubernetes` endpoints with leases from 1.11
+    /// (CHANGELOG-1.11, `--endpoint-reconciler-type=lease` default); before, HA needs `--apiserver-count`.
+    pub endpoint_reconciler_lease: bool,
 }
 
 impl Features {
@@ -129,6 +152,14 @@ impl Features {
             controller_manager_secure_health: v.at_least(22),
             admin_cluster_admins_group: v.at_least(29),
             kubelet_network_plugin_flag: !v.at_least(24),
+            node_authorizer: v.at_least(7),
+            kubelet_allow_privileged_flag: !v.at_least(15),
+            kubelet_container_runtime_flag: !v.at_least(27),
+            kubelet_runtime_endpoint_in_config: v.at_least(27),
+            control_plane_taint: v.at_least(24),
+            coredns: v.at_least(11),
+            apps_v1: v.at_least(9),
+            endpoint_reconciler_lease: v.at_least(11),
         }
     }
 }
@@ -193,5 +224,25 @@ mod tests {
         assert!(f("1.23").dockershim && !f("1.24").dockershim);
         assert!(f("1.18").hyperkube && !f("1.19").hyperkube);
         assert!(!f("1.9").kubelet_config_file && f("1.10").kubelet_config_file);
+    }
+
+    #[test]
+    fn rendering_boundaries_fall_where_the_changelogs_put_them() {
+        let f = |s| KubeVersion::parse(s).unwrap().features();
+        assert!(!f("1.6").node_authorizer && f("1.7").node_authorizer);
+        assert!(
+            f("1.14").kubelet_allow_privileged_flag && !f("1.15").kubelet_allow_privileged_flag
+        );
+        assert!(
+            f("1.26").kubelet_container_runtime_flag && !f("1.27").kubelet_container_runtime_flag
+        );
+        assert!(
+            !f("1.26").kubelet_runtime_endpoint_in_config
+                && f("1.27").kubelet_runtime_endpoint_in_config
+        );
+        assert!(!f("1.23").control_plane_taint && f("1.24").control_plane_taint);
+        assert!(!f("1.10").coredns && f("1.11").coredns);
+        assert!(!f("1.8").apps_v1 && f("1.9").apps_v1);
+        assert!(!f("1.10").endpoint_reconciler_lease && f("1.11").endpoint_reconciler_lease);
     }
 }
