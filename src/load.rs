@@ -18,6 +18,9 @@ pub enum Error {
     Lock { path: PathBuf, message: String },
     #[error("error: {path} would change (--locked):\n{changes}  hint: run without --locked and commit the lock file")]
     LockWouldChange { path: PathBuf, changes: String },
+    /// A bad command-line argument (a fault that names no node, an unknown endpoint); the message is complete.
+    #[error("{0}")]
+    Usage(String),
     #[error("error: cannot write {path}: {source}")]
     Write {
         path: PathBuf,

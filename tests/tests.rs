@@ -9,6 +9,8 @@ mod plan;
 mod proptests;
 /// Rendered assets: PKI, kubeconfigs, manifests, units, checked with real tools.
 mod render;
+/// The simulator: conformance, faults, traces, determinism.
+mod sim;
 /// The real-kernel testbed (KSCRATCH_TESTBED=1, root).
 mod testbed;
 /// Broken scenarios fail with every problem, precisely.

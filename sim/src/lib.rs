@@ -1,1 +1,89 @@
 //! kscratch-sim: the simulated cluster.
+//!
+//! Virtual Linux nodes with the same vocabulary and semantics as real ones
+//! (links, addresses, routes, sysctls, netfilter), an underlay, fake runtimes,
+//! kubelet and kube-proxy, a packet tracer and the reachability checks.
+//!
+//! `check` runs the plan through the shared executor and [`backend::SimBackend`],
+//! lets the cluster start test pods and Services ([`prepare`]), applies
+//! what-if faults, then proves or refutes the network model ([`checks`]).
+
+pub mod backend;
+pub mod build;
+pub mod checks;
+pub mod classes;
+pub mod components;
+pub mod faults;
+pub mod files;
+pub mod kube_proxy;
+pub mod netfilter;
+pub mod packet;
+pub mod prepare;
+pub mod report;
+pub mod routes;
+pub mod trace;
+pub mod walk;
+pub mod world;
+
+use kscratch_core::exec::{self, ExecOptions, Quiet};
+use kscratch_core::plan::Plan;
+use kscratch_core::scenario::{Fault, Scenario};
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Faults on top of the scenario's own `faults:` list.
+    pub faults: Vec<Fault>,
+    /// Synthetic Services added to the test ones (scale runs).
+    pub extra_services: usize,
+}
+
+/// A simulated cluster after the plan, the test objects and the faults.
+pub struct Simulated {
+    pub world: world::World,
+    pub apply: exec::Report,
+    pub prepared: prepare::Prepared,
+    pub faults: Vec<Fault>,
+}
+
+/// Runs the plan on a fresh simulated cluster, starts test pods and Services,
+/// and applies the faults. Errors name a fault that cannot apply.
+pub fn simulate(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<Simulated, String> {
+    let backend = backend::SimBackend::new(build::world(s));
+    let apply = futures::executor::block_on(exec::execute(
+        plan,
+        s,
+        &backend,
+        &ExecOptions::sequential(),
+        &mut Quiet,
+    ));
+    let mut world = backend.into_sim().world;
+    let faults: Vec<Fault> = s.faults.iter().chain(&opts.faults).cloned().collect();
+    for f in faults.iter().filter(|f| faults::is_config_fault(f)) {
+        faults::apply(&mut world, s, f)?;
+    }
+    let prepared = prepare::prepare(&mut world, s, opts.extra_services);
+    for f in faults.iter().filter(|f| !faults::is_config_fault(f)) {
+        faults::apply(&mut world, s, f)?;
+    }
+    Ok(Simulated {
+        world,
+        apply,
+        prepared,
+        faults,
+    })
+}
+
+/// `kscratch check`: simulate, then run every check.
+pub fn check(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<report::Report, String> {
+    let sim = simulate(s, plan, opts)?;
+    let classes = classes::Classes::compute(&sim.world, s);
+    let (results, matrix) = checks::run_all(&checks::CheckInput {
+        world: &sim.world,
+        scenario: s,
+        prepared: &sim.prepared,
+        classes: &classes,
+    });
+    Ok(report::Report::new(
+        s, plan, &sim, &classes, results, matrix,
+    ))
+}

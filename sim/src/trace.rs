@@ -1,0 +1,214 @@
+//! `kscratch trace`: one packet, hop by hop, between named endpoints.
+//!
+//! Endpoints: `NODE`, `NODE:PORT`, `NODE/POD` (`probe-a`, `probe-b`,
+//! `coredns`), `svc:NAMESPACE/NAME[:PORT]`, `IP:PORT`, and `outside`.
+//! A Service destination is explored over every `statistic` branch.
+
+use crate::netfilter::explore;
+use crate::packet::{Packet, Proto};
+use crate::prepare::POD_PORT;
+use crate::walk::{Fate, Hop, Place, Walker};
+use crate::Simulated;
+use serde::Serialize;
+use std::net::IpAddr;
+
+/// One path a packet can take, with its probability.
+#[derive(Debug, Clone, Serialize)]
+pub struct TracePath {
+    pub probability: f64,
+    pub fate: Fate,
+    pub hops: Vec<Hop>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub from: String,
+    pub to: String,
+    pub packet: Packet,
+    pub paths: Vec<TracePath>,
+}
+
+/// Where a trace starts.
+pub fn source(sim: &Simulated, text: &str) -> Result<(Place, IpAddr), String> {
+    let w = &sim.world;
+    if text == "outside" {
+        return Ok((Place::Outside, w.underlay.outside_ip));
+    }
+    match text.split_once('/') {
+        Some((node, pod)) => {
+            let n = w
+                .nodes
+                .iter()
+                .position(|x| x.name == node)
+                .ok_or_else(|| unknown_node(sim, node))?;
+            let p = w
+                .pods
+                .iter()
+                .position(|p| p.node == n && p.name == pod)
+                .ok_or_else(|| {
+                    format!("no pod `{pod}` on {node}; pods there: {}", pods_on(sim, n))
+                })?;
+            Ok((Place::Pod(p), w.pods[p].ip))
+        }
+        None => {
+            let n = w
+                .nodes
+                .iter()
+                .position(|x| x.name == text)
+                .ok_or_else(|| unknown_node(sim, text))?;
+            Ok((Place::Node(n), IpAddr::from([0, 0, 0, 0])))
+        }
+    }
+}
+
+/// Where a trace goes: an address, a port and a protocol.
+pub fn destination(
+    sim: &Simulated,
+    text: &str,
+    proto: Proto,
+) -> Result<(IpAddr, u16, Proto), String> {
+    let w = &sim.world;
+    if text == "outside" {
+        return Ok((w.underlay.outside_ip, 80, proto));
+    }
+    if let Some(svc) = text.strip_prefix("svc:") {
+        let (name, port) = match svc.rsplit_once(':') {
+            Some((n, p)) => (
+                n,
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| format!("`{p}` is not a port"))?,
+                ),
+            ),
+            None => (svc, None),
+        };
+        let found = sim.prepared.services.iter().find(|s| {
+            format!("{}/{}", s.namespace, s.name) == name
+                && port.is_none_or(|p| p == s.port)
+                && (s.proto == proto || port.is_none())
+        });
+        let s = found.ok_or_else(|| {
+            let known: Vec<String> = sim
+                .prepared
+                .services
+                .iter()
+                .take(8)
+                .map(|s| s.key())
+                .collect();
+            format!("no Service `{svc}`; known: {}", known.join(", "))
+        })?;
+        return Ok((s.cluster_ip, s.port, s.proto));
+    }
+    if let Some((host, port)) = text.rsplit_once(':') {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok((
+                ip,
+                port.parse()
+                    .map_err(|_| format!("`{port}` is not a port"))?,
+                proto,
+            ));
+        }
+        let n = w
+            .nodes
+            .iter()
+            .position(|x| x.name == host)
+            .ok_or_else(|| unknown_node(sim, host))?;
+        return Ok((
+            w.nodes[n].ip,
+            port.parse()
+                .map_err(|_| format!("`{port}` is not a port"))?,
+            proto,
+        ));
+    }
+    if let Some((node, pod)) = text.split_once('/') {
+        let n = w
+            .nodes
+            .iter()
+            .position(|x| x.name == node)
+            .ok_or_else(|| unknown_node(sim, node))?;
+        let p = w
+            .pods
+            .iter()
+            .find(|p| p.node == n && p.name == pod)
+            .ok_or_else(|| format!("no pod `{pod}` on {node}; pods there: {}", pods_on(sim, n)))?;
+        return Ok((p.ip, POD_PORT, proto));
+    }
+    let n = w
+        .nodes
+        .iter()
+        .position(|x| x.name == text)
+        .ok_or_else(|| unknown_node(sim, text))?;
+    // The kubelet's port: something always listens there on a working node.
+    Ok((w.nodes[n].ip, 10250, proto))
+}
+
+fn unknown_node(sim: &Simulated, name: &str) -> String {
+    let names: Vec<&str> = sim.world.nodes.iter().map(|n| n.name.as_str()).collect();
+    match kscratch_core::diag::did_you_mean(name, names.iter().copied()) {
+        Some(m) => format!("no node `{name}` (did you mean `{m}`?)"),
+        None => format!(
+            "no node `{name}`; nodes: {}",
+            names.iter().take(8).copied().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn pods_on(sim: &Simulated, n: usize) -> String {
+    let v: Vec<&str> = sim
+        .world
+        .pods
+        .iter()
+        .filter(|p| p.node == n)
+        .map(|p| p.name.as_str())
+        .collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Traces one packet from `from` to `to`, over every branch.
+pub fn trace(sim: &Simulated, from: &str, to: &str, proto: Proto) -> Result<Trace, String> {
+    let (place, src) = source(sim, from)?;
+    let (dst, dport, proto) = destination(sim, to, proto)?;
+    let mut pkt = Packet::tcp(src, 45000, dst, dport);
+    pkt.proto = proto;
+    let paths = explore(crate::checks::MAX_PATHS, |br| {
+        let mut w = Walker::new(&sim.world);
+        let fate = w.send(place, pkt.clone(), br);
+        (fate, w.hops)
+    })
+    .map_err(|e| e.to_string())?
+    .into_iter()
+    .map(|o| TracePath {
+        probability: o.probability,
+        fate: o.value.0,
+        hops: o.value.1,
+    })
+    .collect();
+    Ok(Trace {
+        from: from.into(),
+        to: to.into(),
+        packet: pkt,
+        paths,
+    })
+}
+
+impl std::fmt::Display for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "trace {} → {}: {}", self.from, self.to, self.packet)?;
+        let many = self.paths.len() > 1;
+        for (i, p) in self.paths.iter().enumerate() {
+            if many {
+                writeln!(f, "\npath {} (probability {:.4}):", i + 1, p.probability)?;
+            }
+            let w = p.hops.iter().map(|h| h.at.len()).max().unwrap_or(0);
+            for h in &p.hops {
+                writeln!(f, "  {:<w$}  {}", h.at, h.what)?;
+            }
+            writeln!(f, "  => {}", p.fate)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! The simulator: bundled scenarios conform, fault scenarios fail with the
+//! trace that names the cause, reports are deterministic.
+
+use crate::support::{check, load, root, stem, valid_scenarios};
+use kscratch_sim::checks::CheckKind;
+use kscratch_sim::report::Report;
+use kscratch_sim::CheckOptions;
+
+fn run(rel: &str, opts: &CheckOptions) -> Report {
+    let loaded = load(rel).unwrap_or_else(|d| panic!("{rel} must be valid:\n{d}"));
+    let plan = kscratch_core::plan::plan(&loaded.scenario);
+    kscratch_sim::check(&loaded.scenario, &plan, opts).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn fault_scenarios() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root().join("scenarios/faults"))
+        .expect("scenarios/faults")
+        .filter_map(|e| e.ok())
+        .map(|e| format!("scenarios/faults/{}", e.file_name().to_string_lossy()))
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_bundled_scenario_conforms_on_the_simulator() {
+    for rel in valid_scenarios() {
+        let r = run(&rel, &CheckOptions::default());
+        assert!(r.passed, "{rel} must pass:\n{r}");
+        check(&format!("sim/{}.txt", stem(&rel)), &r.to_string());
+    }
+}
+
+#[test]
+fn reports_are_the_same_bytes_twice() {
+    for rel in valid_scenarios().into_iter().chain(fault_scenarios()) {
+        let a = run(&rel, &CheckOptions::default());
+        let b = run(&rel, &CheckOptions::default());
+        assert_eq!(
+            a.to_json(),
+            b.to_json(),
+            "{rel}: JSON report differs between runs"
+        );
+        assert_eq!(
+            a.to_string(),
+            b.to_string(),
+            "{rel}: text report differs between runs"
+        );
+    }
+}
+
+/// Each bundled fault scenario: the check that must fail and words its trace must show.
+const FAULTS: &[(&str, CheckKind, &[&str])] = &[
+    (
+        "node-down",
+        CheckKind::PodToPod,
+        &["node-2", "the node is down"],
+    ),
+    (
+        "route-missing",
+        CheckKind::PodToPod,
+        &["route default via", "the router has no route to 10.10.3."],
+    ),
+    (
+        "ip-forward-off",
+        CheckKind::PodToPod,
+        &["net.ipv4.ip_forward=0", "node-2"],
+    ),
+    (
+        "masquerade-missing",
+        CheckKind::Egress,
+        &["instead of the node IP 192.168.1.14", "not masqueraded"],
+    ),
+    (
+        "apiserver-firewalled",
+        CheckKind::Apiserver,
+        &["-A INPUT -p tcp -m tcp --dport 443 -j DROP"],
+    ),
+    ("docker0-leftover", CheckKind::PodToPod, &["172.17.0."]),
+    (
+        "docker-ip-masq",
+        CheckKind::PodToPod,
+        &["pod traffic was NATed", "-j MASQUERADE"],
+    ),
+    (
+        "overlay-mtu",
+        CheckKind::Mtu,
+        &["exceeds the MTU 1500 of eth0", "VXLAN"],
+    ),
+    (
+        "vxlan-mtu-too-large",
+        CheckKind::Mtu,
+        &["exceeds the MTU 1500 of eth0", "VXLAN"],
+    ),
+];
+
+#[test]
+fn every_fault_scenario_fails_with_the_expected_trace() {
+    let all = fault_scenarios();
+    assert_eq!(
+        all.len(),
+        FAULTS.len(),
+        "every fault scenario has expectations here"
+    );
+    for (name, kind, words) in FAULTS {
+        let rel = format!("scenarios/faults/{name}.yaml");
+        let r = run(&rel, &CheckOptions::default());
+        assert!(!r.passed, "{rel} must fail");
+        let c = r.checks.iter().find(|c| c.kind == *kind).unwrap();
+        assert!(!c.passed(), "{rel}: {kind:?} must fail:\n{r}");
+        let text = c
+            .failures
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}\n{}",
+                    f.reason,
+                    f.trace
+                        .iter()
+                        .map(|h| format!("{} {}", h.at, h.what))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for w in *words {
+            assert!(
+                text.contains(w),
+                "{rel}: expected {w:?} in the failure of {kind:?}:\n{text}"
+            );
+        }
+        check(&format!("sim/faults/{name}.txt"), &r.to_string());
+    }
+}
+
+#[test]
+fn pod_traffic_to_outside_is_masqueraded_and_replies_come_back() {
+    let r = run("scenarios/guide-routed.yaml", &CheckOptions::default());
+    let egress = r
+        .checks
+        .iter()
+        .find(|c| c.kind == CheckKind::Egress)
+        .unwrap();
+    assert!(egress.passed() && egress.probes == 4, "{r}");
+}
+
+#[test]
+fn a_missing_route_on_one_node_is_found_exactly() {
+    let fault = kscratch_core::scenario::Fault::parse("route-missing:node-1:node-3").unwrap();
+    let r = run(
+        "scenarios/guide-routed.yaml",
+        &CheckOptions {
+            faults: vec![fault],
+            ..Default::default()
+        },
+    );
+    let p2p = r
+        .checks
+        .iter()
+        .find(|c| c.kind == CheckKind::PodToPod)
+        .unwrap();
+    // Only node-1 → node-3 breaks: exactly one ordered node pair of 16.
+    assert_eq!(p2p.failed, 1, "{r}");
+    assert_eq!(
+        p2p.failures[0].examples,
+        vec!["node-1 → node-3".to_string()]
+    );
+    assert_eq!(r.odd_nodes, vec!["node-1".to_string()]);
+    let m = r.matrix.as_ref().unwrap();
+    assert!(!m.ok[1][3] && m.ok[3][1] && m.ok[1][2]);
+}
+
+#[test]
+fn service_vips_reach_every_endpoint_and_empty_services_are_rejected() {
+    let r = run("scenarios/guide-routed.yaml", &CheckOptions::default());
+    let svc = r
+        .checks
+        .iter()
+        .find(|c| c.kind == CheckKind::Services)
+        .unwrap();
+    assert!(svc.passed(), "{r}");
+    // Services × representative pods: kubernetes, kube-dns (tcp), probe, empty.
+    assert!(svc.probes >= 4 * 4, "{r}");
+}
+
+#[test]
+fn check_exit_codes_are_0_1_2() {
+    let exe = env!("CARGO_BIN_EXE_kscratch");
+    let code = |args: &[&str]| {
+        std::process::Command::new(exe)
+            .args(args)
+            .current_dir(root())
+            .output()
+            .expect("run kscratch")
+            .status
+            .code()
+    };
+    assert_eq!(
+        code(&["check", "scenarios/quickstart.yaml", "--locked"]),
+        Some(0)
+    );
+    assert_eq!(
+        code(&["check", "scenarios/faults/route-missing.yaml", "--locked"]),
+        Some(1)
+    );
+    assert_eq!(
+        code(&["check", "scenarios/invalid/bad-value.yaml"]),
+        Some(2)
+    );
+    assert_eq!(
+        code(&[
+            "check",
+            "scenarios/quickstart.yaml",
+            "--locked",
+            "--fault",
+            "node-down:nobody"
+        ]),
+        Some(2)
+    );
+    assert_eq!(
+        code(&[
+            "check",
+            "scenarios/guide-routed.yaml",
+            "--locked",
+            "--fault",
+            "ip-forward-off:node-1",
+            "--format",
+            "json"
+        ]),
+        Some(1)
+    );
+}
+
+#[test]
+fn trace_follows_a_packet_through_a_service_on_every_branch() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kscratch"))
+        .args([
+            "trace",
+            "scenarios/guide-routed.yaml",
+            "--locked",
+            "--from",
+            "node-1/probe-a",
+            "--to",
+            "svc:kscratch/probe",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("run kscratch");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 4 nodes × 2 probe pods: eight endpoints, eight paths.
+    assert_eq!(text.matches("\npath ").count(), 8, "{text}");
+    assert!(text.contains("KUBE-SVC-"), "{text}");
+}
