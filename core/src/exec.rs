@@ -197,6 +197,9 @@ pub async fn execute(
     opts: &ExecOptions,
     observer: &mut dyn Observer,
 ) -> Report {
+    if opts.max_parallel <= 1 {
+        return execute_in_order(plan, scenario, backend, opts, observer).await;
+    }
     let n = plan.steps.len();
     // Dependents in one flat array (CSR), like the plan's own dependency pool.
     let mut pending = vec![0u32; n];
@@ -327,6 +330,48 @@ pub async fn execute(
             })
             .collect(),
     }
+}
+
+/// One step at a time in plan order (which is topological): the same
+/// semantics as the scheduler below without its bookkeeping.
+async fn execute_in_order(
+    plan: &Plan,
+    scenario: &Scenario,
+    backend: &dyn Backend,
+    opts: &ExecOptions,
+    observer: &mut dyn Observer,
+) -> Report {
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(plan.steps.len());
+    for (i, step) in plan.steps.iter().enumerate() {
+        let i = i as StepRef;
+        let bad = plan
+            .deps(step)
+            .iter()
+            .find(|&&d| !outcomes[d as usize].succeeded());
+        let o = match bad {
+            Some(&d) => {
+                let dep = plan.step_id(&plan.steps[d as usize]);
+                let reason = match &outcomes[d as usize] {
+                    Outcome::Skipped { .. } => format!("dependency {dep} was skipped"),
+                    _ => format!("dependency {dep} failed"),
+                };
+                Outcome::Skipped { reason }
+            }
+            None => {
+                observer.started(plan, i);
+                let cx = StepCx {
+                    plan,
+                    scenario,
+                    index: i,
+                    step,
+                };
+                run_step(backend, &cx, opts).await
+            }
+        };
+        observer.finished(plan, i, &o);
+        outcomes.push(o);
+    }
+    Report { outcomes }
 }
 
 fn finish(

@@ -201,12 +201,11 @@ pub fn run_all(inp: &CheckInput<'_>) -> (Vec<CheckResult>, Option<Matrix>) {
 }
 
 fn pods_on(world: &World, n: NodeId) -> Vec<PodId> {
-    world
+    world.nodes[n]
         .pods
         .iter()
-        .enumerate()
-        .filter(|(_, p)| p.node == n && p.name.starts_with("probe-"))
-        .map(|(i, _)| i)
+        .copied()
+        .filter(|&p| world.pods[p].name.starts_with("probe-"))
         .collect()
 }
 
@@ -214,29 +213,40 @@ fn single(w: &mut Walker<'_>, from: Place, pkt: Packet) -> Fate {
     w.send(from, pkt, &mut TakeFirst)
 }
 
-/// A pod-to-pod probe: delivered to the right pod, source unchanged.
+/// A pod-to-pod probe: delivered to the right pod, source unchanged. Walked
+/// quietly; a failure is walked again with the trace on.
 fn probe_pod(world: &World, a: PodId, b: PodId, len: u32) -> (Result<(), String>, Vec<Hop>) {
-    let mut w = Walker::new(world);
-    let (src, dst) = (world.pods[a].ip, world.pods[b].ip);
-    let mut pkt = Packet::tcp(src, 40000 + a as u16 % 20000, dst, POD_PORT);
-    pkt.len = len;
-    let fate = single(&mut w, Place::Pod(a), pkt);
-    let res = match fate.delivered_to() {
-        Some((Place::Pod(p), got)) if p == b && got.src == src => Ok(()),
-        Some((Place::Pod(p), got)) if p == b => Err(format!(
-            "{} received the packet from {} instead of {}: pod traffic was NATed",
-            w.place_name(Place::Pod(b)),
-            got.src,
-            src
-        )),
-        Some((to, _)) => Err(format!(
-            "delivered to {} instead of {}",
-            w.place_name(to),
-            w.place_name(Place::Pod(b))
-        )),
-        None => Err(fate.to_string()),
+    let walk = |traced: bool| {
+        let mut w = if traced {
+            Walker::new(world)
+        } else {
+            Walker::quiet(world)
+        };
+        let (src, dst) = (world.pods[a].ip, world.pods[b].ip);
+        let mut pkt = Packet::tcp(src, 40000 + a as u16 % 20000, dst, POD_PORT);
+        pkt.len = len;
+        let fate = single(&mut w, Place::Pod(a), pkt);
+        let res = match fate.delivered_to() {
+            Some((Place::Pod(p), got)) if p == b && got.src == src => Ok(()),
+            Some((Place::Pod(p), got)) if p == b => Err(format!(
+                "{} received the packet from {} instead of {}: pod traffic was NATed",
+                w.place_name(Place::Pod(b)),
+                got.src,
+                src
+            )),
+            Some((to, _)) => Err(format!(
+                "delivered to {} instead of {}",
+                w.place_name(to),
+                w.place_name(Place::Pod(b))
+            )),
+            None => Err(fate.to_string()),
+        };
+        (res, w.hops)
     };
-    (res, w.hops)
+    match walk(false) {
+        (Ok(()), hops) => (Ok(()), hops),
+        (Err(_), _) => walk(true),
+    }
 }
 
 pub fn pod_to_pod(inp: &CheckInput<'_>) -> (CheckResult, Option<Matrix>) {
@@ -325,30 +335,48 @@ fn pod_to_pod_mtu(inp: &CheckInput<'_>) -> CheckResult {
     c.finish(CheckKind::Mtu)
 }
 
+/// Runs a probe quietly and, only if it fails, once more with the trace on.
+fn probe(
+    world: &World,
+    run: impl Fn(&mut Walker<'_>) -> Result<(), String>,
+) -> Result<(), (String, Vec<Hop>)> {
+    if run(&mut Walker::quiet(world)).is_ok() {
+        return Ok(());
+    }
+    let mut w = Walker::new(world);
+    match run(&mut w) {
+        // A probe is deterministic: the traced walk fails the same way.
+        Ok(()) => Err((
+            "the probe failed without a trace, then passed: the walk is not deterministic".into(),
+            w.hops,
+        )),
+        Err(e) => Err((e, w.hops)),
+    }
+}
+
 fn node_to_pod(inp: &CheckInput<'_>) -> CheckResult {
     let world = inp.world;
     let mut c = Collector::default();
     for (n, weight) in inp.classes.nodes() {
         for p in pods_on(world, n) {
-            let mut w = Walker::new(world);
-            let dst = world.pods[p].ip;
-            let pkt = Packet::tcp(IpAddr::from([0, 0, 0, 0]), 50000, dst, POD_PORT);
-            let fate = single(&mut w, Place::Node(n), pkt);
-            match fate.delivered_to() {
-                Some((Place::Pod(q), _)) if q == p => c.pass(weight),
-                _ => {
-                    let hops = w.hops.clone();
-                    let reason = match fate.delivered_to() {
-                        Some((to, _)) => format!("delivered to {} instead", w.place_name(to)),
-                        None => fate.to_string(),
-                    };
-                    c.fail(
-                        weight,
-                        reason,
-                        format!("{} → {}", world.nodes[n].name, w.place_name(Place::Pod(p))),
-                        &hops,
-                    );
+            let r = probe(world, |w| {
+                let dst = world.pods[p].ip;
+                let pkt = Packet::tcp(IpAddr::from([0, 0, 0, 0]), 50000, dst, POD_PORT);
+                let fate = single(w, Place::Node(n), pkt);
+                match fate.delivered_to() {
+                    Some((Place::Pod(q), _)) if q == p => Ok(()),
+                    Some((to, _)) => Err(format!("delivered to {} instead", w.place_name(to))),
+                    None => Err(fate.to_string()),
                 }
+            });
+            match r {
+                Ok(()) => c.pass(weight),
+                Err((reason, hops)) => c.fail(
+                    weight,
+                    reason,
+                    format!("{} → {}", world.nodes[n].name, pod_label(world, p)),
+                    &hops,
+                ),
             }
         }
     }
@@ -362,50 +390,69 @@ fn services(inp: &CheckInput<'_>) -> CheckResult {
         c.notes
             .push(format!("kube-proxy on {name} programmed nothing: {why}"));
     }
+    let wanted: Vec<BTreeSet<(IpAddr, u16)>> = inp
+        .prepared
+        .services
+        .iter()
+        .map(|s| s.endpoints.iter().copied().collect())
+        .collect();
     for (n, weight) in inp.classes.nodes() {
         let Some(&pod) = pods_on(world, n).first() else {
             continue;
         };
-        for svc in &inp.prepared.services {
+        for (svc, want) in inp.prepared.services.iter().zip(&wanted) {
             if svc.proto == Proto::Udp && svc.name == "kube-dns" {
                 // One protocol is enough to prove the DNS VIP; TCP is checked.
                 continue;
             }
-            check_service(world, &mut c, pod, svc, weight);
+            let ex = format!(
+                "{} → {} ({}:{})",
+                pod_label(world, pod),
+                svc.key(),
+                svc.cluster_ip,
+                svc.port
+            );
+            match service_probe(world, pod, svc, want, false) {
+                Ok(()) => c.pass(weight),
+                Err(_) => {
+                    let (reason, hops) = service_probe(world, pod, svc, want, true).err().unwrap_or_else(|| ("the probe failed without a trace, then passed: the walk is not deterministic".into(), vec![]));
+                    c.fail(weight, reason, ex, &hops);
+                }
+            }
         }
     }
     c.finish(CheckKind::Services)
 }
 
-fn check_service(world: &World, c: &mut Collector, pod: PodId, svc: &ServiceDef, weight: usize) {
+/// Every path from `pod` to the Service's VIP, over all `statistic` branches:
+/// the set of endpoints reached must be the Service's endpoints, and a
+/// Service without endpoints must be rejected.
+fn service_probe(
+    world: &World,
+    pod: PodId,
+    svc: &ServiceDef,
+    want: &BTreeSet<(IpAddr, u16)>,
+    traced: bool,
+) -> Result<(), (String, Vec<Hop>)> {
     let src = world.pods[pod].ip;
-    let mut first_trace: Option<Vec<Hop>> = None;
-    let mut reached: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
-    let mut problems: Vec<String> = Vec::new();
-    let mut rejected = false;
-    let outcomes = match explore(MAX_PATHS, |br| {
-        let mut w = Walker::new(world);
+    let outcomes = explore(MAX_PATHS, |br| {
+        let mut w = if traced {
+            Walker::new(world)
+        } else {
+            Walker::quiet(world)
+        };
         let mut pkt = Packet::tcp(src, 41000, svc.cluster_ip, svc.port);
         pkt.proto = svc.proto;
         let fate = w.send(Place::Pod(pod), pkt, br);
         (fate, w.hops)
-    }) {
-        Ok(o) => o,
-        Err(e) => {
-            c.fail(
-                weight,
-                format!("Service {}: {e}", svc.key()),
-                pod_label(world, pod),
-                &[],
-            );
-            return;
-        }
-    };
+    })
+    .map_err(|e| (format!("Service {}: {e}", svc.key()), vec![]))?;
+    let mut reached: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
+    let mut first_trace: Option<Vec<Hop>> = None;
+    let mut problem: Option<String> = None;
+    let mut rejected = false;
     for o in outcomes {
         let (fate, hops) = o.value;
-        if first_trace.is_none() {
-            first_trace = Some(hops.clone());
-        }
         match fate {
             Fate::Delivered { to, packet } => {
                 let ep = (packet.dst, packet.dport);
@@ -414,75 +461,60 @@ fn check_service(world: &World, c: &mut Collector, pod: PodId, svc: &ServiceDef,
                     Place::Node(m) => world.nodes[m].is_local(packet.dst),
                     _ => false,
                 };
-                if right_place && svc.endpoints.contains(&ep) {
+                if right_place && want.contains(&ep) {
                     reached.insert(ep);
-                } else {
-                    problems.push(format!(
+                    if first_trace.is_none() {
+                        first_trace = Some(hops);
+                    }
+                } else if problem.is_none() {
+                    problem = Some(format!(
                         "reached {}:{} which is not an endpoint",
                         packet.dst, packet.dport
                     ));
                     first_trace = Some(hops);
                 }
             }
-            Fate::Rejected { at, reason } if svc.endpoints.is_empty() => {
-                rejected = true;
-                let _ = (at, reason);
-            }
+            Fate::Rejected { .. } if want.is_empty() => rejected = true,
             other => {
-                problems.push(other.to_string());
-                first_trace = Some(hops);
+                if problem.is_none() {
+                    problem = Some(other.to_string());
+                    first_trace = Some(hops);
+                }
             }
         }
     }
-    let want: BTreeSet<(IpAddr, u16)> = svc.endpoints.iter().copied().collect();
-    let ex = format!(
-        "{} → {} ({}:{})",
-        pod_label(world, pod),
-        svc.key(),
-        svc.cluster_ip,
-        svc.port
-    );
     let trace = first_trace.unwrap_or_default();
-    if svc.endpoints.is_empty() {
-        if rejected && problems.is_empty() {
-            c.pass(weight);
-        } else {
-            let why = problems
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "was not rejected".into());
-            c.fail(
-                weight,
+    if want.is_empty() {
+        return match (rejected, problem) {
+            (true, None) => Ok(()),
+            (_, p) => Err((
                 format!(
-                    "Service {} has no endpoints and must be rejected, but: {why}",
-                    svc.key()
+                    "Service {} has no endpoints and must be rejected, but: {}",
+                    svc.key(),
+                    p.unwrap_or_else(|| "it was not rejected".into())
                 ),
-                ex,
-                &trace,
-            );
-        }
-        return;
+                trace,
+            )),
+        };
     }
-    if let Some(p) = problems.first() {
-        c.fail(weight, format!("Service {}: {p}", svc.key()), ex, &trace);
-    } else if reached != want {
+    if let Some(p) = problem {
+        return Err((format!("Service {}: {p}", svc.key()), trace));
+    }
+    if &reached != want {
         let missing: Vec<String> = want
             .difference(&reached)
             .map(|(i, p)| format!("{i}:{p}"))
             .collect();
-        c.fail(
-            weight,
+        return Err((
             format!(
                 "Service {} never reaches endpoints {}",
                 svc.key(),
                 missing.join(", ")
             ),
-            ex,
-            &trace,
-        );
-    } else {
-        c.pass(weight);
+            trace,
+        ));
     }
+    Ok(())
 }
 
 fn pod_label(world: &World, p: PodId) -> String {
@@ -500,39 +532,33 @@ fn egress(inp: &CheckInput<'_>) -> CheckResult {
         let Some(&pod) = pods_on(world, n).first() else {
             continue;
         };
-        let mut w = Walker::new(world);
-        let src = world.pods[pod].ip;
         let out = world.underlay.outside_ip;
-        let fate = single(&mut w, Place::Pod(pod), Packet::tcp(src, 42000, out, 80));
-        let ex = format!("{} → outside {out}:80", pod_label(world, pod));
-        let seen = match fate.delivered_to() {
-            Some((Place::Outside, got)) => got.clone(),
-            _ => {
-                let hops = w.hops.clone();
-                c.fail(weight, fate.to_string(), ex, &hops);
-                continue;
+        let r = probe(world, |w| {
+            let src = world.pods[pod].ip;
+            let fate = single(w, Place::Pod(pod), Packet::tcp(src, 42000, out, 80));
+            let seen = match fate.delivered_to() {
+                Some((Place::Outside, got)) => got.clone(),
+                _ => return Err(fate.to_string()),
+            };
+            let node_ip = world.nodes[n].ip;
+            if s.network.masquerade && seen.src != node_ip {
+                return Err(format!("the outside host saw source {} instead of the node IP {node_ip}: not masqueraded", seen.src));
             }
-        };
-        let node_ip = world.nodes[n].ip;
-        if s.network.masquerade && seen.src != node_ip {
-            let hops = w.hops.clone();
-            c.fail(weight, format!("the outside host saw source {} instead of the node IP {node_ip}: not masqueraded", seen.src), ex, &hops);
-            continue;
-        }
-        // The reply: conntrack must translate it back to the pod.
-        let reply = seen.reply();
-        let fate = single(&mut w, Place::Outside, reply);
-        match fate.delivered_to() {
-            Some((Place::Pod(q), got)) if q == pod && got.dst == src => c.pass(weight),
-            _ => {
-                let hops = w.hops.clone();
-                c.fail(
-                    weight,
-                    format!("the reply did not come back to the pod: {fate}"),
-                    ex,
-                    &hops,
-                );
+            // The reply: conntrack must translate it back to the pod.
+            let fate = single(w, Place::Outside, seen.reply());
+            match fate.delivered_to() {
+                Some((Place::Pod(q), got)) if q == pod && got.dst == src => Ok(()),
+                _ => Err(format!("the reply did not come back to the pod: {fate}")),
             }
+        });
+        match r {
+            Ok(()) => c.pass(weight),
+            Err((reason, hops)) => c.fail(
+                weight,
+                reason,
+                format!("{} → outside {out}:80", pod_label(world, pod)),
+                &hops,
+            ),
         }
     }
     c.finish(CheckKind::Egress)
@@ -545,32 +571,35 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
     let port = s.security.model.apiserver_port();
     let master = s.master_ip;
     for (n, weight) in inp.classes.nodes() {
-        let mut w = Walker::new(world);
-        let fate = single(
-            &mut w,
-            Place::Node(n),
-            Packet::tcp(IpAddr::from([0, 0, 0, 0]), 43000, master, port),
-        );
-        let ex = format!("{} → {master}:{port}", world.nodes[n].name);
-        match fate.delivered_to() {
-            Some((Place::Node(m), _))
-                if world.nodes[m].ip == master
-                    && world.nodes[m]
-                        .listeners
-                        .get(&(Proto::Tcp, port))
-                        .is_some_and(|l| l.process == "kube-apiserver") =>
-            {
-                c.pass(weight)
+        let r = probe(world, |w| {
+            let fate = single(
+                w,
+                Place::Node(n),
+                Packet::tcp(IpAddr::from([0, 0, 0, 0]), 43000, master, port),
+            );
+            match fate.delivered_to() {
+                Some((Place::Node(m), _))
+                    if world.nodes[m].ip == master
+                        && world.nodes[m]
+                            .listeners
+                            .get(&(Proto::Tcp, port))
+                            .is_some_and(|l| l.process == "kube-apiserver") =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "the apiserver at {master}:{port} does not answer: {fate}"
+                )),
             }
-            _ => {
-                let hops = w.hops.clone();
-                c.fail(
-                    weight,
-                    format!("the apiserver at {master}:{port} does not answer: {fate}"),
-                    ex,
-                    &hops,
-                );
-            }
+        });
+        match r {
+            Ok(()) => c.pass(weight),
+            Err((reason, hops)) => c.fail(
+                weight,
+                reason,
+                format!("{} → {master}:{port}", world.nodes[n].name),
+                &hops,
+            ),
         }
     }
     // Health endpoints of every control-plane component and etcd member.

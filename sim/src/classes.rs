@@ -17,7 +17,6 @@
 
 use crate::world::*;
 use kscratch_core::scenario::Scenario;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -40,7 +39,8 @@ pub struct Classes {
 
 impl Classes {
     pub fn compute(world: &World, s: &Scenario) -> Classes {
-        let mut by_sig: BTreeMap<String, usize> = BTreeMap::new();
+        // Looked up, never iterated: class numbers follow node order whatever the hash.
+        let mut by_sig: rustc_hash::FxHashMap<String, usize> = rustc_hash::FxHashMap::default();
         let mut classes: Vec<Vec<NodeId>> = Vec::new();
         let mut odd = Vec::new();
         let mut class_of = vec![None; world.nodes.len()];
@@ -155,11 +155,16 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
             Some((a, l)) => (a, l.parse::<u8>().ok()),
             None => (tok, None),
         };
+        // An IPv4 address has three dots; anything else is a plain number.
+        if addr.bytes().filter(|&b| b == b'.').count() != 3 {
+            out.push_str(tok);
+            return;
+        }
         let Ok(ip) = addr.parse::<IpAddr>() else {
             out.push_str(tok);
             return;
         };
-        let suffix = len.map(|l| format!("/{l}")).unwrap_or_default();
+        let suffix = tok.find('/').map_or("", |i| &tok[i..]);
         if ip == node.ip {
             let _ = write!(out, "$NODE{suffix}");
             return;
@@ -246,7 +251,13 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
             let _ = writeln!(sig, "removed {:?}", sh.removed);
         }
     }
-    norm(&node.netfilter.local_signature(), &mut sig);
+    let mut addressed = String::new();
+    let fp = node.netfilter.local_fingerprint(&mut |r| {
+        addressed.push_str(&r.emit());
+        addressed.push('\n');
+    });
+    let _ = writeln!(sig, "netfilter {fp:016x}");
+    norm(&addressed, &mut sig);
     let _ = writeln!(sig, "shared-chains {:?}", node.netfilter.shared_id());
     norm(&format!("runtime {:?}\n", node.runtime), &mut sig);
     for ((proto, port), l) in &node.listeners {
@@ -259,7 +270,7 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
     for (name, p) in &node.static_pods {
         let _ = writeln!(sig, "static {name} {:?}", p.problem);
     }
-    for p in world.pods.iter().filter(|p| p.node == n) {
+    for p in node.pods.iter().map(|&p| &world.pods[p]) {
         norm(
             &format!(
                 "pod {} {} /{} gw {} mtu {} {}\n",

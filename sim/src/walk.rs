@@ -64,12 +64,14 @@ pub struct Walker<'w> {
     budget: u32,
     /// The inner packet of a VXLAN frame in flight, until the remote end decapsulates it.
     inner: Option<Packet>,
+    trace: bool,
 }
 
 /// Guard against routing loops: a real packet's TTL.
 const TTL: u32 = 64;
 
 impl<'w> Walker<'w> {
+    /// A walker that records every hop.
     pub fn new(world: &'w World) -> Walker<'w> {
         Walker {
             world,
@@ -77,6 +79,16 @@ impl<'w> Walker<'w> {
             hops: Vec::new(),
             budget: TTL,
             inner: None,
+            trace: true,
+        }
+    }
+
+    /// A walker that records nothing: for probes expected to pass, which are
+    /// walked again with tracing on only when they fail.
+    pub fn quiet(world: &'w World) -> Walker<'w> {
+        Walker {
+            trace: false,
+            ..Walker::new(world)
         }
     }
 
@@ -103,16 +115,20 @@ impl<'w> Walker<'w> {
     pub fn send(&mut self, from: Place, pkt: Packet, branches: &mut dyn Branches) -> Fate {
         self.budget = TTL;
         let at = self.place_name(from);
-        self.hop(at, format!("send {pkt}"));
+        if self.trace {
+            self.hop(at, format!("send {pkt}"));
+        }
         let fate = match from {
             Place::Pod(p) => self.from_pod(p, pkt, branches),
             Place::Node(n) => self.local_out(n, pkt, branches),
             Place::Router => self.router(pkt, branches),
             Place::Outside => {
-                self.hop(
-                    "outside",
-                    format!("default route via router {}", self.world.underlay.router_ip),
-                );
+                if self.trace {
+                    self.hop(
+                        "outside",
+                        format!("default route via router {}", self.world.underlay.router_ip),
+                    );
+                }
                 self.router(pkt, branches)
             }
         };
@@ -146,22 +162,26 @@ impl<'w> Walker<'w> {
         let node = pod.node;
         let bridge = pod.bridge.clone();
         if on_link {
-            self.hop(
-                name,
-                format!(
-                    "{} is on-link: eth0 → {} ({} bridge port {})",
-                    pkt.dst, bridge, self.world.nodes[node].name, pod.host_veth
-                ),
-            );
+            if self.trace {
+                self.hop(
+                    name,
+                    format!(
+                        "{} is on-link: eth0 → {} ({} bridge port {})",
+                        pkt.dst, bridge, self.world.nodes[node].name, pod.host_veth
+                    ),
+                );
+            }
             self.bridged(node, &bridge, Some(p), pkt, br)
         } else {
-            self.hop(
-                name,
-                format!(
-                    "default via {} dev eth0 → {} bridge {}",
-                    pod.gateway, self.world.nodes[node].name, bridge
-                ),
-            );
+            if self.trace {
+                self.hop(
+                    name,
+                    format!(
+                        "default via {} dev eth0 → {} bridge {}",
+                        pod.gateway, self.world.nodes[node].name, bridge
+                    ),
+                );
+            }
             self.node_in(node, &bridge, pkt, br)
         }
     }
@@ -207,14 +227,16 @@ impl<'w> Walker<'w> {
             {
                 let q = *q;
                 let at = node.name.clone();
-                self.hop(
-                    at,
-                    format!(
-                        "{bridge} forwards to port {} → {}",
-                        self.world.pods[q].host_veth,
-                        self.place_name(Place::Pod(q))
-                    ),
-                );
+                if self.trace {
+                    self.hop(
+                        at,
+                        format!(
+                            "{bridge} forwards to port {} → {}",
+                            self.world.pods[q].host_veth,
+                            self.place_name(Place::Pod(q))
+                        ),
+                    );
+                }
                 self.deliver(Place::Pod(q), pkt)
             }
             _ => Fate::Dropped {
@@ -226,7 +248,9 @@ impl<'w> Walker<'w> {
 
     fn deliver(&mut self, to: Place, pkt: Packet) -> Fate {
         let at = self.place_name(to);
-        self.hop(at, format!("received {pkt}"));
+        if self.trace {
+            self.hop(at, format!("received {pkt}"));
+        }
         Fate::Delivered { to, packet: pkt }
     }
 
@@ -248,16 +272,25 @@ impl<'w> Walker<'w> {
             next_hop: None,
         };
         let ct = self.conntrack.entry(n).or_default();
-        let mut entries = Vec::new();
-        let before = pkt.clone();
-        let verdict = node.netfilter.hook(hook, pkt, &cx, ct, br, &mut entries);
+        let verdict = if self.trace {
+            let mut entries = Vec::new();
+            let before = pkt.clone();
+            let v = node.netfilter.hook(hook, pkt, &cx, ct, br, &mut entries);
+            let at = node.name.clone();
+            for e in entries {
+                self.hop(at.clone(), e.to_string());
+            }
+            if *pkt != before {
+                self.hop(at, format!("{hook}: now {pkt}"));
+            }
+            v
+        } else {
+            node.netfilter.hook_untraced(hook, pkt, &cx, ct, br)
+        };
+        if verdict == Verdict::Accept {
+            return None;
+        }
         let at = node.name.clone();
-        for e in entries {
-            self.hop(at.clone(), e.to_string());
-        }
-        if *pkt != before {
-            self.hop(at.clone(), format!("{hook}: now {pkt}"));
-        }
         match verdict {
             Verdict::Accept => None,
             Verdict::Drop { by } => Some(Fate::Dropped {
@@ -317,7 +350,9 @@ impl<'w> Walker<'w> {
             };
         };
         let at = node.name.clone();
-        self.hop(at, format!("route {}", route.route.emit()));
+        if self.trace {
+            self.hop(at, format!("route {}", route.route.emit()));
+        }
         if let Some(f) = self.nf(
             n,
             Hook::Forward,
@@ -342,7 +377,9 @@ impl<'w> Walker<'w> {
             if let Some((dev, mtu)) = vx {
                 if let Some(inner) = self.inner.take() {
                     let at = node.name.clone();
-                    self.hop(at.clone(), format!("{dev}: decapsulated {inner}"));
+                    if self.trace {
+                        self.hop(at.clone(), format!("{dev}: decapsulated {inner}"));
+                    }
                     if inner.len > mtu && inner.df {
                         return Fate::Dropped {
                             at,
@@ -363,10 +400,12 @@ impl<'w> Walker<'w> {
                     || (l.addr.is_some_and(|a| a.is_loopback()) && is_loopback(pkt.dst)) =>
             {
                 let at = node.name.clone();
-                self.hop(
-                    at,
-                    format!("{} accepts on {}:{}", l.process, pkt.dst, pkt.dport),
-                );
+                if self.trace {
+                    self.hop(
+                        at,
+                        format!("{} accepts on {}:{}", l.process, pkt.dst, pkt.dport),
+                    );
+                }
                 self.deliver(Place::Node(n), pkt)
             }
             Some(l) => Fate::Rejected {
@@ -438,7 +477,9 @@ impl<'w> Walker<'w> {
             return self.local_in(n, pkt, br);
         }
         let at = node.name.clone();
-        self.hop(at, format!("route {}", route.route.emit()));
+        if self.trace {
+            self.hop(at, format!("route {}", route.route.emit()));
+        }
         self.transmit(n, &route.dev, route.next_hop, pkt, br)
     }
 
@@ -473,7 +514,9 @@ impl<'w> Walker<'w> {
         }
         match &link.kind {
             LinkKind::Bridge => {
-                self.hop(at, format!("out {dev} to {next_hop}"));
+                if self.trace {
+                    self.hop(at, format!("out {dev} to {next_hop}"));
+                }
                 match self.world.owners.get(&next_hop) {
                     Some(Owner::Pod(q))
                         if self.world.pods[*q].node == n && self.world.pods[*q].bridge == dev =>
@@ -493,10 +536,12 @@ impl<'w> Walker<'w> {
             }
             LinkKind::Loopback => self.local_in(n, pkt, br),
             LinkKind::Ether => {
-                self.hop(
-                    at,
-                    format!("out {dev} (mtu {}) to {next_hop} on the underlay", link.mtu),
-                );
+                if self.trace {
+                    self.hop(
+                        at,
+                        format!("out {dev} (mtu {}) to {next_hop} on the underlay", link.mtu),
+                    );
+                }
                 self.underlay(next_hop, pkt, br)
             }
             LinkKind::Vxlan(x) => {
@@ -552,13 +597,15 @@ impl<'w> Walker<'w> {
             };
         };
         let outer_len = pkt.len + VXLAN_OVERHEAD;
-        self.hop(
-            at.clone(),
-            format!(
-                "{dev}: encapsulate VNI {} to {remote}:{} (outer {} bytes)",
-                x.vni, x.port, outer_len
-            ),
-        );
+        if self.trace {
+            self.hop(
+                at.clone(),
+                format!(
+                    "{dev}: encapsulate VNI {} to {remote}:{} (outer {} bytes)",
+                    x.vni, x.port, outer_len
+                ),
+            );
+        }
         let Some(link) = node.links.get(&x.dev) else {
             return Fate::Dropped {
                 at,
@@ -629,11 +676,15 @@ impl<'w> Walker<'w> {
         self.budget -= 1;
         let u = &self.world.underlay;
         if pkt.dst == u.outside_ip {
-            self.hop("router", format!("{} is on the outside network", pkt.dst));
+            if self.trace {
+                self.hop("router", format!("{} is on the outside network", pkt.dst));
+            }
             return self.deliver(Place::Outside, pkt);
         }
         if u.prefix.contains(&pkt.dst) {
-            self.hop("router", format!("{} is on the underlay", pkt.dst));
+            if self.trace {
+                self.hop("router", format!("{} is on the underlay", pkt.dst));
+            }
             return self.underlay(pkt.dst, pkt, br);
         }
         let fabric = u
@@ -643,7 +694,9 @@ impl<'w> Walker<'w> {
             .max_by_key(|(net, _)| net.prefix_len())
             .map(|(n, v)| (*n, *v));
         if let Some((net, via)) = fabric {
-            self.hop("router", format!("fabric route {net} via {via}"));
+            if self.trace {
+                self.hop("router", format!("fabric route {net} via {via}"));
+            }
             return self.underlay(via, pkt, br);
         }
         Fate::Dropped { at: "router".into(), reason: format!("the router has no route to {} (pod addresses are not routable outside the cluster)", pkt.dst) }

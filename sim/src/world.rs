@@ -65,6 +65,8 @@ pub struct Node {
     pub runtime: Option<RuntimeState>,
     /// Static pods the kubelet started (component name → ok or why not).
     pub static_pods: BTreeMap<String, StaticPod>,
+    /// Pods running on this node, in start order (indices into `World::pods`).
+    pub pods: Vec<PodId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +219,7 @@ impl Node {
             listeners: BTreeMap::new(),
             runtime: None,
             static_pods: BTreeMap::new(),
+            pods: Vec::new(),
         }
     }
 

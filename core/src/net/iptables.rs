@@ -586,8 +586,35 @@ pub enum StatisticMode {
 /// so that the rule round-trips byte for byte (kube-proxy writes
 /// `0.3333333333`, `iptables-save` prints `0.33333333349`) and stays `Eq`
 /// and `Hash`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Probability(String);
+#[derive(Debug, Clone)]
+pub struct Probability {
+    text: String,
+    /// The parsed value, kept so that evaluation never re-parses the text.
+    value: f64,
+}
+
+// Identity is the text: `0.5` and `0.50` are different rules to iptables-save.
+impl PartialEq for Probability {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+impl Eq for Probability {}
+impl std::hash::Hash for Probability {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.text.hash(h)
+    }
+}
+impl PartialOrd for Probability {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Probability {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
 
 impl Probability {
     /// A probability from its decimal text (`0.5`, `0.33333333349`, `1`).
@@ -599,13 +626,18 @@ impl Probability {
     pub fn from_f64(p: f64) -> Option<Probability> {
         (0.0..=1.0)
             .contains(&p)
-            .then(|| Probability(format!("{p:.11}")))
+            .then(|| Probability::from_text(format!("{p:.11}")))
     }
 
     /// The probability as a number in `[0, 1]`.
     pub fn probability(&self) -> f64 {
-        // The text was validated at construction.
-        self.0.parse().unwrap_or(0.0)
+        self.value
+    }
+
+    /// From text this module formatted itself (always a valid decimal).
+    fn from_text(text: String) -> Probability {
+        let value = text.parse().unwrap_or(0.0);
+        Probability { text, value }
     }
 
     /// The probability as `iptables-save` prints it: the kernel keeps
@@ -613,12 +645,12 @@ impl Probability {
     /// becomes `0.33333333349`).
     pub fn to_saved(&self) -> Probability {
         let fixed = (self.probability() * 2_147_483_648.0).round();
-        Probability(format!("{:.11}", fixed / 2_147_483_648.0))
+        Probability::from_text(format!("{:.11}", fixed / 2_147_483_648.0))
     }
 
     /// The text as written.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     fn parse(s: &str) -> Result<Probability, &'static str> {
@@ -631,7 +663,10 @@ impl Probability {
             return Err("invalid probability");
         }
         match s.parse::<f64>() {
-            Ok(p) if (0.0..=1.0).contains(&p) => Ok(Probability(s.to_string())),
+            Ok(p) if (0.0..=1.0).contains(&p) => Ok(Probability {
+                text: s.to_string(),
+                value: p,
+            }),
             _ => Err("probability must be between 0 and 1"),
         }
     }
@@ -639,7 +674,7 @@ impl Probability {
 
 impl fmt::Display for Probability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 

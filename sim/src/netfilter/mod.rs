@@ -843,27 +843,33 @@ impl Netfilter {
         names
     }
 
-    /// The node's own chains and rules as text (not the shared set, which is
-    /// identified by [`Netfilter::shared_id`]): what makes this node's rules
-    /// differ from another's that shares the same set.
-    pub fn local_signature(&self) -> String {
-        let mut out = String::new();
+    /// A fingerprint of the node's own chains and rules (not the shared set,
+    /// which is identified by [`Netfilter::shared_id`]). Rules that match on
+    /// or rewrite an address are handed to `with_addresses` instead of being
+    /// hashed, in order, so the caller can normalize the node's own
+    /// addresses; their positions still count.
+    pub fn local_fingerprint(&self, with_addresses: &mut dyn FnMut(&Rule)) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = rustc_hash::FxHasher::default();
         for (t, lt) in Table::ALL.iter().zip(&self.tables) {
-            out.push_str(&format!(
-                "*{} hidden={:?} all_hidden={}\n",
-                t.name(),
-                lt.hidden,
-                lt.shared_hidden
-            ));
+            t.hash(&mut h);
+            lt.hidden.hash(&mut h);
+            lt.shared_hidden.hash(&mut h);
             for (name, c) in &lt.chains {
-                out.push_str(&format!(":{name} {:?}\n", c.policy));
+                name.hash(&mut h);
+                c.policy.hash(&mut h);
+                c.rules.len().hash(&mut h);
                 for r in &c.rules {
-                    out.push_str(&r.emit());
-                    out.push('\n');
+                    if rule_has_addresses(r) {
+                        with_addresses(r);
+                        0xa5u8.hash(&mut h);
+                    } else {
+                        r.hash(&mut h);
+                    }
                 }
             }
         }
-        out
+        h.finish()
     }
 
     /// Identity of the attached shared chain set (same set, same id).
@@ -1306,4 +1312,17 @@ fn check_chain_name(name: &str) -> Result<(), NetfilterError> {
             name: name.to_string(),
             message: e.message,
         })
+}
+
+/// Whether a rule matches on or rewrites an address (and so needs per-node
+/// normalization). Comments are hashed as they are: text that differs per
+/// node only splits classes further, which is safe.
+fn rule_has_addresses(r: &Rule) -> bool {
+    use kscratch_core::net::iptables::Target;
+    r.source.is_some()
+        || r.destination.is_some()
+        || matches!(
+            r.target,
+            Some(Target::Dnat { .. }) | Some(Target::Snat { .. })
+        )
 }
