@@ -21,6 +21,9 @@ pub enum Error {
     /// A bad command-line argument (a fault that names no node, an unknown endpoint); the message is complete.
     #[error("{0}")]
     Usage(String),
+    /// `kscratch apply` could not start (no HOME for known_hosts, no runtime).
+    #[error("error: {0}")]
+    Apply(String),
     #[error("error: cannot write {path}: {source}")]
     Write {
         path: PathBuf,

@@ -1,6 +1,7 @@
 //! The `kscratch` command: flag parsing, file IO, printing and exit codes.
 //! Everything else lives in the library crates.
 
+mod cmd_apply;
 mod cmd_check;
 mod cmd_render;
 mod load;
@@ -62,6 +63,10 @@ enum Command {
     ///
     /// Example: kscratch trace scenarios/guide-routed.yaml --from node-1/probe-a --to svc:kscratch/probe
     Trace(cmd_check::TraceArgs),
+    /// Apply a scenario to real machines over SSH: check-then-apply every step, idempotently.
+    ///
+    /// Example: kscratch apply scenarios/guide-routed.yaml --known-hosts ~/.ssh/known_hosts
+    Apply(cmd_apply::ApplyArgs),
 }
 
 #[derive(clap::Args)]
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, load::Error> {
     match cli.command {
+        Command::Apply(args) => cmd_apply::run(args),
         Command::Check(args) => cmd_check::check(args),
         Command::Trace(args) => cmd_check::trace(args),
         Command::Validate(args) => {

@@ -6,3 +6,6 @@ pub mod known_hosts;
 pub mod pki;
 pub mod render;
 pub mod shell;
+pub mod shell_render;
+pub mod ssh;
+pub mod ssh_backend;

@@ -331,7 +331,7 @@ fn start_pod(world: &mut World, s: &Scenario, n: NodeId, name: &str) -> Result<(
 }
 
 /// What kube-proxy programs for these Services (the same on every node).
-fn kube_proxy_rules(
+pub fn kube_proxy_rules(
     services: &[ServiceDef],
     cluster_cidr: IpNet,
 ) -> Result<crate::kube_proxy::KubeProxyRules, String> {

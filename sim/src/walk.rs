@@ -726,3 +726,28 @@ impl LocalAddresses for Node {
         )
     }
 }
+
+/// What a TCP client at `from` would observe connecting to `dst:dport`: the
+/// place that accepted and the source address it saw, if the handshake
+/// completes (the SYN is delivered and the SYN-ACK comes back to `from`
+/// through conntrack's reverse NAT); None if either direction is lost.
+/// This is what a real probe (socat) on the testbed reports.
+pub fn tcp_connect(
+    world: &World,
+    from: Place,
+    src: IpAddr,
+    dst: IpAddr,
+    dport: u16,
+    branches: &mut dyn Branches,
+) -> Option<(Place, IpAddr)> {
+    let mut w = Walker::quiet(world);
+    let syn = Packet::tcp(src, 46000, dst, dport);
+    let (to, seen) = match w.send(from, syn, branches) {
+        Fate::Delivered { to, packet } => (to, packet),
+        _ => return None,
+    };
+    match w.send(to, seen.reply(), &mut crate::netfilter::TakeFirst) {
+        Fate::Delivered { to: back, .. } if back == from => Some((to, seen.src)),
+        _ => None,
+    }
+}

@@ -8,6 +8,11 @@
 
 pub mod support;
 
+/// `kscratch apply` on the testbed: real pods, etcd, resume, host keys, timing.
+mod apply;
+/// The real kernel and `kscratch check` agree, with and without faults.
+mod differential;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;

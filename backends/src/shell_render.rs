@@ -1,0 +1,1433 @@
+//! Rendering typed actions to the POSIX `sh` a node runs: a pure function.
+//!
+//! Every remote step has two scripts. The **check** changes nothing and
+//! answers with its exit status: [`EXIT_SATISFIED`] (the desired state
+//! holds), [`EXIT_NEEDED`] (apply would change something) or
+//! [`EXIT_NOT_APPLICABLE`] (the node cannot run this step, e.g. a daemon
+//! that is not installed; the reason is the last line of its stdout). Any
+//! other status is an error. The **apply** makes the state hold; it runs with
+//! `set -e` and is idempotent, so running it twice is harmless.
+//!
+//! Values from the scenario are always quoted with [`crate::shell::quote`].
+//! File contents and binaries travel on the script's stdin ([`Stdin`]),
+//! never in argv, so secrets do not show in `ps` or in logs. Uploads are
+//! atomic: a temporary file in the destination directory, mode and owner
+//! set, then `mv` over the destination.
+//!
+//! What the action alone does not say is passed in [`Inputs`]: the bytes of a
+//! rendered file and the path and SHA-256 of a release binary, which the
+//! operator's machine knows. Nothing here reads a file or a clock.
+
+use crate::shell::{self, QuoteError};
+use kscratch_core::net::route::{FdbEntry, MacAddr, Neighbor, Route};
+use kscratch_core::plan::Plan;
+use kscratch_core::plan::{
+    Action, Asset, PodRouteVia, PreflightCheck, Service, VxlanDevice, PKI_DIR,
+};
+use kscratch_core::render::{self as krender, Redacted};
+use kscratch_core::scenario::{Runtime, Scenario};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::PathBuf;
+
+/// Check exit status: the desired state holds.
+pub const EXIT_SATISFIED: u32 = 0;
+/// Check exit status: apply is needed.
+pub const EXIT_NEEDED: u32 = 1;
+/// Check exit status: the step cannot run on this node; the last line of
+/// stdout says why.
+pub const EXIT_NOT_APPLICABLE: u32 = 100;
+/// Where the init-system–free supervisor keeps pid files, run scripts and logs.
+pub const RUN_DIR: &str = "/var/lib/kscratch/run";
+/// The `PATH` every script starts with: `sudo` and non-login shells may lack the sbin dirs.
+pub const SCRIPT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The bytes a script reads on stdin.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Stdin {
+    Empty,
+    /// In memory; `secret` bytes are never displayed.
+    Bytes {
+        bytes: Vec<u8>,
+        secret: bool,
+    },
+    /// A local file, streamed (release binaries).
+    File(PathBuf),
+}
+
+impl fmt::Debug for Stdin {
+    /// Sizes and hashes only: file contents may be keys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stdin::Empty => f.write_str("Empty"),
+            Stdin::Bytes { bytes, secret } => write!(
+                f,
+                "Bytes({} bytes{})",
+                bytes.len(),
+                if *secret { ", secret" } else { "" }
+            ),
+            Stdin::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+/// One remote command: a POSIX sh script and its stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    pub text: String,
+    pub stdin: Stdin,
+}
+
+impl Script {
+    fn new(text: String) -> Script {
+        Script {
+            text,
+            stdin: Stdin::Empty,
+        }
+    }
+    fn with_stdin(text: String, stdin: Stdin) -> Script {
+        Script { text, stdin }
+    }
+    /// The command line sent over SSH: the script under `sh -c`, after
+    /// `sudo -n` for a non-root user (never prompting: a password prompt
+    /// would hang the step).
+    pub fn command_line(&self, sudo: bool) -> String {
+        let body = format!("PATH={SCRIPT_PATH}; export PATH\n{}", self.text);
+        let quoted = shell::quote(&body)
+            .map(|q| q.into_owned())
+            .unwrap_or_else(|_| "false".into());
+        if sudo {
+            format!("sudo -n sh -c {quoted}")
+        } else {
+            format!("sh -c {quoted}")
+        }
+    }
+    /// A one-line summary of the stdin, for dry runs and logs.
+    pub fn stdin_summary(&self) -> Option<String> {
+        match &self.stdin {
+            Stdin::Empty => None,
+            Stdin::Bytes {
+                bytes,
+                secret: true,
+            } => Some(format!("stdin: {} bytes (secret, not shown)", bytes.len())),
+            Stdin::Bytes {
+                bytes,
+                secret: false,
+            } => Some(format!(
+                "stdin: {} bytes, sha256 {}",
+                bytes.len(),
+                sha256_hex(bytes)
+            )),
+            Stdin::File(p) => Some(format!("stdin: the local file {}", p.display())),
+        }
+    }
+}
+
+/// A remote step: how to check it and how to apply it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepScripts {
+    pub check: Script,
+    pub apply: Script,
+}
+
+/// What rendering decided for an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendered {
+    /// Runs on the node over SSH.
+    Remote(StepScripts),
+    /// Runs on the operator's machine (PKI); the text says what it does.
+    Local(String),
+    /// Cannot run over SSH here, with the reason (e.g. the fabric router).
+    NotApplicable(String),
+}
+
+/// Facts the operator's machine supplies.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs<'a> {
+    /// `WriteFile`: the rendered bytes.
+    pub file: Option<&'a [u8]>,
+    /// `InstallBinary`: the release binary.
+    pub binary: Option<Binary>,
+}
+
+/// A release binary on the operator's machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binary {
+    pub path: PathBuf,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+/// What the renderer needs to know about the step.
+pub struct RenderCx<'a> {
+    pub scenario: &'a Scenario,
+    pub plan: &'a Plan,
+    /// The node the step runs on (`Target::Node`), if any.
+    pub node: Option<usize>,
+    pub inputs: Inputs<'a>,
+}
+
+/// Why an action cannot be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShellRenderError {
+    #[error("{0}")]
+    Quote(#[from] QuoteError),
+    #[error("{what} needs {missing}")]
+    MissingInput { what: String, missing: &'static str },
+    #[error("{0}")]
+    Render(#[from] krender::RenderError),
+    #[error("the unit of {service}: {message}")]
+    Unit { service: String, message: String },
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+}
+
+type R<T> = Result<T, ShellRenderError>;
+
+/// Renders `action` for the step described by `cx`.
+pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
+    Ok(match action {
+        Action::Preflight { checks } => Rendered::Remote(preflight(checks)?),
+        Action::InstallBinary { name, dest } => {
+            let bin = cx.inputs.binary.as_ref().ok_or_else(|| {
+                missing(
+                    format!("installing {name}"),
+                    "the release binary's path and SHA-256",
+                )
+            })?;
+            Rendered::Remote(install_binary(dest, bin)?)
+        }
+        Action::PullImage { image } => Rendered::Remote(pull_image(&cx.scenario.runtime, image)?),
+        Action::GenerateCa { ca } => Rendered::Local(format!(
+            "generate the {} CA (key and self-signed certificate)",
+            ca.name()
+        )),
+        Action::IssueCert { cert, node } => Rendered::Local(match node {
+            Some(n) => format!("issue the {} certificate for {n}", cert.name()),
+            None => format!("issue the {} certificate", cert.name()),
+        }),
+        Action::GenerateServiceAccountKey => {
+            Rendered::Local("generate the service-account key pair".into())
+        }
+        Action::GenerateTokens { users } => {
+            Rendered::Local(format!("generate bearer tokens for {}", users.join(", ")))
+        }
+        Action::WriteFile { path, mode, asset } => {
+            let bytes = cx
+                .inputs
+                .file
+                .ok_or_else(|| missing(format!("writing {path}"), "the rendered file"))?;
+            Rendered::Remote(write_file(path, *mode, bytes, asset.is_secret())?)
+        }
+        Action::SetSysctl { key, value } => Rendered::Remote(set_sysctl(key, value)?),
+        Action::LoadKernelModule { name } => Rendered::Remote(load_module(name)?),
+        Action::DeleteLink { name } => Rendered::Remote(delete_link(name)?),
+        Action::DeleteIptablesRules {
+            table,
+            rules,
+            chains,
+        } => Rendered::Remote(delete_iptables(table.name(), rules, chains)?),
+        Action::CreateBridge { name, addr, mtu } => {
+            Rendered::Remote(create_bridge(name, &addr.to_string(), *mtu)?)
+        }
+        Action::CreateVxlan(dev) => Rendered::Remote(create_vxlan(dev)?),
+        Action::InstallPodRoutes { via, .. } => {
+            let node = cx
+                .node
+                .ok_or_else(|| missing("pod routes".into(), "a node"))?;
+            Rendered::Remote(pod_routes(cx.plan, node, via)?)
+        }
+        Action::InstallFabricRoutes { .. } => {
+            let routes: Vec<String> = cx
+                .plan
+                .pod_network()
+                .iter()
+                .map(|e| format!("{} via {}", e.pod_cidr, e.node_ip))
+                .collect();
+            Rendered::NotApplicable(format!(
+                "the underlay router is not managed over SSH: install these routes on it (or in the cloud route table): {}",
+                routes.join(", ")
+            ))
+        }
+        Action::EnsureIptablesRule { table, rule } => {
+            let mut argv = vec![
+                "iptables".to_string(),
+                "-w".into(),
+                "-t".into(),
+                table.name().into(),
+                "-C".into(),
+                rule.chain.clone(),
+            ];
+            argv.extend(rule.to_args());
+            let check_cmd = shell::join(&argv)?;
+            argv[4] = "-A".into();
+            let append = shell::join(&argv)?;
+            Rendered::Remote(StepScripts {
+                check: Script::new(format!(
+                    "if {check_cmd} 2>/dev/null; then exit 0; fi\nexit 1\n"
+                )),
+                apply: Script::new(format!("set -e\n{check_cmd} 2>/dev/null || {append}\n")),
+            })
+        }
+        Action::StartService { name } => {
+            let node = cx
+                .node
+                .ok_or_else(|| missing(format!("starting {name}"), "a node"))?;
+            Rendered::Remote(start_service(cx.scenario, node, name)?)
+        }
+        Action::WaitHealthy {
+            component,
+            url,
+            timeout_secs,
+        } => Rendered::Remote(wait_healthy(component, url, *timeout_secs)?),
+        Action::ApplyManifest { asset } => Rendered::Remote(apply_manifest(*asset)?),
+        Action::ValidateCluster { nodes, components } => {
+            Rendered::Remote(validate_cluster(nodes, components)?)
+        }
+    })
+}
+
+/// The line an [`apply_then_check`] script ends with: the check's status.
+pub const VERIFY_MARKER: &str = "kscratch-verify=";
+
+/// One command that applies and then checks again, so that the executor's
+/// verification costs no extra round trip. The apply runs in a subshell with
+/// the stdin; if it fails, its status is the script's. Otherwise the check
+/// runs (stdin closed) and the script prints [`VERIFY_MARKER`] and the
+/// check's status as its last line, and exits 0.
+pub fn apply_then_check(s: &StepScripts) -> Script {
+    let text = format!(
+        "(\n{apply})\nstatus=$?\n[ \"$status\" = 0 ] || exit \"$status\"\n(\n{check}) </dev/null\necho \"{VERIFY_MARKER}$?\"\n",
+        apply = s.apply.text,
+        check = s.check.text
+    );
+    Script {
+        text,
+        stdin: s.apply.stdin.clone(),
+    }
+}
+
+/// The check status and the check's own output (without the marker line) of
+/// an [`apply_then_check`] run; `None` when the marker is missing.
+pub fn parse_verify(stdout: &str) -> Option<(u32, String)> {
+    let trimmed = stdout.trim_end_matches('\n');
+    let (before, last) = match trimmed.rfind('\n') {
+        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+        None => ("", trimmed),
+    };
+    let status = last.strip_prefix(VERIFY_MARKER)?.trim().parse().ok()?;
+    Some((status, before.to_string()))
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The daemon binary a service's unit starts, for messages: `/usr/local/bin/etcd`, `containerd`.
+pub fn service_program(s: &Scenario, node: usize, name: &str) -> R<String> {
+    let argv = service_argv(s, node, name)?.0;
+    Ok(program_of(&argv).to_string())
+}
+
+fn missing(what: String, missing: &'static str) -> ShellRenderError {
+    ShellRenderError::MissingInput { what, missing }
+}
+
+fn q(s: &str) -> R<String> {
+    Ok(shell::quote(s)?.into_owned())
+}
+
+fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &path[..i],
+        None => ".",
+    }
+}
+
+/// A check and an apply that place `stdin` at `dest` with `mode`, owned by root.
+fn upload(dest: &str, mode: u32, sha256: &str, stdin: Stdin) -> R<StepScripts> {
+    let d = q(dest)?;
+    let mode_text = format!("{mode:o}");
+    let sum_line = q(&format!("{sha256}  {dest}"))?;
+    let check = format!(
+        "[ -f {d} ] || exit 1\n\
+         [ \"$(stat -c %a {d})\" = {mode_text} ] || exit 1\n\
+         [ \"$(stat -c %u:%g {d})\" = 0:0 ] || exit 1\n\
+         printf '%s\\n' {sum_line} | sha256sum -c --status || exit 1\n\
+         exit 0\n"
+    );
+    let dir = q(parent(dest))?;
+    let apply = format!(
+        "set -e\n\
+         mkdir -p {dir}\n\
+         tmp=$(mktemp {dir}/.kscratch.XXXXXX)\n\
+         trap 'rm -f \"$tmp\"' EXIT\n\
+         cat > \"$tmp\"\n\
+         chmod {mode:04o} \"$tmp\"\n\
+         chown 0:0 \"$tmp\"\n\
+         mv -f \"$tmp\" {d}\n\
+         trap - EXIT\n"
+    );
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::with_stdin(apply, stdin),
+    })
+}
+
+fn write_file(path: &str, mode: u32, bytes: &[u8], secret: bool) -> R<StepScripts> {
+    upload(
+        path,
+        mode,
+        &sha256_hex(bytes),
+        Stdin::Bytes {
+            bytes: bytes.to_vec(),
+            secret,
+        },
+    )
+}
+
+fn install_binary(dest: &str, bin: &Binary) -> R<StepScripts> {
+    upload(dest, 0o755, &bin.sha256, Stdin::File(bin.path.clone()))
+}
+
+/// The process name that may hold a port a preflight wants free: on a
+/// re-apply the port is held by the very daemon kscratch started.
+fn port_owner(port: u16) -> Option<&'static str> {
+    match port {
+        10250 => Some("kubelet"),
+        2379 | 2380 => Some("etcd"),
+        443 | 6443 | 8080 => Some("kube-apiserver"),
+        _ => None,
+    }
+}
+
+/// Daemons the plan itself starts: their absence is reported by the step
+/// that starts them (skipped, with the reason), not as a preflight failure.
+const SOFT_COMMANDS: &[&str] = &["containerd", "dockerd"];
+
+fn preflight(checks: &[PreflightCheck]) -> R<StepScripts> {
+    let mut s = String::from("failed=0\nfail() { echo \"preflight: $*\" >&2; failed=1; }\n");
+    for c in checks {
+        match c {
+            PreflightCheck::Platform { os, arch } => {
+                let kernel = match *os {
+                    "linux" => "Linux",
+                    other => other,
+                };
+                s.push_str(&format!(
+                    "[ \"$(uname -s)\" = {k} ] && [ \"$(uname -m)\" = {a} ] || fail {msg}\n",
+                    k = q(kernel)?,
+                    a = q(arch)?,
+                    msg = q(&format!("this node is not {os}/{arch}"))?,
+                ));
+            }
+            PreflightCheck::Command { name } if SOFT_COMMANDS.contains(name) => {
+                s.push_str(&format!(
+                    "command -v {n} >/dev/null 2>&1 || echo {msg}\n",
+                    n = q(name)?,
+                    msg = q(&format!("preflight: note: {name} is not installed; the step that starts it will be skipped"))?
+                ));
+            }
+            PreflightCheck::Command { name } => {
+                s.push_str(&format!(
+                    "command -v {n} >/dev/null 2>&1 || fail {msg}\n",
+                    n = q(name)?,
+                    msg = q(&format!("the command {name} is not installed"))?
+                ));
+            }
+            PreflightCheck::KernelModule { name } => {
+                s.push_str(&format!(
+                    "{loaded} || modprobe -n -q {n} 2>/dev/null || fail {msg}\n",
+                    loaded = module_loaded(name)?,
+                    n = q(name)?,
+                    msg = q(&format!("the kernel module {name} is not available"))?
+                ));
+            }
+            PreflightCheck::PortFree { port } => {
+                let listeners = format!("$(ss -Htlnp 'sport = :{port}' 2>/dev/null)");
+                match port_owner(*port) {
+                    Some(owner) => s.push_str(&format!(
+                        "l=\"{listeners}\"; [ -z \"$l\" ] || case \"$l\" in *'\"{owner}\"'*) ;; *) fail {msg} ;; esac\n",
+                        msg = q(&format!("TCP port {port} is in use by another program than {owner}"))?
+                    )),
+                    None => s.push_str(&format!("[ -z \"{listeners}\" ] || fail {msg}\n", msg = q(&format!("TCP port {port} is in use"))?)),
+                }
+            }
+            PreflightCheck::NodeAddress { ip, interface } => {
+                s.push_str(&format!(
+                    "[ -n \"$(ip -o addr show dev {i} to {a} 2>/dev/null)\" ] || fail {msg}\n",
+                    i = q(interface)?,
+                    a = q(&ip.to_string())?,
+                    msg = q(&format!("{ip} is not configured on {interface}"))?
+                ));
+            }
+        }
+    }
+    // A failed preflight is an error (status 2), never "needed": nothing may be applied.
+    s.push_str("[ \"$failed\" = 0 ] || exit 2\nexit 0\n");
+    Ok(StepScripts {
+        check: Script::new(s),
+        apply: Script::new("true\n".into()),
+    })
+}
+
+fn pull_image(runtime: &Runtime, image: &str) -> R<StepScripts> {
+    let i = q(image)?;
+    let (tool, present, pull) = match runtime {
+        Runtime::Docker(_) => (
+            "docker",
+            format!("docker image inspect {i} >/dev/null 2>&1"),
+            format!("docker pull {i}"),
+        ),
+        Runtime::Containerd => (
+            "ctr",
+            format!("ctr -n k8s.io images ls -q | grep -qxF {i}"),
+            format!("ctr -n k8s.io images pull {i}"),
+        ),
+    };
+    let reason = q(&format!("{tool} is not installed: cannot pull {image}"))?;
+    Ok(StepScripts {
+        check: Script::new(format!("command -v {tool} >/dev/null 2>&1 || {{ echo {reason}; exit {EXIT_NOT_APPLICABLE}; }}\nif {present}; then exit 0; fi\nexit 1\n")),
+        apply: Script::new(format!("set -e\n{pull}\n")),
+    })
+}
+
+/// One file per key, so that steps running in parallel never write the same file.
+fn sysctl_file(key: &str) -> String {
+    format!("/etc/sysctl.d/90-kscratch-{key}.conf")
+}
+
+fn set_sysctl(key: &str, value: &str) -> R<StepScripts> {
+    let (k, v) = (q(key)?, q(value)?);
+    let file = sysctl_file(key);
+    let f = q(&file)?;
+    let line = q(&format!("{key} = {value}"))?;
+    let kv = q(&format!("{key}={value}"))?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "[ \"$(sysctl -n {k} 2>/dev/null)\" = {v} ] || exit 1\n[ \"$(cat {f} 2>/dev/null)\" = {line} ] || exit 1\nexit 0\n"
+        )),
+        apply: Script::new(format!(
+            "set -e\nsysctl -q -w {kv}\nmkdir -p /etc/sysctl.d\nprintf '%s\\n' {line} > {f}.tmp\nmv -f {f}.tmp {f}\n"
+        )),
+    })
+}
+
+/// A test that a module is loaded or built in. Built-in modules without
+/// parameters have no `/sys/module` entry: for those the kernel interface
+/// they provide is the evidence (`br_netfilter` adds `/proc/sys/net/bridge`).
+fn module_loaded(name: &str) -> R<String> {
+    let n = q(name)?;
+    let builtin = format!("grep -qs /{name}.ko \"/lib/modules/$(uname -r)/modules.builtin\"");
+    Ok(match name {
+        "br_netfilter" => format!("{{ [ -d /sys/module/{n} ] || [ -d /proc/sys/net/bridge ]; }}"),
+        _ => format!("{{ [ -d /sys/module/{n} ] || {builtin}; }}"),
+    })
+}
+
+fn load_module(name: &str) -> R<StepScripts> {
+    let n = q(name)?;
+    let loaded = module_loaded(name)?;
+    let f = q(&format!("/etc/modules-load.d/kscratch-{name}.conf"))?;
+    Ok(StepScripts {
+        check: Script::new(format!("{loaded} || exit 1\n[ \"$(cat {f} 2>/dev/null)\" = {n} ] || exit 1\nexit 0\n")),
+        apply: Script::new(format!(
+            "set -e\n{loaded} || modprobe {n}\nmkdir -p /etc/modules-load.d\nprintf '%s\\n' {n} > {f}.tmp\nmv -f {f}.tmp {f}\n"
+        )),
+    })
+}
+
+fn delete_link(name: &str) -> R<StepScripts> {
+    let n = q(name)?;
+    Ok(StepScripts {
+        check: Script::new(format!("if ip link show dev {n} >/dev/null 2>&1; then exit 1; fi\nexit 0\n")),
+        apply: Script::new(format!("set -e\nif ip link show dev {n} >/dev/null 2>&1; then\n  ip link set dev {n} down\n  ip link delete {n}\nfi\n")),
+    })
+}
+
+fn delete_iptables(
+    table: &str,
+    rules: &[kscratch_core::net::iptables::Rule],
+    chains: &[String],
+) -> R<StepScripts> {
+    let t = q(table)?;
+    let mut check = String::new();
+    let mut apply = String::new();
+    for r in rules {
+        let mut argv = vec![r.chain.clone()];
+        argv.extend(r.to_args());
+        let spec = shell::join(&argv)?;
+        check.push_str(&format!(
+            "if iptables -w -t {t} -C {spec} >/dev/null 2>&1; then exit 1; fi\n"
+        ));
+        // A rule may be there more than once: delete until none is left.
+        apply.push_str(&format!(
+            "while iptables -w -t {t} -D {spec} >/dev/null 2>&1; do :; done\n"
+        ));
+    }
+    for c in chains {
+        let c = q(c)?;
+        check.push_str(&format!(
+            "if iptables -w -t {t} -S {c} >/dev/null 2>&1; then exit 1; fi\n"
+        ));
+        apply.push_str(&format!("if iptables -w -t {t} -S {c} >/dev/null 2>&1; then\n  iptables -w -t {t} -F {c}\n  iptables -w -t {t} -X {c}\nfi\n"));
+    }
+    check.push_str("exit 0\n");
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(format!("set -e\n{apply}")),
+    })
+}
+
+fn inet(addr: &str) -> &'static str {
+    if addr.contains(':') {
+        "inet6"
+    } else {
+        "inet"
+    }
+}
+
+fn create_bridge(name: &str, addr: &str, mtu: u32) -> R<StepScripts> {
+    let n = q(name)?;
+    let a = q(addr)?;
+    let has_addr = q(&format!(" {} {addr} ", inet(addr)))?;
+    let check = format!(
+        "[ -d /sys/class/net/{n}/bridge ] || exit 1\n\
+         [ \"$(cat /sys/class/net/{n}/mtu)\" = {mtu} ] || exit 1\n\
+         ip -o link show dev {n} | grep -q '[<,]UP[,>]' || exit 1\n\
+         ip -o addr show dev {n} | grep -qF -- {has_addr} || exit 1\n\
+         exit 0\n"
+    );
+    let apply = format!(
+        "set -e\n\
+         if [ -e /sys/class/net/{n} ] && [ ! -d /sys/class/net/{n}/bridge ]; then\n  echo {msg} >&2\n  exit 1\nfi\n\
+         [ -d /sys/class/net/{n}/bridge ] || ip link add {n} type bridge\n\
+         ip link set dev {n} mtu {mtu}\n\
+         ip addr replace {a} dev {n}\n\
+         ip link set dev {n} up\n",
+        msg = q(&format!("{name} exists and is not a bridge: remove it first"))?
+    );
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(apply),
+    })
+}
+
+fn create_vxlan(v: &VxlanDevice) -> R<StepScripts> {
+    let n = q(&v.name)?;
+    let dev = q(&v.dev)?;
+    let local = q(&v.local.to_string())?;
+    let mac = MacAddr::parse(&v.mac).map_err(|e| ShellRenderError::Invalid {
+        what: format!("vxlan {}", v.name),
+        message: e.to_string(),
+    })?;
+    let m = q(&mac.to_string())?;
+    let addr = v.addr.to_string();
+    let a = q(&addr)?;
+    let has_addr = q(&format!(" {} {addr} ", inet(&addr)))?;
+    // The device's parameters, as `ip -d link show` prints them.
+    let params = [
+        format!("vxlan id {} ", v.vni),
+        format!(" local {} ", v.local),
+        format!(" dev {} ", v.dev),
+        format!(" dstport {} ", v.port),
+        " nolearning ".to_string(),
+    ];
+    let mut same = String::from("same() {\n  d=$(ip -d -o link show dev ");
+    same.push_str(&n);
+    same.push_str(" 2>/dev/null) || return 1\n");
+    for p in &params {
+        same.push_str(&format!(
+            "  case \"$d\" in *{}*) ;; *) return 1 ;; esac\n",
+            q(p)?
+        ));
+    }
+    same.push_str("  return 0\n}\n");
+    let check = format!(
+        "{same}same || exit 1\n\
+         [ \"$(cat /sys/class/net/{n}/mtu)\" = {mtu} ] || exit 1\n\
+         [ \"$(cat /sys/class/net/{n}/address)\" = {m} ] || exit 1\n\
+         ip -o link show dev {n} | grep -q '[<,]UP[,>]' || exit 1\n\
+         ip -o addr show dev {n} | grep -qF -- {has_addr} || exit 1\n\
+         exit 0\n",
+        mtu = v.mtu
+    );
+    let apply = format!(
+        "set -e\n{same}\
+         # A device with other parameters cannot be changed in place: re-create it.\n\
+         if ip link show dev {n} >/dev/null 2>&1 && ! same; then ip link delete {n}; fi\n\
+         ip link show dev {n} >/dev/null 2>&1 || ip link add {n} type vxlan id {vni} local {local} dev {dev} dstport {port} nolearning\n\
+         ip link set dev {n} address {m} mtu {mtu}\n\
+         ip addr replace {a} dev {n}\n\
+         ip link set dev {n} up\n",
+        vni = v.vni,
+        port = v.port,
+        mtu = v.mtu
+    );
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(apply),
+    })
+}
+
+/// Routes to every other node's pod CIDR; for the overlay also the static
+/// neighbour and FDB entries of each remote VTEP (flannel's layout). Apply
+/// feeds `ip -batch` / `bridge -batch`: one process each, whatever the
+/// number of nodes.
+fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
+    let entries = plan.pod_network();
+    let me = entries
+        .get(node)
+        .map(|e| e.node.clone())
+        .unwrap_or_default();
+    let mut check = String::new();
+    let mut ip_batch = String::new();
+    let mut fdb_batch = String::new();
+    for e in entries.iter().filter(|e| e.node != me) {
+        match via {
+            PodRouteVia::Underlay { dev } => {
+                let r = Route::via(e.pod_cidr, e.node_ip, dev);
+                check.push_str(&format!(
+                    "ip route show exact {c} | sed 's/ *$//' | grep -qxF {line} || exit 1\n",
+                    c = q(&e.pod_cidr.to_string())?,
+                    line = q(&r.emit())?
+                ));
+                ip_batch.push_str(&format!("route replace {}\n", shell::join(r.to_args())?));
+            }
+            PodRouteVia::Overlay { dev } => {
+                let vtep = e.pod_cidr.network();
+                let mac_text = e
+                    .vtep_mac
+                    .as_deref()
+                    .ok_or_else(|| ShellRenderError::Invalid {
+                        what: format!("the overlay route to {}", e.node),
+                        message: "the pod network table has no VTEP MAC".into(),
+                    })?;
+                let mac = MacAddr::parse(mac_text).map_err(|err| ShellRenderError::Invalid {
+                    what: format!("the VTEP MAC of {}", e.node),
+                    message: err.to_string(),
+                })?;
+                let r = Route {
+                    onlink: true,
+                    ..Route::via(e.pod_cidr, vtep, dev)
+                };
+                let n = Neighbor::permanent(vtep, dev, mac);
+                let f = FdbEntry::vxlan(mac, dev, e.node_ip);
+                let d = q(dev)?;
+                check.push_str(&format!(
+                    "ip route show exact {c} | sed 's/ *$//' | grep -qxF {line} || exit 1\n",
+                    c = q(&e.pod_cidr.to_string())?,
+                    line = q(&r.emit())?
+                ));
+                check.push_str(&format!(
+                    "ip neigh show dev {d} | sed 's/ *$//' | grep -qxF {line} || exit 1\n",
+                    line = q(&format!("{vtep} lladdr {mac} PERMANENT"))?
+                ));
+                check.push_str(&format!(
+                    "bridge fdb show dev {d} | sed 's/ *$//' | grep -qxF {line} || exit 1\n",
+                    line = q(&format!("{mac} dst {} self permanent", e.node_ip))?
+                ));
+                ip_batch.push_str(&format!("route replace {}\n", shell::join(r.to_args())?));
+                ip_batch.push_str(&format!("neigh replace {}\n", shell::join(n.to_args())?));
+                fdb_batch.push_str(&format!("fdb replace {}\n", shell::join(f.to_args())?));
+            }
+        }
+    }
+    check.push_str("exit 0\n");
+    if ip_batch.is_empty() {
+        // A one-node cluster has no routes to install.
+        return Ok(StepScripts {
+            check: Script::new("exit 0\n".into()),
+            apply: Script::new("true\n".into()),
+        });
+    }
+    // The batches are here-documents: visible in a dry run, and not secret.
+    // FDB entries first: a route through the VTEP is useless until its MAC is known.
+    let mut apply = String::from("set -e\n");
+    if !fdb_batch.is_empty() {
+        apply.push_str(&format!(
+            "bridge -batch - <<'{HEREDOC}'\n{fdb_batch}{HEREDOC}\n"
+        ));
+    }
+    apply.push_str(&format!("ip -batch - <<'{HEREDOC}'\n{ip_batch}{HEREDOC}\n"));
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(apply),
+    })
+}
+
+/// Ends the here-documents of batch input; no generated line can equal it.
+const HEREDOC: &str = "KSCRATCH_EOF";
+
+fn service_of(name: &str) -> Option<Service> {
+    [
+        Service::Kubelet,
+        Service::KubeProxy,
+        Service::Docker,
+        Service::Containerd,
+        Service::Etcd,
+    ]
+    .into_iter()
+    .find(|s| s.name() == name)
+}
+
+/// The argv of a service's unit and the environment files it reads.
+fn service_argv(s: &Scenario, node: usize, name: &str) -> R<(Vec<String>, Vec<String>)> {
+    let svc = service_of(name).ok_or_else(|| ShellRenderError::Invalid {
+        what: format!("service {name}"),
+        message: "kscratch has no unit for it".into(),
+    })?;
+    // Units hold no secrets: placeholders are fine for reading ExecStart.
+    let unit = krender::render(s, Some(node), Asset::Unit(svc), &Redacted)?;
+    let text = String::from_utf8_lossy(&unit).into_owned();
+    let argv = krender::unit_exec_start(&text).map_err(|e| ShellRenderError::Unit {
+        service: name.into(),
+        message: e.to_string(),
+    })?;
+    let env_files = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("EnvironmentFile="))
+        .map(|f| f.trim_start_matches('-').to_string())
+        .collect();
+    Ok((argv, env_files))
+}
+
+/// `/usr/bin/env containerd ...` runs `containerd`; otherwise argv[0].
+fn program_of(argv: &[String]) -> &str {
+    match argv {
+        [env, prog, ..] if env == "/usr/bin/env" => prog,
+        [prog, ..] => prog,
+        [] => "",
+    }
+}
+
+/// Whether a unit word is a `$VAR` reference (systemd splits its value into words; so does sh).
+fn is_var_ref(w: &str) -> bool {
+    let Some(name) = w.strip_prefix('$') else {
+        return false;
+    };
+    let name = name
+        .strip_prefix('{')
+        .and_then(|n| n.strip_suffix('}'))
+        .unwrap_or(name);
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+/// The supervisor's run script: what `Restart=always` + `RestartSec=5` do,
+/// without an init system.
+fn supervisor_script(name: &str, argv: &[String], env_files: &[String]) -> R<String> {
+    let mut words = Vec::new();
+    for w in argv {
+        words.push(if is_var_ref(w) { w.clone() } else { q(w)? });
+    }
+    let mut s = format!("#!/bin/sh\n# Written by kscratch: runs {name} without an init system and restarts it when it dies.\n");
+    for f in env_files {
+        let f = q(f)?;
+        s.push_str(&format!("if [ -r {f} ]; then set -a; . {f}; set +a; fi\n"));
+    }
+    s.push_str(&format!(
+        "while :; do\n  {cmd}\n  echo \"kscratch: {name} exited with status $?; restarting in 5s\" >&2\n  sleep 5\ndone\n",
+        cmd = words.join(" ")
+    ));
+    Ok(s)
+}
+
+fn start_service(s: &Scenario, node: usize, name: &str) -> R<StepScripts> {
+    let (argv, env_files) = service_argv(s, node, name)?;
+    let prog = program_of(&argv).to_string();
+    let n = q(name)?;
+    let unit = format!("{name}.service");
+    let u = q(&unit)?;
+    let run = supervisor_script(name, &argv, &env_files)?;
+    let run_sha = sha256_hex(run.as_bytes());
+    let dir = RUN_DIR;
+    let p = q(&prog)?;
+    let absent = q(&format!(
+        "{prog} is not installed on this node: {name} cannot start"
+    ))?;
+    let installed = if prog.starts_with('/') {
+        format!("[ -x {p} ]")
+    } else {
+        format!("command -v {p} >/dev/null 2>&1")
+    };
+    let run_sum = q(&format!("{run_sha}  {dir}/{name}.run"))?;
+    let check = format!(
+        "{installed} || {{ echo {absent}; exit {EXIT_NOT_APPLICABLE}; }}\n\
+         if [ -d /run/systemd/system ]; then\n\
+         \x20 systemctl is-enabled --quiet {u} || exit 1\n\
+         \x20 systemctl is-active --quiet {u} || exit 1\n\
+         \x20 [ \"$(systemctl show -p NeedDaemonReload --value {u})\" = no ] || exit 1\n\
+         \x20 exit 0\n\
+         fi\n\
+         # No init system: the supervisor must be alive and running this very command.\n\
+         [ -f {dir}/{name}.pid ] || exit 1\n\
+         pid=$(cat {dir}/{name}.pid)\n\
+         kill -0 \"$pid\" 2>/dev/null || exit 1\n\
+         printf '%s\\n' {run_sum} | sha256sum -c --status || exit 1\n\
+         exit 0\n"
+    );
+    let apply = format!(
+        "set -e\n\
+         if [ -d /run/systemd/system ]; then\n\
+         \x20 systemctl daemon-reload\n\
+         \x20 systemctl enable --quiet {u}\n\
+         \x20 systemctl restart {u}\n\
+         \x20 exit 0\n\
+         fi\n\
+         mkdir -p {dir}\n\
+         # Stop an earlier supervisor and its daemon (its own process group).\n\
+         if [ -f {dir}/{name}.pid ]; then\n\
+         \x20 old=$(cat {dir}/{name}.pid)\n\
+         \x20 if kill -0 \"$old\" 2>/dev/null; then\n\
+         \x20   kill -TERM -- \"-$old\" 2>/dev/null || kill -TERM \"$old\" 2>/dev/null || true\n\
+         \x20   i=0; while kill -0 \"$old\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+         \x20   kill -KILL -- \"-$old\" 2>/dev/null || true\n\
+         \x20 fi\n\
+         \x20 rm -f {dir}/{name}.pid\n\
+         fi\n\
+         cat > {dir}/{name}.run.tmp\n\
+         chmod 0755 {dir}/{name}.run.tmp\n\
+         mv -f {dir}/{name}.run.tmp {dir}/{name}.run\n\
+         setsid sh -c 'echo $$ > \"$1\"; exec sh \"$2\"' {n} {dir}/{name}.pid {dir}/{name}.run >> {dir}/{name}.log 2>&1 < /dev/null &\n\
+         i=0; while [ ! -s {dir}/{name}.pid ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
+         [ -s {dir}/{name}.pid ]\n"
+    );
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::with_stdin(
+            apply,
+            Stdin::Bytes {
+                bytes: run.into_bytes(),
+                secret: false,
+            },
+        ),
+    })
+}
+
+/// The credentials a node has to talk to a component's health endpoint.
+fn tls_options(component: &str) -> String {
+    if component == "etcd" {
+        // etcd requires client certificates; its server certificate is also a client one.
+        let e = format!("{PKI_DIR}/etcd");
+        format!("--cacert {e}/ca.crt --cert {e}/server.crt --key {e}/server.key")
+    } else {
+        "-k".into()
+    }
+}
+
+/// `host port` of an `http(s)://host:port/...` URL, for the TCP fallback.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let default = if scheme == "https" { 443 } else { 80 };
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (h, rest) = v6.split_once(']')?;
+        let port = rest
+            .strip_prefix(':')
+            .map(|p| p.parse().ok())
+            .unwrap_or(Some(default))?;
+        return Some((h.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((authority.to_string(), default)),
+    }
+}
+
+fn wait_healthy(component: &str, url: &str, timeout_secs: u32) -> R<StepScripts> {
+    let u = q(url)?;
+    let tls = if url.starts_with("https://") {
+        tls_options(component)
+    } else {
+        String::new()
+    };
+    let (host, port) = host_port(url).ok_or_else(|| ShellRenderError::Invalid {
+        what: format!("the health URL of {component}"),
+        message: format!("`{url}` is not an http(s) URL"),
+    })?;
+    let tcp = q(&format!("exec 3<>/dev/tcp/{host}/{port}"))?;
+    let probe = format!(
+        "probe() {{\n\
+         \x20 if command -v curl >/dev/null 2>&1; then curl -fsS --max-time 5 {tls} {u} >/dev/null 2>&1\n\
+         \x20 else bash -c {tcp} 2>/dev/null\n\
+         \x20 fi\n\
+         }}\n"
+    );
+    let check = format!("{probe}if probe; then exit 0; fi\nexit 1\n");
+    let apply = format!(
+        "{probe}i=0\nwhile [ $i -lt {timeout_secs} ]; do\n  if probe; then exit 0; fi\n  sleep 1; i=$((i+1))\ndone\necho {msg} >&2\nexit 1\n",
+        msg = q(&format!("{component} is not healthy at {url} after {timeout_secs}s"))?
+    );
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(apply),
+    })
+}
+
+fn kubectl_guard() -> String {
+    format!("command -v kubectl >/dev/null 2>&1 || {{ echo 'kubectl is not installed on this node'; exit {EXIT_NOT_APPLICABLE}; }}\n")
+}
+
+fn admin_kubeconfig() -> R<String> {
+    q(Asset::Kubeconfig(kscratch_core::plan::KubeconfigUser::Admin).path())
+}
+
+fn apply_manifest(asset: Asset) -> R<StepScripts> {
+    let f = q(asset.path())?;
+    let k = admin_kubeconfig()?;
+    Ok(StepScripts {
+        // `kubectl diff`: 0 no difference, 1 differences, more on error.
+        check: Script::new(format!(
+            "{}kubectl --kubeconfig {k} diff -f {f} >/dev/null\n",
+            kubectl_guard()
+        )),
+        apply: Script::new(format!("set -e\nkubectl --kubeconfig {k} apply -f {f}\n")),
+    })
+}
+
+fn validate_cluster(nodes: &[String], components: &[String]) -> R<StepScripts> {
+    let k = admin_kubeconfig()?;
+    let mut names = Vec::new();
+    for n in nodes {
+        names.push(q(n)?);
+    }
+    let want: String = nodes.iter().map(|n| format!("{n}=True\n")).collect();
+    let jsonpath = q("{range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}")?;
+    let validate = format!(
+        "valid() {{\n\
+         \x20 kubectl --kubeconfig {k} get --raw=/readyz >/dev/null 2>&1 || return 1\n\
+         \x20 got=$(kubectl --kubeconfig {k} get nodes {names} -o jsonpath={jsonpath} 2>/dev/null | sort) || return 1\n\
+         \x20 [ \"$got\" = {want} ]\n\
+         }}\n",
+        names = names.join(" "),
+        want = q(&sort_lines(&want))?
+    );
+    let _ = components; // readyz covers the apiserver's view of etcd and the control plane.
+    Ok(StepScripts {
+        check: Script::new(format!("{}{validate}if valid; then exit 0; fi\nexit 1\n", kubectl_guard())),
+        apply: Script::new(format!(
+            "{validate}i=0\nwhile [ $i -lt 300 ]; do\n  if valid; then exit 0; fi\n  sleep 2; i=$((i+2))\ndone\necho 'the cluster did not validate in 300s: nodes not Ready or /readyz failing' >&2\nexit 1\n"
+        )),
+    })
+}
+
+fn sort_lines(text: &str) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kscratch_core::plan::{plan, Target};
+    use std::process::Command;
+
+    const SCENARIO: &str = "cluster: {name: t, kubernetesVersion: \"1.30.4\"}\n\
+        nodes:\n  - {name: a, ip: 198.51.100.1, roles: [control-plane, etcd, worker]}\n  - {name: b, ip: 198.51.100.2}\n\
+        network: {nodeCIDR: 198.51.100.0/24, clusterCIDR: 10.10.0.0/16, nodePrefix: 24, podTraffic: routed}\n\
+        etcd: {runAs: service}\n";
+
+    fn load(text: &str) -> (Scenario, Plan) {
+        let s = kscratch_core::load("t.yaml", text, None).unwrap().scenario;
+        let p = plan(&s);
+        (s, p)
+    }
+
+    fn step<'a>(p: &'a Plan, id: &str) -> &'a kscratch_core::plan::Step {
+        p.steps
+            .iter()
+            .find(|s| p.step_id(s) == id)
+            .unwrap_or_else(|| panic!("no step {id}"))
+    }
+
+    fn scripts(s: &Scenario, p: &Plan, id: &str, inputs: Inputs<'_>) -> StepScripts {
+        let st = step(p, id);
+        let node = match st.target {
+            Target::Node(i) => Some(i as usize),
+            _ => None,
+        };
+        match render(
+            &RenderCx {
+                scenario: s,
+                plan: p,
+                node,
+                inputs,
+            },
+            &st.action,
+        )
+        .unwrap()
+        {
+            Rendered::Remote(r) => r,
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+
+    /// Runs `sh -n` on the script: it must at least parse.
+    fn parses(script: &str) {
+        let out = Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sh -n failed: {}\n{script}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn the_bridge_is_checked_and_created_idempotently() {
+        let (s, p) = load(SCENARIO);
+        let r = scripts(&s, &p, "a/net/bridge", Inputs::default());
+        assert_eq!(
+            r.check.text,
+            "[ -d /sys/class/net/cbr0/bridge ] || exit 1\n\
+             [ \"$(cat /sys/class/net/cbr0/mtu)\" = 1500 ] || exit 1\n\
+             ip -o link show dev cbr0 | grep -q '[<,]UP[,>]' || exit 1\n\
+             ip -o addr show dev cbr0 | grep -qF -- ' inet 10.10.0.1/24 ' || exit 1\n\
+             exit 0\n"
+        );
+        assert!(r.apply.text.contains("[ -d /sys/class/net/cbr0/bridge ] || ip link add cbr0 type bridge\nip link set dev cbr0 mtu 1500\nip addr replace 10.10.0.1/24 dev cbr0\nip link set dev cbr0 up\n"), "{}", r.apply.text);
+        parses(&r.check.text);
+        parses(&r.apply.text);
+    }
+
+    #[test]
+    fn routed_pod_routes_cover_every_other_node_through_one_batch() {
+        let (s, p) = load(SCENARIO);
+        let r = scripts(&s, &p, "a/net/pod-routes", Inputs::default());
+        assert_eq!(r.check.text, "ip route show exact 10.10.1.0/24 | sed 's/ *$//' | grep -qxF '10.10.1.0/24 via 198.51.100.2 dev eth0' || exit 1\nexit 0\n");
+        assert_eq!(
+            r.apply.text,
+            "set -e\nip -batch - <<'KSCRATCH_EOF'\nroute replace 10.10.1.0/24 via 198.51.100.2 dev eth0\nKSCRATCH_EOF\n"
+        );
+        assert_eq!(r.apply.stdin, Stdin::Empty);
+        parses(&r.apply.text);
+    }
+
+    #[test]
+    fn overlay_routes_come_with_neighbour_and_fdb_entries() {
+        let text = SCENARIO.replace("podTraffic: routed", "podTraffic: vxlan");
+        let (s, p) = load(&text);
+        let r = scripts(&s, &p, "b/net/pod-routes", Inputs::default());
+        assert!(
+            r.check
+                .text
+                .contains("grep -qxF '10.10.0.0/24 via 10.10.0.0 dev vxlan0 onlink'"),
+            "{}",
+            r.check.text
+        );
+        assert!(
+            r.check
+                .text
+                .contains("grep -qxF '10.10.0.0 lladdr 0e:c6:33:64:01:00 PERMANENT'"),
+            "{}",
+            r.check.text
+        );
+        assert!(
+            r.check
+                .text
+                .contains("grep -qxF '0e:c6:33:64:01:00 dst 198.51.100.1 self permanent'"),
+            "{}",
+            r.check.text
+        );
+        assert_eq!(
+            r.apply.text,
+            "set -e\n\
+             bridge -batch - <<'KSCRATCH_EOF'\n\
+             fdb replace 0e:c6:33:64:01:00 dev vxlan0 dst 198.51.100.1 self permanent\n\
+             KSCRATCH_EOF\n\
+             ip -batch - <<'KSCRATCH_EOF'\n\
+             route replace 10.10.0.0/24 via 10.10.0.0 dev vxlan0 onlink\n\
+             neigh replace 10.10.0.0 lladdr 0e:c6:33:64:01:00 dev vxlan0 nud permanent\n\
+             KSCRATCH_EOF\n"
+        );
+        parses(&r.apply.text);
+        let v = scripts(&s, &p, "b/net/vxlan", Inputs::default());
+        assert!(v.apply.text.contains("ip link add vxlan0 type vxlan id 1 local 198.51.100.2 dev eth0 dstport 4789 nolearning"), "{}", v.apply.text);
+        parses(&v.check.text);
+        parses(&v.apply.text);
+    }
+
+    #[test]
+    fn files_travel_on_stdin_and_are_placed_atomically() {
+        let (s, p) = load(SCENARIO);
+        let secret = b"-----BEGIN PRIVATE KEY-----\nsecret\n";
+        let r = scripts(
+            &s,
+            &p,
+            "a/file/etcd-server.key",
+            Inputs {
+                file: Some(secret),
+                binary: None,
+            },
+        );
+        let sum = sha256_hex(secret);
+        assert!(
+            r.check.text.contains(&format!(
+                "printf '%s\\n' '{sum}  /srv/kubernetes/etcd/server.key' | sha256sum -c --status"
+            )),
+            "{}",
+            r.check.text
+        );
+        assert!(r
+            .check
+            .text
+            .contains("[ \"$(stat -c %a /srv/kubernetes/etcd/server.key)\" = 600 ]"));
+        assert!(
+            !r.apply.text.contains("secret") && !r.check.text.contains("secret"),
+            "file content leaked into a script"
+        );
+        assert!(r
+            .apply
+            .text
+            .contains("mv -f \"$tmp\" /srv/kubernetes/etcd/server.key"));
+        assert_eq!(
+            r.apply.stdin,
+            Stdin::Bytes {
+                bytes: secret.to_vec(),
+                secret: true
+            }
+        );
+        assert_eq!(
+            r.apply.stdin_summary().unwrap(),
+            format!("stdin: {} bytes (secret, not shown)", secret.len())
+        );
+        assert!(
+            !format!("{:?}", r.apply).contains("secret\\n"),
+            "Debug shows the key"
+        );
+        parses(&r.apply.text);
+    }
+
+    #[test]
+    fn binaries_are_compared_by_sha256_and_streamed_from_the_release_dir() {
+        let (s, p) = load(SCENARIO);
+        let bin = Binary {
+            path: "/rel/etcd".into(),
+            sha256: "ab".repeat(32),
+        };
+        let r = scripts(
+            &s,
+            &p,
+            "a/bin/etcd",
+            Inputs {
+                file: None,
+                binary: Some(bin),
+            },
+        );
+        assert!(r
+            .check
+            .text
+            .contains(&format!("'{}  /usr/local/bin/etcd'", "ab".repeat(32))));
+        assert!(r.apply.text.contains("chmod 0755 \"$tmp\""));
+        assert_eq!(r.apply.stdin, Stdin::File("/rel/etcd".into()));
+    }
+
+    #[test]
+    fn services_run_under_systemd_or_the_supervisor() {
+        let (s, p) = load(SCENARIO);
+        let r = scripts(&s, &p, "a/service/etcd", Inputs::default());
+        assert!(r.check.text.starts_with("[ -x /usr/local/bin/etcd ] || { echo '/usr/local/bin/etcd is not installed on this node: etcd cannot start'; exit 100; }\n"), "{}", r.check.text);
+        assert!(r.apply.text.contains("systemctl restart etcd.service"));
+        let Stdin::Bytes { bytes, .. } = &r.apply.stdin else {
+            panic!()
+        };
+        let run = String::from_utf8_lossy(bytes);
+        assert!(run.contains("while :; do\n  /usr/local/bin/etcd --advertise-client-urls=https://198.51.100.1:2379"), "{run}");
+        parses(&r.check.text);
+        parses(&r.apply.text);
+        parses(&run);
+        let c = scripts(&s, &p, "b/service/containerd", Inputs::default());
+        assert!(c.check.text.starts_with("command -v containerd >/dev/null 2>&1 || { echo 'containerd is not installed on this node: containerd cannot start'; exit 100; }"), "{}", c.check.text);
+    }
+
+    #[test]
+    fn preflight_failures_are_errors_and_missing_runtimes_only_notes() {
+        let (s, p) = load(SCENARIO);
+        let r = scripts(&s, &p, "a/preflight", Inputs::default());
+        assert!(r.check.text.contains(
+            "command -v conntrack >/dev/null 2>&1 || fail 'the command conntrack is not installed'"
+        ));
+        assert!(r
+            .check
+            .text
+            .contains("command -v containerd >/dev/null 2>&1 || echo 'preflight: note:"));
+        assert!(
+            r.check.text.contains("*'\"etcd\"'*) ;;"),
+            "a re-apply must accept etcd on its own port:\n{}",
+            r.check.text
+        );
+        assert!(r
+            .check
+            .text
+            .ends_with("[ \"$failed\" = 0 ] || exit 2\nexit 0\n"));
+        parses(&r.check.text);
+    }
+
+    #[test]
+    fn masquerade_rule_is_checked_before_it_is_appended() {
+        let text = SCENARIO.replace(
+            "podTraffic: routed}",
+            "podTraffic: routed, masquerade: true}",
+        );
+        let (s, p) = load(&text);
+        let r = scripts(&s, &p, "a/net/masquerade", Inputs::default());
+        assert_eq!(r.check.text, "if iptables -w -t nat -C POSTROUTING '!' -d 10.10.0.0/16 -m addrtype '!' --dst-type LOCAL -j MASQUERADE 2>/dev/null; then exit 0; fi\nexit 1\n");
+        assert!(r.apply.text.ends_with("|| iptables -w -t nat -A POSTROUTING '!' -d 10.10.0.0/16 -m addrtype '!' --dst-type LOCAL -j MASQUERADE\n"));
+    }
+
+    #[test]
+    fn hostile_values_stay_single_words() {
+        // A link name and an image with shell syntax in them: every one must
+        // reach the command as one literal word.
+        let hostile = "x'; touch /tmp/pwned; echo '$(id)`id`";
+        let r = delete_link(hostile).unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "set -- {}; echo $#; printf '%s' \"$1\"",
+                q(hostile).unwrap()
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("1\n{hostile}")
+        );
+        assert!(r.check.text.contains(&q(hostile).unwrap().to_string()));
+        let img = pull_image(&Runtime::Containerd, hostile).unwrap();
+        assert!(img.apply.text.contains(&format!(
+            "ctr -n k8s.io images pull {}",
+            q(hostile).unwrap()
+        )));
+        parses(&img.check.text);
+        // A NUL cannot be passed at all.
+        assert!(matches!(
+            delete_link("a\0b"),
+            Err(ShellRenderError::Quote(_))
+        ));
+    }
+
+    #[test]
+    fn scripts_run_under_sudo_without_prompting_for_non_root_users() {
+        let sc = Script::new("echo 'hi'\n".into());
+        assert_eq!(
+            sc.command_line(false),
+            format!("sh -c 'PATH={SCRIPT_PATH}; export PATH\necho '\\''hi'\\''\n'")
+        );
+        assert!(sc.command_line(true).starts_with("sudo -n sh -c '"));
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(sc.command_line(false))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    }
+
+    #[test]
+    fn every_remote_step_of_the_bundled_plans_renders_and_parses() {
+        for text in [
+            SCENARIO.to_string(),
+            SCENARIO.replace("podTraffic: routed", "podTraffic: vxlan"),
+        ] {
+            let (s, p) = load(&text);
+            for st in &p.steps {
+                let node = match st.target {
+                    Target::Node(i) => Some(i as usize),
+                    _ => None,
+                };
+                let bin = Binary {
+                    path: "/rel/x".into(),
+                    sha256: "00".repeat(32),
+                };
+                let inputs = Inputs {
+                    file: Some(b"x"),
+                    binary: Some(bin),
+                };
+                match render(
+                    &RenderCx {
+                        scenario: &s,
+                        plan: &p,
+                        node,
+                        inputs,
+                    },
+                    &st.action,
+                )
+                .unwrap()
+                {
+                    Rendered::Remote(r) => {
+                        parses(&r.check.text);
+                        parses(&r.apply.text);
+                    }
+                    Rendered::Local(_) => assert_eq!(st.target, Target::Local),
+                    Rendered::NotApplicable(_) => assert_eq!(st.target, Target::Fabric),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn apply_and_verify_share_one_command() {
+        let (s, p) = load(SCENARIO);
+        let r = scripts(&s, &p, "a/sysctl/ip_forward", Inputs::default());
+        let both = apply_then_check(&r);
+        parses(&both.text);
+        // Run it for real with a harmless apply and check: the marker carries the check's status.
+        let fake = StepScripts {
+            check: Script::new("echo 'why not'\nexit 100\n".into()),
+            apply: Script::with_stdin(
+                "set -e\ncat >/dev/null\n".into(),
+                Stdin::Bytes {
+                    bytes: b"x".to_vec(),
+                    secret: false,
+                },
+            ),
+        };
+        let run = apply_then_check(&fake);
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&run.text)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            parse_verify(&String::from_utf8_lossy(&out.stdout)),
+            Some((100, "why not".into()))
+        );
+        let failing = StepScripts {
+            check: fake.check.clone(),
+            apply: Script::new("set -e\nfalse\necho never\n".into()),
+        };
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(apply_then_check(&failing).text)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(parse_verify(&String::from_utf8_lossy(&out.stdout)), None);
+    }
+
+    #[test]
+    fn health_urls_give_their_host_and_port() {
+        assert_eq!(
+            host_port("https://198.51.100.1:2379/health"),
+            Some(("198.51.100.1".into(), 2379))
+        );
+        assert_eq!(
+            host_port("https://[fd00::1]/healthz"),
+            Some(("fd00::1".into(), 443))
+        );
+        assert_eq!(host_port("nonsense"), None);
+    }
+}

@@ -1,0 +1,649 @@
+//! [`SshBackend`]: the executor's [`Backend`] for real machines.
+//!
+//! - Node steps are rendered to shell by [`crate::shell_render`] and run over
+//!   [`crate::ssh`], check first, apply only when needed.
+//! - Local steps (the PKI) run on the operator's machine: key material is
+//!   generated (or kept) by [`crate::render::render_tree`] in the state
+//!   directory, `<scenario dir>/.kscratch/<cluster>/`, which also receives the
+//!   rendered tree of every node's files. Keys there are 0600.
+//! - A release binary missing from the release directory, a daemon that is
+//!   not installed on the node, and the fabric router (not reachable over
+//!   SSH) make their step [`Probe::NotApplicable`] with the reason: the
+//!   executor then skips the step and its dependents and says why.
+
+use crate::render::{load_material, render_tree, Material, PKI_STORE};
+use crate::shell_render::{
+    self, apply_then_check, parse_verify, Binary, Inputs, RenderCx, Rendered, Script, StepScripts,
+    EXIT_NEEDED, EXIT_NOT_APPLICABLE, EXIT_SATISFIED,
+};
+use crate::ssh::{Endpoint, Output, SshConfig, SshError, SshPool};
+use async_trait::async_trait;
+use kscratch_core::exec::{Backend, ErrorKind, Probe, StepCx, StepError};
+use kscratch_core::plan::{Action, Plan, StepRef, Target};
+use kscratch_core::render::{self as krender, ca_spec, cert_spec, token_users, Redacted, Secrets};
+use kscratch_core::Scenario;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How [`SshBackend`] runs.
+#[derive(Debug, Clone)]
+pub struct SshBackendOptions {
+    pub ssh: SshConfig,
+    /// The scenario file's directory: relative key paths and the release
+    /// directory are resolved against it.
+    pub scenario_dir: PathBuf,
+    /// Key material and the rendered tree; see [`state_dir`].
+    pub state_dir: PathBuf,
+    /// Time for one remote command (health waits get their own timeout on top).
+    pub step_timeout: Duration,
+    /// Checks only: secrets that do not exist yet are rendered as placeholders.
+    pub dry_run: bool,
+}
+
+/// `<scenario dir>/.kscratch/<cluster>`: where apply keeps the cluster's key material.
+pub fn state_dir(scenario_path: &Path, cluster: &str) -> PathBuf {
+    let dir = scenario_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    dir.join(".kscratch").join(cluster)
+}
+
+/// The executor's backend over SSH.
+pub struct SshBackend {
+    opts: SshBackendOptions,
+    pool: SshPool,
+    endpoints: Vec<Endpoint>,
+    release_dir: PathBuf,
+    material: Mutex<Option<Arc<Material>>>,
+    pki: tokio::sync::Mutex<()>,
+    binaries: Mutex<BTreeMap<String, Result<Binary, String>>>,
+    commands: Mutex<BTreeMap<StepRef, u32>>,
+    /// Checks answered by the command that applied the step (see [`apply_then_check`]).
+    verified: Mutex<BTreeMap<StepRef, Probe>>,
+}
+
+impl SshBackend {
+    pub fn new(scenario: &Scenario, plan: &Plan, opts: SshBackendOptions) -> SshBackend {
+        let endpoints = scenario
+            .nodes
+            .iter()
+            .map(|n| Endpoint {
+                node: n.name.clone(),
+                host: n.ip.to_string(),
+                port: n.ssh.port,
+                user: n.ssh.user.clone(),
+                key: n.ssh.key.as_deref().map(|k| resolve(&opts.scenario_dir, k)),
+                sudo: n.ssh.sudo,
+            })
+            .collect();
+        let release_dir = resolve(&opts.scenario_dir, &plan.release_dir);
+        SshBackend {
+            pool: SshPool::new(opts.ssh.clone()),
+            opts,
+            endpoints,
+            release_dir,
+            material: Mutex::default(),
+            pki: tokio::sync::Mutex::new(()),
+            binaries: Mutex::default(),
+            commands: Mutex::default(),
+            verified: Mutex::default(),
+        }
+    }
+
+    /// The SSH connections' counters per node.
+    pub fn pool(&self) -> &SshPool {
+        &self.pool
+    }
+
+    /// Remote commands run per step so far (check, apply and verify each count one).
+    pub fn commands_per_step(&self) -> BTreeMap<StepRef, u32> {
+        self.commands.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The endpoint of node `i`.
+    pub fn endpoint(&self, i: usize) -> Option<&Endpoint> {
+        self.endpoints.get(i)
+    }
+
+    /// Connects to every node (host keys verified, authenticated), in parallel.
+    /// Returns the nodes that failed, with why.
+    pub async fn connect_all(&self) -> Vec<(String, SshError)> {
+        let futs = self
+            .endpoints
+            .iter()
+            .map(|ep| async move { (ep.node.clone(), self.pool.connect(ep).await) });
+        futures::future::join_all(futs)
+            .await
+            .into_iter()
+            .filter_map(|(n, r)| r.err().map(|e| (n, e)))
+            .collect()
+    }
+
+    /// What the step would run: scripts for a node, a description for a
+    /// local step, or why it cannot run. For `--dry-run` listings.
+    pub fn render_step(&self, cx: &StepCx<'_>) -> Result<Rendered, StepError> {
+        if let Some(r) = self.not_applicable(cx) {
+            return Ok(Rendered::NotApplicable(r));
+        }
+        let file = self.file_bytes(cx)?;
+        let binary = self.binary(cx)?.and_then(Result::ok);
+        let rcx = RenderCx {
+            scenario: cx.scenario,
+            plan: cx.plan,
+            node: cx.node(),
+            inputs: Inputs {
+                file: file.as_deref(),
+                binary,
+            },
+        };
+        shell_render::render(&rcx, &cx.step.action)
+            .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))
+    }
+
+    /// The release binary of an `InstallBinary` step: `Ok(None)` for other
+    /// actions, `Some(Err(reason))` when the release directory lacks it.
+    fn binary(&self, cx: &StepCx<'_>) -> Result<Option<Result<Binary, String>>, StepError> {
+        let Action::InstallBinary { name, .. } = &cx.step.action else {
+            return Ok(None);
+        };
+        let mut cache = self
+            .binaries
+            .lock()
+            .map_err(|_| StepError::failed("binary cache poisoned"))?;
+        if let Some(b) = cache.get(*name) {
+            return Ok(Some(b.clone()));
+        }
+        let path = self.release_dir.join(name);
+        let b = match sha256_file(&path) {
+            Ok(sha256) => Ok(Binary { path, sha256 }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                "{name} is not in the release directory {} (binaries.dir): put the Kubernetes server binaries there to install it",
+                self.release_dir.display()
+            )),
+            Err(e) => return Err(StepError::failed(format!("{}: cannot read {}: {e}", cx.id(), path.display()))),
+        };
+        cache.insert(name.to_string(), b.clone());
+        Ok(Some(b))
+    }
+
+    fn not_applicable(&self, cx: &StepCx<'_>) -> Option<String> {
+        match self.binary(cx) {
+            Ok(Some(Err(reason))) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The bytes of a `WriteFile` step, rendered with the cluster's key material.
+    fn file_bytes(&self, cx: &StepCx<'_>) -> Result<Option<Vec<u8>>, StepError> {
+        let Action::WriteFile { asset, .. } = &cx.step.action else {
+            return Ok(None);
+        };
+        let material = self.material(cx.scenario)?;
+        match krender::render(cx.scenario, cx.node(), *asset, &*material) {
+            Ok(b) => Ok(Some(b)),
+            // Before the PKI steps ran (a dry run), placeholders show the file's shape.
+            Err(krender::RenderError::MissingSecret { .. }) if self.opts.dry_run => {
+                krender::render(cx.scenario, cx.node(), *asset, &Redacted)
+                    .map(Some)
+                    .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))
+            }
+            Err(e) => Err(StepError::failed(format!("{}: {e}", cx.id()))),
+        }
+    }
+
+    fn pki_dir(&self) -> PathBuf {
+        self.opts.state_dir.join(PKI_STORE)
+    }
+
+    fn material(&self, s: &Scenario) -> Result<Arc<Material>, StepError> {
+        let mut g = self
+            .material
+            .lock()
+            .map_err(|_| StepError::failed("key material cache poisoned"))?;
+        if let Some(m) = g.as_ref() {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(
+            load_material(s, &self.pki_dir())
+                .map_err(|e| StepError::failed(format!("cannot load the key material: {e}")))?,
+        );
+        *g = Some(m.clone());
+        Ok(m)
+    }
+
+    fn forget_material(&self) {
+        if let Ok(mut g) = self.material.lock() {
+            *g = None;
+        }
+    }
+
+    /// Whether a local PKI step's material is in the store, for its current spec.
+    fn local_check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
+        let s = cx.scenario;
+        let m = self.material(s)?;
+        let specs = read_specs(&self.pki_dir());
+        let recorded = |name: &str| specs.get(name).cloned();
+        let ok = match &cx.step.action {
+            Action::GenerateCa { ca } => {
+                m.ca_cert(*ca).is_some()
+                    && m.ca_key(*ca).is_some()
+                    && recorded(ca.name()).is_some_and(|r| r.0 == ca_spec(s, *ca).fingerprint())
+            }
+            Action::IssueCert { cert, node } => {
+                let idx = node.as_deref().and_then(|n| s.node_index(n));
+                let name = match node {
+                    Some(n) => format!("{}/{n}", cert.name()),
+                    None => cert.name().to_string(),
+                };
+                let spec = cert_spec(s, *cert, idx)
+                    .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))?;
+                let issuer = m
+                    .ca_cert(cert.ca())
+                    .map(|pem| hex(&Sha256::digest(pem.as_bytes())));
+                m.cert(*cert, node.as_deref()).is_some()
+                    && m.key(*cert, node.as_deref()).is_some()
+                    && recorded(&name)
+                        .is_some_and(|r| r.0 == spec.fingerprint() && Some(&r.1) == issuer.as_ref())
+            }
+            Action::GenerateServiceAccountKey => {
+                m.service_account_key().is_some() && m.service_account_pub().is_some()
+            }
+            Action::GenerateTokens { .. } => {
+                token_users(s).iter().all(|u| m.token(u.key).is_some())
+            }
+            other => {
+                return Err(StepError::failed(format!(
+                    "{}: {other:?} does not run on the operator's machine",
+                    cx.id()
+                )))
+            }
+        };
+        Ok(if ok { Probe::Satisfied } else { Probe::Needed })
+    }
+
+    async fn local_apply(&self, cx: &StepCx<'_>) -> Result<(), StepError> {
+        // One render generates whatever is missing or stale, for every PKI step at once.
+        let _g = self.pki.lock().await;
+        let (s, plan, dir) = (
+            cx.scenario.clone(),
+            cx.plan.clone(),
+            self.opts.state_dir.clone(),
+        );
+        let report = tokio::task::spawn_blocking(move || render_tree(&s, &plan, &dir))
+            .await
+            .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))?
+            .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))?;
+        for e in &report.generated {
+            tracing::info!(step = %cx.id(), "generated {} ({:?})", e.name, e.why);
+        }
+        self.forget_material();
+        Ok(())
+    }
+
+    fn scripts(&self, cx: &StepCx<'_>) -> Result<Result<StepScripts, Probe>, StepError> {
+        Ok(match self.render_step(cx)? {
+            Rendered::Remote(r) => Ok(r),
+            Rendered::NotApplicable(reason) => Err(Probe::NotApplicable(reason)),
+            Rendered::Local(_) => {
+                return Err(StepError::failed(format!(
+                    "{}: a local step has no remote script",
+                    cx.id()
+                )))
+            }
+        })
+    }
+
+    fn timeout(&self, cx: &StepCx<'_>) -> Duration {
+        match &cx.step.action {
+            Action::WaitHealthy { timeout_secs, .. } => self
+                .opts
+                .step_timeout
+                .max(Duration::from_secs(u64::from(*timeout_secs) + 30)),
+            Action::ValidateCluster { .. } => self.opts.step_timeout.max(Duration::from_secs(330)),
+            _ => self.opts.step_timeout,
+        }
+    }
+
+    async fn run(&self, cx: &StepCx<'_>, script: &Script, what: &str) -> Result<Output, StepError> {
+        let i = cx
+            .node()
+            .ok_or_else(|| StepError::failed(format!("{}: not a node step", cx.id())))?;
+        let ep = self
+            .endpoints
+            .get(i)
+            .ok_or_else(|| StepError::failed(format!("{}: no node {i}", cx.id())))?;
+        if let Ok(mut c) = self.commands.lock() {
+            *c.entry(cx.index).or_default() += 1;
+        }
+        tracing::debug!(step = %cx.id(), "{what}");
+        self.pool
+            .run(ep, script, self.timeout(cx))
+            .await
+            .map_err(|e| {
+                let kind = e.kind();
+                StepError::new(kind, format!("{}: {what}: {e}", cx.id()))
+            })
+    }
+}
+
+#[async_trait]
+impl Backend for SshBackend {
+    async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
+        match cx.step.target {
+            Target::Local => self.local_check(cx),
+            Target::Fabric | Target::Node(_) => {
+                // The verification right after an apply already ran, in the apply's command.
+                if let Some(p) = self
+                    .verified
+                    .lock()
+                    .ok()
+                    .and_then(|mut v| v.remove(&cx.index))
+                {
+                    return Ok(p);
+                }
+                let scripts = match self.scripts(cx)? {
+                    Ok(s) => s,
+                    Err(probe) => return Ok(probe),
+                };
+                let out = self.run(cx, &scripts.check, "check").await?;
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                probe_of(out.status, &stdout)
+                    .ok_or_else(|| command_failed(cx, "check", &scripts.check, &out))
+            }
+        }
+    }
+
+    async fn apply(&self, cx: &StepCx<'_>) -> Result<(), StepError> {
+        match cx.step.target {
+            Target::Local => self.local_apply(cx).await,
+            Target::Fabric | Target::Node(_) => {
+                let scripts = match self.scripts(cx)? {
+                    Ok(s) => s,
+                    Err(Probe::NotApplicable(r)) => {
+                        return Err(StepError::failed(format!("{}: {r}", cx.id())))
+                    }
+                    Err(_) => {
+                        return Err(StepError::failed(format!("{}: nothing to apply", cx.id())))
+                    }
+                };
+                let both = apply_then_check(&scripts);
+                let out = self.run(cx, &both, "apply").await?;
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                match (out.status, parse_verify(&stdout)) {
+                    (Some(0), Some((status, text))) => {
+                        let probe = probe_of(Some(status), &text).ok_or_else(|| {
+                            StepError::new(ErrorKind::Command, format!("{}: the check after apply failed on {} (exit status {status}): {}", cx.id(), cx.plan.target_name(cx.step.target), String::from_utf8_lossy(&out.stderr).trim()))
+                        })?;
+                        if let Ok(mut v) = self.verified.lock() {
+                            v.insert(cx.index, probe);
+                        }
+                        Ok(())
+                    }
+                    _ => Err(command_failed(cx, "apply", &scripts.apply, &out)),
+                }
+            }
+        }
+    }
+}
+
+/// A check's answer from its exit status; `None` for an error status.
+fn probe_of(status: Option<u32>, stdout: &str) -> Option<Probe> {
+    match status {
+        Some(EXIT_SATISFIED) => Some(Probe::Satisfied),
+        Some(EXIT_NEEDED) => Some(Probe::Needed),
+        Some(EXIT_NOT_APPLICABLE) => {
+            let reason = stdout
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("not applicable on this node");
+            Some(Probe::NotApplicable(reason.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// A clear error: node, step, the command (its first line), status and stderr.
+fn command_failed(cx: &StepCx<'_>, what: &str, script: &Script, out: &Output) -> StepError {
+    let status = match (&out.status, &out.signal) {
+        (Some(s), _) => format!("exit status {s}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        (None, None) => "no exit status".into(),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = tail[tail.len().saturating_sub(8)..].join("\n    ");
+    let first = script
+        .text
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#') && *l != "set -e")
+        .unwrap_or("");
+    let node = cx.plan.target_name(cx.step.target);
+    StepError::new(
+        ErrorKind::Command,
+        format!(
+            "{}: {what} failed on {node} ({status}) running `{first}`{}",
+            cx.id(),
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!(":\n    {tail}")
+            }
+        ),
+    )
+}
+
+/// `~/x` → `$HOME/x`; a relative path → under `base`.
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return PathBuf::from(home).join(rest);
+        }
+    }
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `name → (fingerprint, issuer digest)` from the store's `specs.json`;
+/// empty when absent or unreadable (the render then decides afresh).
+fn read_specs(pki_dir: &Path) -> BTreeMap<String, (String, String)> {
+    let Ok(text) = std::fs::read_to_string(pki_dir.join("specs.json")) else {
+        return BTreeMap::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    if let Some(certs) = v.get("certs").and_then(|c| c.as_object()) {
+        for (name, rec) in certs {
+            let f = rec
+                .get("fingerprint")
+                .and_then(|x| x.as_str())
+                .unwrap_or_default();
+            let i = rec
+                .get("issuer")
+                .and_then(|x| x.as_str())
+                .unwrap_or_default();
+            out.insert(name.clone(), (f.to_string(), i.to_string()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kscratch_core::exec::{execute, ExecOptions, Quiet};
+
+    const SCENARIO: &str = "cluster: {name: t, kubernetesVersion: \"1.30.4\"}\n\
+        nodes:\n  - {name: a, ip: 127.0.0.1, roles: [control-plane, etcd, worker], ssh: {port: 9}}\n\
+        network: {clusterCIDR: 10.10.0.0/16, nodePrefix: 24, podTraffic: routed}\n\
+        etcd: {runAs: service}\n";
+
+    #[test]
+    fn state_lives_next_to_the_scenario() {
+        assert_eq!(
+            state_dir(Path::new("/x/y/s.yaml"), "c"),
+            PathBuf::from("/x/y/.kscratch/c")
+        );
+        assert_eq!(
+            state_dir(Path::new("s.yaml"), "c"),
+            PathBuf::from("./.kscratch/c")
+        );
+        assert_eq!(resolve(Path::new("/b"), "k"), PathBuf::from("/b/k"));
+        assert_eq!(resolve(Path::new("/b"), "/k"), PathBuf::from("/k"));
+    }
+
+    /// The PKI runs locally: the first local step generates the whole store,
+    /// the others then find their material; a second run changes nothing.
+    /// Node steps fail (nothing listens on 127.0.0.1:9) as connection errors.
+    #[test]
+    fn local_pki_steps_generate_once_and_are_then_satisfied() {
+        let s = kscratch_core::load("t.yaml", SCENARIO, None)
+            .unwrap()
+            .scenario;
+        let plan = kscratch_core::plan::plan(&s);
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SshBackendOptions {
+            ssh: SshConfig::new(dir.path().join("known_hosts")),
+            scenario_dir: dir.path().to_path_buf(),
+            state_dir: dir.path().join(".kscratch/t"),
+            step_timeout: Duration::from_secs(5),
+            dry_run: false,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let run = |b: &SshBackend| {
+            rt.block_on(execute(
+                &plan,
+                &s,
+                b,
+                &ExecOptions {
+                    connection_retries: 0,
+                    ..ExecOptions::default()
+                },
+                &mut Quiet,
+            ))
+        };
+        let b = SshBackend::new(&s, &plan, opts.clone());
+        let r = run(&b);
+        let local: Vec<usize> = (0..plan.steps.len())
+            .filter(|&i| plan.steps[i].target == Target::Local)
+            .collect();
+        assert!(!local.is_empty());
+        assert_eq!(
+            local
+                .iter()
+                .filter(|&&i| r.outcomes[i].name() == "changed")
+                .count(),
+            1,
+            "{:?}",
+            r.outcomes
+        );
+        assert!(local.iter().all(|&i| r.outcomes[i].succeeded()));
+        let key = dir.path().join(".kscratch/t/local/pki/ca.key");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let pre = plan
+            .steps
+            .iter()
+            .position(|s| plan.step_id(s) == "a/preflight")
+            .unwrap();
+        match &r.outcomes[pre] {
+            kscratch_core::exec::Outcome::Failed { error } => {
+                assert_eq!(error.kind, ErrorKind::Connection, "{error:?}");
+                assert!(
+                    error
+                        .message
+                        .starts_with("a/preflight: check: a (127.0.0.1:9): cannot connect"),
+                    "{}",
+                    error.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let again = run(&SshBackend::new(&s, &plan, opts));
+        assert!(local.iter().all(|&i| again.outcomes[i].name() == "ok"));
+    }
+
+    #[test]
+    fn a_binary_missing_from_the_release_dir_is_not_applicable() {
+        let s = kscratch_core::load("t.yaml", SCENARIO, None)
+            .unwrap()
+            .scenario;
+        let plan = kscratch_core::plan::plan(&s);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("kubernetes/server/bin")).unwrap();
+        std::fs::write(dir.path().join("kubernetes/server/bin/etcd"), b"etcd").unwrap();
+        let opts = SshBackendOptions {
+            ssh: SshConfig::new(dir.path().join("known_hosts")),
+            scenario_dir: dir.path().to_path_buf(),
+            state_dir: dir.path().join(".kscratch/t"),
+            step_timeout: Duration::from_secs(5),
+            dry_run: false,
+        };
+        let b = SshBackend::new(&s, &plan, opts);
+        let cx = |id: &str| {
+            let i = plan
+                .steps
+                .iter()
+                .position(|st| plan.step_id(st) == id)
+                .unwrap();
+            StepCx {
+                plan: &plan,
+                scenario: &s,
+                index: i as StepRef,
+                step: &plan.steps[i],
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let probe = rt.block_on(b.check(&cx("a/bin/kubelet"))).unwrap();
+        let Probe::NotApplicable(reason) = probe else {
+            panic!("{probe:?}")
+        };
+        assert!(
+            reason.starts_with("kubelet is not in the release directory"),
+            "{reason}"
+        );
+        assert!(reason.contains("kubernetes/server/bin"), "{reason}");
+        match b.render_step(&cx("a/bin/etcd")).unwrap() {
+            Rendered::Remote(r) => assert!(r.check.text.contains(&hex(&Sha256::digest(b"etcd")))),
+            other => panic!("{other:?}"),
+        }
+    }
+}
