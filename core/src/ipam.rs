@@ -81,8 +81,6 @@ pub struct PodCidrRequest<'a> {
 
 pub struct Allocated {
     pub pod_cidrs: Vec<IpNet>,
-    /// Requests that got a fresh slice (neither pinned nor locked).
-    pub fresh: Vec<usize>,
     /// Pins that moved a node away from its locked slice: (request, old slice).
     pub moved: Vec<(usize, IpNet)>,
     pub warnings: Vec<IpamProblem>,
@@ -166,7 +164,14 @@ pub fn allocate(
     let mut moved = Vec::new();
     let slots = slot_count(cluster, prefix);
     // Per node: the fixed slice index, if pinned or locked.
-    let mut fixed: Vec<Option<u128>> = vec![None; requests.len()];
+    // Only pins and lock entries need a per-node slot: a fresh scenario skips it.
+    let any_fixed =
+        lock.is_some_and(|l| !l.pod_cidrs.is_empty()) || requests.iter().any(|r| r.pin.is_some());
+    let mut fixed: Vec<Option<u128>> = if any_fixed {
+        vec![None; requests.len()]
+    } else {
+        Vec::new()
+    };
     let mut owner: BTreeMap<u128, usize> = BTreeMap::new();
     let lock_cidrs = lock.map(|l| &l.pod_cidrs);
     if let (Some(l), Some(lc)) = (lock, lock.and_then(|l| l.cluster_cidr)) {
@@ -183,7 +188,7 @@ pub fn allocate(
             }
         }
     }
-    for (i, req) in requests.iter().enumerate() {
+    for (i, req) in requests.iter().enumerate().filter(|_| any_fixed) {
         let locked = lock_cidrs.and_then(|m| m.get(req.name)).copied();
         let chosen = match (req.pin, locked) {
             (Some(pin), Some(old)) if pin != old => {
@@ -239,9 +244,13 @@ pub fn allocate(
     let mut cursor: u128 = 0;
     let mut ui = 0;
     let mut out = Vec::with_capacity(requests.len());
-    let mut fresh = Vec::new();
+    // IPv4 slices by shifting, without building a network per candidate.
+    let v4 = match cluster {
+        IpNet::V4(c) => Some((u32::from(c.network()), 32 - prefix as u32)),
+        IpNet::V6(_) => None,
+    };
     for (i, req) in requests.iter().enumerate() {
-        let idx = match fixed[i] {
+        let idx = match fixed.get(i).copied().flatten() {
             Some(idx) => idx,
             None => {
                 while ui < used.len() && used[ui] <= cursor {
@@ -263,18 +272,22 @@ pub fn allocate(
                 }
                 let c = cursor;
                 cursor += 1;
-                fresh.push(i);
                 c
             }
         };
-        out.push(slice(cluster, prefix, idx));
+        out.push(match v4 {
+            Some((base, shift)) => IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::from(base + ((idx as u32) << shift)), prefix)
+                    .expect("prefix checked by validation"),
+            ),
+            None => slice(cluster, prefix, idx),
+        });
     }
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Allocated {
         pod_cidrs: out,
-        fresh,
         moved,
         warnings,
     })
@@ -303,10 +316,18 @@ pub fn update_lock(
             to: alloc.pod_cidrs[i],
         })
         .collect();
-    changes.extend(alloc.fresh.iter().map(|&i| LockChange::Allocated {
-        node: requests[i].name.to_string(),
-        cidr: alloc.pod_cidrs[i],
-    }));
+    // Fresh: neither pinned nor in the old lock (derived here, not tracked on the hot path).
+    let old_has = |name: &str| old.is_some_and(|l| l.pod_cidrs.contains_key(name));
+    changes.extend(
+        requests
+            .iter()
+            .zip(&alloc.pod_cidrs)
+            .filter(|(r, _)| r.pin.is_none() && !old_has(r.name))
+            .map(|(r, net)| LockChange::Allocated {
+                node: r.name.to_string(),
+                cidr: *net,
+            }),
+    );
     if let Some(l) = old {
         for (name, cidr) in &l.pod_cidrs {
             if !lock.pod_cidrs.contains_key(name) {
