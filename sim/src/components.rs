@@ -89,7 +89,13 @@ fn listen(node: &mut Node, proto: Proto, port: u16, process: &str, addr: Option<
 }
 
 fn start_docker(node: &mut Node, s: &Scenario, idx: usize) -> Result<(), String> {
-    let text = files::read(node, s, idx, Asset::DockerDefaults.path()).unwrap_or_default();
+    // Without kscratch's drop-in, the packaged docker unit ignores
+    // /etc/default/docker and dockerd starts with its defaults (docker0).
+    let text = if files::exists(node, Asset::Unit(Service::Docker).path()) {
+        files::read(node, s, idx, Asset::DockerDefaults.path()).unwrap_or_default()
+    } else {
+        String::new()
+    };
     let opts = files::flags(&files::words(
         &files::env_value(&text, "DOCKER_OPTS").unwrap_or_default(),
     ));

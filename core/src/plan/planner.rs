@@ -398,8 +398,16 @@ pub fn plan(s: &Scenario) -> Plan {
                     write(Asset::DockerDefaults),
                     &[pre],
                 );
+                // docker's packaged unit does not read DOCKER_OPTS: a drop-in makes it.
+                let unit = b.push(
+                    t,
+                    "file/docker-unit",
+                    Phase::NodeBase,
+                    write(Asset::Unit(Service::Docker)),
+                    &[pre],
+                );
                 let mut deps = base.clone();
-                deps.push(cfg);
+                deps.extend([cfg, unit]);
                 b.push(
                     t,
                     "service/docker",
