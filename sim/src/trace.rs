@@ -30,35 +30,38 @@ pub struct Trace {
 
 /// Where a trace starts.
 pub fn source(sim: &Simulated, text: &str) -> Result<(Place, IpAddr), String> {
-    let w = &sim.world;
     if text == "outside" {
-        return Ok((Place::Outside, w.underlay.outside_ip));
+        return Ok((Place::Outside, sim.world.underlay.outside_ip));
     }
     match text.split_once('/') {
         Some((node, pod)) => {
-            let n = w
-                .nodes
-                .iter()
-                .position(|x| x.name == node)
-                .ok_or_else(|| unknown_node(sim, node))?;
-            let p = w
-                .pods
-                .iter()
-                .position(|p| p.node == n && p.name == pod)
-                .ok_or_else(|| {
-                    format!("no pod `{pod}` on {node}; pods there: {}", pods_on(sim, n))
-                })?;
-            Ok((Place::Pod(p), w.pods[p].ip))
+            let p = find_pod(sim, node, pod)?;
+            Ok((Place::Pod(p), sim.world.pods[p].ip))
         }
-        None => {
-            let n = w
-                .nodes
-                .iter()
-                .position(|x| x.name == text)
-                .ok_or_else(|| unknown_node(sim, text))?;
-            Ok((Place::Node(n), IpAddr::from([0, 0, 0, 0])))
-        }
+        None => Ok((
+            Place::Node(find_node(sim, text)?),
+            IpAddr::from([0, 0, 0, 0]),
+        )),
     }
+}
+
+fn find_node(sim: &Simulated, name: &str) -> Result<usize, String> {
+    sim.world
+        .nodes
+        .iter()
+        .position(|x| x.name == name)
+        .ok_or_else(|| unknown_node(sim, name))
+}
+
+fn find_pod(sim: &Simulated, node: &str, pod: &str) -> Result<usize, String> {
+    let n = find_node(sim, node)?;
+    let w = &sim.world;
+    w.nodes[n]
+        .pods
+        .iter()
+        .copied()
+        .find(|&p| w.pods[p].name == pod)
+        .ok_or_else(|| format!("no pod `{pod}` on {node}; pods there: {}", pods_on(sim, n)))
 }
 
 /// Where a trace goes: an address, a port and a protocol.
@@ -108,11 +111,7 @@ pub fn destination(
                 proto,
             ));
         }
-        let n = w
-            .nodes
-            .iter()
-            .position(|x| x.name == host)
-            .ok_or_else(|| unknown_node(sim, host))?;
+        let n = find_node(sim, host)?;
         return Ok((
             w.nodes[n].ip,
             port.parse()
@@ -121,23 +120,10 @@ pub fn destination(
         ));
     }
     if let Some((node, pod)) = text.split_once('/') {
-        let n = w
-            .nodes
-            .iter()
-            .position(|x| x.name == node)
-            .ok_or_else(|| unknown_node(sim, node))?;
-        let p = w
-            .pods
-            .iter()
-            .find(|p| p.node == n && p.name == pod)
-            .ok_or_else(|| format!("no pod `{pod}` on {node}; pods there: {}", pods_on(sim, n)))?;
-        return Ok((p.ip, POD_PORT, proto));
+        let p = find_pod(sim, node, pod)?;
+        return Ok((w.pods[p].ip, POD_PORT, proto));
     }
-    let n = w
-        .nodes
-        .iter()
-        .position(|x| x.name == text)
-        .ok_or_else(|| unknown_node(sim, text))?;
+    let n = find_node(sim, text)?;
     // The kubelet's port: something always listens there on a working node.
     Ok((w.nodes[n].ip, 10250, proto))
 }

@@ -42,22 +42,12 @@ pub fn plan(s: &Scenario) -> Plan {
                 &[],
             ));
         }
-        let mut shared = vec![
-            Cert::Apiserver,
-            Cert::ApiserverKubeletClient,
-            Cert::ApiserverEtcdClient,
-            Cert::Admin,
-            Cert::KubeProxy,
-            Cert::ControllerManager,
-            Cert::Scheduler,
-            Cert::EtcdHealthcheckClient,
-        ];
-        if fx.front_proxy_ca {
-            shared.push(Cert::FrontProxyClient);
-        }
-        if fx.admin_cluster_admins_group {
-            shared.push(Cert::SuperAdmin);
-        }
+        // The cluster-wide leaves; per-node ones are issued with their node below.
+        // One list for the plan and the renderer: render::issued_certs.
+        let shared = crate::render::issued_certs(s)
+            .into_iter()
+            .filter(|(_, n)| n.is_none())
+            .map(|(c, _)| c);
         for cert in shared {
             let ca = pki.ca(cert.ca());
             let r = b.local(
