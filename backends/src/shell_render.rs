@@ -280,7 +280,9 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
             url,
             timeout_secs,
         } => Rendered::Remote(wait_healthy(component, url, *timeout_secs)?),
-        Action::ApplyManifest { asset } => Rendered::Remote(apply_manifest(*asset)?),
+        Action::ApplyManifest { asset, kubeconfig } => {
+            Rendered::Remote(apply_manifest(*asset, *kubeconfig)?)
+        }
         Action::ValidateCluster { nodes, components } => {
             Rendered::Remote(validate_cluster(nodes, components)?)
         }
@@ -979,9 +981,9 @@ fn admin_kubeconfig() -> R<String> {
     q(Asset::Kubeconfig(kscratch_core::plan::KubeconfigUser::Admin).path())
 }
 
-fn apply_manifest(asset: Asset) -> R<StepScripts> {
+fn apply_manifest(asset: Asset, user: kscratch_core::plan::KubeconfigUser) -> R<StepScripts> {
     let f = q(asset.path())?;
-    let k = admin_kubeconfig()?;
+    let k = q(Asset::Kubeconfig(user).path())?;
     Ok(StepScripts {
         // `kubectl diff`: 0 no difference, 1 differences, more on error.
         check: Script::new(format!(

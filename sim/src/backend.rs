@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use kscratch_core::exec::{Backend, Probe, StepCx, StepError};
 use kscratch_core::net::route::{Route, RouteDst, RouteProto, RouteScope};
-use kscratch_core::plan::{Action, Artifact, PodRouteVia, PreflightCheck, Target};
+use kscratch_core::plan::{Action, Artifact, Asset, PodRouteVia, PreflightCheck, Target};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
@@ -147,7 +147,7 @@ impl Sim {
             }
             Action::EnsureIptablesRule { table, rule } => ok(node.netfilter.check(*table, rule)),
             Action::StartService { name } => ok(node.running(name)),
-            Action::ApplyManifest { asset } => ok(self.addons.contains(&format!("{asset:?}"))),
+            Action::ApplyManifest { asset, .. } => ok(self.addons.contains(&format!("{asset:?}"))),
             other => return Err(StepError::failed(format!("{id}: the simulator cannot run {other:?} on a node"))),
         })
     }
@@ -320,7 +320,16 @@ impl Sim {
                     )
                 })?
             }
-            Action::ApplyManifest { asset } => {
+            Action::ApplyManifest { asset, kubeconfig } => {
+                // kubectl on the node needs the manifest and the credential it names.
+                for path in [asset.path(), Asset::Kubeconfig(*kubeconfig).path()] {
+                    if !node.fs.files.contains_key(path) {
+                        return Err(StepError::new(
+                            kscratch_core::exec::ErrorKind::Command,
+                            format!("{id}: kubectl apply: {path}: no such file"),
+                        ));
+                    }
+                }
                 components::require_apiserver(&self.world, scenario).map_err(|e| {
                     StepError::new(
                         kscratch_core::exec::ErrorKind::Command,

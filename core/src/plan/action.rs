@@ -74,8 +74,11 @@ pub enum Action {
         url: String,
         timeout_secs: u32,
     },
-    /// `kubectl apply` a rendered manifest with the admin kubeconfig.
-    ApplyManifest { asset: Asset },
+    /// `kubectl apply` a rendered manifest with this user's kubeconfig.
+    ApplyManifest {
+        asset: Asset,
+        kubeconfig: super::KubeconfigUser,
+    },
     /// The equivalent of `validate-cluster.sh`: nodes Ready, components healthy.
     ValidateCluster {
         nodes: Vec<String>,

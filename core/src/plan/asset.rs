@@ -24,6 +24,8 @@ pub enum Asset {
     ContainerdConfig,
     CniConfig,
     DnsAddon,
+    /// `kubeadm:cluster-admins` → `cluster-admin` (1.29+).
+    ClusterAdminsBinding,
     LogRotate,
 }
 
@@ -171,6 +173,7 @@ impl Asset {
             Asset::ContainerdConfig => "/etc/containerd/config.toml",
             Asset::CniConfig => "/etc/cni/net.d/10-kscratch.conflist",
             Asset::DnsAddon => "/etc/kubernetes/addons/dns.yaml",
+            Asset::ClusterAdminsBinding => "/etc/kubernetes/addons/cluster-admins.yaml",
             Asset::LogRotate => "/etc/logrotate.d/kubernetes",
         }
     }

@@ -809,6 +809,30 @@ pub fn plan(s: &Scenario) -> Plan {
             Phase::Addons,
             Action::ApplyManifest {
                 asset: Asset::DnsAddon,
+                kubeconfig: KubeconfigUser::Admin,
+            },
+            &deps,
+        ));
+    }
+    // From 1.29 admin.conf's group has no rights until it is bound; kubeadm
+    // binds it with the super-admin credential, and so does the plan.
+    if https && fx.admin_cluster_admins_group {
+        let f = b.push(
+            t0,
+            "file/cluster-admins",
+            Phase::Addons,
+            write(Asset::ClusterAdminsBinding),
+            &apiserver_ok,
+        );
+        let mut deps = apiserver_ok.clone();
+        deps.push(f);
+        validate_deps.push(b.push(
+            t0,
+            "addon/cluster-admins",
+            Phase::Addons,
+            Action::ApplyManifest {
+                asset: Asset::ClusterAdminsBinding,
+                kubeconfig: KubeconfigUser::SuperAdmin,
             },
             &deps,
         ));

@@ -29,6 +29,7 @@ mod kubelet;
 mod parse;
 mod pki;
 mod pods;
+mod rbac;
 mod units;
 
 pub use cni::{
@@ -230,6 +231,7 @@ pub fn render(
         },
         Asset::CniConfig => cni::render(s, need_node(node, asset)?)?,
         Asset::DnsAddon => dns::render(s)?,
+        Asset::ClusterAdminsBinding => rbac::cluster_admins_binding()?,
         Asset::LogRotate => units::logrotate(s),
     };
     Ok(text.into_bytes())
