@@ -194,11 +194,11 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     };
     let wall = started.elapsed();
     if args.dry_run {
-        print!("{}", dry_run_listing(&plan, &scenario, &backend, &report));
+        crate::out(&dry_run_listing(&plan, &scenario, &backend, &report));
     }
-    print!("{}", summary(&plan, &report, wall, &backend));
+    crate::out(&summary(&plan, &report, wall, &backend));
     if args.resume && !previous.is_empty() {
-        print!("{}", resume_note(&plan, &report, &previous));
+        crate::out(&resume_note(&plan, &report, &previous));
     }
     let failed = report
         .outcomes

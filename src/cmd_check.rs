@@ -87,8 +87,8 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, load::Error> {
     )
     .map_err(load::Error::Usage)?;
     match args.format {
-        crate::Format::Text => print!("{report}"),
-        crate::Format::Json => print!("{}", report.to_json()),
+        crate::Format::Text => crate::out(&format!("{report}")),
+        crate::Format::Json => crate::out(&report.to_json()),
     }
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -119,11 +119,11 @@ pub fn trace(args: TraceArgs) -> Result<ExitCode, load::Error> {
     let t = kscratch_sim::trace::trace(&sim, &args.from, &args.to, proto)
         .map_err(|e| load::Error::Usage(format!("error: {e}")))?;
     match args.format {
-        crate::Format::Text => print!("{t}"),
-        crate::Format::Json => println!(
-            "{}",
+        crate::Format::Text => crate::out(&format!("{t}")),
+        crate::Format::Json => crate::out(&format!(
+            "{}\n",
             serde_json::to_string_pretty(&t).expect("trace serializes")
-        ),
+        )),
     }
     let delivered = t
         .paths

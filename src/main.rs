@@ -92,6 +92,20 @@ enum PlanFormat {
     Dot,
 }
 
+/// Writes to stdout; a reader that went away (`kscratch plan | head`) ends
+/// the command quietly instead of with a panic.
+pub(crate) fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -114,12 +128,12 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
         Command::Validate(args) => {
             let loaded = load::scenario(&args.scenario, args.locked)?;
             eprint!("{}", loaded.warnings);
-            println!(
-                "{}: valid ({} nodes, Kubernetes {})",
+            crate::out(&format!(
+                "{}: valid ({} nodes, Kubernetes {})\n",
                 args.scenario.display(),
                 loaded.scenario.nodes.len(),
                 loaded.scenario.version
-            );
+            ));
             Ok(ExitCode::SUCCESS)
         }
         Command::Render { scenario, out } => {
@@ -130,20 +144,20 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
             let plan = kscratch_core::plan::plan(&loaded.scenario);
             match format {
                 PlanFormat::Text => {
-                    print!(
+                    crate::out(&format!(
                         "{}",
                         kscratch_core::plan::Summary {
                             scenario: &loaded.scenario,
                             plan: &plan
                         }
-                    );
+                    ));
                     if !loaded.warnings.0.is_empty() {
-                        println!();
-                        print!("{}", loaded.warnings);
+                        crate::out("\n");
+                        crate::out(&loaded.warnings.to_string());
                     }
                 }
-                PlanFormat::Json => print!("{}", kscratch_core::plan::to_json(&plan)),
-                PlanFormat::Dot => print!("{}", kscratch_core::plan::to_dot(&plan)),
+                PlanFormat::Json => crate::out(&kscratch_core::plan::to_json(&plan)),
+                PlanFormat::Dot => crate::out(&kscratch_core::plan::to_dot(&plan)),
             }
             Ok(ExitCode::SUCCESS)
         }
