@@ -253,22 +253,7 @@ pub async fn execute(
             ready.remove(&i);
             let step = &plan.steps[i as usize];
             // A step whose dependency did not succeed is skipped, not run.
-            if let Some(bad) = plan.deps(step).iter().find(|&&d| {
-                !outcomes[d as usize]
-                    .as_ref()
-                    .is_some_and(Outcome::succeeded)
-            }) {
-                let why = match &outcomes[*bad as usize] {
-                    Some(Outcome::Skipped { .. }) => format!(
-                        "dependency {} was skipped",
-                        plan.step_id(&plan.steps[*bad as usize])
-                    ),
-                    _ => format!(
-                        "dependency {} failed",
-                        plan.step_id(&plan.steps[*bad as usize])
-                    ),
-                };
-                let o = Outcome::Skipped { reason: why };
+            if let Some(o) = skipped_by_deps(plan, step, |d| outcomes[d as usize].as_ref()) {
                 observer.finished(plan, i, &o);
                 finish(
                     i,
@@ -344,19 +329,8 @@ async fn execute_in_order(
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(plan.steps.len());
     for (i, step) in plan.steps.iter().enumerate() {
         let i = i as StepRef;
-        let bad = plan
-            .deps(step)
-            .iter()
-            .find(|&&d| !outcomes[d as usize].succeeded());
-        let o = match bad {
-            Some(&d) => {
-                let dep = plan.step_id(&plan.steps[d as usize]);
-                let reason = match &outcomes[d as usize] {
-                    Outcome::Skipped { .. } => format!("dependency {dep} was skipped"),
-                    _ => format!("dependency {dep} failed"),
-                };
-                Outcome::Skipped { reason }
-            }
+        let o = match skipped_by_deps(plan, step, |d| outcomes.get(d as usize)) {
+            Some(skipped) => skipped,
             None => {
                 observer.started(plan, i);
                 let cx = StepCx {
@@ -372,6 +346,24 @@ async fn execute_in_order(
         outcomes.push(o);
     }
     Report { outcomes }
+}
+
+/// `Skipped` naming the first dependency that did not succeed, if any.
+fn skipped_by_deps<'o>(
+    plan: &Plan,
+    step: &Step,
+    outcome: impl Fn(StepRef) -> Option<&'o Outcome>,
+) -> Option<Outcome> {
+    let bad = *plan
+        .deps(step)
+        .iter()
+        .find(|&&d| !outcome(d).is_some_and(Outcome::succeeded))?;
+    let dep = plan.step_id(&plan.steps[bad as usize]);
+    let reason = match outcome(bad) {
+        Some(Outcome::Skipped { .. }) => format!("dependency {dep} was skipped"),
+        _ => format!("dependency {dep} failed"),
+    };
+    Some(Outcome::Skipped { reason })
 }
 
 fn finish(
