@@ -204,6 +204,10 @@ pub struct Testbed {
     // namespace, so only one exists at a time. Declared last: released after
     // `Drop::drop` has torn the testbed down.
     _serial: MutexGuard<'static, ()>,
+    // Every testbed uses the same underlay range in the root namespace, so
+    // two test processes (two developers' runs, a run and CI) must not build
+    // theirs at once either: an exclusive lock on one file per machine.
+    _machine: std::fs::File,
 }
 
 impl Testbed {
@@ -214,6 +218,7 @@ impl Testbed {
     pub fn up(label: &str, nodes: usize) -> Result<Testbed> {
         check_prerequisites()?;
         let serial = TESTBED_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        let machine = machine_lock()?;
         let id = testbed_id(label, std::process::id());
         let script = script_path();
         let output = run_bounded(
@@ -241,6 +246,7 @@ impl Testbed {
             label: label.to_string(),
             torn_down: false,
             _serial: serial,
+            _machine: machine,
         })
     }
 
@@ -732,6 +738,22 @@ const REQUIRED_BINARIES: &[(&str, &str)] = &[
 const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
 
 static TESTBED_LOCK: Mutex<()> = Mutex::new(());
+
+/// The machine-wide testbed lock, held until the testbed is torn down. The
+/// kernel releases it when the process dies, so a killed run never blocks the
+/// next one.
+fn machine_lock() -> Result<std::fs::File> {
+    let path = "/run/kscratch-testbed.lock";
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::new(format!("cannot open {path}: {e}")))?;
+    file.lock()
+        .map_err(|e| Error::new(format!("cannot lock {path}: {e}")))?;
+    Ok(file)
+}
 
 /// Listener ports for probes: distinct within the process, so probes never
 /// collide on a port even in the same namespace.
