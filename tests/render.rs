@@ -5,8 +5,8 @@
 //! every non-secret asset, and no secret may appear in a plan, a report or a
 //! golden file.
 //!
-//! The tools are on the CI image; a test whose tool is missing says so and
-//! skips. Every process a test starts is killed by its handle when the test
+//! The tools are on the CI image (`.ci/run` installs them): under `CI=true` a
+//! missing tool fails the test; elsewhere the test says so and skips. Every process a test starts is killed by its handle when the test
 //! ends, and every wait is bounded.
 
 use crate::support::{check, load, root, stem, valid_scenarios};
@@ -55,7 +55,8 @@ impl Drop for TempDir {
     }
 }
 
-/// The tool's path, or None with the reason printed (the test then skips).
+/// The tool's path. Missing, it fails the test under `CI=true` (CI installs
+/// it); elsewhere it is None with the reason printed, and the test skips.
 fn tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -63,6 +64,9 @@ fn tool(name: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
+        if crate::support::in_ci() {
+            panic!("`{name}` is not installed, and under CI=true this test must run (.ci/run installs it)");
+        }
         eprintln!("SKIP: `{name}` is not installed; this test needs it (CI installs it)");
     }
     found

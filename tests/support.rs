@@ -9,35 +9,75 @@ pub fn root() -> PathBuf {
 
 /// Compares `actual` with the golden file `tests/golden/<name>`.
 ///
-/// A missing golden file is written on first run; `KSCRATCH_BLESS=1` rewrites
-/// them all after a deliberate change. Otherwise a difference fails the test
-/// with the first differing line.
+/// A golden file is written only when asked: `KSCRATCH_BLESS=1` writes missing
+/// ones and rewrites differing ones after a deliberate change. Without it, and
+/// always under `CI=true`, a missing golden fails the test (so a deleted golden
+/// cannot stay green) and a difference fails with a unified diff.
 pub fn check(name: &str, actual: &str) {
     let path = root().join("tests/golden").join(name);
-    let bless = std::env::var_os("KSCRATCH_BLESS").is_some_and(|v| v == "1");
-    match std::fs::read_to_string(&path) {
-        Ok(expected) if expected == actual => {}
-        Ok(_) | Err(_) if bless || !path.exists() => {
-            std::fs::create_dir_all(path.parent().expect("golden files live in a folder"))
-                .expect("create golden dir");
-            std::fs::write(&path, actual).expect("write golden file");
-        }
-        Ok(expected) => {
-            let line = expected
-                .lines()
-                .zip(actual.lines())
-                .position(|(a, b)| a != b)
-                .unwrap_or(expected.lines().count().min(actual.lines().count()));
-            panic!(
-                "{} differs from the actual output at line {}:\n  expected: {:?}\n  actual:   {:?}\nre-bless with KSCRATCH_BLESS=1 if the change is deliberate",
-                path.display(),
-                line + 1,
-                expected.lines().nth(line).unwrap_or("<end of file>"),
-                actual.lines().nth(line).unwrap_or("<end of file>"),
-            );
-        }
+    let bless = blessing();
+    let expected = match std::fs::read_to_string(&path) {
+        Ok(expected) if expected == actual => return,
+        Ok(expected) => Some(expected),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => panic!("cannot read {}: {e}", path.display()),
+    };
+    if bless {
+        std::fs::create_dir_all(path.parent().expect("golden files live in a folder"))
+            .expect("create golden dir");
+        std::fs::write(&path, actual).expect("write golden file");
+        return;
     }
+    match expected {
+        None => panic!(
+            "{} is missing: a golden file is never written silently.\n\
+             Write it with KSCRATCH_BLESS=1 (outside CI) and commit it after reading it.",
+            path.display()
+        ),
+        Some(expected) => panic!(
+            "{} differs from the actual output (- golden, + actual):\n{}\n\
+             Re-bless with KSCRATCH_BLESS=1 if the change is deliberate, then read `git diff tests/golden`.",
+            path.display(),
+            diff(&expected, actual)
+        ),
+    }
+}
+
+/// True when `KSCRATCH_BLESS=1` asks to write goldens. Under `CI=true` that
+/// is refused loudly: CI compares, it never blesses.
+fn blessing() -> bool {
+    let bless = std::env::var_os("KSCRATCH_BLESS").is_some_and(|v| v == "1");
+    if bless && in_ci() {
+        panic!("KSCRATCH_BLESS=1 under CI=true: CI compares goldens, it never writes them");
+    }
+    bless
+}
+
+/// True under `CI=true`: a tool or golden the CI image provides must be there.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| v == "true" || v == "1")
+}
+
+/// A unified diff of two texts with three lines of context, at most about
+/// 200 lines (the rest is counted, not printed).
+pub fn diff(expected: &str, actual: &str) -> String {
+    const MAX_LINES: usize = 200;
+    let text = similar::TextDiff::from_lines(expected, actual)
+        .unified_diff()
+        .context_radius(3)
+        .header("golden", "actual")
+        .to_string();
+    let total = text.lines().count();
+    if total <= MAX_LINES {
+        return text;
+    }
+    let mut out: String = text
+        .lines()
+        .take(MAX_LINES)
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    out.push_str(&format!("... {} more diff lines\n", total - MAX_LINES));
+    out
 }
 
 /// Reads a bundled scenario and its IPAM lock, as the CLI does, without writing anything.

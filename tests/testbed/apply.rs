@@ -89,10 +89,9 @@ impl ReachabilityMatrix {
 static EGRESS_PORT: AtomicU16 = AtomicU16::new(41_000);
 
 #[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn apply_routed_4_nodes_then_real_pods_reach_each_other_without_nat() -> Result<()> {
-    if support::skipped() {
-        return Ok(());
-    }
+    support::require();
     check_tools()?;
     let tb = Testbed::up(
         "apply_routed_4_nodes_then_real_pods_reach_each_other_without_nat",
@@ -248,10 +247,9 @@ fn apply_routed_4_nodes_then_real_pods_reach_each_other_without_nat() -> Result<
 }
 
 #[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn apply_vxlan_4_nodes_killed_mid_way_resumes_and_pods_reach_each_other() -> Result<()> {
-    if support::skipped() {
-        return Ok(());
-    }
+    support::require();
     check_tools()?;
     let tb = Testbed::up(
         "apply_vxlan_4_nodes_killed_mid_way_resumes_and_pods_reach_each_other",
@@ -345,10 +343,9 @@ fn apply_vxlan_4_nodes_killed_mid_way_resumes_and_pods_reach_each_other() -> Res
 }
 
 #[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn apply_routed_8_nodes_timing_and_convergence() -> Result<()> {
-    if support::skipped() {
-        return Ok(());
-    }
+    support::require();
     check_tools()?;
     let tb = Testbed::up("apply_routed_8_nodes_timing_and_convergence", 8)?;
     let scenario = scenario_copy(&tb, "routed-4.yaml", 8)?;

@@ -29,11 +29,13 @@ use std::time::{Duration, Instant};
 static PORT: AtomicU16 = AtomicU16::new(31000);
 
 #[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn routed_cluster_on_the_real_kernel_agrees_with_the_simulator() -> Result<()> {
     differential("routed-4.yaml", "route-missing:node1:node3")
 }
 
 #[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn vxlan_cluster_on_the_real_kernel_agrees_with_the_simulator() -> Result<()> {
     differential("vxlan-4.yaml", "route-missing:node1:node3")
 }
@@ -46,9 +48,7 @@ enum Seen {
 }
 
 fn differential(file: &str, route_fault: &str) -> Result<()> {
-    if support::skipped() {
-        return Ok(());
-    }
+    support::require();
     check_tools()?;
     let tb = Testbed::up(
         &format!("differential_{}", file.trim_end_matches(".yaml")),

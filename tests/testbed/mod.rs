@@ -22,10 +22,9 @@ use ipnet::Ipv4Net;
 use support::{bridge_cni_config, Probe, Result, Testbed};
 
 #[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn testbed_nodes_are_reachable_over_ssh_with_verified_host_keys() -> Result<()> {
-    if support::skipped() {
-        return Ok(());
-    }
+    support::require();
     let testbed = Testbed::up(
         "testbed_nodes_are_reachable_over_ssh_with_verified_host_keys",
         4,
@@ -139,10 +138,9 @@ fn testbed_nodes_are_reachable_over_ssh_with_verified_host_keys() -> Result<()> 
 }
 
 #[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn testbed_pods_get_addresses_from_the_real_cni_bridge_plugin() -> Result<()> {
-    if support::skipped() {
-        return Ok(());
-    }
+    support::require();
     let testbed = Testbed::up(
         "testbed_pods_get_addresses_from_the_real_cni_bridge_plugin",
         2,
@@ -237,10 +235,9 @@ fn testbed_pods_get_addresses_from_the_real_cni_bridge_plugin() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn testbed_teardown_leaves_nothing() -> Result<()> {
-    if support::skipped() {
-        return Ok(());
-    }
+    support::require();
     let testbed = Testbed::up("testbed_teardown_leaves_nothing", 2)?;
     let description = testbed.description.clone();
     let prefix = description.netns_prefix.clone();

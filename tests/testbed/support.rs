@@ -34,9 +34,6 @@ use serde::Deserialize;
 /// The environment variable that switches the testbed suite on.
 pub const ENABLE_VAR: &str = "KSCRATCH_TESTBED";
 
-/// What a disabled testbed test prints before returning.
-pub const SKIP_MESSAGE: &str = "skipped: set KSCRATCH_TESTBED=1 (needs root)";
-
 /// Upper bound for any single command run by these helpers.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -57,15 +54,26 @@ pub fn enabled() -> bool {
     }
 }
 
-/// For the first line of every testbed test: prints [`SKIP_MESSAGE`] and
-/// returns true when the suite is disabled.
-pub fn skipped() -> bool {
-    if enabled() {
-        false
-    } else {
-        eprintln!("{SKIP_MESSAGE}");
-        true
+/// For the first line of every testbed test. Every testbed test is marked
+/// `#[ignore = "needs KSCRATCH_TESTBED=1 and root"]`, so a plain `cargo test`
+/// lists it as ignored, never as passed; reaching this means they were asked for (`--ignored`); without
+/// `KSCRATCH_TESTBED=1` that is a failure, never a pass that did not run.
+pub fn require() {
+    if !enabled() {
+        panic!(
+            "this testbed test ran without {ENABLE_VAR}=1; run the suite as root with \
+             `{ENABLE_VAR}=1 cargo test --test tests testbed -- --ignored --test-threads=1`"
+        );
     }
+}
+
+/// The old first line of a testbed test, which passed when it did not run.
+/// Now it fails instead; new tests use `#[ignore = "needs KSCRATCH_TESTBED=1
+/// and root"]` and [`require`].
+#[deprecated = "mark the test #[ignore = \"needs KSCRATCH_TESTBED=1 and root\"] and call support::require()"]
+pub fn skipped() -> bool {
+    require();
+    false
 }
 
 /// A failure of the testbed or of a command run in it, with everything needed
