@@ -59,7 +59,7 @@ use std::str::FromStr;
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use russh::keys::ssh_key::{self, known_hosts as kh, public::KeyData, Algorithm, HashAlg};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
