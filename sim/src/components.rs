@@ -334,12 +334,8 @@ pub fn sync_static_pods(node: &mut Node, s: &Scenario, idx: usize) {
     }
 }
 
-fn strip_binary(argv: &[String]) -> &[String] {
-    argv
-}
-
 fn etcd_problem(node: &Node, argv: &[String]) -> Option<String> {
-    let f = files::flags(strip_binary(argv));
+    let f = files::flags(argv);
     for k in [
         "cert-file",
         "key-file",

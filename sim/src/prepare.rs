@@ -56,7 +56,7 @@ pub fn prepare(world: &mut World, s: &Scenario, extra_services: usize) -> Prepar
     for n in 0..world.nodes.len() {
         for k in 0..PODS_PER_NODE {
             let name = format!("probe-{}", (b'a' + k as u8) as char);
-            if let Err(e) = start_pod(world, s, n, &name) {
+            if let Err(e) = start_pod(world, n, &name) {
                 out.no_pods.push((world.nodes[n].name.clone(), e));
                 break;
             }
@@ -64,10 +64,10 @@ pub fn prepare(world: &mut World, s: &Scenario, extra_services: usize) -> Prepar
     }
     let apiserver = components::require_apiserver(world, s);
     let mut dns_pod = None;
-    if apiserver.is_ok() && world.nodes.iter().any(|_| true) {
+    if apiserver.is_ok() && !world.nodes.is_empty() {
         // The DNS addon's Deployment lands on the first node that can run pods.
         if let Some(n) = (0..world.nodes.len()).find(|&n| world.pods.iter().any(|p| p.node == n)) {
-            if start_pod(world, s, n, "coredns").is_ok() {
+            if start_pod(world, n, "coredns").is_ok() {
                 dns_pod = Some(world.pods.len() - 1);
             }
         }
@@ -208,7 +208,7 @@ fn services(world: &World, s: &Scenario, dns_pod: Option<PodId>, extra: usize) -
 }
 
 /// The kubelet asks the runtime for a pod sandbox with networking.
-fn start_pod(world: &mut World, s: &Scenario, n: NodeId, name: &str) -> Result<(), String> {
+fn start_pod(world: &mut World, n: NodeId, name: &str) -> Result<(), String> {
     let node = &world.nodes[n];
     if !node.up {
         return Err("the node is down".into());
@@ -216,7 +216,6 @@ fn start_pod(world: &mut World, s: &Scenario, n: NodeId, name: &str) -> Result<(
     if !node.running("kubelet") {
         return Err("kubelet is not running".into());
     }
-    let _ = s;
     let (bridge, subnet, gateway, mtu, ip_masq, sets_forward) = match &node.runtime {
         Some(RuntimeState::Cni(c)) => (
             c.bridge.clone(),
