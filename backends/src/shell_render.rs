@@ -286,6 +286,42 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
         Action::ValidateCluster { nodes, components } => {
             Rendered::Remote(validate_cluster(nodes, components)?)
         }
+        Action::DeleteRoutes { routes } => match cx.node {
+            Some(_) => Rendered::Remote(delete_routes(routes)?),
+            None => Rendered::NotApplicable(format!(
+                "the underlay router is not managed over SSH: delete these routes on it (or in the cloud route table): {}",
+                routes.iter().map(|r| r.emit()).collect::<Vec<_>>().join(", ")
+            )),
+        },
+        Action::InsertIptablesRule { table, rule } => {
+            Rendered::Remote(insert_iptables(table.name(), rule)?)
+        }
+        Action::SetLinkDown { name } => Rendered::Remote(set_link_down(name)?),
+        Action::SetLinkMtu { name, mtu } => Rendered::Remote(set_link_mtu(name, *mtu)?),
+        Action::DeleteFdbEntries { entries } => Rendered::Remote(delete_fdb(entries)?),
+        Action::DeleteNeighbors { entries } => Rendered::Remote(delete_neighbors(entries)?),
+        Action::StopService { name } => Rendered::Remote(stop_service(name)?),
+        Action::RestartService { name } => {
+            let node = cx
+                .node
+                .ok_or_else(|| missing(format!("restarting {name}"), "a node"))?;
+            let mut scripts = start_service(cx.scenario, node, name)?;
+            // Asked for, so always wanted: the daemon rereads its configuration.
+            scripts.check = Script::new("exit 1\n".into());
+            Rendered::Remote(scripts)
+        }
+        Action::DeleteFile { path } => Rendered::Remote(delete_file(path)?),
+        Action::UnloadKernelModule { name } => Rendered::Remote(unload_module(name)?),
+        Action::WriteText { path, mode, text } => {
+            Rendered::Remote(write_file(path, *mode, text.as_bytes(), false)?)
+        }
+        Action::ScaleDeployment {
+            namespace,
+            name,
+            replicas,
+            kubeconfig,
+        } => Rendered::Remote(scale_deployment(namespace, name, *replicas, *kubeconfig)?),
+        Action::PowerOff => Rendered::Remote(power_off()?),
     })
 }
 
@@ -760,6 +796,251 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(apply),
+    })
+}
+
+/// `ip route del` for each route that `ip route show` lists with the same
+/// destination, gateway and device.
+fn delete_routes(routes: &[Route]) -> R<StepScripts> {
+    let mut check = String::new();
+    let mut apply = String::from("set -e\n");
+    for r in routes {
+        let mut sel = vec!["exact".to_string(), r.dst.to_string()];
+        if let Some(v) = r.via {
+            sel.extend(["via".into(), v.to_string()]);
+        }
+        if let Some(d) = &r.dev {
+            sel.extend(["dev".into(), d.clone()]);
+        }
+        let sel = shell::join(&sel)?;
+        let del = shell::join(r.to_args())?;
+        check.push_str(&format!("[ -z \"$(ip route show {sel})\" ] || exit 1\n"));
+        apply.push_str(&format!(
+            "if [ -n \"$(ip route show {sel})\" ]; then ip route del {del}; fi\n"
+        ));
+    }
+    check.push_str("exit 0\n");
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(apply),
+    })
+}
+
+/// `iptables -C || iptables -I CHAIN 1`: the rule first in its chain.
+fn insert_iptables(table: &str, rule: &kscratch_core::net::iptables::Rule) -> R<StepScripts> {
+    let mut argv = vec![
+        "iptables".to_string(),
+        "-w".into(),
+        "-t".into(),
+        table.into(),
+        "-C".into(),
+        rule.chain.clone(),
+    ];
+    argv.extend(rule.to_args());
+    let check_cmd = shell::join(&argv)?;
+    argv[4] = "-I".into();
+    argv.insert(6, "1".into());
+    let insert = shell::join(&argv)?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "if {check_cmd} 2>/dev/null; then exit 0; fi\nexit 1\n"
+        )),
+        apply: Script::new(format!("set -e\n{check_cmd} 2>/dev/null || {insert}\n")),
+    })
+}
+
+/// A check's prologue: the device must exist, or the check fails (status 2).
+fn device_exists(n: &str) -> R<String> {
+    let msg = q(&format!("Cannot find device \"{n}\""))?;
+    let n = q(n)?;
+    Ok(format!(
+        "ip link show dev {n} >/dev/null 2>&1 || {{ echo {msg} >&2; exit 2; }}\n"
+    ))
+}
+
+/// Damage that cuts the connection it is sent over (the node's NIC, its
+/// power) runs detached, two seconds later, so that the step can report
+/// first; until then a marker in [`RUN_DIR`] says it is under way, and the
+/// check accepts it.
+fn deferred(marker: &str, command: &str) -> R<String> {
+    let m = q(&format!("{RUN_DIR}/{marker}"))?;
+    let inner = q(&format!("sleep 2; {command}; rm -f {m}"))?;
+    Ok(format!(
+        "mkdir -p {dir}\n: > {m}\nsetsid nohup sh -c {inner} >/dev/null 2>&1 < /dev/null &\n",
+        dir = q(RUN_DIR)?
+    ))
+}
+
+fn set_link_down(name: &str) -> R<StepScripts> {
+    let n = q(name)?;
+    let marker = format!("link-{name}.down-pending");
+    let m = q(&format!("{RUN_DIR}/{marker}"))?;
+    let exists = device_exists(name)?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "{exists}[ -f {m} ] && exit 0\nif ip -o link show dev {n} | grep -q '[<,]UP[,>]'; then exit 1; fi\nexit 0\n"
+        )),
+        apply: Script::new(format!(
+            "set -e\n{}",
+            deferred(&marker, &format!("ip link set dev {n} down"))?
+        )),
+    })
+}
+
+fn set_link_mtu(name: &str, mtu: u32) -> R<StepScripts> {
+    let n = q(name)?;
+    let exists = device_exists(name)?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "{exists}[ \"$(cat /sys/class/net/{n}/mtu)\" = {mtu} ] || exit 1\nexit 0\n"
+        )),
+        apply: Script::new(format!("set -e\nip link set dev {n} mtu {mtu}\n")),
+    })
+}
+
+fn delete_fdb(entries: &[FdbEntry]) -> R<StepScripts> {
+    let mut check = String::new();
+    let mut apply = String::from("set -e\n");
+    for e in entries {
+        let d = q(&e.dev)?;
+        let mut line = e.mac.to_string();
+        let mut del = vec![e.mac.to_string(), "dev".into(), e.dev.clone()];
+        if let Some(dst) = e.dst {
+            line.push_str(&format!(" dst {dst}"));
+            del.extend(["dst".into(), dst.to_string()]);
+        }
+        if e.self_ {
+            del.push("self".into());
+        }
+        // `bridge fdb show` lines start with the MAC and `dst`: match that prefix.
+        let pat = q(&format!("{line} "))?;
+        let present = format!("bridge fdb show dev {d} | grep -qF -- {pat}");
+        check.push_str(&format!("if {present}; then exit 1; fi\n"));
+        apply.push_str(&format!(
+            "if {present}; then bridge fdb del {}; fi\n",
+            shell::join(&del)?
+        ));
+    }
+    check.push_str("exit 0\n");
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(apply),
+    })
+}
+
+fn delete_neighbors(entries: &[Neighbor]) -> R<StepScripts> {
+    let mut check = String::new();
+    let mut apply = String::from("set -e\n");
+    for e in entries {
+        let sel = shell::join([
+            "to".to_string(),
+            e.addr.to_string(),
+            "dev".into(),
+            e.dev.clone(),
+        ])?;
+        let present = format!("[ -n \"$(ip neigh show {sel})\" ]");
+        check.push_str(&format!("if {present}; then exit 1; fi\n"));
+        apply.push_str(&format!(
+            "if {present}; then ip neigh del {}; fi\n",
+            shell::join([e.addr.to_string(), "dev".into(), e.dev.clone()])?
+        ));
+    }
+    check.push_str("exit 0\n");
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(apply),
+    })
+}
+
+/// Stops the service under systemd, or the supervisor [`start_service`]
+/// started (its whole process group). The rules it programmed stay.
+fn stop_service(name: &str) -> R<StepScripts> {
+    let u = q(&format!("{name}.service"))?;
+    let dir = RUN_DIR;
+    let pid = q(&format!("{dir}/{name}.pid"))?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "if [ -d /run/systemd/system ]; then\n\
+             \x20 if systemctl is-active --quiet {u}; then exit 1; fi\n\
+             \x20 exit 0\n\
+             fi\n\
+             [ -f {pid} ] || exit 0\n\
+             if kill -0 \"$(cat {pid})\" 2>/dev/null; then exit 1; fi\n\
+             exit 0\n"
+        )),
+        apply: Script::new(format!(
+            "set -e\n\
+             if [ -d /run/systemd/system ]; then\n\
+             \x20 systemctl stop {u}\n\
+             \x20 exit 0\n\
+             fi\n\
+             if [ -f {pid} ]; then\n\
+             \x20 old=$(cat {pid})\n\
+             \x20 kill -TERM -- \"-$old\" 2>/dev/null || kill -TERM \"$old\" 2>/dev/null || true\n\
+             \x20 i=0; while kill -0 \"$old\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+             \x20 kill -KILL -- \"-$old\" 2>/dev/null || true\n\
+             \x20 rm -f {pid}\n\
+             fi\n"
+        )),
+    })
+}
+
+fn delete_file(path: &str) -> R<StepScripts> {
+    let p = q(path)?;
+    let reload = if path.starts_with("/etc/systemd/") {
+        "if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi\n"
+    } else {
+        ""
+    };
+    Ok(StepScripts {
+        check: Script::new(format!("if [ -e {p} ]; then exit 1; fi\nexit 0\n")),
+        apply: Script::new(format!("set -e\nrm -f {p}\n{reload}")),
+    })
+}
+
+fn unload_module(name: &str) -> R<StepScripts> {
+    let n = q(name)?;
+    let loaded = module_loaded(name)?;
+    let f = q(&format!("/etc/modules-load.d/kscratch-{name}.conf"))?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "if {loaded}; then exit 1; fi\nif [ -e {f} ]; then exit 1; fi\nexit 0\n"
+        )),
+        apply: Script::new(format!(
+            "set -e\nrm -f {f}\nif {loaded}; then modprobe -r {n}; fi\n"
+        )),
+    })
+}
+
+fn scale_deployment(
+    namespace: &str,
+    name: &str,
+    replicas: u32,
+    user: kscratch_core::plan::KubeconfigUser,
+) -> R<StepScripts> {
+    let k = q(Asset::Kubeconfig(user).path())?;
+    let (ns, n) = (q(namespace)?, q(name)?);
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "{}[ \"$(kubectl --kubeconfig {k} -n {ns} get deployment {n} -o 'jsonpath={{.spec.replicas}}')\" = {replicas} ] || exit 1\nexit 0\n",
+            kubectl_guard()
+        )),
+        apply: Script::new(format!(
+            "set -e\nkubectl --kubeconfig {k} -n {ns} scale deployment {n} --replicas={replicas}\n"
+        )),
+    })
+}
+
+fn power_off() -> R<StepScripts> {
+    let marker = "power-off-pending";
+    let m = q(&format!("{RUN_DIR}/{marker}"))?;
+    Ok(StepScripts {
+        // A machine that is off answers nothing: while it still answers, it is not off.
+        check: Script::new(format!("[ -f {m} ] && exit 0\nexit 1\n")),
+        apply: Script::new(format!(
+            "set -e\n{}",
+            deferred(marker, "systemctl poweroff || poweroff")?
+        )),
     })
 }
 

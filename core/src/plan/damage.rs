@@ -100,11 +100,13 @@ pub fn damage(s: &Scenario, faults: &[Fault]) -> Result<Damage, Vec<FaultError>>
 
 /// The one fault check callers without a plan need (validation, the CLI).
 pub fn check(s: &Scenario, f: &Fault) -> Result<(), FaultError> {
-    compile(s, f).map(|_| ()).map_err(|(message, hint)| FaultError {
-        fault: f.to_string(),
-        message,
-        hint,
-    })
+    compile(s, f)
+        .map(|_| ())
+        .map_err(|(message, hint)| FaultError {
+            fault: f.to_string(),
+            message,
+            hint,
+        })
 }
 
 type Problem = (String, Option<String>);
@@ -203,10 +205,7 @@ fn vxlan_peer(
                 "the cluster has no VXLAN overlay (pod traffic is {})",
                 mode_name(&s.network.pod_traffic)
             ),
-            format!(
-                "{} applies to `network.podTraffic: vxlan`",
-                f.kind()
-            ),
+            format!("{} applies to `network.podTraffic: vxlan`", f.kind()),
         ));
     };
     let n = node_index(s, node)?;
@@ -240,7 +239,11 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
     let on = |i: usize| Target::Node(i as u32);
     Ok(match f {
         Fault::NodeDown { node } => {
-            vec![(on(node_index(s, node)?), "fault/node-down", Action::PowerOff)]
+            vec![(
+                on(node_index(s, node)?),
+                "fault/node-down",
+                Action::PowerOff,
+            )]
         }
         Fault::NicDown { node } => vec![(
             on(node_index(s, node)?),
@@ -346,7 +349,10 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
             if *mtu >= under {
                 return Err(problem(
                     format!("{mtu} is not smaller than the underlay MTU {under}"),
-                    format!("give a value below {under}, e.g. underlay-mtu:{node}:{}", under - 100),
+                    format!(
+                        "give a value below {under}, e.g. underlay-mtu:{node}:{}",
+                        under - 100
+                    ),
                 ));
             }
             if *mtu < 576 {
@@ -396,9 +402,10 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
                     "dns-pod-down applies when `addons.dns` is true",
                 ));
             }
-            let (cp, _) = s.control_plane_nodes().next().ok_or_else(|| {
-                problem("the scenario has no control-plane node", "add one")
-            })?;
+            let (cp, _) = s
+                .control_plane_nodes()
+                .next()
+                .ok_or_else(|| problem("the scenario has no control-plane node", "add one"))?;
             let name = if s.version.features().coredns {
                 "coredns"
             } else {
@@ -558,7 +565,10 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
     })
 }
 
-fn docker_only<'a>(s: &'a Scenario, f: &Fault) -> Result<&'a crate::scenario::DockerOptions, Problem> {
+fn docker_only<'a>(
+    s: &'a Scenario,
+    f: &Fault,
+) -> Result<&'a crate::scenario::DockerOptions, Problem> {
     match &s.runtime {
         Runtime::Docker(d) => Ok(d),
         Runtime::Containerd => Err(problem(

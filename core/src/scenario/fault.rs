@@ -53,14 +53,26 @@ pub enum Fault {
 /// Fault kinds with their argument shape and a one-line meaning, for `--help` and hints.
 pub const FAULT_KINDS: &[(&str, &str, &str)] = &[
     ("node-down", "node-down:NODE", "the machine is off"),
-    ("nic-down", "nic-down:NODE", "the node runs, its underlay NIC is down"),
+    (
+        "nic-down",
+        "nic-down:NODE",
+        "the node runs, its underlay NIC is down",
+    ),
     (
         "route-missing",
         "route-missing:NODE[:TO_NODE]",
         "pod routes deleted on NODE",
     ),
-    ("ip-forward-off", "ip-forward-off:NODE", "net.ipv4.ip_forward=0"),
-    ("forward-drop", "forward-drop:NODE", "iptables -I FORWARD -j DROP"),
+    (
+        "ip-forward-off",
+        "ip-forward-off:NODE",
+        "net.ipv4.ip_forward=0",
+    ),
+    (
+        "forward-drop",
+        "forward-drop:NODE",
+        "iptables -I FORWARD -j DROP",
+    ),
     (
         "rp-filter-strict",
         "rp-filter-strict:NODE",
@@ -91,7 +103,11 @@ pub const FAULT_KINDS: &[(&str, &str, &str)] = &[
         "kube-proxy-down:NODE",
         "kube-proxy stopped before the Services exist",
     ),
-    ("dns-pod-down", "dns-pod-down", "the DNS Deployment scaled to 0"),
+    (
+        "dns-pod-down",
+        "dns-pod-down",
+        "the DNS Deployment scaled to 0",
+    ),
     (
         "docker0-leftover",
         "docker0-leftover:NODE",
@@ -350,7 +366,9 @@ mod tests {
         for (k, usage, _) in FAULT_KINDS {
             assert!(usage.starts_with(k));
             assert!(
-                EXAMPLES.iter().any(|e| Fault::parse(e).unwrap().kind() == *k),
+                EXAMPLES
+                    .iter()
+                    .any(|e| Fault::parse(e).unwrap().kind() == *k),
                 "{k} has no example"
             );
         }
