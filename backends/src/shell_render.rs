@@ -301,15 +301,6 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
         Action::DeleteFdbEntries { entries } => Rendered::Remote(delete_fdb(entries)?),
         Action::DeleteNeighbors { entries } => Rendered::Remote(delete_neighbors(entries)?),
         Action::StopService { name } => Rendered::Remote(stop_service(name)?),
-        Action::RestartService { name } => {
-            let node = cx
-                .node
-                .ok_or_else(|| missing(format!("restarting {name}"), "a node"))?;
-            let mut scripts = start_service(cx.scenario, node, name)?;
-            // Asked for, so always wanted: the daemon rereads its configuration.
-            scripts.check = Script::new("exit 1\n".into());
-            Rendered::Remote(scripts)
-        }
         Action::DeleteFile { path } => Rendered::Remote(delete_file(path)?),
         Action::UnloadKernelModule { name } => Rendered::Remote(unload_module(name)?),
         Action::WriteText { path, mode, text } => {

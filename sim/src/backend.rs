@@ -174,8 +174,6 @@ impl Sim {
             Action::DeleteFdbEntries { entries } => ok(entries.iter().all(|e| !has_fdb(node, e))),
             Action::DeleteNeighbors { entries } => ok(entries.iter().all(|e| !has_neigh(node, e))),
             Action::StopService { name } => ok(!node.running(name)),
-            // A restart is wanted whenever asked for: the daemon rereads its configuration.
-            Action::RestartService { .. } => Probe::Needed,
             Action::DeleteFile { path } => ok(!node.fs.files.contains_key(*path)),
             Action::UnloadKernelModule { name } => ok(!node.modules.contains(*name)),
             Action::WriteText { path, mode, text } => ok(node.fs.files.get(*path) == Some(&File { mode: *mode, content: Content::Text(text.clone()) })),
@@ -465,14 +463,6 @@ impl Sim {
                 state.running = false;
                 // Its sockets close; what it programmed (iptables rules) stays.
                 node.listeners.retain(|_, l| l.process != *name);
-            }
-            Action::RestartService { name } => {
-                components::start_service(node, scenario, node_index, name).map_err(|e| {
-                    StepError::new(
-                        kscratch_core::exec::ErrorKind::Command,
-                        format!("{id}: {e}"),
-                    )
-                })?
             }
             Action::DeleteFile { path } => {
                 node.fs.files.remove(*path);

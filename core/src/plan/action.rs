@@ -102,10 +102,9 @@ pub enum Action {
     DeleteFdbEntries { entries: Vec<FdbEntry> },
     /// `ip neigh del` each entry that exists.
     DeleteNeighbors { entries: Vec<Neighbor> },
-    /// Stop and disable a service; what it programmed (iptables rules) stays.
+    /// Stop a service (it stays enabled); what it programmed (iptables rules)
+    /// stays. Followed by `StartService`, a restart that rereads its configuration.
     StopService { name: &'static str },
-    /// Restart a running service so that it reads its configuration again.
-    RestartService { name: &'static str },
     /// Remove a file if it exists (a unit drop-in lost, for example).
     DeleteFile { path: &'static str },
     /// `modprobe -r NAME`, and the module's persisted load entry removed.

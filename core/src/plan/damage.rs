@@ -221,7 +221,7 @@ fn vxlan_peer(
     Ok((n, v.device.clone(), mac, t))
 }
 
-fn runtime_restart(s: &Scenario) -> &'static str {
+fn runtime_service(s: &Scenario) -> &'static str {
     match s.runtime {
         Runtime::Docker(_) => "docker",
         Runtime::Containerd => "containerd",
@@ -435,8 +435,13 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
                 ),
                 (
                     on(n),
-                    "fault/docker0-leftover/restart",
-                    Action::RestartService { name: "docker" },
+                    "fault/docker0-leftover/stop",
+                    Action::StopService { name: "docker" },
+                ),
+                (
+                    on(n),
+                    "fault/docker0-leftover/start",
+                    Action::StartService { name: "docker" },
                 ),
             ]
         }
@@ -465,8 +470,13 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
                 ),
                 (
                     on(n),
-                    "fault/docker-ip-masq/restart",
-                    Action::RestartService { name: "docker" },
+                    "fault/docker-ip-masq/stop",
+                    Action::StopService { name: "docker" },
+                ),
+                (
+                    on(n),
+                    "fault/docker-ip-masq/start",
+                    Action::StartService { name: "docker" },
                 ),
             ]
         }
@@ -510,8 +520,8 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
             let mut wrong = s.clone();
             wrong.network.pod_mtu = *mtu;
             let (asset, restart) = match s.runtime {
-                Runtime::Docker(_) => (Asset::DockerDefaults, runtime_restart(s)),
-                Runtime::Containerd => (Asset::CniConfig, runtime_restart(s)),
+                Runtime::Docker(_) => (Asset::DockerDefaults, runtime_service(s)),
+                Runtime::Containerd => (Asset::CniConfig, runtime_service(s)),
             };
             let mut v = Vec::new();
             for i in 0..s.nodes.len() {
@@ -534,8 +544,13 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
                 ));
                 v.push((
                     on(i),
-                    "fault/overlay-mtu/restart",
-                    Action::RestartService { name: restart },
+                    "fault/overlay-mtu/stop",
+                    Action::StopService { name: restart },
+                ));
+                v.push((
+                    on(i),
+                    "fault/overlay-mtu/start",
+                    Action::StartService { name: restart },
                 ));
             }
             v
