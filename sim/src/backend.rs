@@ -763,7 +763,7 @@ fn set_link_mtu(node: &mut Node, id: &str, name: &str, mtu: u32) -> Result<(), S
 
 /// The Deployment's pods stop: the DNS addon's pod is the simulator's
 /// `coredns` pod (whatever the addon's name, coredns or kube-dns). Its
-/// veth and address go; the pod's slot stays so that pod ids are stable.
+/// veth and address go; a pod slot in the middle stays, so that pod ids are stable.
 fn scale_deployment(world: &mut World, name: &str, replicas: u32) {
     if replicas > 0 || !matches!(name, "coredns" | "kube-dns") {
         return;
@@ -774,11 +774,15 @@ fn scale_deployment(world: &mut World, name: &str, replicas: u32) {
                 && world.owners.get(&world.pods[p].ip) == Some(&Owner::Pod(p))
         })
         .collect();
-    for p in gone {
+    for &p in gone.iter().rev() {
         let pod = world.pods[p].clone();
         let node = &mut world.nodes[pod.node];
         node.pods.retain(|&q| q != p);
         node.links.remove(&pod.host_veth);
         world.owners.remove(&pod.ip);
+        // The DNS pod starts last: then its slot goes too, and no id moves.
+        if p + 1 == world.pods.len() {
+            world.pods.pop();
+        }
     }
 }

@@ -17,7 +17,6 @@ use kscratch_core::exec::{self, ExecOptions, Outcome, Quiet};
 use kscratch_core::plan::Plan;
 use kscratch_core::scenario::Scenario;
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 /// Runs one stage of a damage plan on the world. A step that fails (the
 /// damage cannot be done, e.g. a link that does not exist) is an error
@@ -59,13 +58,13 @@ pub fn run(world: World, s: &Scenario, damage: &Plan) -> Result<World, String> {
 /// is gone leaves its Service's Endpoints, and every running kube-proxy that
 /// programmed the Services reprograms them.
 pub fn resync_services(world: &mut World, s: &Scenario, prepared: &mut Prepared) {
-    let pod_ips: BTreeSet<IpAddr> = world.pods.iter().map(|p| p.ip).collect();
+    // Endpoints are pods or nodes (the apiserver's); one that no longer
+    // answers for its address is a pod that is gone.
     let mut changed = false;
     for svc in &mut prepared.services {
         let before = svc.endpoints.len();
-        svc.endpoints.retain(|(ip, _)| {
-            !pod_ips.contains(ip) || matches!(world.owners.get(ip), Some(Owner::Pod(_)))
-        });
+        svc.endpoints
+            .retain(|(ip, _)| world.owners.contains_key(ip));
         changed |= svc.endpoints.len() != before;
     }
     if !changed {
