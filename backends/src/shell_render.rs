@@ -1651,6 +1651,153 @@ mod tests {
         }
     }
 
+    fn damage_scripts(text: &str, fault: &str) -> Vec<Rendered> {
+        let (s, _) = load(text);
+        let f = kscratch_core::scenario::Fault::parse(fault).unwrap();
+        let d = kscratch_core::plan::damage(&s, &[f])
+            .unwrap_or_else(|e| panic!("{fault}: {e:?}"))
+            .combined();
+        d.steps
+            .iter()
+            .map(|st| {
+                let node = match st.target {
+                    Target::Node(i) => Some(i as usize),
+                    _ => None,
+                };
+                render(
+                    &RenderCx {
+                        scenario: &s,
+                        plan: &d,
+                        node,
+                        inputs: Inputs::default(),
+                    },
+                    &st.action,
+                )
+                .unwrap_or_else(|e| panic!("{fault}: {e}"))
+            })
+            .collect()
+    }
+
+    fn remote(r: &Rendered) -> &StepScripts {
+        match r {
+            Rendered::Remote(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_fault_renders_to_scripts_that_parse() {
+        let vxlan = SCENARIO.replace("podTraffic: routed", "podTraffic: vxlan");
+        let docker = format!("{SCENARIO}runtime: {{kind: docker}}\n").replace("1.30.4", "1.23.17");
+        let cases: &[(&str, &str)] = &[
+            (SCENARIO, "node-down:b"),
+            (SCENARIO, "nic-down:b"),
+            (SCENARIO, "route-missing:a"),
+            (SCENARIO, "route-missing:a:b"),
+            (SCENARIO, "ip-forward-off:b"),
+            (SCENARIO, "forward-drop:b"),
+            (SCENARIO, "rp-filter-strict:b"),
+            (SCENARIO, "br-netfilter-off:b"),
+            (SCENARIO, "underlay-mtu:b:1400"),
+            (&vxlan, "fdb-missing:a:b"),
+            (&vxlan, "neigh-missing:a:b"),
+            (&vxlan, "route-missing:a:b"),
+            (SCENARIO, "kube-proxy-down:b"),
+            (SCENARIO, "dns-pod-down"),
+            (&docker, "docker0-leftover:b"),
+            (&docker, "docker-ip-masq:b"),
+            (SCENARIO, "masquerade-missing:b"),
+            (&vxlan, "overlay-mtu:1500"),
+            (SCENARIO, "apiserver-firewalled"),
+        ];
+        let mut kinds = std::collections::BTreeSet::new();
+        for (text, fault) in cases {
+            kinds.insert(kscratch_core::scenario::Fault::parse(fault).unwrap().kind());
+            for r in damage_scripts(text, fault) {
+                let r = remote(&r);
+                parses(&r.check.text);
+                parses(&r.apply.text);
+            }
+        }
+        assert_eq!(
+            kinds.len(),
+            kscratch_core::scenario::fault::FAULT_KINDS.len()
+        );
+    }
+
+    #[test]
+    fn damage_is_checked_before_it_is_done() {
+        let r = damage_scripts(SCENARIO, "route-missing:a:b");
+        let r = remote(&r[0]);
+        assert_eq!(
+            r.check.text,
+            "[ -z \"$(ip route show exact 10.10.1.0/24 via 198.51.100.2 dev eth0)\" ] || exit 1\nexit 0\n"
+        );
+        assert!(r.apply.text.contains(
+            "if [ -n \"$(ip route show exact 10.10.1.0/24 via 198.51.100.2 dev eth0)\" ]; then ip route del 10.10.1.0/24 via 198.51.100.2 dev eth0; fi\n"
+        ));
+        let r = damage_scripts(SCENARIO, "forward-drop:b");
+        let r = remote(&r[0]);
+        assert_eq!(
+            r.apply.text,
+            "set -e\niptables -w -t filter -C FORWARD -j DROP 2>/dev/null || iptables -w -t filter -I FORWARD 1 -j DROP\n"
+        );
+        let vxlan = SCENARIO.replace("podTraffic: routed", "podTraffic: vxlan");
+        let r = damage_scripts(&vxlan, "fdb-missing:a:b");
+        let r = remote(&r[0]);
+        assert!(r.check.text.contains(
+            "if bridge fdb show dev vxlan0 | grep -qF -- '0e:c6:33:64:02:00 dst 198.51.100.2 '; then exit 1; fi"
+        ), "{}", r.check.text);
+        assert!(r.apply.text.contains(
+            "then bridge fdb del 0e:c6:33:64:02:00 dev vxlan0 dst 198.51.100.2 self; fi"
+        ));
+        let r = damage_scripts(&vxlan, "neigh-missing:a:b");
+        assert!(remote(&r[0]).apply.text.contains(
+            "if [ -n \"$(ip neigh show to 10.10.1.0 dev vxlan0)\" ]; then ip neigh del 10.10.1.0 dev vxlan0; fi"
+        ));
+        let r = damage_scripts(SCENARIO, "br-netfilter-off:b");
+        let r = remote(&r[0]);
+        assert!(r.apply.text.contains("modprobe -r br_netfilter"));
+        assert!(r
+            .check
+            .text
+            .starts_with("if { [ -d /sys/module/br_netfilter ]"));
+        // A NIC going down would cut the SSH session it is sent over: it goes down
+        // two seconds after the step reports, and the check accepts the marker meanwhile.
+        let r = damage_scripts(SCENARIO, "nic-down:b");
+        let r = remote(&r[0]);
+        assert!(r.apply.text.contains("setsid nohup sh -c 'sleep 2; ip link set dev eth0 down; rm -f /var/lib/kscratch/run/link-eth0.down-pending'"), "{}", r.apply.text);
+        assert!(r
+            .check
+            .text
+            .contains("[ -f /var/lib/kscratch/run/link-eth0.down-pending ] && exit 0"));
+        let r = damage_scripts(SCENARIO, "kube-proxy-down:b");
+        assert!(remote(&r[0])
+            .apply
+            .text
+            .contains("systemctl stop kube-proxy.service"));
+        let r = damage_scripts(SCENARIO, "dns-pod-down");
+        assert!(remote(&r[0])
+            .apply
+            .text
+            .contains("-n kube-system scale deployment coredns --replicas=0"));
+    }
+
+    #[test]
+    fn fabric_route_damage_is_not_applicable_over_ssh() {
+        let fabric = SCENARIO.replace(
+            "podTraffic: routed}",
+            "podTraffic: fabric, gateway: 198.51.100.254}",
+        );
+        let r = damage_scripts(&fabric, "route-missing:a");
+        match &r[0] {
+            Rendered::NotApplicable(why) => {
+                assert!(why.contains("10.10.0.0/24 via 198.51.100.1"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn apply_and_verify_share_one_command() {
         let (s, p) = load(SCENARIO);
