@@ -1013,11 +1013,11 @@ fn scale_deployment(
     let (ns, n) = (q(namespace)?, q(name)?);
     Ok(StepScripts {
         check: Script::new(format!(
-            "{}[ \"$(kubectl --kubeconfig {k} -n {ns} get deployment {n} -o 'jsonpath={{.spec.replicas}}')\" = {replicas} ] || exit 1\nexit 0\n",
+            "{}r=$(kubectl --kubeconfig {k} --request-timeout=20s -n {ns} get deployment {n} -o 'jsonpath={{.spec.replicas}}') || exit 2\n[ \"$r\" = {replicas} ] || exit 1\nexit 0\n",
             kubectl_guard()
         )),
         apply: Script::new(format!(
-            "set -e\nkubectl --kubeconfig {k} -n {ns} scale deployment {n} --replicas={replicas}\n"
+            "set -e\nkubectl --kubeconfig {k} --request-timeout=20s -n {ns} scale deployment {n} --replicas={replicas}\n"
         )),
     })
 }
@@ -1777,10 +1777,9 @@ mod tests {
             .text
             .contains("systemctl stop kube-proxy.service"));
         let r = damage_scripts(SCENARIO, "dns-pod-down");
-        assert!(remote(&r[0])
-            .apply
-            .text
-            .contains("-n kube-system scale deployment coredns --replicas=0"));
+        assert!(remote(&r[0]).apply.text.contains(
+            "--request-timeout=20s -n kube-system scale deployment coredns --replicas=0"
+        ));
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //! only those are done the testbed's way (see [`OnTheTestbed`]): switching
 //! the machine off (its links go down instead) and unloading br_netfilter
 //! (the namespace's `net.bridge.bridge-nf-call-iptables=0` instead, the
-//! per-namespace switch of the same hook). Faults about docker do not apply
+//! per-namespace switch of the same hook). Scaling the DNS Deployment is not
+//! applicable here (no apiserver). Faults about docker do not apply
 //! to these containerd scenarios, and the testbed has no apiserver or DNS
 //! pod: `dns-pod-down` and `kube-proxy-down` act on the simulator's Services
 //! and on which nodes get the Service rules.
@@ -356,6 +357,10 @@ impl Backend for OnTheTestbed<'_> {
                     StepProbe::Needed
                 })
             }
+            // kubectl is there, the apiserver is not: the DNS Deployment exists only in the simulator.
+            Action::ScaleDeployment { .. } => Ok(StepProbe::NotApplicable(
+                "the testbed runs no apiserver and no DNS pod".into(),
+            )),
             _ => self.ssh.check(cx).await,
         }
     }
