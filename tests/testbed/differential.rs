@@ -612,9 +612,19 @@ fn services_agree(
             })
             .collect();
             // Real tries sample the endpoints the kernel's statistic branches
-            // pick: up to 8, fewer once every predicted endpoint was seen.
+            // pick, each with probability 1/n: enough tries that missing every
+            // predicted endpoint has a chance below 1/1000, fewer once every
+            // predicted endpoint was seen.
             let mut seen = BTreeSet::new();
-            let tries = if predicted.is_empty() { 2 } else { 8 };
+            let n = endpoints.len().max(1) as f64;
+            let miss = 1.0 - predicted.len() as f64 / n;
+            let tries = if predicted.is_empty() {
+                2
+            } else if miss <= 0.0 {
+                8
+            } else {
+                ((0.001f64).ln() / miss.ln()).ceil().max(8.0) as usize
+            };
             for _ in 0..tries {
                 if let Some(ep) = vip_probe(netns, &endpoints, svc.cluster_ip, svc.port)? {
                     seen.insert(ep);
