@@ -593,6 +593,25 @@ fn services(inp: &CheckInput<'_>) -> CheckResult {
         c.notes
             .push(format!("kube-proxy on {name} programmed nothing: {why}"));
     }
+    // Cluster DNS is part of the network model: its Service must have a
+    // ready endpoint (an empty one is rejected, which no pod can use).
+    for svc in &inp.prepared.services {
+        if svc.namespace == "kube-system" && svc.name == "kube-dns" && svc.endpoints.is_empty() {
+            c.fail(
+                1,
+                ProbeError {
+                    reason: format!(
+                        "the cluster DNS Service {} has no endpoints: no DNS pod is running, so no pod can resolve names",
+                        svc_label(svc)
+                    ),
+                    leg: None,
+                    trace: vec![],
+                },
+                svc_label(svc),
+                CaseGroup::single("cluster".into(), svc_label(svc)),
+            );
+        }
+    }
     let wanted: Vec<BTreeSet<(IpAddr, u16)>> = inp
         .prepared
         .services
