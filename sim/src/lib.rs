@@ -56,12 +56,16 @@ pub fn simulate(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<Simula
         &ExecOptions::sequential(),
         &mut Quiet,
     ));
-    let mut world = backend.into_sim().world;
+    let sim = backend.into_sim();
+    // What the cluster's API holds: the checks' test objects and what the
+    // plan applied. The scenario is not an input of `prepare`.
+    let api = prepare::ApiObjects::for_check(plan, &sim.addons, opts.extra_services);
+    let mut world = sim.world;
     let faults: Vec<Fault> = s.faults.iter().chain(&opts.faults).cloned().collect();
     for f in faults.iter().filter(|f| faults::is_config_fault(f)) {
         faults::apply(&mut world, s, f)?;
     }
-    let prepared = prepare::prepare(&mut world, s, opts.extra_services);
+    let prepared = prepare::prepare(&mut world, &api);
     for f in faults.iter().filter(|f| !faults::is_config_fault(f)) {
         faults::apply(&mut world, s, f)?;
     }
