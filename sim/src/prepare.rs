@@ -18,7 +18,7 @@ use crate::packet::Proto;
 use crate::world::*;
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{Rule, Table};
-use kscratch_core::plan::{Artifact, Asset, Plan};
+use kscratch_core::plan::{Action, Artifact, Asset, Plan};
 use kscratch_core::render::{self as r, Argv};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -39,10 +39,13 @@ pub const PROBE_SERVICE_NODES: usize = 64;
 pub struct ApiObjects {
     /// Pods that every node's kubelet is asked to run (a DaemonSet), by name.
     pub node_pods: Vec<String>,
-    /// The DNS addon's objects, when it was applied: its Deployment's pod
-    /// (scheduled on the first node that runs pods) and its `kube-dns`
+    /// The DNS addon's objects, when the plan applies it: its Deployment's
+    /// pod (scheduled on the first node that runs pods) and its `kube-dns`
     /// Service, which asks for this cluster IP.
     pub dns: Option<IpAddr>,
+    /// Whether the DNS addon's `kubectl apply` succeeded. When it did not,
+    /// its Service is still expected by the checks but exists nowhere.
+    pub dns_applied: bool,
     /// Synthetic Services added to the test ones (scale runs).
     pub extra_services: usize,
     /// The Service range the plan configured. Only used to list the
@@ -62,14 +65,22 @@ impl ApiObjects {
             Artifact::ServicePlan(p) => Some(p),
             _ => None,
         });
-        let dns = service_plan
-            .filter(|_| applied.contains(&Asset::DnsAddon))
-            .map(|p| p.dns_ip);
+        let applies_dns = plan.steps.iter().any(|st| {
+            matches!(
+                st.action,
+                Action::ApplyManifest {
+                    asset: Asset::DnsAddon,
+                    ..
+                }
+            )
+        });
+        let dns = service_plan.filter(|_| applies_dns).map(|p| p.dns_ip);
         ApiObjects {
             node_pods: (0..PODS_PER_NODE)
                 .map(|k| format!("probe-{}", (b'a' + k as u8) as char))
                 .collect(),
             dns,
+            dns_applied: applied.contains(&Asset::DnsAddon),
             extra_services,
             planned_service_range: service_plan.map(|p| p.service_cidr),
         }
@@ -121,7 +132,7 @@ pub fn prepare(world: &mut World, api: &ApiObjects) -> Prepared {
     }
     let apiserver = first_healthy_apiserver(world);
     let mut dns_pod = None;
-    if apiserver.is_ok() && api.dns.is_some() {
+    if apiserver.is_ok() && api.dns.is_some() && api.dns_applied {
         // The DNS addon's Deployment lands on the first node that can run pods.
         if let Some(n) = (0..world.nodes.len()).find(|&n| world.pods.iter().any(|p| p.node == n)) {
             if start_pod(world, n, "coredns").is_ok() {
@@ -142,7 +153,12 @@ pub fn prepare(world: &mut World, api: &ApiObjects) -> Prepared {
         None => vec![],
     };
     for svc in &out.services {
-        if let Some(range) = range {
+        if svc.name == "kube-dns" && !api.dns_applied {
+            out.refused.push((
+                svc.key(),
+                "the DNS addon was not applied (its kubectl apply step did not succeed)".into(),
+            ));
+        } else if let Some(range) = range {
             if !range.contains(&svc.cluster_ip) {
                 out.refused.push((
                     svc.key(),
