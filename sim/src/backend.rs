@@ -73,6 +73,19 @@ impl Backend for SimBackend {
     }
 }
 
+/// The simulator by reference, so that a wrapper can hold it and the caller
+/// keep it ([`crate::simulate_wrapped`]).
+#[async_trait]
+impl Backend for &SimBackend {
+    async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
+        (**self).check(cx).await
+    }
+
+    async fn apply(&self, cx: &StepCx<'_>) -> Result<(), StepError> {
+        (**self).apply(cx).await
+    }
+}
+
 fn ok(b: bool) -> Probe {
     if b {
         Probe::Satisfied
@@ -226,16 +239,7 @@ impl Sim {
                 node.images.insert(image.clone());
             }
             Action::WriteFile { path, mode, .. } => {
-                node.fs.files.insert(
-                    path.to_string(),
-                    File {
-                        mode: *mode,
-                        content: content.expect("rendered above"),
-                    },
-                );
-                if components::is_manifest(path) && node.running("kubelet") {
-                    components::sync_static_pods(node);
-                }
+                write_file(node, path, *mode, content.expect("rendered above"));
             }
             Action::SetSysctl { key, value } => {
                 if key.starts_with("net.bridge.") && !node.modules.contains("br_netfilter") {
@@ -485,6 +489,17 @@ fn fabric_routes(cx: &StepCx<'_>) -> Vec<(IpNet, std::net::IpAddr)> {
         })
         .flatten()
         .collect()
+}
+
+/// Writes a file on the node, as an upload does; a running kubelet notices
+/// a new static pod manifest.
+pub fn write_file(node: &mut Node, path: &str, mode: u32, content: Arc<[u8]>) {
+    node.fs
+        .files
+        .insert(path.to_string(), File { mode, content });
+    if components::is_manifest(path) && node.running("kubelet") {
+        components::sync_static_pods(node);
+    }
 }
 
 /// The kernel adds `NET dev LINK proto kernel scope link src ADDR` with each address.

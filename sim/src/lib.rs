@@ -25,6 +25,9 @@ pub mod trace;
 pub mod walk;
 pub mod world;
 
+#[cfg(test)]
+mod follows_files;
+
 use kscratch_core::exec::{self, ExecOptions, Quiet};
 use kscratch_core::plan::Plan;
 use kscratch_core::scenario::{Fault, Scenario};
@@ -48,11 +51,23 @@ pub struct Simulated {
 /// Runs the plan on a fresh simulated cluster, starts test pods and Services,
 /// and applies the faults. Errors name a fault that cannot apply.
 pub fn simulate(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<Simulated, String> {
+    simulate_wrapped(s, plan, opts, &|b| Box::new(b))
+}
+
+/// [`simulate`], with the plan executed through `wrap(&simulator)`: a
+/// wrapper backend (tracing, recording, or a test that changes a file as a
+/// renderer bug would).
+pub fn simulate_wrapped(
+    s: &Scenario,
+    plan: &Plan,
+    opts: &CheckOptions,
+    wrap: &dyn for<'b> Fn(&'b backend::SimBackend) -> Box<dyn exec::Backend + 'b>,
+) -> Result<Simulated, String> {
     let backend = backend::SimBackend::new(build::world(s));
     let apply = futures::executor::block_on(exec::execute(
         plan,
         s,
-        &backend,
+        &*wrap(&backend),
         &ExecOptions::sequential(),
         &mut Quiet,
     ));

@@ -503,3 +503,110 @@ pub fn url_host_port(url: &str) -> Option<(IpAddr, u16)> {
     };
     Some((host.trim_matches(['[', ']']).parse().ok()?, port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn argv_reads_flags_as_pflag_does() {
+        let a = Argv::parse(&words(&[
+            "/usr/local/bin/kube-apiserver",
+            "--a=1",
+            "--b",
+            "2",
+            "-v=3",
+            "--d=x=y",
+            "--a=4",
+            "--",
+            "--e",
+        ]))
+        .unwrap();
+        assert_eq!(a.program_name(), "kube-apiserver");
+        assert_eq!(a.get("a"), Some("4"));
+        assert_eq!(a.get("b"), Some("true"));
+        assert_eq!(a.get("v"), Some("3"));
+        assert_eq!(a.get("d"), Some("x=y"));
+        assert_eq!(a.get("e"), None);
+        assert_eq!(a.positional, ["2", "--e"]);
+        let names: Vec<&str> = a.flags.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "v", "d", "a"]);
+        assert_eq!(a.parsed::<u16>("a").unwrap(), Some(4));
+        assert!(a
+            .parsed::<u16>("d")
+            .unwrap_err()
+            .message
+            .contains("invalid argument \"x=y\" for \"--d\" flag"));
+        assert!(a.bool("b", false).unwrap());
+        assert!(!a.bool("missing", false).unwrap());
+        assert!(a.bool("d", false).is_err());
+        assert!(Argv::parse(&words(&["x", "--=1"])).is_err());
+        assert!(Argv::parse::<String>(&[]).is_err());
+    }
+
+    #[test]
+    fn units_expand_their_environment_files_as_systemd_does() {
+        let u = "[Unit]\nExecStart=/not/this\n[Service]\nEnvironmentFile=-/etc/default/docker\nExecStart=\nExecStart=/usr/bin/env dockerd $DOCKER_OPTS --x=${X}y $$HOME \\\n  $UNSET\n";
+        let unit = parse_unit(u).unwrap();
+        assert_eq!(
+            unit.environment_files,
+            [("/etc/default/docker".to_string(), true)]
+        );
+        let env: BTreeMap<String, String> = [
+            (
+                "DOCKER_OPTS".to_string(),
+                "--bridge=cbr0  --mtu=1450".to_string(),
+            ),
+            ("X".to_string(), "1".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            unit.argv(&env).unwrap(),
+            [
+                "/usr/bin/env",
+                "dockerd",
+                "--bridge=cbr0",
+                "--mtu=1450",
+                "--x=1y",
+                "$HOME"
+            ]
+        );
+        assert_eq!(
+            parse_unit("[Service]\nExecStart=\n").unwrap().exec_start,
+            None
+        );
+    }
+
+    #[test]
+    fn urls_give_address_and_port() {
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(url_host_port("https://10.0.0.1:2379"), Some((v4, 2379)));
+        assert_eq!(url_host_port("https://10.0.0.1"), Some((v4, 443)));
+        assert_eq!(url_host_port("http://10.0.0.1/healthz"), Some((v4, 80)));
+        assert_eq!(url_host_port("https://[fd00::1]:6443/x"), Some((v6, 6443)));
+        assert_eq!(url_host_port("https://[fd00::1]"), Some((v6, 443)));
+        assert_eq!(url_host_port("https://master:6443"), None);
+        assert_eq!(url_host_port("10.0.0.1:6443"), None);
+    }
+
+    #[test]
+    fn configs_parse_back_with_positions() {
+        let e = parse_kube_proxy_config("apiVersion: v1\nkind: [\n").unwrap_err();
+        assert_eq!(e.what, "KubeProxyConfiguration");
+        assert!(e.message.contains("line"), "{e}");
+        assert!(parse_cni_conflist("{").is_err());
+        assert!(parse_kubelet_config("kind: KubeletConfiguration\n").is_err());
+        let pod = static_pod_command(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: etcd}\nspec:\n  containers:\n  - name: etcd\n    image: registry.k8s.io/etcd:3.5.16-0\n    command: [etcd, --name=a]\n",
+        )
+        .unwrap();
+        assert_eq!(pod.name, "etcd");
+        assert_eq!(pod.image.as_deref(), Some("registry.k8s.io/etcd:3.5.16-0"));
+        assert_eq!(pod.argv, ["etcd", "--name=a"]);
+    }
+}
