@@ -250,6 +250,8 @@ impl<'w> Walker<'w> {
         }
     }
 
+    // "From" the pod, as the packet travels: not a conversion constructor.
+    #[allow(clippy::wrong_self_convention)]
     fn from_pod(&mut self, p: PodId, pkt: Packet, br: &mut dyn Branches) -> Fate {
         let pod = &self.world.pods[p];
         let name = self.place_name(Place::Pod(p));
@@ -263,6 +265,12 @@ impl<'w> Walker<'w> {
                     "packet of {} bytes exceeds the pod's eth0 MTU {}",
                     pkt.len, pod.mtu
                 ),
+            };
+        }
+        if !self.world.nodes[pod.node].up {
+            return Fate::Dropped {
+                at: name,
+                reason: "the node is down: its pods do not run".into(),
             };
         }
         if pkt.dst == pod.ip {

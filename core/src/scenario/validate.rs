@@ -592,7 +592,7 @@ pub(super) fn validate(
     }
     // Count what the user listed: a typo'd member is still a member they meant.
     let count = raw.etcd.members.as_ref().map_or(members.len(), Vec::len);
-    if count > 0 && count % 2 == 0 {
+    if count > 0 && count.is_multiple_of(2) {
         r.error("etcd.members", format!("{count} etcd members: an even count tolerates no more failures than {} and makes a split vote possible", count - 1), Some(format!("use {} or {} members", count - 1, count + 1)));
     } else if count > 5 {
         r.error(
