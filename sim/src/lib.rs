@@ -50,6 +50,11 @@ pub struct Simulated {
 
 /// Runs the plan on a fresh simulated cluster, starts test pods and Services,
 /// and applies the faults. Errors name a fault that cannot apply.
+///
+/// The scenario is read here for what is not a node's behaviour: the
+/// machines as handed over ([`build::world`]), the executor's `StepCx`
+/// (whose only use in the simulator is [`kscratch_core::exec::StepCx::file_bytes`],
+/// the bytes of a written file), and the faults to inject.
 pub fn simulate(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<Simulated, String> {
     simulate_wrapped(s, plan, opts, &|b| Box::new(b))
 }
