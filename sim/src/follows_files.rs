@@ -67,7 +67,14 @@ impl Backend for Tamper<'_> {
         };
         let bytes = self.bytes(cx);
         let mut st = self.sim.state.lock().unwrap();
-        write_file(&mut st.world.nodes[cx.node().unwrap()], path, mode, bytes);
+        // Changed bytes are no longer the asset's rendering.
+        write_file(
+            &mut st.world.nodes[cx.node().unwrap()],
+            path,
+            mode,
+            bytes,
+            None,
+        );
         Ok(())
     }
 }

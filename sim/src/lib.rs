@@ -82,13 +82,17 @@ pub fn simulate_wrapped(
     let api = prepare::ApiObjects::for_check(plan, &sim.addons, opts.extra_services);
     let mut world = sim.world;
     let faults: Vec<Fault> = s.faults.iter().chain(&opts.faults).cloned().collect();
-    for f in faults.iter().filter(|f| faults::is_config_fault(f)) {
-        faults::apply(&mut world, s, f)?;
-    }
-    let prepared = prepare::prepare(&mut world, &api);
-    for f in faults.iter().filter(|f| !faults::is_config_fault(f)) {
-        faults::apply(&mut world, s, f)?;
-    }
+    let damage = kscratch_core::plan::damage(s, &faults).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    world = faults::run(world, s, &damage.before_workload)?;
+    let mut prepared = prepare::prepare(&mut world, &api);
+    world = faults::run(world, s, &damage.live)?;
+    faults::resync_services(&mut world, &mut prepared);
     Ok(Simulated {
         world,
         apply,

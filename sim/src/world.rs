@@ -4,6 +4,7 @@
 
 use crate::routes::RouteTable;
 use ipnet::IpNet;
+use kscratch_core::plan::Asset;
 use kscratch_core::scenario::KubeVersion;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -189,6 +190,11 @@ pub struct Vfs {
 pub struct File {
     pub mode: u32,
     pub content: Arc<[u8]>,
+    /// The plan's asset these bytes were rendered from, for this node, while
+    /// they are unchanged; `None` for text written otherwise. Equivalence
+    /// classes compare rendered files by asset: the renderer differs
+    /// between nodes only in their own identity.
+    pub asset: Option<Asset>,
 }
 
 impl Vfs {
@@ -199,6 +205,7 @@ impl Vfs {
             File {
                 mode,
                 content: Arc::from(text.as_bytes()),
+                asset: None,
             },
         );
     }
