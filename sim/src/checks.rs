@@ -887,15 +887,15 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
         let checks: [(&str, Result<(), String>); 3] = [
             (
                 "kube-apiserver",
-                crate::components::apiserver_health(world, s, i),
+                crate::components::apiserver_health(world, i),
             ),
             (
                 "kube-scheduler",
-                crate::components::health(&world.nodes[i], s, "kube-scheduler"),
+                crate::components::health(&world.nodes[i], "kube-scheduler"),
             ),
             (
                 "kube-controller-manager",
-                crate::components::health(&world.nodes[i], s, "kube-controller-manager"),
+                crate::components::health(&world.nodes[i], "kube-controller-manager"),
             ),
         ];
         for (comp, r) in checks {
@@ -912,7 +912,7 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
     }
     for &m in &s.etcd.members {
         let name = world.nodes[m].name.clone();
-        match crate::components::health(&world.nodes[m], s, "etcd") {
+        match crate::components::health(&world.nodes[m], "etcd") {
             Ok(()) => c.pass(1),
             Err(e) => c.fail(
                 1,
