@@ -3,6 +3,8 @@
 /// Golden-file `check` helper and scenario loading.
 mod support;
 
+/// Faults: grammar, damage plans, applicability, the damage's node state.
+mod faults;
 /// The planner on the bundled scenarios: goldens, determinism, structure.
 mod plan;
 /// Random and mutated scenarios never panic.
