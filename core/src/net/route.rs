@@ -601,6 +601,20 @@ macro_rules! serde_as_text {
 
 serde_as_text!(MacAddr);
 
+/// Serialize as the text line (damage plans carry these); nothing reads
+/// them back.
+macro_rules! serialize_as_text {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+    )*};
+}
+
+serialize_as_text!(Route, FdbEntry, Neighbor);
+
 #[cfg(test)]
 mod tests {
     use super::*;
