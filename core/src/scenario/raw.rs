@@ -74,6 +74,7 @@ pub struct RawNetwork {
     pub underlay_mtu: Option<u32>,
     pub bridge: Option<String>,
     pub interface: Option<String>,
+    pub gateway: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -769,6 +770,7 @@ impl Decoder<'_, '_> {
                 "underlayMTU",
                 "bridge",
                 "interface",
+                "gateway",
             ],
         ) else {
             return out;
@@ -855,6 +857,7 @@ impl Decoder<'_, '_> {
             .map(|v| v as u32);
         out.bridge = self.text(m.get("bridge"), "network.bridge", "bridge");
         out.interface = self.text(m.get("interface"), "network.interface", "interface");
+        out.gateway = self.text(m.get("gateway"), "network.gateway", "gateway");
         out
     }
 }

@@ -7,7 +7,8 @@
 //! still runs. The sections, in the order they run:
 //! - `cluster`: the version and the cluster name;
 //! - `nodes`: names, addresses, roles, SSH;
-//! - `network`: ranges, capacity, Service addresses, DNS, pod traffic, MTUs;
+//! - `network`: ranges, capacity, Service addresses, DNS, pod traffic, the
+//!   underlay gateway, MTUs;
 //! - `control_plane`: the control-plane nodes and `cluster.masterIP`;
 //! - `security`, `runtime`, `etcd`: their sections;
 //! - `extras`: cloud provider, images, admission plugins, binaries, faults;
@@ -111,6 +112,7 @@ pub(super) fn validate(
                     pod_mtu: net.pod_mtu,
                     bridge: net.bridge,
                     interface: net.interface,
+                    gateway: net.gateway,
                 },
                 security,
                 runtime,

@@ -29,6 +29,7 @@ pub(super) struct Net {
     pub pod_mtu: u32,
     pub bridge: String,
     pub interface: String,
+    pub gateway: Option<IpAddr>,
 }
 
 const CLUSTER: &str = "network.clusterCIDR";
@@ -83,6 +84,7 @@ pub(super) fn network(raw: &RawScenario, nodes: &Nodes, r: &mut Reporter<'_>) ->
     }
 
     let (mode, pod_traffic) = pod_traffic(r, raw);
+    let gateway = gateway(r, raw, nodes, node_cidr, cluster_cidr, service_cidr, mode);
     let (underlay_mtu, pod_mtu) = mtus(r, raw, mode);
 
     let bridge = net.bridge.clone().unwrap_or_else(|| "cbr0".into());
@@ -117,7 +119,70 @@ pub(super) fn network(raw: &RawScenario, nodes: &Nodes, r: &mut Reporter<'_>) ->
         pod_mtu,
         bridge,
         interface,
+        gateway,
     }
+}
+
+/// The underlay's default gateway: an underlay address that is no node's;
+/// `fabric` pod traffic needs it (it is the router holding the pod routes).
+fn gateway(
+    r: &mut Reporter<'_>,
+    raw: &RawScenario,
+    nodes: &Nodes,
+    node: Option<IpNet>,
+    cluster: Option<IpNet>,
+    service: Option<IpNet>,
+    mode: RawPodTraffic,
+) -> Option<IpAddr> {
+    const PATH: &str = "network.gateway";
+    let gateway = match raw.network.gateway.as_deref() {
+        _ if r.is_invalid(PATH) => return None,
+        Some(g) => parse::ip(r, PATH, g)?,
+        None => {
+            if mode == RawPodTraffic::Fabric && !r.is_invalid("network.podTraffic") {
+                r.error(
+                    Code::Gateway,
+                    "network.podTraffic",
+                    "`fabric` pod traffic needs network.gateway: the router that holds the pod routes",
+                    "add `gateway: <the underlay router's IP>` under network",
+                );
+            }
+            return None;
+        }
+    };
+    if let Some(i) = nodes
+        .list
+        .iter()
+        .zip(&nodes.ip_ok)
+        .position(|(n, ok)| *ok && n.ip == gateway)
+    {
+        r.error(
+            Code::Gateway,
+            PATH,
+            format!("{gateway} is the address of node `{}`", nodes.list[i].name),
+            "the gateway is the underlay's router, not one of the nodes",
+        );
+    }
+    if let Some(c) = node.filter(|c| !c.contains(&gateway)) {
+        r.error(
+            Code::Gateway,
+            PATH,
+            format!("{gateway} is outside network.nodeCIDR {c}"),
+            "a default gateway must be on the nodes' own network",
+        );
+    }
+    for (path, range) in [(CLUSTER, cluster), (SERVICE, service)] {
+        if let Some(c) = range.filter(|c| c.contains(&gateway)) {
+            let note = default_note(r, path);
+            r.error(
+                Code::Gateway,
+                PATH,
+                format!("{gateway} is inside {path} {c}{note}"),
+                "the gateway is an underlay address",
+            );
+        }
+    }
+    Some(gateway)
 }
 
 /// Pod, Service and node ranges must be disjoint.
