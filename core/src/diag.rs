@@ -107,6 +107,14 @@ codes! {
     LockWouldChange = "KS3002", "the IPAM lock would change under --locked";
     NoLock = "KS3003", "no IPAM lock yet: allocations follow scenario order (warning)";
     LockStale = "KS3004", "the IPAM lock is out of date; a read-only command did not update it (warning)";
+    // KS40xx: `kscratch check` failures, one per check (the JUnit failure type).
+    CheckPodToPod = "KS4001", "check failed: pod-to-pod without NAT";
+    CheckNodeToPod = "KS4002", "check failed: node to its own pods";
+    CheckServices = "KS4003", "check failed: Service VIPs reach their endpoints";
+    CheckEgress = "KS4004", "check failed: egress masqueraded to the node IP";
+    CheckApiserver = "KS4005", "check failed: nodes reach the apiserver; control plane healthy";
+    CheckMtu = "KS4006", "check failed: pod-MTU packets cross between nodes";
+    ApplyStepFailed = "KS4007", "a plan step failed on the simulator";
 }
 
 impl Serialize for Code {

@@ -74,7 +74,7 @@ pub(super) fn etcd(
     // Count what the user listed: a typo'd member is still a member they meant.
     let count = e.members.as_ref().map_or(members.len(), Vec::len);
     let here = super::at(r, "etcd.members", "nodes");
-    if count > 0 && count % 2 == 0 {
+    if count > 0 && count.is_multiple_of(2) {
         r.error(
             Code::Etcd,
             here,

@@ -22,14 +22,15 @@ pub(super) fn allocate(
     r: &mut Reporter<'_>,
 ) -> Option<Ipam> {
     let Some(c) = net.cluster_cidr.filter(|_| net.slicing_ok) else {
-        if net.cluster_cidr.is_none() && r.is_invalid("network.clusterCIDR") {
-            if raw.nodes.iter().any(|n| n.pod_cidr.is_some()) {
-                r.not_checked(
-                    "network.clusterCIDR",
-                    "pinned pod CIDRs",
-                    "network.clusterCIDR",
-                );
-            }
+        if net.cluster_cidr.is_none()
+            && r.is_invalid("network.clusterCIDR")
+            && raw.nodes.iter().any(|n| n.pod_cidr.is_some())
+        {
+            r.not_checked(
+                "network.clusterCIDR",
+                "pinned pod CIDRs",
+                "network.clusterCIDR",
+            );
         }
         return None;
     };
