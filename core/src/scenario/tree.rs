@@ -130,8 +130,12 @@ pub struct Limits {
     /// Nested mappings and sequences. A scenario needs 4.
     pub max_depth: usize,
     /// Nodes in the tree after aliases are expanded (a "billion laughs" file
-    /// is small but expands without bound). A 10,000-node scenario has about 70,000.
+    /// is small but expands without bound). A 10,000-node scenario has about 100,000.
     pub max_nodes: usize,
+    /// Of those, nodes copied in by aliases: an alias costs a copy of what it
+    /// names, so copies get a tighter bound (a shared `ssh:` block on 5,000
+    /// nodes is 25,000).
+    pub max_alias_nodes: usize,
 }
 
 impl Default for Limits {
@@ -139,7 +143,8 @@ impl Default for Limits {
         Limits {
             max_bytes: 16 << 20,
             max_depth: 32,
-            max_nodes: 1_000_000,
+            max_nodes: 250_000,
+            max_alias_nodes: 50_000,
         }
     }
 }
@@ -175,6 +180,7 @@ pub fn read(text: &str, limits: Limits) -> Result<Option<Node>, ReadError> {
         stack: Vec::new(),
         anchors: Vec::new(),
         nodes: 0,
+        aliased: 0,
         root: None,
         documents: 0,
     };
@@ -322,8 +328,10 @@ enum Open {
 struct Builder {
     limits: Limits,
     stack: Vec<Open>,
-    anchors: Vec<(usize, Node)>,
+    /// Anchored nodes with the size of each.
+    anchors: Vec<(usize, Node, usize)>,
     nodes: usize,
+    aliased: usize,
     root: Option<Node>,
     documents: usize,
 }
@@ -385,20 +393,36 @@ impl Builder {
                 self.finish(node, anchor)?;
             }
             Event::Alias(id) => {
-                let node = self
+                // Count first, copy after: a bomb stops before it is built.
+                let (n, at) = self
                     .anchors
                     .iter()
+                    .enumerate()
                     .rev()
-                    .find(|(a, _)| *a == id)
-                    .map(|(_, n)| n.clone())
+                    .find(|(_, (a, _, _))| *a == id)
+                    .map(|(i, (_, _, n))| (*n, i))
                     .ok_or_else(|| ReadError {
                         code: Code::Syntax,
                         pos: Some(p),
                         message: "an alias refers to an anchor that is not defined".into(),
                         hint: "define `&name` before using `*name`".into(),
                     })?;
-                let n = count(&node);
+                self.aliased += n;
+                if self.aliased > self.limits.max_alias_nodes {
+                    return Err(ReadError {
+                        code: Code::TooManyNodes,
+                        pos: Some(p),
+                        message: format!(
+                            "aliases expand to more than {} values",
+                            self.limits.max_alias_nodes
+                        ),
+                        hint:
+                            "aliases (`*name`) that refer to aliases multiply: write the values out"
+                                .into(),
+                    });
+                }
                 self.count(n, p)?;
+                let node = self.anchors[at].1.clone();
                 // The copy keeps the anchor's positions: that is where the text is.
                 self.finish(node, 0)?;
             }
@@ -442,7 +466,7 @@ impl Builder {
 
     fn finish(&mut self, node: Node, anchor: usize) -> Result<(), ReadError> {
         if anchor != 0 {
-            self.anchors.push((anchor, node.clone()));
+            self.anchors.push((anchor, node.clone(), count(&node)));
         }
         match self.stack.last_mut() {
             None => {
