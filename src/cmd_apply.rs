@@ -54,6 +54,15 @@ pub struct ApplyArgs {
     /// Seconds one remote command may take (health waits get their own timeout on top).
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     step_timeout: u64,
+    /// Instead of the plan, do this what-if fault's damage to the real
+    /// machines (repeatable; the forms of `kscratch check --fault`): the very
+    /// damage plan `kscratch check --fault` simulates. Needs --break-my-cluster.
+    #[arg(long = "fault", value_name = "FAULT")]
+    faults: Vec<String>,
+    /// Say yes to --fault: the nodes lose routes, links, rules or services,
+    /// until a plain `kscratch apply` (or more, for node-down) repairs them.
+    #[arg(long)]
+    break_my_cluster: bool,
 }
 
 /// One line of the journal.
@@ -104,7 +113,11 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     let loaded = load::scenario(path, args.scenario.locked)?;
     eprint!("{}", loaded.warnings);
     let scenario = loaded.scenario;
-    let plan = kscratch_core::plan::plan(&scenario);
+    let damage = !args.faults.is_empty();
+    let plan = match damage {
+        false => kscratch_core::plan::plan(&scenario),
+        true => damage_plan(&args, &scenario)?,
+    };
     let known_hosts = match &args.known_hosts {
         Some(p) => p.clone(),
         None => match std::env::var_os("HOME") {
@@ -174,7 +187,12 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         }
         let mut obs = ApplyObserver::new(
             &plan,
-            if args.dry_run { None } else { Some(&journal) },
+            // A damage run is not the build: it leaves the build's journal alone.
+            if args.dry_run || damage {
+                None
+            } else {
+                Some(&journal)
+            },
             args.resume,
         );
         let report = execute(&plan, &scenario, &backend, &exec_opts, &mut obs).await;
@@ -209,6 +227,29 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--fault`: the faults' damage, refused without `--break-my-cluster` and
+/// for a fault that does not apply to the scenario (exit 2 either way).
+fn damage_plan(args: &ApplyArgs, s: &Scenario) -> Result<Plan, load::Error> {
+    let faults = crate::cmd_check::faults(&args.scenario.scenario, s, &args.faults)?;
+    if !args.break_my_cluster {
+        return Err(load::Error::Usage(format!(
+            "error: --fault {} damages the real machines; pass --break-my-cluster to do it (or `kscratch check --fault` to simulate it)",
+            args.faults.join(" --fault ")
+        )));
+    }
+    kscratch_core::plan::damage(s, &faults)
+        .map(|d| d.combined())
+        .map_err(|errors| {
+            load::Error::Usage(
+                errors
+                    .iter()
+                    .map(|e| format!("error: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })
 }
 
 /// Journal writer and progress display.

@@ -11,9 +11,13 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub scenario: crate::ScenarioArgs,
     /// Apply a what-if fault after the plan has run, then check (repeatable).
-    /// Forms: node-down:NODE, route-missing:NODE[:TO_NODE], ip-forward-off:NODE,
+    /// Forms: node-down:NODE, nic-down:NODE, route-missing:NODE[:TO_NODE],
+    /// ip-forward-off:NODE, forward-drop:NODE, rp-filter-strict:NODE,
+    /// br-netfilter-off:NODE, underlay-mtu:NODE:BYTES, fdb-missing:NODE:TO_NODE,
+    /// neigh-missing:NODE:TO_NODE, kube-proxy-down:NODE, dns-pod-down,
     /// docker0-leftover:NODE, docker-ip-masq:NODE, masquerade-missing:NODE,
-    /// overlay-mtu:BYTES, apiserver-firewalled.
+    /// overlay-mtu:BYTES, apiserver-firewalled. `kscratch apply --fault` runs
+    /// the same damage on real machines.
     #[arg(long = "fault", value_name = "FAULT")]
     pub faults: Vec<String>,
     /// Output: a readable report, JSON, JUnit XML for CI test reporters, or
@@ -59,14 +63,30 @@ pub enum ProtoArg {
     Udp,
 }
 
-fn faults(path: &std::path::Path, list: &[String]) -> Result<Vec<Fault>, load::Error> {
+/// Parses `--fault` values and checks each against the scenario (and the
+/// scenario's own `faults:`): a fault that does not apply is a usage error
+/// (exit 2) with a hint, before anything runs.
+pub fn faults(
+    path: &std::path::Path,
+    s: &kscratch_core::Scenario,
+    list: &[String],
+) -> Result<Vec<Fault>, load::Error> {
     let mut out = Vec::new();
     for f in list {
         out.push(
             Fault::parse(f).map_err(|e| load::Error::Usage(format!("error: --fault {f}: {e}")))?,
         );
     }
-    let _ = path;
+    let problems: Vec<String> = s
+        .faults
+        .iter()
+        .chain(&out)
+        .filter_map(|f| kscratch_core::plan::damage::check(s, f).err())
+        .map(|e| format!("error: {e} [{}]", path.display()))
+        .collect();
+    if !problems.is_empty() {
+        return Err(load::Error::Usage(problems.join("\n")));
+    }
     Ok(out)
 }
 
@@ -77,17 +97,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, load::Error> {
     };
     crate::diag(&loaded.warnings.to_string());
     let s = &loaded.scenario;
-    let fs = faults(&args.scenario.scenario, &args.faults)?;
-    for f in &fs {
-        for n in f.nodes() {
-            if s.node_index(n).is_none() {
-                return Err(load::Error::Usage(format!(
-                    "error: --fault {f}: no node `{n}` in {}",
-                    args.scenario.scenario.display()
-                )));
-            }
-        }
-    }
+    let fs = faults(&args.scenario.scenario, s, &args.faults)?;
     let plan = kscratch_core::plan::plan(s);
     let report = kscratch_sim::check(
         s,
@@ -118,7 +128,7 @@ pub fn trace(args: TraceArgs) -> Result<ExitCode, load::Error> {
     };
     crate::diag(&loaded.warnings.to_string());
     let s = &loaded.scenario;
-    let fs = faults(&args.scenario.scenario, &args.faults)?;
+    let fs = faults(&args.scenario.scenario, s, &args.faults)?;
     let plan = kscratch_core::plan::plan(s);
     let sim = kscratch_sim::simulate(
         s,

@@ -87,7 +87,37 @@ const FAULTS: &[(&str, CheckKind, &[&str])] = &[
     (
         "overlay-mtu",
         CheckKind::Mtu,
-        &["exceeds the MTU 1500 of eth0", "VXLAN"],
+        // The VXLAN device keeps its MTU: the kernel refuses one with no room for the encapsulation.
+        &["exceeds the MTU 1450 of vxlan0", "fragmentation needed"],
+    ),
+    ("nic-down", CheckKind::PodToPod, &["node-2", "no route to"]),
+    (
+        "forward-drop",
+        CheckKind::PodToPod,
+        &[
+            "node-2",
+            "dropped by filter/FORWARD rule 1: -A FORWARD -j DROP",
+        ],
+    ),
+    (
+        "kube-proxy-down",
+        CheckKind::Services,
+        &["node-2", "10.0.0.1"],
+    ),
+    (
+        "fdb-missing",
+        CheckKind::PodToPod,
+        &["w1", "vxlan0: no FDB entry for 0e:ac:14:00:0d:00"],
+    ),
+    (
+        "neigh-missing",
+        CheckKind::PodToPod,
+        &["w1", "vxlan0: no neighbour entry for VTEP 10.244.3.0"],
+    ),
+    (
+        "underlay-mtu",
+        CheckKind::Mtu,
+        &["exceeds the MTU 1400 of eth0 on w2"],
     ),
     // The kernel refuses a VXLAN MTU with no room for the header: the plan's
     // step fails as it would on a real node, and nothing runs after it.

@@ -286,6 +286,33 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
         Action::ValidateCluster { nodes, components } => {
             Rendered::Remote(validate_cluster(nodes, components)?)
         }
+        Action::DeleteRoutes { routes } => match cx.node {
+            Some(_) => Rendered::Remote(delete_routes(routes)?),
+            None => Rendered::NotApplicable(format!(
+                "the underlay router is not managed over SSH: delete these routes on it (or in the cloud route table): {}",
+                routes.iter().map(|r| r.emit()).collect::<Vec<_>>().join(", ")
+            )),
+        },
+        Action::InsertIptablesRule { table, rule } => {
+            Rendered::Remote(insert_iptables(table.name(), rule)?)
+        }
+        Action::SetLinkDown { name } => Rendered::Remote(set_link_down(name)?),
+        Action::SetLinkMtu { name, mtu } => Rendered::Remote(set_link_mtu(name, *mtu)?),
+        Action::DeleteFdbEntries { entries } => Rendered::Remote(delete_fdb(entries)?),
+        Action::DeleteNeighbors { entries } => Rendered::Remote(delete_neighbors(entries)?),
+        Action::StopService { name } => Rendered::Remote(stop_service(name)?),
+        Action::DeleteFile { path } => Rendered::Remote(delete_file(path)?),
+        Action::UnloadKernelModule { name } => Rendered::Remote(unload_module(name)?),
+        Action::WriteText { path, mode, text } => {
+            Rendered::Remote(write_file(path, *mode, text.as_bytes(), false)?)
+        }
+        Action::ScaleDeployment {
+            namespace,
+            name,
+            replicas,
+            kubeconfig,
+        } => Rendered::Remote(scale_deployment(namespace, name, *replicas, *kubeconfig)?),
+        Action::PowerOff => Rendered::Remote(power_off()?),
     })
 }
 
@@ -760,6 +787,251 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(apply),
+    })
+}
+
+/// `ip route del` for each route that `ip route show` lists with the same
+/// destination, gateway and device.
+fn delete_routes(routes: &[Route]) -> R<StepScripts> {
+    let mut check = String::new();
+    let mut apply = String::from("set -e\n");
+    for r in routes {
+        let mut sel = vec!["exact".to_string(), r.dst.to_string()];
+        if let Some(v) = r.via {
+            sel.extend(["via".into(), v.to_string()]);
+        }
+        if let Some(d) = &r.dev {
+            sel.extend(["dev".into(), d.clone()]);
+        }
+        let sel = shell::join(&sel)?;
+        let del = shell::join(r.to_args())?;
+        check.push_str(&format!("[ -z \"$(ip route show {sel})\" ] || exit 1\n"));
+        apply.push_str(&format!(
+            "if [ -n \"$(ip route show {sel})\" ]; then ip route del {del}; fi\n"
+        ));
+    }
+    check.push_str("exit 0\n");
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(apply),
+    })
+}
+
+/// `iptables -C || iptables -I CHAIN 1`: the rule first in its chain.
+fn insert_iptables(table: &str, rule: &kscratch_core::net::iptables::Rule) -> R<StepScripts> {
+    let mut argv = vec![
+        "iptables".to_string(),
+        "-w".into(),
+        "-t".into(),
+        table.into(),
+        "-C".into(),
+        rule.chain.clone(),
+    ];
+    argv.extend(rule.to_args());
+    let check_cmd = shell::join(&argv)?;
+    argv[4] = "-I".into();
+    argv.insert(6, "1".into());
+    let insert = shell::join(&argv)?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "if {check_cmd} 2>/dev/null; then exit 0; fi\nexit 1\n"
+        )),
+        apply: Script::new(format!("set -e\n{check_cmd} 2>/dev/null || {insert}\n")),
+    })
+}
+
+/// A check's prologue: the device must exist, or the check fails (status 2).
+fn device_exists(n: &str) -> R<String> {
+    let msg = q(&format!("Cannot find device \"{n}\""))?;
+    let n = q(n)?;
+    Ok(format!(
+        "ip link show dev {n} >/dev/null 2>&1 || {{ echo {msg} >&2; exit 2; }}\n"
+    ))
+}
+
+/// Damage that cuts the connection it is sent over (the node's NIC, its
+/// power) runs detached, two seconds later, so that the step can report
+/// first; until then a marker in [`RUN_DIR`] says it is under way, and the
+/// check accepts it.
+fn deferred(marker: &str, command: &str) -> R<String> {
+    let m = q(&format!("{RUN_DIR}/{marker}"))?;
+    let inner = q(&format!("sleep 2; {command}; rm -f {m}"))?;
+    Ok(format!(
+        "mkdir -p {dir}\n: > {m}\nsetsid nohup sh -c {inner} >/dev/null 2>&1 < /dev/null &\n",
+        dir = q(RUN_DIR)?
+    ))
+}
+
+fn set_link_down(name: &str) -> R<StepScripts> {
+    let n = q(name)?;
+    let marker = format!("link-{name}.down-pending");
+    let m = q(&format!("{RUN_DIR}/{marker}"))?;
+    let exists = device_exists(name)?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "{exists}[ -f {m} ] && exit 0\nif ip -o link show dev {n} | grep -q '[<,]UP[,>]'; then exit 1; fi\nexit 0\n"
+        )),
+        apply: Script::new(format!(
+            "set -e\n{}",
+            deferred(&marker, &format!("ip link set dev {n} down"))?
+        )),
+    })
+}
+
+fn set_link_mtu(name: &str, mtu: u32) -> R<StepScripts> {
+    let n = q(name)?;
+    let exists = device_exists(name)?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "{exists}[ \"$(cat /sys/class/net/{n}/mtu)\" = {mtu} ] || exit 1\nexit 0\n"
+        )),
+        apply: Script::new(format!("set -e\nip link set dev {n} mtu {mtu}\n")),
+    })
+}
+
+fn delete_fdb(entries: &[FdbEntry]) -> R<StepScripts> {
+    let mut check = String::new();
+    let mut apply = String::from("set -e\n");
+    for e in entries {
+        let d = q(&e.dev)?;
+        let mut line = e.mac.to_string();
+        let mut del = vec![e.mac.to_string(), "dev".into(), e.dev.clone()];
+        if let Some(dst) = e.dst {
+            line.push_str(&format!(" dst {dst}"));
+            del.extend(["dst".into(), dst.to_string()]);
+        }
+        if e.self_ {
+            del.push("self".into());
+        }
+        // `bridge fdb show` lines start with the MAC and `dst`: match that prefix.
+        let pat = q(&format!("{line} "))?;
+        let present = format!("bridge fdb show dev {d} | grep -qF -- {pat}");
+        check.push_str(&format!("if {present}; then exit 1; fi\n"));
+        apply.push_str(&format!(
+            "if {present}; then bridge fdb del {}; fi\n",
+            shell::join(&del)?
+        ));
+    }
+    check.push_str("exit 0\n");
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(apply),
+    })
+}
+
+fn delete_neighbors(entries: &[Neighbor]) -> R<StepScripts> {
+    let mut check = String::new();
+    let mut apply = String::from("set -e\n");
+    for e in entries {
+        let sel = shell::join([
+            "to".to_string(),
+            e.addr.to_string(),
+            "dev".into(),
+            e.dev.clone(),
+        ])?;
+        let present = format!("[ -n \"$(ip neigh show {sel})\" ]");
+        check.push_str(&format!("if {present}; then exit 1; fi\n"));
+        apply.push_str(&format!(
+            "if {present}; then ip neigh del {}; fi\n",
+            shell::join([e.addr.to_string(), "dev".into(), e.dev.clone()])?
+        ));
+    }
+    check.push_str("exit 0\n");
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::new(apply),
+    })
+}
+
+/// Stops the service under systemd, or the supervisor [`start_service`]
+/// started (its whole process group). The rules it programmed stay.
+fn stop_service(name: &str) -> R<StepScripts> {
+    let u = q(&format!("{name}.service"))?;
+    let dir = RUN_DIR;
+    let pid = q(&format!("{dir}/{name}.pid"))?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "if [ -d /run/systemd/system ]; then\n\
+             \x20 if systemctl is-active --quiet {u}; then exit 1; fi\n\
+             \x20 exit 0\n\
+             fi\n\
+             [ -f {pid} ] || exit 0\n\
+             if kill -0 \"$(cat {pid})\" 2>/dev/null; then exit 1; fi\n\
+             exit 0\n"
+        )),
+        apply: Script::new(format!(
+            "set -e\n\
+             if [ -d /run/systemd/system ]; then\n\
+             \x20 systemctl stop {u}\n\
+             \x20 exit 0\n\
+             fi\n\
+             if [ -f {pid} ]; then\n\
+             \x20 old=$(cat {pid})\n\
+             \x20 kill -TERM -- \"-$old\" 2>/dev/null || kill -TERM \"$old\" 2>/dev/null || true\n\
+             \x20 i=0; while kill -0 \"$old\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+             \x20 kill -KILL -- \"-$old\" 2>/dev/null || true\n\
+             \x20 rm -f {pid}\n\
+             fi\n"
+        )),
+    })
+}
+
+fn delete_file(path: &str) -> R<StepScripts> {
+    let p = q(path)?;
+    let reload = if path.starts_with("/etc/systemd/") {
+        "if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi\n"
+    } else {
+        ""
+    };
+    Ok(StepScripts {
+        check: Script::new(format!("if [ -e {p} ]; then exit 1; fi\nexit 0\n")),
+        apply: Script::new(format!("set -e\nrm -f {p}\n{reload}")),
+    })
+}
+
+fn unload_module(name: &str) -> R<StepScripts> {
+    let n = q(name)?;
+    let loaded = module_loaded(name)?;
+    let f = q(&format!("/etc/modules-load.d/kscratch-{name}.conf"))?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "if {loaded}; then exit 1; fi\nif [ -e {f} ]; then exit 1; fi\nexit 0\n"
+        )),
+        apply: Script::new(format!(
+            "set -e\nrm -f {f}\nif {loaded}; then modprobe -r {n}; fi\n"
+        )),
+    })
+}
+
+fn scale_deployment(
+    namespace: &str,
+    name: &str,
+    replicas: u32,
+    user: kscratch_core::plan::KubeconfigUser,
+) -> R<StepScripts> {
+    let k = q(Asset::Kubeconfig(user).path())?;
+    let (ns, n) = (q(namespace)?, q(name)?);
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "{}r=$(kubectl --kubeconfig {k} --request-timeout=20s -n {ns} get deployment {n} -o 'jsonpath={{.spec.replicas}}') || exit 2\n[ \"$r\" = {replicas} ] || exit 1\nexit 0\n",
+            kubectl_guard()
+        )),
+        apply: Script::new(format!(
+            "set -e\nkubectl --kubeconfig {k} --request-timeout=20s -n {ns} scale deployment {n} --replicas={replicas}\n"
+        )),
+    })
+}
+
+fn power_off() -> R<StepScripts> {
+    let marker = "power-off-pending";
+    let m = q(&format!("{RUN_DIR}/{marker}"))?;
+    Ok(StepScripts {
+        // A machine that is off answers nothing: while it still answers, it is not off.
+        check: Script::new(format!("[ -f {m} ] && exit 0\nexit 1\n")),
+        apply: Script::new(format!(
+            "set -e\n{}",
+            deferred(marker, "systemctl poweroff || poweroff")?
+        )),
     })
 }
 
@@ -1376,6 +1648,152 @@ mod tests {
                     Rendered::NotApplicable(_) => assert_eq!(st.target, Target::Fabric),
                 }
             }
+        }
+    }
+
+    fn damage_scripts(text: &str, fault: &str) -> Vec<Rendered> {
+        let (s, _) = load(text);
+        let f = kscratch_core::scenario::Fault::parse(fault).unwrap();
+        let d = kscratch_core::plan::damage(&s, &[f])
+            .unwrap_or_else(|e| panic!("{fault}: {e:?}"))
+            .combined();
+        d.steps
+            .iter()
+            .map(|st| {
+                let node = match st.target {
+                    Target::Node(i) => Some(i as usize),
+                    _ => None,
+                };
+                render(
+                    &RenderCx {
+                        scenario: &s,
+                        plan: &d,
+                        node,
+                        inputs: Inputs::default(),
+                    },
+                    &st.action,
+                )
+                .unwrap_or_else(|e| panic!("{fault}: {e}"))
+            })
+            .collect()
+    }
+
+    fn remote(r: &Rendered) -> &StepScripts {
+        match r {
+            Rendered::Remote(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_fault_renders_to_scripts_that_parse() {
+        let vxlan = SCENARIO.replace("podTraffic: routed", "podTraffic: vxlan");
+        let docker = format!("{SCENARIO}runtime: {{kind: docker}}\n").replace("1.30.4", "1.23.17");
+        let cases: &[(&str, &str)] = &[
+            (SCENARIO, "node-down:b"),
+            (SCENARIO, "nic-down:b"),
+            (SCENARIO, "route-missing:a"),
+            (SCENARIO, "route-missing:a:b"),
+            (SCENARIO, "ip-forward-off:b"),
+            (SCENARIO, "forward-drop:b"),
+            (SCENARIO, "rp-filter-strict:b"),
+            (SCENARIO, "br-netfilter-off:b"),
+            (SCENARIO, "underlay-mtu:b:1400"),
+            (&vxlan, "fdb-missing:a:b"),
+            (&vxlan, "neigh-missing:a:b"),
+            (&vxlan, "route-missing:a:b"),
+            (SCENARIO, "kube-proxy-down:b"),
+            (SCENARIO, "dns-pod-down"),
+            (&docker, "docker0-leftover:b"),
+            (&docker, "docker-ip-masq:b"),
+            (SCENARIO, "masquerade-missing:b"),
+            (&vxlan, "overlay-mtu:1500"),
+            (SCENARIO, "apiserver-firewalled"),
+        ];
+        let mut kinds = std::collections::BTreeSet::new();
+        for (text, fault) in cases {
+            kinds.insert(kscratch_core::scenario::Fault::parse(fault).unwrap().kind());
+            for r in damage_scripts(text, fault) {
+                let r = remote(&r);
+                parses(&r.check.text);
+                parses(&r.apply.text);
+            }
+        }
+        assert_eq!(
+            kinds.len(),
+            kscratch_core::scenario::fault::FAULT_KINDS.len()
+        );
+    }
+
+    #[test]
+    fn damage_is_checked_before_it_is_done() {
+        let r = damage_scripts(SCENARIO, "route-missing:a:b");
+        let r = remote(&r[0]);
+        assert_eq!(
+            r.check.text,
+            "[ -z \"$(ip route show exact 10.10.1.0/24 via 198.51.100.2 dev eth0)\" ] || exit 1\nexit 0\n"
+        );
+        assert!(r.apply.text.contains(
+            "if [ -n \"$(ip route show exact 10.10.1.0/24 via 198.51.100.2 dev eth0)\" ]; then ip route del 10.10.1.0/24 via 198.51.100.2 dev eth0; fi\n"
+        ));
+        let r = damage_scripts(SCENARIO, "forward-drop:b");
+        let r = remote(&r[0]);
+        assert_eq!(
+            r.apply.text,
+            "set -e\niptables -w -t filter -C FORWARD -j DROP 2>/dev/null || iptables -w -t filter -I FORWARD 1 -j DROP\n"
+        );
+        let vxlan = SCENARIO.replace("podTraffic: routed", "podTraffic: vxlan");
+        let r = damage_scripts(&vxlan, "fdb-missing:a:b");
+        let r = remote(&r[0]);
+        assert!(r.check.text.contains(
+            "if bridge fdb show dev vxlan0 | grep -qF -- '0e:c6:33:64:02:00 dst 198.51.100.2 '; then exit 1; fi"
+        ), "{}", r.check.text);
+        assert!(r.apply.text.contains(
+            "then bridge fdb del 0e:c6:33:64:02:00 dev vxlan0 dst 198.51.100.2 self; fi"
+        ));
+        let r = damage_scripts(&vxlan, "neigh-missing:a:b");
+        assert!(remote(&r[0]).apply.text.contains(
+            "if [ -n \"$(ip neigh show to 10.10.1.0 dev vxlan0)\" ]; then ip neigh del 10.10.1.0 dev vxlan0; fi"
+        ));
+        let r = damage_scripts(SCENARIO, "br-netfilter-off:b");
+        let r = remote(&r[0]);
+        assert!(r.apply.text.contains("modprobe -r br_netfilter"));
+        assert!(r
+            .check
+            .text
+            .starts_with("if { [ -d /sys/module/br_netfilter ]"));
+        // A NIC going down would cut the SSH session it is sent over: it goes down
+        // two seconds after the step reports, and the check accepts the marker meanwhile.
+        let r = damage_scripts(SCENARIO, "nic-down:b");
+        let r = remote(&r[0]);
+        assert!(r.apply.text.contains("setsid nohup sh -c 'sleep 2; ip link set dev eth0 down; rm -f /var/lib/kscratch/run/link-eth0.down-pending'"), "{}", r.apply.text);
+        assert!(r
+            .check
+            .text
+            .contains("[ -f /var/lib/kscratch/run/link-eth0.down-pending ] && exit 0"));
+        let r = damage_scripts(SCENARIO, "kube-proxy-down:b");
+        assert!(remote(&r[0])
+            .apply
+            .text
+            .contains("systemctl stop kube-proxy.service"));
+        let r = damage_scripts(SCENARIO, "dns-pod-down");
+        assert!(remote(&r[0]).apply.text.contains(
+            "--request-timeout=20s -n kube-system scale deployment coredns --replicas=0"
+        ));
+    }
+
+    #[test]
+    fn fabric_route_damage_is_not_applicable_over_ssh() {
+        let fabric = SCENARIO.replace(
+            "podTraffic: routed}",
+            "podTraffic: fabric, gateway: 198.51.100.254}",
+        );
+        let r = damage_scripts(&fabric, "route-missing:a");
+        match &r[0] {
+            Rendered::NotApplicable(why) => {
+                assert!(why.contains("10.10.0.0/24 via 198.51.100.1"), "{why}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 

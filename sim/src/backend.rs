@@ -28,6 +28,8 @@ pub struct Sim {
     pub pod_routes: Option<Arc<PodRoutes>>,
     /// Addons applied through the apiserver.
     pub addons: BTreeSet<String>,
+    /// Deployments scaled by hand: (namespace, name) → replicas.
+    pub scaled: std::collections::BTreeMap<(String, String), u32>,
 }
 
 impl SimBackend {
@@ -38,6 +40,7 @@ impl SimBackend {
                 generated: BTreeSet::new(),
                 pod_routes: None,
                 addons: BTreeSet::new(),
+                scaled: Default::default(),
             }),
         }
     }
@@ -93,12 +96,28 @@ impl Sim {
                 Action::InstallFabricRoutes { .. } => ok(fabric_routes(cx)
                     .iter()
                     .all(|(net, via)| self.world.underlay.fabric_routes.get(net) == Some(via))),
+                Action::DeleteRoutes { routes } => ok(routes
+                    .iter()
+                    .all(|r| fabric_route(&self.world.underlay, r).is_none())),
                 _ => Probe::Needed,
             });
         }
         let pod_routes = self.pod_routes.clone();
         let scenario = cx.scenario;
         let node_index = cx.node().unwrap_or(0);
+        if let Action::PowerOff = &cx.step.action {
+            return Ok(ok(!self.world.nodes[node_index].up));
+        }
+        if let Action::ScaleDeployment {
+            namespace,
+            name,
+            replicas,
+            ..
+        } = &cx.step.action
+        {
+            let key = (namespace.clone(), name.clone());
+            return Ok(ok(self.scaled.get(&key) == Some(replicas)));
+        }
         self.node_mut(cx)?;
         // Health depends on other nodes too (etcd members behind --etcd-servers).
         match &cx.step.action {
@@ -148,7 +167,20 @@ impl Sim {
             Action::EnsureIptablesRule { table, rule } => ok(node.netfilter.check(*table, rule)),
             Action::StartService { name } => ok(node.running(name)),
             Action::ApplyManifest { asset, .. } => ok(self.addons.contains(&format!("{asset:?}"))),
-            other => return Err(StepError::failed(format!("{id}: the simulator cannot run {other:?} on a node"))),
+            Action::DeleteRoutes { routes } => ok(routes.iter().all(|r| !has_route(node, r))),
+            Action::InsertIptablesRule { table, rule } => ok(node.netfilter.check(*table, rule)),
+            Action::SetLinkDown { name } => ok(!link(node, &id, name)?.up),
+            Action::SetLinkMtu { name, mtu } => ok(link(node, &id, name)?.mtu == *mtu),
+            Action::DeleteFdbEntries { entries } => ok(entries.iter().all(|e| !has_fdb(node, e))),
+            Action::DeleteNeighbors { entries } => ok(entries.iter().all(|e| !has_neigh(node, e))),
+            Action::StopService { name } => ok(!node.running(name)),
+            Action::DeleteFile { path } => ok(!node.fs.files.contains_key(*path)),
+            Action::UnloadKernelModule { name } => ok(!node.modules.contains(*name)),
+            Action::WriteText { path, mode, text } => ok(node.fs.files.get(*path) == Some(&File { mode: *mode, content: Content::Text(text.clone()) })),
+            // On the operator's machine or the fabric: handled above.
+            Action::GenerateCa { .. } | Action::IssueCert { .. } | Action::GenerateServiceAccountKey | Action::GenerateTokens { .. } | Action::InstallFabricRoutes { .. } | Action::WaitHealthy { .. } | Action::ValidateCluster { .. } | Action::PowerOff | Action::ScaleDeployment { .. } => {
+                return Err(StepError::failed(format!("{id}: the simulator does not run {} on a node", action_name(&cx.step.action))))
+            }
         })
     }
 
@@ -160,6 +192,14 @@ impl Sim {
                 return Ok(());
             }
             Target::Fabric => {
+                if let Action::DeleteRoutes { routes } = &cx.step.action {
+                    for r in routes {
+                        if let Some(net) = fabric_route(&self.world.underlay, r) {
+                            self.world.underlay.fabric_routes.remove(&net);
+                        }
+                    }
+                    return Ok(());
+                }
                 for (net, via) in fabric_routes(cx) {
                     self.world.underlay.fabric_routes.insert(net, via);
                 }
@@ -176,6 +216,36 @@ impl Sim {
         let pod_routes = self.pod_routes.clone();
         let mut addon = None;
         let node_index = cx.node().unwrap_or(0);
+        if let Action::ScaleDeployment {
+            namespace,
+            name,
+            replicas,
+            kubeconfig,
+        } = &cx.step.action
+        {
+            self.node_mut(cx)?;
+            let path = Asset::Kubeconfig(*kubeconfig).path();
+            if !self.world.nodes[node_index].fs.files.contains_key(path) {
+                return Err(StepError::new(
+                    kscratch_core::exec::ErrorKind::Command,
+                    format!("{id}: kubectl scale: {path}: no such file"),
+                ));
+            }
+            components::require_apiserver(&self.world, scenario).map_err(|e| {
+                StepError::new(
+                    kscratch_core::exec::ErrorKind::Command,
+                    format!("{id}: kubectl scale: {e}"),
+                )
+            })?;
+            scale_deployment(&mut self.world, name, *replicas);
+            self.scaled
+                .insert((namespace.clone(), name.clone()), *replicas);
+            return Ok(());
+        }
+        if let Action::PowerOff = &cx.step.action {
+            self.node_mut(cx)?.up = false;
+            return Ok(());
+        }
         let node = self.node_mut(cx)?;
         match &cx.step.action {
             Action::InstallBinary { name, .. } => {
@@ -359,13 +429,96 @@ impl Sim {
                 })?;
                 addon = Some(format!("{asset:?}"));
             }
+            Action::DeleteRoutes { routes } => {
+                for r in routes {
+                    if has_route(node, r) {
+                        if let RouteDst::Net(net) = r.dst {
+                            node.routes.remove(net);
+                        } else {
+                            node.routes.local.retain(|x| !same_route(x, r));
+                        }
+                    }
+                }
+            }
+            Action::InsertIptablesRule { table, rule } => {
+                node.netfilter
+                    .ensure_rule(*table, rule.clone(), Position::Prepend)
+                    .map_err(|e| {
+                        StepError::new(
+                            kscratch_core::exec::ErrorKind::Command,
+                            format!("{id}: iptables: {e}"),
+                        )
+                    })?;
+            }
+            Action::SetLinkDown { name } => set_link_down(node, &id, name)?,
+            Action::SetLinkMtu { name, mtu } => set_link_mtu(node, &id, name, *mtu)?,
+            Action::DeleteFdbEntries { entries } => {
+                for e in entries {
+                    let x = own_vxlan(node, &id, &e.dev)?;
+                    if e.dst
+                        .is_none_or(|d| x.fdb.get(&e.mac.to_string()) == Some(&d))
+                    {
+                        x.fdb.remove(&e.mac.to_string());
+                    }
+                }
+            }
+            Action::DeleteNeighbors { entries } => {
+                for e in entries {
+                    let x = own_vxlan(node, &id, &e.dev)?;
+                    if e.lladdr
+                        .is_none_or(|m| x.neighbors.get(&e.addr) == Some(&m.to_string()))
+                    {
+                        x.neighbors.remove(&e.addr);
+                    }
+                }
+            }
+            Action::StopService { name } => {
+                let Some(state) = node.services.get_mut(*name) else {
+                    return Err(StepError::new(
+                        kscratch_core::exec::ErrorKind::Command,
+                        format!(
+                            "{id}: Failed to stop {name}.service: Unit {name}.service not loaded."
+                        ),
+                    ));
+                };
+                state.running = false;
+                // Its sockets close; what it programmed (iptables rules) stays.
+                node.listeners.retain(|_, l| l.process != *name);
+            }
+            Action::DeleteFile { path } => {
+                node.fs.files.remove(*path);
+            }
+            Action::UnloadKernelModule { name } => {
+                node.modules.remove(*name);
+                if *name == "br_netfilter" {
+                    // Its /proc/sys/net/bridge entries go with it.
+                    node.sysctls.retain(|k, _| !k.starts_with("net.bridge."));
+                }
+            }
+            Action::WriteText { path, mode, text } => {
+                node.fs.files.insert(
+                    path.to_string(),
+                    File {
+                        mode: *mode,
+                        content: Content::Text(text.clone()),
+                    },
+                );
+            }
             // Checks only: when check says Needed they have already failed.
             Action::Preflight { .. }
             | Action::WaitHealthy { .. }
             | Action::ValidateCluster { .. } => {}
-            other => {
+            // On the operator's machine, the fabric, or handled above.
+            Action::GenerateCa { .. }
+            | Action::IssueCert { .. }
+            | Action::GenerateServiceAccountKey
+            | Action::GenerateTokens { .. }
+            | Action::InstallFabricRoutes { .. }
+            | Action::PowerOff
+            | Action::ScaleDeployment { .. } => {
                 return Err(StepError::failed(format!(
-                    "{id}: the simulator cannot run {other:?} on a node"
+                    "{id}: the simulator does not run {} on a node",
+                    action_name(&cx.step.action)
                 )))
             }
         }
@@ -455,6 +608,202 @@ fn preflight(node: &Node, c: &PreflightCheck) -> Result<(), String> {
             } else {
                 Err(format!("{ip} is not configured on {interface}"))
             }
+        }
+    }
+}
+
+/// The action's name as it appears in a plan's JSON (`"action": ...`).
+fn action_name(a: &Action) -> String {
+    serde_json::to_value(a)
+        .ok()
+        .and_then(|v| v.get("action").and_then(|n| n.as_str()).map(String::from))
+        .unwrap_or_else(|| "this action".into())
+}
+
+fn command_error(id: &str, msg: String) -> StepError {
+    StepError::new(
+        kscratch_core::exec::ErrorKind::Command,
+        format!("{id}: {msg}"),
+    )
+}
+
+fn link<'n>(node: &'n Node, id: &str, name: &str) -> Result<&'n Link, StepError> {
+    node.links
+        .get(name)
+        .ok_or_else(|| command_error(id, format!("Cannot find device \"{name}\"")))
+}
+
+/// `ip route del` matches on the fields it is given: the destination, and
+/// the gateway and device when named.
+fn same_route(x: &Route, r: &Route) -> bool {
+    x.dst == r.dst
+        && r.via.is_none_or(|v| x.via == Some(v))
+        && r.dev.as_ref().is_none_or(|d| x.dev.as_ref() == Some(d))
+}
+
+fn has_route(node: &Node, r: &Route) -> bool {
+    node.routes.list().iter().any(|x| same_route(x, r))
+}
+
+/// The router's route that `r` names, if it has one.
+fn fabric_route(u: &Underlay, r: &Route) -> Option<IpNet> {
+    let RouteDst::Net(net) = r.dst else {
+        return None;
+    };
+    u.fabric_routes
+        .get(&net)
+        .filter(|via| r.via.is_none_or(|v| v == **via))
+        .map(|_| net)
+}
+
+/// The shared pod route table's entries this node holds VXLAN entries for.
+fn shared_vxlan_entries(node: &Node) -> Vec<(std::net::IpAddr, String, std::net::IpAddr)> {
+    let Some(sh) = &node.routes.shared else {
+        return vec![];
+    };
+    sh.table
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != sh.own)
+        .filter_map(|(_, e)| {
+            e.vtep
+                .as_ref()
+                .map(|(ip, mac)| (*ip, mac.clone(), e.node_ip))
+        })
+        .collect()
+}
+
+fn has_fdb(node: &Node, e: &kscratch_core::net::route::FdbEntry) -> bool {
+    let Some(LinkKind::Vxlan(x)) = node.links.get(&e.dev).map(|l| &l.kind) else {
+        return false;
+    };
+    let mac = e.mac.to_string();
+    let dst = e.dst;
+    if x.fdb.get(&mac).is_some_and(|d| dst.is_none_or(|v| v == *d)) {
+        return true;
+    }
+    x.shared_fdb
+        && shared_vxlan_entries(node)
+            .iter()
+            .any(|(_, m, ip)| *m == mac && dst.is_none_or(|v| v == *ip))
+}
+
+fn has_neigh(node: &Node, e: &kscratch_core::net::route::Neighbor) -> bool {
+    let Some(LinkKind::Vxlan(x)) = node.links.get(&e.dev).map(|l| &l.kind) else {
+        return false;
+    };
+    let mac = e.lladdr.map(|m| m.to_string());
+    if x.neighbors
+        .get(&e.addr)
+        .is_some_and(|m| mac.as_ref().is_none_or(|v| v == m))
+    {
+        return true;
+    }
+    x.shared_fdb
+        && shared_vxlan_entries(node)
+            .iter()
+            .any(|(ip, m, _)| *ip == e.addr && mac.as_ref().is_none_or(|v| v == m))
+}
+
+/// The VXLAN device `dev`, with the entries it used from the shared table
+/// copied into its own (copy-on-write): a node that loses one entry keeps
+/// every other, as `bridge fdb` and `ip neigh` would list them.
+fn own_vxlan<'n>(node: &'n mut Node, id: &str, dev: &str) -> Result<&'n mut VxlanLink, StepError> {
+    let shared = shared_vxlan_entries(node);
+    match node.links.get_mut(dev).map(|l| &mut l.kind) {
+        Some(LinkKind::Vxlan(x)) => {
+            if x.shared_fdb {
+                for (ip, mac, node_ip) in shared {
+                    x.neighbors.entry(ip).or_insert_with(|| mac.clone());
+                    x.fdb.entry(mac).or_insert(node_ip);
+                }
+                x.shared_fdb = false;
+            }
+            Ok(x)
+        }
+        Some(_) => Err(command_error(
+            id,
+            format!("{dev} is not a VXLAN device: it has no FDB of its own"),
+        )),
+        None => Err(command_error(id, format!("Cannot find device \"{dev}\""))),
+    }
+}
+
+/// `ip link set dev NAME down`: the link keeps its addresses, and the
+/// kernel flushes every route through it (they come back only when whoever
+/// installed them does so again).
+fn set_link_down(node: &mut Node, id: &str, name: &str) -> Result<(), StepError> {
+    let l = node
+        .links
+        .get_mut(name)
+        .ok_or_else(|| command_error(id, format!("Cannot find device \"{name}\"")))?;
+    l.up = false;
+    node.routes.local.retain(|r| r.dev.as_deref() != Some(name));
+    if let Some(sh) = &mut node.routes.shared {
+        let dev = match &sh.mode {
+            PodRouteMode::Underlay { dev } | PodRouteMode::Overlay { dev } => dev.clone(),
+        };
+        if dev == name {
+            let own = sh.own;
+            sh.removed
+                .extend((0..sh.table.entries.len()).filter(|i| Some(*i) != own));
+        }
+    }
+    Ok(())
+}
+
+/// `ip link set dev NAME mtu MTU`, refused as the kernel refuses it: a VXLAN
+/// device needs room for its 50 bytes of encapsulation on its underlay device.
+fn set_link_mtu(node: &mut Node, id: &str, name: &str, mtu: u32) -> Result<(), StepError> {
+    let lower = match node.links.get(name).map(|l| &l.kind) {
+        None => return Err(command_error(id, format!("Cannot find device \"{name}\""))),
+        Some(LinkKind::Vxlan(x)) => node.links.get(&x.dev).map(|l| l.mtu),
+        Some(_) => None,
+    };
+    if let Some(lower) = lower {
+        let max = lower.saturating_sub(kscratch_core::scenario::VXLAN_OVERHEAD);
+        if mtu > max {
+            return Err(command_error(
+                id,
+                format!("ip link set dev {name} mtu {mtu}: RTNETLINK answers: Invalid argument (the VXLAN device's maximum is {max} over its underlay device)"),
+            ));
+        }
+    }
+    if !(68..=65535).contains(&mtu) {
+        return Err(command_error(
+            id,
+            format!("ip link set dev {name} mtu {mtu}: RTNETLINK answers: Invalid argument"),
+        ));
+    }
+    if let Some(l) = node.links.get_mut(name) {
+        l.mtu = mtu;
+    }
+    Ok(())
+}
+
+/// The Deployment's pods stop: the DNS addon's pod is the simulator's
+/// `coredns` pod (whatever the addon's name, coredns or kube-dns). Its
+/// veth and address go; a pod slot in the middle stays, so that pod ids are stable.
+fn scale_deployment(world: &mut World, name: &str, replicas: u32) {
+    if replicas > 0 || !matches!(name, "coredns" | "kube-dns") {
+        return;
+    }
+    let gone: Vec<PodId> = (0..world.pods.len())
+        .filter(|&p| {
+            world.pods[p].name == "coredns"
+                && world.owners.get(&world.pods[p].ip) == Some(&Owner::Pod(p))
+        })
+        .collect();
+    for &p in gone.iter().rev() {
+        let pod = world.pods[p].clone();
+        let node = &mut world.nodes[pod.node];
+        node.pods.retain(|&q| q != p);
+        node.links.remove(&pod.host_veth);
+        world.owners.remove(&pod.ip);
+        // The DNS pod starts last: then its slot goes too, and no id moves.
+        if p + 1 == world.pods.len() {
+            world.pods.pop();
         }
     }
 }

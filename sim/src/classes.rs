@@ -146,6 +146,26 @@ impl Classes {
 /// The node's state with its own addresses replaced, and whether it names another node's.
 fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
     let node = &world.nodes[n];
+    // Every field of the node's state, named: a new field is a compile error
+    // here until it is part of the signature (or said to be the node's own).
+    let Node {
+        name: _, // the node's own name: never decides how it treats a peer
+        ip: _,   // placeholder `$NODE` below
+        up,
+        fs,
+        sysctls,
+        modules,
+        links,
+        routes,
+        netfilter,
+        binaries,
+        images,
+        services,
+        listeners,
+        runtime,
+        static_pods,
+        pods,
+    } = node;
     let own_cidr = s.alloc.pod_cidrs.get(n).copied();
     let odd = std::cell::Cell::new(false);
     let cluster = s.network.cluster_cidr;
@@ -211,14 +231,14 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
         }
     };
     let mut sig = String::new();
-    let _ = writeln!(sig, "up={}", node.up);
-    for (k, v) in &node.sysctls {
+    let _ = writeln!(sig, "up={up}");
+    for (k, v) in sysctls {
         let _ = writeln!(sig, "sysctl {k}={v}");
     }
-    for m in &node.modules {
+    for m in modules {
         let _ = writeln!(sig, "module {m}");
     }
-    for (name, l) in &node.links {
+    for (name, l) in links {
         let kind = match &l.kind {
             LinkKind::Veth { .. } => "veth".to_string(),
             LinkKind::Vxlan(x) => format!(
@@ -243,10 +263,10 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
         );
         norm(&line, &mut sig);
     }
-    for r in &node.routes.local {
+    for r in &routes.local {
         norm(&format!("route {}\n", r.emit()), &mut sig);
     }
-    if let Some(sh) = &node.routes.shared {
+    if let Some(sh) = &routes.shared {
         let _ = writeln!(
             sig,
             "shared-routes {:p} {:?}",
@@ -260,25 +280,25 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
         }
     }
     let mut addressed = String::new();
-    let fp = node.netfilter.local_fingerprint(&mut |r| {
+    let fp = netfilter.local_fingerprint(&mut |r| {
         addressed.push_str(&r.emit());
         addressed.push('\n');
     });
     let _ = writeln!(sig, "netfilter {fp:016x}");
     norm(&addressed, &mut sig);
-    let _ = writeln!(sig, "shared-chains {:?}", node.netfilter.shared_id());
-    norm(&format!("runtime {:?}\n", node.runtime), &mut sig);
-    for ((proto, port), l) in &node.listeners {
+    let _ = writeln!(sig, "shared-chains {:?}", netfilter.shared_id());
+    norm(&format!("runtime {runtime:?}\n"), &mut sig);
+    for ((proto, port), l) in listeners {
         let addr = l.addr.map(|a| a.to_string()).unwrap_or_default();
         norm(
             &format!("listen {proto:?} {port} {} {addr}\n", l.process),
             &mut sig,
         );
     }
-    for (name, p) in &node.static_pods {
+    for (name, p) in static_pods {
         let _ = writeln!(sig, "static {name} {:?}", p.problem);
     }
-    for p in node.pods.iter().map(|&p| &world.pods[p]) {
+    for p in pods.iter().map(|&p| &world.pods[p]) {
         norm(
             &format!(
                 "pod {} {} /{} gw {} mtu {} {}\n",
@@ -286,6 +306,29 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
             ),
             &mut sig,
         );
+    }
+    for b in binaries {
+        let _ = writeln!(sig, "binary {b}");
+    }
+    for i in images {
+        let _ = writeln!(sig, "image {i}");
+    }
+    for (name, st) in services {
+        let _ = writeln!(sig, "service {name} running {}", st.running);
+    }
+    // Files: assets by identity (rendered per node from the same source),
+    // hand-written text with the node's own addresses as placeholders.
+    for (path, f) in &fs.files {
+        match &f.content {
+            Content::Asset(a) => {
+                let _ = writeln!(sig, "file {path} {:o} {a:?}", f.mode);
+            }
+            Content::Text(t) => {
+                let _ = write!(sig, "file {path} {:o} text ", f.mode);
+                norm(t, &mut sig);
+                sig.push('\n');
+            }
+        }
     }
     (sig, odd.get())
 }

@@ -1,162 +1,98 @@
-//! What-if faults, applied to a converged simulated cluster.
+//! What-if faults on a simulated cluster: their damage plans
+//! ([`kscratch_core::plan::damage`]) run through the shared executor on the
+//! simulator's backend, exactly as `kscratch apply --fault` runs them over
+//! SSH. Nothing here changes the world by itself.
 //!
-//! Faults that change how a daemon was configured (docker's bridge and
-//! masquerade, the pod MTU) apply before the test pods start, as they would
-//! on a real node where the daemon was restarted that way; faults that damage
-//! live state (a node down, a route deleted, `ip_forward` turned off, a rule
-//! deleted, a firewall rule added) apply after, to the running cluster.
+//! Damage to a daemon's configuration (docker's bridge and masquerade, the
+//! pod MTU, kube-proxy stopped) runs before the test pods and Services
+//! exist, as on a node whose daemon was (re)started that way before the
+//! workload came; damage to live state (a node off, a NIC down, a route or
+//! an FDB entry deleted, a sysctl flipped, a rule inserted or deleted, the
+//! DNS Deployment scaled to zero) runs after, on the running cluster.
 
-use crate::components::{docker_nat_rules, DOCKER0_ADDR};
-use crate::netfilter::Position;
+use crate::backend::SimBackend;
+use crate::prepare::{kube_proxy_rules, Prepared};
 use crate::world::*;
-use ipnet::IpNet;
-use kscratch_core::net::iptables::{Rule, Table};
-use kscratch_core::scenario::{Fault, PodTraffic, Scenario};
+use kscratch_core::exec::{self, ExecOptions, Outcome, Quiet};
+use kscratch_core::plan::Plan;
+use kscratch_core::scenario::Scenario;
+use std::collections::BTreeSet;
 
-/// True for faults applied before pods start.
-pub fn is_config_fault(f: &Fault) -> bool {
-    matches!(
-        f,
-        Fault::Docker0Leftover { .. } | Fault::DockerIpMasq { .. } | Fault::OverlayMtu { .. }
-    )
-}
-
-pub fn apply(world: &mut World, s: &Scenario, f: &Fault) -> Result<(), String> {
-    let idx = |name: &str| {
-        s.node_index(name)
-            .ok_or_else(|| format!("fault {f}: no node `{name}`"))
-    };
-    match f {
-        Fault::NodeDown { node } => world.nodes[idx(node)?].up = false,
-        Fault::IpForwardOff { node } => {
-            world.nodes[idx(node)?]
-                .sysctls
-                .insert("net.ipv4.ip_forward".into(), "0".into());
-        }
-        Fault::RouteMissing { node, to } => {
-            let n = idx(node)?;
-            if s.network.pod_traffic == PodTraffic::Fabric {
-                // The route lives on the fabric router: the one to this node's pods goes.
-                if world
-                    .underlay
-                    .fabric_routes
-                    .remove(&s.pod_cidr(n))
-                    .is_none()
-                {
-                    return Err(format!(
-                        "fault {f}: the fabric router has no route to {node}'s pod CIDR"
-                    ));
-                }
-                return Ok(());
-            }
-            let targets: Vec<usize> = match to {
-                Some(t) => vec![idx(t)?],
-                None => (0..s.nodes.len()).filter(|&m| m != n).collect(),
-            };
-            let mut any = false;
-            for t in targets {
-                any |= world.nodes[n].routes.remove(s.pod_cidr(t));
-            }
-            if !any {
-                return Err(format!("fault {f}: {node} has no pod route to remove"));
-            }
-        }
-        Fault::Docker0Leftover { node } => {
-            let n = idx(node)?;
-            let addr: IpNet = DOCKER0_ADDR.parse().expect("literal");
-            let nd = &mut world.nodes[n];
-            nd.links.insert(
-                "docker0".into(),
-                Link {
-                    name: "docker0".into(),
-                    kind: LinkKind::Bridge,
-                    mtu: 1500,
-                    up: true,
-                    addrs: vec![addr],
-                    master: None,
-                },
-            );
-            crate::backend::add_connected(nd, "docker0", addr);
-            nd.netfilter
-                .ensure_chain(Table::Nat, "DOCKER")
-                .map_err(|e| e.to_string())?;
-            for r in docker_nat_rules("docker0", Some(addr.trunc()), true, true) {
-                nd.netfilter
-                    .ensure_rule(Table::Nat, r, Position::Append)
-                    .map_err(|e| e.to_string())?;
-            }
-            // A docker daemon that kept its defaults puts its containers on docker0.
-            if let Some(RuntimeState::Docker { bridge, .. }) = &mut nd.runtime {
-                *bridge = "docker0".into();
-            }
-        }
-        Fault::DockerIpMasq { node } => {
-            let n = idx(node)?;
-            let nd = &mut world.nodes[n];
-            let Some(RuntimeState::Docker {
-                bridge, ip_masq, ..
-            }) = &mut nd.runtime
-            else {
-                return Err(format!("fault {f}: {node} does not run docker"));
-            };
-            *ip_masq = true;
-            let bridge = bridge.clone();
-            let subnet = nd
-                .links
-                .get(&bridge)
-                .and_then(|l| l.addrs.first())
-                .map(|a| a.trunc());
-            for r in docker_nat_rules(&bridge, subnet, false, true) {
-                nd.netfilter
-                    .ensure_rule(Table::Nat, r, Position::Append)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        Fault::MasqueradeMissing { node } => {
-            let n = idx(node)?;
-            let Some(rule) = kscratch_core::plan::masquerade_rule(s) else {
-                return Err(format!("fault {f}: the scenario has no masquerade rule"));
-            };
-            if world.nodes[n].netfilter.delete(Table::Nat, &rule).is_err() {
-                return Err(format!(
-                    "fault {f}: {node} has no masquerade rule to delete"
-                ));
-            }
-        }
-        Fault::OverlayMtu { mtu } => {
-            for nd in &mut world.nodes {
-                let bridge = match &mut nd.runtime {
-                    Some(RuntimeState::Cni(c)) => {
-                        c.mtu = *mtu;
-                        Some(c.bridge.clone())
-                    }
-                    Some(RuntimeState::Docker { bridge, mtu: m, .. }) => {
-                        *m = *mtu;
-                        Some(bridge.clone())
-                    }
-                    None => None,
-                };
-                for l in nd.links.values_mut() {
-                    if Some(&l.name) == bridge.as_ref() || matches!(l.kind, LinkKind::Vxlan(_)) {
-                        l.mtu = *mtu;
-                    }
-                }
-            }
-        }
-        Fault::ApiserverFirewalled => {
-            let n = s
-                .nodes
-                .iter()
-                .position(|x| x.ip == s.master_ip)
-                .ok_or("no node holds MASTER_IP")?;
-            let port = s.security.model.apiserver_port();
-            let rule = Rule::parse(&format!("-A INPUT -p tcp -m tcp --dport {port} -j DROP"))
-                .expect("valid rule");
-            world.nodes[n]
-                .netfilter
-                .ensure_rule(Table::Filter, rule, Position::Prepend)
-                .map_err(|e| e.to_string())?;
+/// Runs one stage of a damage plan on the world. A step that fails (the
+/// damage cannot be done, e.g. a link that does not exist) is an error
+/// naming the step, as `kscratch apply --fault` would report it.
+pub fn run(world: World, s: &Scenario, damage: &Plan) -> Result<World, String> {
+    if damage.steps.is_empty() {
+        return Ok(world);
+    }
+    let backend = SimBackend::new(world);
+    let report = futures::executor::block_on(exec::execute(
+        damage,
+        s,
+        &backend,
+        &ExecOptions::sequential(),
+        &mut Quiet,
+    ));
+    let mut problems = Vec::new();
+    for (step, outcome) in damage.steps.iter().zip(&report.outcomes) {
+        match outcome {
+            Outcome::Failed { error } => problems.push(format!(
+                "damage step {}: {}",
+                damage.step_id(step),
+                error.message
+            )),
+            Outcome::Skipped { reason } => problems.push(format!(
+                "damage step {} skipped: {reason}",
+                damage.step_id(step)
+            )),
+            Outcome::Ok | Outcome::Changed | Outcome::WouldChange => {}
         }
     }
-    Ok(())
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
+    Ok(backend.into_sim().world)
+}
+
+/// What the cluster does by itself after live damage: an endpoint whose pod
+/// is gone leaves its Service's Endpoints, and every running kube-proxy that
+/// programmed the Services reprograms them.
+pub fn resync_services(world: &mut World, s: &Scenario, prepared: &mut Prepared) {
+    // Endpoints are pods or nodes (the apiserver's); one that no longer
+    // answers for its address is a pod that is gone.
+    let mut changed = false;
+    for svc in &mut prepared.services {
+        let before = svc.endpoints.len();
+        svc.endpoints
+            .retain(|(ip, _)| world.owners.contains_key(ip));
+        changed |= svc.endpoints.len() != before;
+    }
+    if !changed {
+        return;
+    }
+    let skipped: BTreeSet<String> = prepared.no_proxy.iter().map(|(n, _)| n.clone()).collect();
+    let rules = match kube_proxy_rules(&prepared.services, s.network.cluster_cidr) {
+        Ok(r) => r,
+        Err(e) => {
+            for n in &world.nodes {
+                if !skipped.contains(&n.name) {
+                    prepared.no_proxy.push((n.name.clone(), e.clone()));
+                }
+            }
+            return;
+        }
+    };
+    let mut failed = Vec::new();
+    for n in world.nodes.iter_mut() {
+        if skipped.contains(&n.name) || !n.up || !n.running("kube-proxy") {
+            continue;
+        }
+        if let Err(e) = rules.install(&mut n.netfilter) {
+            failed.push((
+                n.name.clone(),
+                format!("kube-proxy: iptables-restore failed: {e}"),
+            ));
+        }
+    }
+    prepared.no_proxy.extend(failed);
 }

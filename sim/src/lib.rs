@@ -58,13 +58,17 @@ pub fn simulate(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<Simula
     ));
     let mut world = backend.into_sim().world;
     let faults: Vec<Fault> = s.faults.iter().chain(&opts.faults).cloned().collect();
-    for f in faults.iter().filter(|f| faults::is_config_fault(f)) {
-        faults::apply(&mut world, s, f)?;
-    }
-    let prepared = prepare::prepare(&mut world, s, opts.extra_services);
-    for f in faults.iter().filter(|f| !faults::is_config_fault(f)) {
-        faults::apply(&mut world, s, f)?;
-    }
+    let damage = kscratch_core::plan::damage(s, &faults).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    world = faults::run(world, s, &damage.before_workload)?;
+    let mut prepared = prepare::prepare(&mut world, s, opts.extra_services);
+    world = faults::run(world, s, &damage.live)?;
+    faults::resync_services(&mut world, s, &mut prepared);
     Ok(Simulated {
         world,
         apply,

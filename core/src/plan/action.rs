@@ -6,6 +6,7 @@
 
 use super::{ArtifactId, Asset};
 use crate::net::iptables::{Rule, Table};
+use crate::net::route::{FdbEntry, Neighbor, Route};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::net::IpAddr;
@@ -84,6 +85,46 @@ pub enum Action {
         nodes: Vec<String>,
         components: Vec<String>,
     },
+
+    // Damage: what a what-if fault does to a running node (see
+    // `plan::damage`). Each is something an operator's machine can have.
+    /// `ip route del ROUTE` for each route that exists (on `Target::Fabric`:
+    /// the underlay router's routes).
+    DeleteRoutes { routes: Vec<Route> },
+    /// Insert the rule at the top of its chain unless an identical one exists
+    /// (`iptables -C || iptables -I CHAIN 1`).
+    InsertIptablesRule { table: Table, rule: Rule },
+    /// `ip link set dev NAME down`: the link stays configured but passes nothing.
+    SetLinkDown { name: String },
+    /// `ip link set dev NAME mtu MTU`.
+    SetLinkMtu { name: String, mtu: u32 },
+    /// `bridge fdb del` each entry that exists.
+    DeleteFdbEntries { entries: Vec<FdbEntry> },
+    /// `ip neigh del` each entry that exists.
+    DeleteNeighbors { entries: Vec<Neighbor> },
+    /// Stop a service (it stays enabled); what it programmed (iptables rules)
+    /// stays. Followed by `StartService`, a restart that rereads its configuration.
+    StopService { name: &'static str },
+    /// Remove a file if it exists (a unit drop-in lost, for example).
+    DeleteFile { path: &'static str },
+    /// `modprobe -r NAME`, and the module's persisted load entry removed.
+    UnloadKernelModule { name: &'static str },
+    /// Put hand-edited text on the target (a daemon's config changed by an
+    /// operator): the text is shown in the plan, so never a secret.
+    WriteText {
+        path: &'static str,
+        mode: u32,
+        text: String,
+    },
+    /// `kubectl scale deployment` with this user's kubeconfig.
+    ScaleDeployment {
+        namespace: String,
+        name: String,
+        replicas: u32,
+        kubeconfig: super::KubeconfigUser,
+    },
+    /// The machine is switched off.
+    PowerOff,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

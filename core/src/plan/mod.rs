@@ -12,11 +12,13 @@
 
 mod action;
 mod asset;
+pub mod damage;
 mod output;
 mod planner;
 
 pub use action::*;
 pub use asset::*;
+pub use damage::{damage, Damage, FaultError};
 pub use output::{fingerprint, to_dot, to_json, Summary};
 pub use planner::{docker_default_rules, masquerade_rule, plan, vtep_mac};
 
@@ -38,10 +40,12 @@ pub enum Phase {
     ControlPlane,
     Addons,
     Validate,
+    /// What-if damage to a running cluster ([`damage`]): never in a build plan.
+    Damage,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Preflight,
         Phase::Binaries,
         Phase::Pki,
@@ -51,6 +55,7 @@ impl Phase {
         Phase::ControlPlane,
         Phase::Addons,
         Phase::Validate,
+        Phase::Damage,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -63,6 +68,7 @@ impl Phase {
             Phase::ControlPlane => "control-plane",
             Phase::Addons => "addons",
             Phase::Validate => "validate",
+            Phase::Damage => "damage",
         }
     }
 }
