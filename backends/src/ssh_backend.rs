@@ -178,20 +178,20 @@ impl SshBackend {
         }
     }
 
-    /// The bytes of a `WriteFile` step, rendered with the cluster's key material.
+    /// The bytes of a `WriteFile` step, rendered with the cluster's key
+    /// material through [`StepCx::file_bytes`], the source the simulator uses too.
     fn file_bytes(&self, cx: &StepCx<'_>) -> Result<Option<Vec<u8>>, StepError> {
-        let Action::WriteFile { asset, .. } = &cx.step.action else {
+        if !matches!(cx.step.action, Action::WriteFile { .. }) {
             return Ok(None);
-        };
+        }
         let material = self.material(cx.scenario)?;
-        match krender::render(cx.scenario, cx.node(), *asset, &*material) {
-            Ok(b) => Ok(Some(b)),
+        match cx.file_bytes(&*material).transpose() {
+            Ok(b) => Ok(b),
             // Before the PKI steps ran (a dry run), placeholders show the file's shape.
-            Err(krender::RenderError::MissingSecret { .. }) if self.opts.dry_run => {
-                krender::render(cx.scenario, cx.node(), *asset, &Redacted)
-                    .map(Some)
-                    .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))
-            }
+            Err(krender::RenderError::MissingSecret { .. }) if self.opts.dry_run => cx
+                .file_bytes(&Redacted)
+                .transpose()
+                .map_err(|e| StepError::failed(format!("{}: {e}", cx.id()))),
             Err(e) => Err(StepError::failed(format!("{}: {e}", cx.id()))),
         }
     }

@@ -33,6 +33,26 @@ impl StepCx<'_> {
             _ => None,
         }
     }
+
+    /// The bytes a `WriteFile` step puts on its target, `None` for any other
+    /// action. This is the one source of a file's bytes for every backend:
+    /// the SSH backend uploads them (with the cluster's key material), the
+    /// simulator stores them on its virtual node (with [`crate::render::Redacted`])
+    /// and its components read only those bytes afterwards.
+    pub fn file_bytes(
+        &self,
+        secrets: &dyn crate::render::Secrets,
+    ) -> Option<Result<Vec<u8>, crate::render::RenderError>> {
+        match &self.step.action {
+            crate::plan::Action::WriteFile { asset, .. } => Some(crate::render::render(
+                self.scenario,
+                self.node(),
+                *asset,
+                secrets,
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to "does this step's desired state already hold?".

@@ -2,6 +2,12 @@
 //! virtual node it targets, with check-then-apply semantics like the SSH
 //! backend's. What a step changes is what a real node would show afterwards
 //! (`ip link`, `ip route`, `iptables-save`, `sysctl`, files with modes).
+//!
+//! A written file holds the bytes [`StepCx::file_bytes`] gives, the one
+//! source the SSH backend uploads from too (with [`Redacted`] key material
+//! here). The scenario in [`StepCx`] is read only through that function:
+//! every other decision comes from the plan's actions and artifacts and from
+//! the files on the node.
 
 use crate::components;
 use crate::netfilter::Position;
@@ -11,8 +17,9 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use kscratch_core::exec::{Backend, Probe, StepCx, StepError};
 use kscratch_core::net::route::{Route, RouteDst, RouteProto, RouteScope};
-use kscratch_core::plan::{Action, Artifact, Asset, PodRouteVia, PreflightCheck, Target};
-use std::collections::BTreeSet;
+use kscratch_core::plan::{Action, Artifact, Asset, PodRouteVia, PreflightCheck, StepRef, Target};
+use kscratch_core::render::Redacted;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// The simulated cluster behind the backend trait.
@@ -27,7 +34,11 @@ pub struct Sim {
     pub generated: BTreeSet<String>,
     pub pod_routes: Option<Arc<PodRoutes>>,
     /// Addons applied through the apiserver.
-    pub addons: BTreeSet<String>,
+    pub addons: BTreeSet<Asset>,
+    /// Every distinct file content written, shared by the nodes that got it.
+    blobs: HashSet<Arc<[u8]>>,
+    /// The bytes a `WriteFile` check rendered, for the apply that follows it.
+    rendered: Option<(StepRef, Arc<[u8]>)>,
     /// Deployments scaled by hand: (namespace, name) → replicas.
     pub scaled: std::collections::BTreeMap<(String, String), u32>,
 }
@@ -40,6 +51,8 @@ impl SimBackend {
                 generated: BTreeSet::new(),
                 pod_routes: None,
                 addons: BTreeSet::new(),
+                blobs: HashSet::new(),
+                rendered: None,
                 scaled: Default::default(),
             }),
         }
@@ -63,6 +76,19 @@ impl Backend for SimBackend {
     }
 }
 
+/// The simulator by reference, so that a wrapper can hold it and the caller
+/// keep it ([`crate::simulate_wrapped`]).
+#[async_trait]
+impl Backend for &SimBackend {
+    async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
+        (**self).check(cx).await
+    }
+
+    async fn apply(&self, cx: &StepCx<'_>) -> Result<(), StepError> {
+        (**self).apply(cx).await
+    }
+}
+
 fn ok(b: bool) -> Probe {
     if b {
         Probe::Satisfied
@@ -72,6 +98,30 @@ fn ok(b: bool) -> Probe {
 }
 
 impl Sim {
+    /// The bytes of a `WriteFile` step, from the one source, shared with
+    /// every node that got the same bytes.
+    fn file_bytes(&mut self, cx: &StepCx<'_>) -> Result<Arc<[u8]>, StepError> {
+        if let Some((i, b)) = &self.rendered {
+            if *i == cx.index {
+                return Ok(b.clone());
+            }
+        }
+        let bytes = cx
+            .file_bytes(&Redacted)
+            .ok_or_else(|| StepError::failed(format!("{}: not a file step", cx.id())))?
+            .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))?;
+        let b = match self.blobs.get(bytes.as_slice()) {
+            Some(b) => b.clone(),
+            None => {
+                let b: Arc<[u8]> = Arc::from(bytes);
+                self.blobs.insert(b.clone());
+                b
+            }
+        };
+        self.rendered = Some((cx.index, b.clone()));
+        Ok(b)
+    }
+
     fn node_mut(&mut self, cx: &StepCx<'_>) -> Result<&mut Node, StepError> {
         let i = cx
             .node()
@@ -103,7 +153,6 @@ impl Sim {
             });
         }
         let pod_routes = self.pod_routes.clone();
-        let scenario = cx.scenario;
         let node_index = cx.node().unwrap_or(0);
         if let Action::PowerOff = &cx.step.action {
             return Ok(ok(!self.world.nodes[node_index].up));
@@ -121,24 +170,24 @@ impl Sim {
         self.node_mut(cx)?;
         // Health depends on other nodes too (etcd members behind --etcd-servers).
         match &cx.step.action {
-            Action::WaitHealthy { component, .. } => {
-                let r = if *component == "kube-apiserver" {
-                    components::apiserver_health(&self.world, scenario, node_index)
-                } else {
-                    components::health(&self.world.nodes[node_index], scenario, component)
-                };
+            Action::WaitHealthy { component, url, .. } => {
+                let r = components::wait_healthy(&self.world, node_index, component, url);
                 // Waiting cannot make an incoherent component healthy: fail with the reason.
                 return r.map(|()| Probe::Satisfied).map_err(|why| {
                     StepError::failed(format!("{id}: {component} is not healthy: {why}"))
                 });
             }
-            Action::ValidateCluster { .. } => {
-                components::validate_cluster(&self.world, scenario, node_index)
+            Action::ValidateCluster { nodes, components } => {
+                components::validate_cluster(&self.world, node_index, nodes, components)
                     .map_err(|e| StepError::failed(format!("{id}: validate-cluster: {e}")))?;
                 return Ok(Probe::Satisfied);
             }
             _ => {}
         }
+        let content = match &cx.step.action {
+            Action::WriteFile { .. } => Some(self.file_bytes(cx)?),
+            _ => None,
+        };
         let node = self.node_mut(cx)?;
         Ok(match &cx.step.action {
             Action::Preflight { checks } => {
@@ -149,7 +198,7 @@ impl Sim {
             }
             Action::InstallBinary { name, .. } => ok(node.binaries.contains(*name)),
             Action::PullImage { image } => ok(node.images.contains(image)),
-            Action::WriteFile { path, mode, asset } => ok(node.fs.files.get(*path) == Some(&File { mode: *mode, content: Content::Asset(*asset) })),
+            Action::WriteFile { path, mode, .. } => ok(node.fs.files.get(*path).is_some_and(|f| f.mode == *mode && Some(&f.content) == content.as_ref())),
             Action::SetSysctl { key, value } => ok(node.sysctl(key) == Some(value)),
             Action::LoadKernelModule { name } => ok(node.modules.contains(*name)),
             Action::DeleteLink { name } => ok(!node.links.contains_key(name)),
@@ -166,7 +215,7 @@ impl Sim {
             }
             Action::EnsureIptablesRule { table, rule } => ok(node.netfilter.check(*table, rule)),
             Action::StartService { name } => ok(node.running(name)),
-            Action::ApplyManifest { asset, .. } => ok(self.addons.contains(&format!("{asset:?}"))),
+            Action::ApplyManifest { asset, .. } => ok(self.addons.contains(asset)),
             Action::DeleteRoutes { routes } => ok(routes.iter().all(|r| !has_route(node, r))),
             Action::InsertIptablesRule { table, rule } => ok(node.netfilter.check(*table, rule)),
             Action::SetLinkDown { name } => ok(!link(node, &id, name)?.up),
@@ -176,7 +225,7 @@ impl Sim {
             Action::StopService { name } => ok(!node.running(name)),
             Action::DeleteFile { path } => ok(!node.fs.files.contains_key(*path)),
             Action::UnloadKernelModule { name } => ok(!node.modules.contains(*name)),
-            Action::WriteText { path, mode, text } => ok(node.fs.files.get(*path) == Some(&File { mode: *mode, content: Content::Text(text.clone()) })),
+            Action::WriteText { path, mode, text } => ok(node.fs.files.get(*path).is_some_and(|f| f.mode == *mode && *f.content == *text.as_bytes())),
             // On the operator's machine or the fabric: handled above.
             Action::GenerateCa { .. } | Action::IssueCert { .. } | Action::GenerateServiceAccountKey | Action::GenerateTokens { .. } | Action::InstallFabricRoutes { .. } | Action::WaitHealthy { .. } | Action::ValidateCluster { .. } | Action::PowerOff | Action::ScaleDeployment { .. } => {
                 return Err(StepError::failed(format!("{id}: the simulator does not run {} on a node", action_name(&cx.step.action))))
@@ -207,7 +256,10 @@ impl Sim {
             }
             Target::Node(_) => {}
         }
-        let scenario = cx.scenario;
+        let content = match &cx.step.action {
+            Action::WriteFile { .. } => Some(self.file_bytes(cx)?),
+            _ => None,
+        };
         if let Action::InstallPodRoutes { .. } = &cx.step.action {
             if self.pod_routes.is_none() {
                 self.pod_routes = Some(Arc::new(pod_route_table(cx)));
@@ -231,12 +283,14 @@ impl Sim {
                     format!("{id}: kubectl scale: {path}: no such file"),
                 ));
             }
-            components::require_apiserver(&self.world, scenario).map_err(|e| {
-                StepError::new(
-                    kscratch_core::exec::ErrorKind::Command,
-                    format!("{id}: kubectl scale: {e}"),
-                )
-            })?;
+            components::kubectl_server(&self.world.nodes[node_index], *kubeconfig)
+                .and_then(|url| components::apiserver_at(&self.world, node_index, &url))
+                .map_err(|e| {
+                    StepError::new(
+                        kscratch_core::exec::ErrorKind::Command,
+                        format!("{id}: kubectl scale: {e}"),
+                    )
+                })?;
             scale_deployment(&mut self.world, name, *replicas);
             self.scaled
                 .insert((namespace.clone(), name.clone()), *replicas);
@@ -250,21 +304,20 @@ impl Sim {
         match &cx.step.action {
             Action::InstallBinary { name, .. } => {
                 node.binaries.insert(name.to_string());
+                // The binaries come from the plan's release directory.
+                node.release = Some(cx.plan.version);
             }
             Action::PullImage { image } => {
                 node.images.insert(image.clone());
             }
             Action::WriteFile { path, mode, asset } => {
-                node.fs.files.insert(
-                    path.to_string(),
-                    File {
-                        mode: *mode,
-                        content: Content::Asset(*asset),
-                    },
+                write_file(
+                    node,
+                    path,
+                    *mode,
+                    content.expect("rendered above"),
+                    Some(*asset),
                 );
-                if path.starts_with(kscratch_core::plan::MANIFEST_DIR) && node.running("kubelet") {
-                    components::sync_static_pods(node, scenario, node_index);
-                }
             }
             Action::SetSysctl { key, value } => {
                 if key.starts_with("net.bridge.") && !node.modules.contains("br_netfilter") {
@@ -404,7 +457,7 @@ impl Sim {
                     })?;
             }
             Action::StartService { name } => {
-                components::start_service(node, scenario, node_index, name).map_err(|e| {
+                components::start_service(node, name).map_err(|e| {
                     StepError::new(
                         kscratch_core::exec::ErrorKind::Command,
                         format!("{id}: {e}"),
@@ -421,13 +474,16 @@ impl Sim {
                         ));
                     }
                 }
-                components::require_apiserver(&self.world, scenario).map_err(|e| {
-                    StepError::new(
-                        kscratch_core::exec::ErrorKind::Command,
-                        format!("{id}: kubectl apply: {e}"),
-                    )
-                })?;
-                addon = Some(format!("{asset:?}"));
+                let server = components::kubectl_server(node, *kubeconfig);
+                server
+                    .and_then(|url| components::apiserver_at(&self.world, node_index, &url))
+                    .map_err(|e| {
+                        StepError::new(
+                            kscratch_core::exec::ErrorKind::Command,
+                            format!("{id}: kubectl apply: {e}"),
+                        )
+                    })?;
+                addon = Some(*asset);
             }
             Action::DeleteRoutes { routes } => {
                 for r in routes {
@@ -500,7 +556,8 @@ impl Sim {
                     path.to_string(),
                     File {
                         mode: *mode,
-                        content: Content::Text(text.clone()),
+                        content: Arc::from(text.as_bytes()),
+                        asset: None,
                     },
                 );
             }
@@ -536,9 +593,12 @@ fn route_mode(via: &PodRouteVia) -> PodRouteMode {
     }
 }
 
+/// The shared pod route table, from the plan's pod network artifact. Its
+/// index covers the entries' own CIDRs (the smallest network holding them
+/// all, sliced at their prefix length), so a route the plan installs is
+/// found whatever the cluster CIDR is.
 fn pod_route_table(cx: &StepCx<'_>) -> PodRoutes {
-    let s = cx.scenario;
-    let entries = cx
+    let entries: Vec<PodRouteEntry> = cx
         .plan
         .pod_network()
         .iter()
@@ -549,7 +609,32 @@ fn pod_route_table(cx: &StepCx<'_>) -> PodRoutes {
             vtep: e.vtep_mac.clone().map(|mac| (e.pod_cidr.network(), mac)),
         })
         .collect();
-    PodRoutes::new(s.network.cluster_cidr, s.network.node_prefix, entries)
+    let (cover, prefix) = covering(entries.iter().map(|e| e.pod_cidr));
+    PodRoutes::new(cover, prefix, entries)
+}
+
+/// The smallest network holding every CIDR, and their (longest) prefix length.
+fn covering(nets: impl Iterator<Item = IpNet>) -> (IpNet, u8) {
+    let mut cover: Option<IpNet> = None;
+    let mut prefix = 0;
+    for n in nets {
+        prefix = prefix.max(n.prefix_len());
+        cover = Some(match cover {
+            None => n,
+            Some(c) => {
+                let mut c = c;
+                while !c.contains(&n) {
+                    c = c.supernet().unwrap_or(c);
+                    if c.prefix_len() == 0 {
+                        break;
+                    }
+                }
+                c
+            }
+        });
+    }
+    let cover = cover.unwrap_or_else(|| "0.0.0.0/0".parse().expect("literal"));
+    (cover, prefix.max(cover.prefix_len()))
 }
 
 fn fabric_routes(cx: &StepCx<'_>) -> Vec<(IpNet, std::net::IpAddr)> {
@@ -566,6 +651,28 @@ fn fabric_routes(cx: &StepCx<'_>) -> Vec<(IpNet, std::net::IpAddr)> {
         })
         .flatten()
         .collect()
+}
+
+/// Writes a file on the node, as an upload does; a running kubelet notices
+/// a new static pod manifest.
+pub fn write_file(
+    node: &mut Node,
+    path: &str,
+    mode: u32,
+    content: Arc<[u8]>,
+    asset: Option<Asset>,
+) {
+    node.fs.files.insert(
+        path.to_string(),
+        File {
+            mode,
+            content,
+            asset,
+        },
+    );
+    if components::is_manifest(path) && node.running("kubelet") {
+        components::sync_static_pods(node);
+    }
 }
 
 /// The kernel adds `NET dev LINK proto kernel scope link src ADDR` with each address.

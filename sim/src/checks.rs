@@ -593,6 +593,25 @@ fn services(inp: &CheckInput<'_>) -> CheckResult {
         c.notes
             .push(format!("kube-proxy on {name} programmed nothing: {why}"));
     }
+    // Cluster DNS is part of the network model: its Service must have a
+    // ready endpoint (an empty one is rejected, which no pod can use).
+    for svc in &inp.prepared.services {
+        if svc.namespace == "kube-system" && svc.name == "kube-dns" && svc.endpoints.is_empty() {
+            c.fail(
+                1,
+                ProbeError {
+                    reason: format!(
+                        "the cluster DNS Service {} has no endpoints: no DNS pod is running, so no pod can resolve names",
+                        svc_label(svc)
+                    ),
+                    leg: None,
+                    trace: vec![],
+                },
+                svc_label(svc),
+                CaseGroup::single("cluster".into(), svc_label(svc)),
+            );
+        }
+    }
     let wanted: Vec<BTreeSet<(IpAddr, u16)>> = inp
         .prepared
         .services
@@ -868,15 +887,15 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
         let checks: [(&str, Result<(), String>); 3] = [
             (
                 "kube-apiserver",
-                crate::components::apiserver_health(world, s, i),
+                crate::components::apiserver_health(world, i),
             ),
             (
                 "kube-scheduler",
-                crate::components::health(&world.nodes[i], s, "kube-scheduler"),
+                crate::components::health(&world.nodes[i], "kube-scheduler"),
             ),
             (
                 "kube-controller-manager",
-                crate::components::health(&world.nodes[i], s, "kube-controller-manager"),
+                crate::components::health(&world.nodes[i], "kube-controller-manager"),
             ),
         ];
         for (comp, r) in checks {
@@ -893,7 +912,7 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
     }
     for &m in &s.etcd.members {
         let name = world.nodes[m].name.clone();
-        match crate::components::health(&world.nodes[m], s, "etcd") {
+        match crate::components::health(&world.nodes[m], "etcd") {
             Ok(()) => c.pass(1),
             Err(e) => c.fail(
                 1,

@@ -159,9 +159,11 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
         routes,
         netfilter,
         binaries,
+        release,
         images,
         services,
         listeners,
+        kube_proxy,
         runtime,
         static_pods,
         pods,
@@ -313,19 +315,36 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
     for i in images {
         let _ = writeln!(sig, "image {i}");
     }
+    let _ = writeln!(sig, "release {release:?}");
+    if let Some(k) = kube_proxy {
+        // As written in its files, like a rendered file's asset: the same
+        // literal server on every node is the same behaviour.
+        let c = &k.config;
+        let _ = writeln!(
+            sig,
+            "kube-proxy cluster-cidr {} masquerade-all {} bit {} localhost-nodeports {} random-fully {} liberal {} server {}",
+            c.cluster_cidr.map(|n| n.to_string()).unwrap_or_default(),
+            c.masquerade_all,
+            c.masquerade_bit,
+            c.localhost_nodeports,
+            c.random_fully,
+            c.conntrack_tcp_be_liberal,
+            k.server
+        );
+    }
     for (name, st) in services {
         let _ = writeln!(sig, "service {name} running {}", st.running);
     }
     // Files: assets by identity (rendered per node from the same source),
     // hand-written text with the node's own addresses as placeholders.
     for (path, f) in &fs.files {
-        match &f.content {
-            Content::Asset(a) => {
+        match &f.asset {
+            Some(a) => {
                 let _ = writeln!(sig, "file {path} {:o} {a:?}", f.mode);
             }
-            Content::Text(t) => {
+            None => {
                 let _ = write!(sig, "file {path} {:o} text ", f.mode);
-                norm(t, &mut sig);
+                norm(&String::from_utf8_lossy(&f.content), &mut sig);
                 sig.push('\n');
             }
         }

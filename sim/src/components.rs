@@ -1,66 +1,80 @@
 //! Fake daemons: container runtimes, kubelet, kube-proxy, etcd and the
-//! control plane. Each reads the files the plan wrote, the way the real one
-//! does, and is healthy only when that configuration is coherent: the
-//! apiserver's `--etcd-servers` must point at a running etcd, the certs its
-//! flags name must exist, the kubelet must find the manifest directory it
-//! was given. What is not modelled: image contents, API objects beyond what
-//! the checks need, and anything time-dependent.
+//! control plane. Each reads the files the plan wrote on its node, through
+//! the one parser set in `kscratch_core::render` (units, flags, manifests,
+//! configs), the way the real one does, and is healthy only when that
+//! configuration is coherent: the apiserver's `--etcd-servers` must point at
+//! a running etcd with quorum among the members its `--initial-cluster`
+//! names, the certs its flags name must exist, the kubelet must find the
+//! manifest directory its unit and config give it, ports are the ones the
+//! flags say (or the binary's default for its release). Nothing here reads
+//! the scenario. What is not modelled: image contents, API objects beyond
+//! what the checks need, and anything time-dependent.
 
 use crate::backend::add_connected;
 use crate::files;
+use crate::kube_proxy::{KubeProxyConfig, KubeProxySettings};
 use crate::netfilter::Position;
 use crate::packet::Proto;
 use crate::world::*;
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{Rule, Table};
-use kscratch_core::plan::{Asset, Service, MANIFEST_DIR};
-use kscratch_core::scenario::Scenario;
+use kscratch_core::plan::{Asset, KubeconfigUser, Service, MANIFEST_DIR};
+use kscratch_core::render::{self as r, Argv};
+use kscratch_core::scenario::{Features, KubeVersion};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// docker's default bridge when the daemon is not told otherwise.
 pub const DOCKER0_ADDR: &str = "172.17.0.1/16";
 
+/// The URL kubectl uses without a kubeconfig (the guide's insecure port).
+const KUBECTL_DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
 /// `systemctl enable --now NAME` on the node.
-pub fn start_service(node: &mut Node, s: &Scenario, idx: usize, name: &str) -> Result<(), String> {
+pub fn start_service(node: &mut Node, name: &str) -> Result<(), String> {
     match name {
-        "docker" => start_docker(node, s, idx)?,
-        "containerd" => start_containerd(node, s, idx)?,
+        "docker" => start_docker(node)?,
+        "containerd" => start_containerd(node)?,
         "kubelet" => {
-            let unit = Asset::Unit(Service::Kubelet).path();
-            let text = files::read(node, s, idx, unit)
-                .ok_or_else(|| format!("Unit kubelet.service not found ({unit} is missing)"))?;
+            let argv = unit_argv(node, Service::Kubelet, "kubelet")?;
             if !node.binaries.contains("kubelet") {
                 return Err(
                     "kubelet.service: /usr/local/bin/kubelet: No such file or directory".into(),
                 );
             }
+            if let Some(w) = argv.positional.first() {
+                return Err(format!("kubelet: unknown command {w}"));
+            }
             if node.runtime.is_none() {
                 return Err("kubelet: the container runtime is not running".into());
             }
-            let _ = text;
-            listen(node, Proto::Tcp, 10250, "kubelet", None);
+            // The kubelet refuses to start when its config file is unreadable.
+            manifest_dir(node, &argv)?;
+            let port = argv
+                .parsed::<u16>("port")
+                .map_err(|e| format!("kubelet: {e}"))?
+                .unwrap_or(10250);
+            listen(node, Proto::Tcp, port, "kubelet", None);
             node.services
                 .insert("kubelet".into(), ServiceState { running: true });
-            sync_static_pods(node, s, idx);
+            sync_static_pods(node);
             return Ok(());
         }
         "kube-proxy" => {
-            let unit = Asset::Unit(Service::KubeProxy).path();
-            files::read(node, s, idx, unit)
-                .ok_or_else(|| format!("Unit kube-proxy.service not found ({unit} is missing)"))?;
+            let argv = unit_argv(node, Service::KubeProxy, "kube-proxy")?;
             if !node.binaries.contains("kube-proxy") {
                 return Err(
                     "kube-proxy.service: /usr/local/bin/kube-proxy: No such file or directory"
                         .into(),
                 );
             }
+            let settings = kube_proxy_settings(node, &argv)?;
+            node.kube_proxy = Some(settings);
             listen(node, Proto::Tcp, 10256, "kube-proxy", None);
         }
         "etcd" => {
+            let argv = unit_argv(node, Service::Etcd, "etcd")?;
             let unit = Asset::Unit(Service::Etcd).path();
-            let text = files::read(node, s, idx, unit)
-                .ok_or_else(|| format!("Unit etcd.service not found ({unit} is missing)"))?;
-            let argv = files::unit_exec_start(&text).ok_or("etcd.service has no ExecStart")?;
             let problem = etcd_problem(node, &argv);
             listen_etcd(node, &argv);
             node.static_pods.insert(
@@ -78,6 +92,32 @@ pub fn start_service(node: &mut Node, s: &Scenario, idx: usize, name: &str) -> R
     Ok(())
 }
 
+/// The command line systemd runs for `service`: its unit's `ExecStart=`
+/// with the unit's environment files expanded.
+fn unit_argv(node: &Node, service: Service, name: &str) -> Result<Argv, String> {
+    let path = Asset::Unit(service).path();
+    let text = files::read(node, path)
+        .map_err(|_| format!("Unit {name}.service not found ({path} is missing)"))?;
+    let unit = r::parse_unit(text).map_err(|e| format!("{path}: {e}"))?;
+    let argv = unit
+        .argv(&environment(node, &unit)?)
+        .ok_or_else(|| format!("{name}.service has no ExecStart"))?;
+    Argv::parse(&argv).map_err(|e| format!("{path}: {e}"))
+}
+
+/// The variables of a unit's `EnvironmentFile=`s, later files winning.
+fn environment(node: &Node, unit: &r::UnitService) -> Result<BTreeMap<String, String>, String> {
+    let mut env = BTreeMap::new();
+    for (path, optional) in &unit.environment_files {
+        match files::read(node, path) {
+            Ok(text) => env.extend(r::parse_env_file(text).map_err(|e| format!("{path}: {e}"))?),
+            Err(_) if *optional => {}
+            Err(e) => return Err(format!("Failed to load environment files: {e}")),
+        }
+    }
+    Ok(env)
+}
+
 fn listen(node: &mut Node, proto: Proto, port: u16, process: &str, addr: Option<IpAddr>) {
     node.listeners.insert(
         (proto, port),
@@ -88,22 +128,42 @@ fn listen(node: &mut Node, proto: Proto, port: u16, process: &str, addr: Option<
     );
 }
 
-fn start_docker(node: &mut Node, s: &Scenario, idx: usize) -> Result<(), String> {
-    // Without kscratch's drop-in, the packaged docker unit ignores
-    // /etc/default/docker and dockerd starts with its defaults (docker0).
-    let text = if files::exists(node, Asset::Unit(Service::Docker).path()) {
-        files::read(node, s, idx, Asset::DockerDefaults.path()).unwrap_or_default()
+fn start_docker(node: &mut Node) -> Result<(), String> {
+    // Without kscratch's drop-in, the packaged docker unit runs dockerd with
+    // its defaults (docker0), ignoring /etc/default/docker.
+    let argv = if files::exists(node, Asset::Unit(Service::Docker).path()) {
+        let a = unit_argv(node, Service::Docker, "docker")?;
+        // `/usr/bin/env dockerd ...`: env runs its first non-assignment word.
+        if a.program_name() == "env" {
+            let words: Vec<&String> = a
+                .positional
+                .iter()
+                .skip_while(|w| w.contains('='))
+                .collect();
+            let mut full: Vec<String> = words
+                .first()
+                .map(|w| vec![w.to_string()])
+                .unwrap_or_default();
+            full.extend(a.flags.iter().map(|f| match &f.value {
+                Some(v) => format!("--{}={v}", f.name),
+                None => format!("--{}", f.name),
+            }));
+            full.extend(words.iter().skip(1).map(|w| w.to_string()));
+            Argv::parse(&full).map_err(|e| format!("docker.service: {e}"))?
+        } else {
+            a
+        }
     } else {
-        String::new()
+        Argv {
+            program: "dockerd".into(),
+            ..Argv::default()
+        }
     };
-    let opts = files::flags(&files::words(
-        &files::env_value(&text, "DOCKER_OPTS").unwrap_or_default(),
-    ));
-    let flag = |k: &str, default: bool| opts.get(k).map(|v| v == "true").unwrap_or(default);
-    let iptables = flag("iptables", true);
-    let ip_masq = flag("ip-masq", true);
-    let mtu = opts.get("mtu").and_then(|m| m.parse().ok()).unwrap_or(1500);
-    let bridge = match opts.get("bridge") {
+    let e = |e: r::ParseError| format!("dockerd: {e}");
+    let iptables = argv.bool("iptables", true).map_err(e)?;
+    let ip_masq = argv.bool("ip-masq", true).map_err(e)?;
+    let mtu = argv.parsed::<u32>("mtu").map_err(e)?.unwrap_or(1500);
+    let bridge = match argv.get("bridge") {
         Some(b) => {
             if !node
                 .links
@@ -114,7 +174,7 @@ fn start_docker(node: &mut Node, s: &Scenario, idx: usize) -> Result<(), String>
                     "dockerd: Error starting daemon: bridge {b} not found"
                 ));
             }
-            b.clone()
+            b.to_string()
         }
         None => {
             // No --bridge: docker creates docker0 on 172.17.0.0/16, as the guide warns.
@@ -187,145 +247,147 @@ pub fn docker_nat_rules(
     v
 }
 
-fn start_containerd(node: &mut Node, s: &Scenario, idx: usize) -> Result<(), String> {
-    if !files::exists(node, Asset::ContainerdConfig.path()) {
+fn start_containerd(node: &mut Node) -> Result<(), String> {
+    // The packaged unit runs `containerd` with its default config path.
+    let config = if files::exists(node, Asset::Unit(Service::Containerd).path()) {
+        let argv = unit_argv(node, Service::Containerd, "containerd")?;
+        argv.get("config").map(String::from)
+    } else {
+        None
+    }
+    .unwrap_or_else(|| "/etc/containerd/config.toml".into());
+    if !files::exists(node, &config) {
         return Err(format!(
-            "containerd: {} is missing",
-            Asset::ContainerdConfig.path()
+            "containerd: failed to load TOML: {config}: no such file"
         ));
     }
-    let text = files::read(node, s, idx, Asset::CniConfig.path())
-        .ok_or_else(|| format!("containerd: no CNI config in {}", Asset::CniConfig.path()))?;
-    let cni = parse_cni(&text)?;
+    // containerd's CRI plugin loads the first CNI config of its conf dir, in
+    // name order. The conf dir is the CRI default, which kscratch's
+    // config.toml also sets: the simulator does not parse TOML, so a changed
+    // `conf_dir` there is not followed.
+    let conf_dir = "/etc/cni/net.d";
+    let conf = files::list_dir(node, conf_dir)
+        .into_iter()
+        .find(|p| p.ends_with(".conflist") || p.ends_with(".conf") || p.ends_with(".json"))
+        .ok_or_else(|| format!("containerd: no network config found in {conf_dir}"))?;
+    let text = files::read(node, &conf)?;
+    let cni = parse_cni(text).map_err(|e| format!("containerd: {conf}: {e}"))?;
     node.runtime = Some(RuntimeState::Cni(cni));
     Ok(())
 }
 
-/// The `bridge` plugin of a CNI conflist (or a single-plugin config).
+/// The `bridge` plugin of a CNI conflist, as libcni and the plugin read it.
 pub fn parse_cni(text: &str) -> Result<CniBridge, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("CNI config is not JSON: {e}"))?;
-    let plugins: Vec<&serde_json::Value> = match v.get("plugins").and_then(|p| p.as_array()) {
-        Some(a) => a.iter().collect(),
-        None => vec![&v],
-    };
-    let b = plugins
-        .into_iter()
-        .find(|p| p.get("type").and_then(|t| t.as_str()) == Some("bridge"))
+    let list = r::parse_cni_conflist(text).map_err(|e| e.to_string())?;
+    let b = list
+        .plugins
+        .iter()
+        .find_map(|p| match p {
+            r::CniPlugin::Bridge(b) => Some(b),
+            _ => None,
+        })
         .ok_or("CNI config has no `bridge` plugin")?;
-    let ipam = b.get("ipam").ok_or("bridge plugin has no ipam")?;
-    let range = ipam
-        .get("ranges")
-        .and_then(|r| r.get(0))
-        .and_then(|r| r.get(0))
-        .unwrap_or(ipam);
+    let range = b
+        .ipam
+        .ranges
+        .first()
+        .and_then(|r| r.first())
+        .ok_or("host-local ipam has no range")?;
     let subnet: IpNet = range
-        .get("subnet")
-        .and_then(|x| x.as_str())
-        .ok_or("ipam has no subnet")?
+        .subnet
         .parse()
-        .map_err(|e| format!("ipam subnet: {e}"))?;
-    let gateway = match range.get("gateway").and_then(|x| x.as_str()) {
-        Some(g) => g.parse().map_err(|e| format!("ipam gateway: {e}"))?,
-        None => kscratch_core::ipam::nth_host(subnet, 1),
+        .map_err(|e| format!("ipam subnet `{}`: {e}", range.subnet))?;
+    let gateway = if range.gateway.is_empty() {
+        kscratch_core::ipam::nth_host(subnet, 1)
+    } else {
+        range
+            .gateway
+            .parse()
+            .map_err(|e| format!("ipam gateway `{}`: {e}", range.gateway))?
     };
     Ok(CniBridge {
-        bridge: b
-            .get("bridge")
-            .and_then(|x| x.as_str())
-            .unwrap_or("cni0")
-            .to_string(),
+        bridge: if b.bridge.is_empty() {
+            "cni0".into()
+        } else {
+            b.bridge.clone()
+        },
         subnet,
         gateway,
-        is_gateway: b
-            .get("isGateway")
-            .and_then(|x| x.as_bool())
-            .unwrap_or(false),
-        ip_masq: b.get("ipMasq").and_then(|x| x.as_bool()).unwrap_or(false),
-        mtu: b
-            .get("mtu")
-            .and_then(|x| x.as_u64())
-            .map(|m| m as u32)
-            .unwrap_or(1500),
+        is_gateway: b.is_gateway,
+        ip_masq: b.ip_masq,
+        mtu: if b.mtu == 0 { 1500 } else { b.mtu },
     })
 }
 
-/// Where this node's kubelet looks for static pods, from its unit and config.
-pub fn manifest_dir(node: &Node, s: &Scenario, idx: usize) -> Option<String> {
-    let unit = files::read(node, s, idx, Asset::Unit(Service::Kubelet).path())?;
-    let argv = files::unit_exec_start(&unit)?;
-    let f = files::flags(&argv);
-    if let Some(p) = f.get("pod-manifest-path") {
-        return Some(p.clone());
+/// Where the kubelet with this command line looks for static pods:
+/// `--pod-manifest-path`, else `staticPodPath` of its `--config` file
+/// (1.10+), else the `--config` directory itself (the guide's kubelets,
+/// before KubeletConfiguration files). The release is the installed binary's.
+fn manifest_dir(node: &Node, argv: &Argv) -> Result<Option<String>, String> {
+    if let Some(p) = argv.get("pod-manifest-path") {
+        return Ok(Some(p.to_string()));
     }
-    let cfg = f.get("config")?;
-    if s.version.features().kubelet_config_file {
-        files::yaml_field(&files::read(node, s, idx, cfg)?, "staticPodPath")
-    } else {
-        // Before KubeletConfiguration files, `--config` named the manifest directory (the guide).
-        Some(cfg.clone())
+    let Some(cfg) = argv.get("config") else {
+        return Ok(None);
+    };
+    let config_file = node
+        .release
+        .map(|v| v.features().kubelet_config_file)
+        .ok_or("kubelet: the release of the kubelet binary is unknown")?;
+    if !config_file {
+        return Ok(Some(cfg.to_string()));
     }
+    let text = files::read(node, cfg)
+        .map_err(|e| format!("kubelet: failed to load Kubelet config file {cfg}: {e}"))?;
+    let kc = r::parse_kubelet_config(text)
+        .map_err(|e| format!("kubelet: failed to load Kubelet config file {cfg}: {e}"))?;
+    Ok((!kc.static_pod_path.is_empty()).then_some(kc.static_pod_path))
 }
 
 /// The kubelet (re)reads its manifest directory and starts what it finds.
-pub fn sync_static_pods(node: &mut Node, s: &Scenario, idx: usize) {
-    let Some(dir) = manifest_dir(node, s, idx) else {
+pub fn sync_static_pods(node: &mut Node) {
+    let Ok(argv) = unit_argv(node, Service::Kubelet, "kubelet") else {
         return;
     };
-    let prefix = format!("{}/", dir.trim_end_matches('/'));
-    let manifests: Vec<String> = node
-        .fs
-        .files
-        .keys()
-        .filter(|p| p.starts_with(&prefix) && !p[prefix.len()..].contains('/'))
-        .cloned()
-        .collect();
-    for path in manifests {
-        let Some(text) = files::read(node, s, idx, &path) else {
+    let Ok(Some(dir)) = manifest_dir(node, &argv) else {
+        return;
+    };
+    for path in files::list_dir(node, &dir) {
+        let Ok(text) = files::read(node, &path) else {
             continue;
         };
-        let Some((name, argv)) = files::manifest_command(&text) else {
-            node.static_pods.insert(
-                path.clone(),
-                StaticPod {
-                    manifest: path,
-                    problem: Some("the manifest is not a pod".into()),
-                },
-            );
-            continue;
+        let pod = match r::static_pod_command(text) {
+            Ok(p) => p,
+            Err(e) => {
+                node.static_pods.insert(
+                    path.clone(),
+                    StaticPod {
+                        manifest: path,
+                        problem: Some(format!("the manifest is not a pod: {e}")),
+                    },
+                );
+                continue;
+            }
         };
-        let image_ok = node.images.iter().any(|i| text.contains(i.as_str()));
-        let problem = if !image_ok {
-            Some(format!("image of {name} was not pulled"))
+        let image = pod.image.clone().unwrap_or_default();
+        let argv = Argv::parse(&pod.argv);
+        let mut problem = if !node.images.contains(&image) {
+            Some(format!("image {image} of {} was not pulled", pod.name))
         } else {
-            match name.as_str() {
-                "etcd" => etcd_problem(node, &argv),
-                _ => None,
-            }
+            None
         };
-        match name.as_str() {
-            "etcd" => listen_etcd(node, &argv),
-            "kube-apiserver" => listen_apiserver(node, s, &argv),
-            "kube-scheduler" => {
-                let port = if s.version.features().scheduler_secure_health {
-                    10259
-                } else {
-                    10251
-                };
-                listen(node, Proto::Tcp, port, "kube-scheduler", None);
+        match argv {
+            Err(e) => problem = problem.or(Some(e.to_string())),
+            Ok(argv) => {
+                let release = image_release(&image).or(node.release);
+                let started = run_container(node, &pod.name, component(&argv), &argv, release);
+                if let Err(e) = started {
+                    problem = problem.or(Some(e));
+                }
             }
-            "kube-controller-manager" => {
-                let port = if s.version.features().controller_manager_secure_health {
-                    10257
-                } else {
-                    10252
-                };
-                listen(node, Proto::Tcp, port, "kube-controller-manager", None);
-            }
-            _ => {}
         }
         node.static_pods.insert(
-            name,
+            pod.name,
             StaticPod {
                 manifest: path,
                 problem,
@@ -334,12 +396,164 @@ pub fn sync_static_pods(node: &mut Node, s: &Scenario, idx: usize) {
     }
 }
 
-fn strip_binary(argv: &[String]) -> &[String] {
-    argv
+/// What a container's command runs, and its flags: `kube-apiserver`, or
+/// hyperkube's `/hyperkube apiserver` (the guide's images).
+fn component(argv: &Argv) -> &str {
+    if argv.program_name() == "hyperkube" {
+        match argv.positional.first().map(String::as_str) {
+            Some("apiserver" | "kube-apiserver") => "kube-apiserver",
+            Some("controller-manager" | "kube-controller-manager") => "kube-controller-manager",
+            Some("scheduler" | "kube-scheduler") => "kube-scheduler",
+            Some("proxy" | "kube-proxy") => "kube-proxy",
+            Some("kubelet") => "kubelet",
+            _ => "hyperkube",
+        }
+    } else {
+        argv.program_name()
+    }
 }
 
-fn etcd_problem(node: &Node, argv: &[String]) -> Option<String> {
-    let f = files::flags(strip_binary(argv));
+/// The release in an image tag: `registry.k8s.io/kube-apiserver:v1.29.4` → 1.29.4.
+fn image_release(image: &str) -> Option<KubeVersion> {
+    let name = image.rsplit('/').next()?;
+    let tag = name.split_once(':')?.1;
+    let tag = tag.split(['-', '+', '@']).next()?;
+    KubeVersion::parse(tag).ok()
+}
+
+/// Starts what a static pod's container runs: its listeners, from its flags
+/// and its release's defaults. An error is why the component is unhealthy.
+fn run_container(
+    node: &mut Node,
+    pod: &str,
+    what: &str,
+    argv: &Argv,
+    release: Option<KubeVersion>,
+) -> Result<(), String> {
+    let cobra_args = |argv: &Argv| -> Result<(), String> {
+        let extra: &[String] = if argv.program_name() == "hyperkube" {
+            argv.positional.get(1..).unwrap_or(&[])
+        } else {
+            &argv.positional
+        };
+        match extra.first() {
+            Some(_) => Err(format!(
+                "\"{what}\" does not take any arguments, got {extra:?}"
+            )),
+            None => Ok(()),
+        }
+    };
+    let features = || -> Result<Features, String> {
+        release
+            .map(KubeVersion::features)
+            .ok_or_else(|| format!("the release of {pod}'s image is unknown"))
+    };
+    let port = |name: &str| -> Result<Option<u16>, String> {
+        argv.parsed::<u16>(name).map_err(|e| e.to_string())
+    };
+    match what {
+        "etcd" => {
+            listen_etcd(node, argv);
+            match etcd_problem(node, argv) {
+                Some(p) => Err(p),
+                None => Ok(()),
+            }
+        }
+        "kube-apiserver" => {
+            cobra_args(argv)?;
+            listen_apiserver(node, argv, &features()?)
+        }
+        "kube-scheduler" => {
+            cobra_args(argv)?;
+            // The health port: the secure one from 1.23 (10251 was removed),
+            // before that the insecure `--port`.
+            let p = if features()?.scheduler_secure_health {
+                port("secure-port")?.unwrap_or(10259)
+            } else {
+                port("port")?.unwrap_or(10251)
+            };
+            if p != 0 {
+                listen(node, Proto::Tcp, p, "kube-scheduler", None);
+            }
+            Ok(())
+        }
+        "kube-controller-manager" => {
+            cobra_args(argv)?;
+            let p = if features()?.controller_manager_secure_health {
+                port("secure-port")?.unwrap_or(10257)
+            } else {
+                port("port")?.unwrap_or(10252)
+            };
+            if p != 0 {
+                listen(node, Proto::Tcp, p, "kube-controller-manager", None);
+            }
+            Ok(())
+        }
+        // Other static pods run; the checks do not depend on what they serve.
+        _ => Ok(()),
+    }
+}
+
+/// What kube-proxy with this command line programs: its `--config` file
+/// (KubeProxyConfiguration, whose settings then win over flags), else its
+/// flags. Only the iptables proxier is modelled.
+pub fn kube_proxy_settings(node: &Node, argv: &Argv) -> Result<KubeProxySettings, String> {
+    let e = |e: r::ParseError| format!("kube-proxy: {e}");
+    let (cidr, mode, kubeconfig, master) = match argv.get("config") {
+        Some(path) => {
+            let text = files::read(node, path)
+                .map_err(|err| format!("kube-proxy: failed to load config file {path}: {err}"))?;
+            let c = r::parse_kube_proxy_config(text)
+                .map_err(|err| format!("kube-proxy: failed to load config file {path}: {err}"))?;
+            let kubeconfig = (!c.client_connection.kubeconfig.is_empty())
+                .then(|| c.client_connection.kubeconfig.clone());
+            (c.cluster_cidr, c.mode, kubeconfig, None)
+        }
+        None => (
+            argv.get("cluster-cidr").unwrap_or("").to_string(),
+            argv.get("proxy-mode").unwrap_or("").to_string(),
+            argv.get("kubeconfig").map(String::from),
+            argv.get("master").map(String::from),
+        ),
+    };
+    if !(mode.is_empty() || mode == "iptables") {
+        return Err(format!(
+            "kube-proxy: proxy mode `{mode}` is not modelled by the simulator (only iptables)"
+        ));
+    }
+    let cluster_cidr = if cidr.is_empty() {
+        None
+    } else {
+        Some(
+            cidr.parse::<IpNet>()
+                .map_err(|err| format!("kube-proxy: invalid clusterCIDR `{cidr}`: {err}"))?,
+        )
+    };
+    let config = KubeProxyConfig {
+        cluster_cidr,
+        masquerade_all: argv.get("config").is_none()
+            && argv.bool("masquerade-all", false).map_err(e)?,
+        ..KubeProxyConfig::default()
+    };
+    // `--master` overrides the kubeconfig's server.
+    let server = match (master, kubeconfig) {
+        (Some(m), _) => m,
+        (None, Some(path)) => kubeconfig_server(node, &path)?,
+        (None, None) => KUBECTL_DEFAULT_SERVER.into(),
+    };
+    Ok(KubeProxySettings { config, server })
+}
+
+/// The server a kubeconfig file on the node points at.
+fn kubeconfig_server(node: &Node, path: &str) -> Result<String, String> {
+    let text = files::read(node, path)?;
+    let kc = r::parse_kubeconfig(text).map_err(|e| format!("{path}: {e}"))?;
+    kc.current_server()
+        .map(String::from)
+        .ok_or_else(|| format!("{path}: the current context names no cluster"))
+}
+
+fn etcd_problem(node: &Node, argv: &Argv) -> Option<String> {
     for k in [
         "cert-file",
         "key-file",
@@ -348,7 +562,7 @@ fn etcd_problem(node: &Node, argv: &[String]) -> Option<String> {
         "peer-key-file",
         "peer-trusted-ca-file",
     ] {
-        if let Some(p) = f.get(k) {
+        if let Some(p) = argv.get(k) {
             if !files::exists(node, p) {
                 return Some(format!("--{k}={p}: no such file"));
             }
@@ -357,15 +571,14 @@ fn etcd_problem(node: &Node, argv: &[String]) -> Option<String> {
     None
 }
 
-fn listen_etcd(node: &mut Node, argv: &[String]) {
-    let f = files::flags(argv);
+fn listen_etcd(node: &mut Node, argv: &Argv) {
     for (key, default) in [
         ("listen-client-urls", "http://127.0.0.1:2379"),
         ("listen-peer-urls", "http://127.0.0.1:2380"),
     ] {
-        let urls = f.get(key).cloned().unwrap_or_else(|| default.into());
+        let urls = argv.get(key).unwrap_or(default);
         for u in urls.split(',') {
-            if let Some((ip, port)) = url_host_port(u) {
+            if let Some((ip, port)) = r::url_host_port(u) {
                 let addr = if ip.is_unspecified() { None } else { Some(ip) };
                 // Several addresses on one port: record the first non-loopback bind.
                 let e = node
@@ -384,27 +597,26 @@ fn listen_etcd(node: &mut Node, argv: &[String]) {
     }
 }
 
-fn listen_apiserver(node: &mut Node, s: &Scenario, argv: &[String]) {
-    let f = files::flags(argv);
-    let secure: u16 = f
-        .get("secure-port")
-        .and_then(|p| p.parse().ok())
+fn listen_apiserver(node: &mut Node, argv: &Argv, fx: &Features) -> Result<(), String> {
+    let e = |e: r::ParseError| e.to_string();
+    let secure = argv
+        .parsed::<u16>("secure-port")
+        .map_err(e)?
         .unwrap_or(6443);
-    let bind = f
-        .get("bind-address")
-        .and_then(|a| a.parse::<IpAddr>().ok())
+    let bind = argv
+        .parsed::<IpAddr>("bind-address")
+        .map_err(e)?
         .filter(|a| !a.is_unspecified());
     listen(node, Proto::Tcp, secure, "kube-apiserver", bind);
-    let fx = s.version.features();
     if fx.insecure_flags {
-        let port: u16 = f
-            .get("insecure-port")
-            .and_then(|p| p.parse().ok())
+        let port = argv
+            .parsed::<u16>("insecure-port")
+            .map_err(e)?
             .unwrap_or(8080);
         if port != 0 && fx.insecure_serving {
-            let bind = f
-                .get("insecure-bind-address")
-                .and_then(|a| a.parse::<IpAddr>().ok())
+            let bind = argv
+                .parsed::<IpAddr>("insecure-bind-address")
+                .map_err(e)?
                 .unwrap_or(IpAddr::from([127, 0, 0, 1]));
             listen(
                 node,
@@ -419,39 +631,84 @@ fn listen_apiserver(node: &mut Node, s: &Scenario, argv: &[String]) {
             );
         }
     }
-}
-
-/// `https://10.0.0.1:2379` → (10.0.0.1, 2379).
-pub fn url_host_port(u: &str) -> Option<(IpAddr, u16)> {
-    let rest = u.split("://").nth(1)?;
-    let hostport = rest.split('/').next()?;
-    let (h, p) = hostport.rsplit_once(':')?;
-    Some((h.trim_matches(['[', ']']).parse().ok()?, p.parse().ok()?))
+    Ok(())
 }
 
 /// Whether a component on this node answers its health check, and if not why.
-pub fn health(node: &Node, s: &Scenario, component: &str) -> Result<(), String> {
+pub fn health(node: &Node, component: &str) -> Result<(), String> {
     let pod = node.static_pods.get(component).ok_or_else(|| {
         format!(
             "no {component} is running on {} (its static pod or service was not started)",
             node.name
         )
     })?;
-    if let Some(p) = &pod.problem {
-        return Err(p.clone());
+    match &pod.problem {
+        Some(p) => Err(p.clone()),
+        None => Ok(()),
     }
-    let _ = s;
-    Ok(())
+}
+
+/// `WaitHealthy`: the component answers at `url` (something of its own
+/// listens on that port and address of this node) and is healthy.
+pub fn wait_healthy(world: &World, node: usize, component: &str, url: &str) -> Result<(), String> {
+    let n = &world.nodes[node];
+    let (ip, port) =
+        r::url_host_port(url).ok_or_else(|| format!("cannot read the health URL `{url}`"))?;
+    let listening = n.listeners.get(&(Proto::Tcp, port)).is_some_and(|l| {
+        l.process == component
+            && (ip.is_loopback() || n.is_local(ip))
+            && l.addr
+                .is_none_or(|a| a == ip || (a.is_loopback() && ip.is_loopback()))
+    });
+    if !listening {
+        // Health first: a component that did not start says why.
+        if component == "kube-apiserver" {
+            apiserver_health(world, node)?;
+        } else {
+            health(n, component)?;
+        }
+        return Err(format!(
+            "connection refused: nothing of {component} listens at {url}"
+        ));
+    }
+    if component == "kube-apiserver" {
+        apiserver_health(world, node)
+    } else {
+        health(n, component)
+    }
+}
+
+/// The argv of the apiserver's static pod on `node`, as its manifest says.
+fn apiserver_argv(n: &Node) -> Option<Argv> {
+    let pod = n.static_pods.get("kube-apiserver")?;
+    let text = files::read(n, &pod.manifest).ok()?;
+    Argv::parse(&r::static_pod_command(text).ok()?.argv).ok()
+}
+
+/// The `--service-cluster-ip-range` of the first running apiserver: where
+/// Service cluster IPs come from. `None` without a running apiserver.
+pub fn service_range(world: &World) -> Option<Result<IpNet, String>> {
+    world.nodes.iter().find_map(|n| {
+        let argv = apiserver_argv(n)?;
+        let range = argv
+            .get("service-cluster-ip-range")
+            .unwrap_or("10.0.0.0/24");
+        Some(
+            range
+                .split(',')
+                .next()
+                .unwrap_or(range)
+                .parse::<IpNet>()
+                .map_err(|e| format!("--service-cluster-ip-range={range}: {e}")),
+        )
+    })
 }
 
 /// The cluster-level coherence of the apiserver: run after every node's
 /// steps, since it depends on other nodes (etcd members).
-pub fn apiserver_problem(world: &World, s: &Scenario, node: usize) -> Option<String> {
+pub fn apiserver_problem(world: &World, node: usize) -> Option<String> {
     let n = &world.nodes[node];
-    let pod = n.static_pods.get("kube-apiserver")?;
-    let text = files::read(n, s, node, &pod.manifest)?;
-    let (_, argv) = files::manifest_command(&text)?;
-    let f = files::flags(&argv);
+    let f = apiserver_argv(n)?;
     for k in [
         "tls-cert-file",
         "tls-private-key-file",
@@ -473,19 +730,16 @@ pub fn apiserver_problem(world: &World, s: &Scenario, node: usize) -> Option<Str
         }
     }
     if let Some(range) = f.get("service-cluster-ip-range") {
-        if range.parse::<IpNet>().ok() != Some(s.network.service_cidr) {
-            return Some(format!(
-                "--service-cluster-ip-range={range} differs from the scenario's {}",
-                s.network.service_cidr
-            ));
+        if let Err(e) = range.parse::<IpNet>() {
+            return Some(format!("--service-cluster-ip-range={range}: {e}"));
         }
     }
     let Some(servers) = f.get("etcd-servers") else {
         return Some("--etcd-servers is not set".into());
     };
-    let mut reached = Vec::new();
+    let mut reached = None;
     for u in servers.split(',') {
-        let Some((ip, port)) = url_host_port(u) else {
+        let Some((ip, port)) = r::url_host_port(u) else {
             continue;
         };
         let target = if ip.is_loopback() {
@@ -504,75 +758,184 @@ pub fn apiserver_problem(world: &World, s: &Scenario, node: usize) -> Option<Str
                         && (l.addr.is_none() || l.addr == Some(ip) || ip.is_loopback())
                 });
             if serving {
-                reached.push(t);
+                reached = reached.or(Some(t));
             }
         }
     }
-    if reached.is_empty() {
+    let Some(first) = reached else {
         return Some(format!("--etcd-servers={servers}: no etcd answers there"));
-    }
-    let members = s.etcd.members.len();
-    let healthy = s
-        .etcd
-        .members
+    };
+    // Quorum among the members the reached etcd was started with.
+    let members = etcd_members(world, first);
+    let healthy = members
         .iter()
-        .filter(|&&m| {
-            world.nodes[m].up
-                && world.nodes[m]
-                    .static_pods
-                    .get("etcd")
-                    .is_some_and(|p| p.problem.is_none())
+        .filter(|m| {
+            m.is_some_and(|m| {
+                world.nodes[m].up
+                    && world.nodes[m]
+                        .static_pods
+                        .get("etcd")
+                        .is_some_and(|p| p.problem.is_none())
+            })
         })
         .count();
-    if healthy * 2 <= members {
+    if healthy * 2 <= members.len() {
         return Some(format!(
-            "etcd has no quorum: {healthy} of {members} members healthy"
+            "etcd has no quorum: {healthy} of {} members healthy",
+            members.len()
         ));
     }
     None
 }
 
-/// `kubectl apply` needs a healthy apiserver at MASTER_IP.
-pub fn require_apiserver(world: &World, s: &Scenario) -> Result<(), String> {
-    let master = world
-        .nodes
-        .iter()
-        .position(|n| n.ip == s.master_ip)
-        .ok_or("no node has MASTER_IP")?;
-    let n = &world.nodes[master];
-    if !n.static_pods.contains_key("kube-apiserver") {
-        return Err(format!("the apiserver is not running on {}", n.name));
+/// The members of the etcd cluster the etcd on `node` belongs to, from its
+/// `--initial-cluster` (`name=peer-url,...`): the node each peer URL is on,
+/// `None` for a peer on no node. Without the flag etcd is a cluster of one.
+fn etcd_members(world: &World, node: usize) -> Vec<Option<usize>> {
+    let n = &world.nodes[node];
+    let argv = n.static_pods.get("etcd").and_then(|p| {
+        let text = files::read(n, &p.manifest).ok()?;
+        let words = if p.manifest == Asset::Unit(Service::Etcd).path() {
+            r::unit_exec_start(text).ok()?
+        } else {
+            r::static_pod_command(text).ok()?.argv
+        };
+        Argv::parse(&words).ok()
+    });
+    let Some(cluster) = argv.as_ref().and_then(|a| a.get("initial-cluster")) else {
+        return vec![Some(node)];
+    };
+    cluster
+        .split(',')
+        .filter_map(|m| m.split_once('='))
+        .map(|(_, url)| {
+            let (ip, _) = r::url_host_port(url)?;
+            if ip.is_loopback() {
+                Some(node)
+            } else {
+                world.nodes.iter().position(|m| m.ip == ip)
+            }
+        })
+        .collect()
+}
+
+/// The healthy apiserver that answers at `server` for a client on `from`:
+/// `kubectl --kubeconfig`, kube-proxy, the kubelet.
+pub fn apiserver_at(world: &World, from: usize, server: &str) -> Result<usize, String> {
+    let (ip, port) = r::url_host_port(server)
+        .ok_or_else(|| format!("cannot read the apiserver URL `{server}`"))?;
+    let target = if ip.is_loopback() || world.nodes[from].is_local(ip) {
+        Some(from)
+    } else {
+        world
+            .nodes
+            .iter()
+            .position(|m| m.ip == ip || m.is_local(ip))
+    };
+    let Some(t) = target else {
+        return Err(format!("dial {server}: no host answers at {ip}"));
+    };
+    let m = &world.nodes[t];
+    if !m.up {
+        return Err(format!("dial {server}: {} is down", m.name));
     }
-    match apiserver_problem(world, s, master) {
-        Some(p) => Err(p),
-        None => Ok(()),
+    if !m.static_pods.contains_key("kube-apiserver") {
+        return Err(format!("the apiserver is not running on {}", m.name));
+    }
+    let serving = m.listeners.get(&(Proto::Tcp, port)).is_some_and(|l| {
+        l.process == "kube-apiserver"
+            && l.addr
+                .is_none_or(|a| a == ip || (a.is_loopback() && ip.is_loopback()))
+    });
+    if !serving {
+        return Err(format!(
+            "dial {server}: connection refused (the apiserver on {} does not listen on port {port})",
+            m.name
+        ));
+    }
+    apiserver_health(world, t)?;
+    Ok(t)
+}
+
+/// The server kubectl on `node` uses with this user's kubeconfig (the
+/// insecure local port when the file is not there, as kubectl defaults).
+pub fn kubectl_server(node: &Node, user: KubeconfigUser) -> Result<String, String> {
+    let path = Asset::Kubeconfig(user).path();
+    if files::exists(node, path) {
+        kubeconfig_server(node, path)
+    } else {
+        Ok(KUBECTL_DEFAULT_SERVER.into())
     }
 }
 
-/// The equivalent of validate-cluster.sh: every kubelet registered, components healthy.
-pub fn validate_cluster(world: &World, s: &Scenario, at: usize) -> Result<(), String> {
-    require_apiserver(world, s)?;
-    let _ = at;
+/// The equivalent of validate-cluster.sh, run with the admin kubeconfig on
+/// `at`: the apiserver answers, the named nodes' kubelets are registered
+/// (running), the components it lists are healthy (`etcd-K` is the K-th
+/// server of the apiserver's `--etcd-servers`).
+pub fn validate_cluster(
+    world: &World,
+    at: usize,
+    nodes: &[String],
+    components: &[String],
+) -> Result<(), String> {
+    let server = kubectl_server(&world.nodes[at], KubeconfigUser::Admin)?;
+    let api = apiserver_at(world, at, &server)?;
     let mut problems = Vec::new();
-    for n in &world.nodes {
-        if !n.up || !n.running("kubelet") {
-            problems.push(format!(
-                "node {} is NotReady (kubelet is not running)",
-                n.name
-            ));
+    for name in nodes {
+        let ready = world
+            .nodes
+            .iter()
+            .find(|n| &n.name == name)
+            .is_some_and(|n| n.up && n.running("kubelet"));
+        if !ready {
+            problems.push(format!("node {name} is NotReady (kubelet is not running)"));
         }
     }
-    for (i, _) in s.control_plane_nodes() {
-        let n = &world.nodes[i];
+    // componentstatuses: the scheduler and controller-manager next to each
+    // apiserver, and every etcd server the apiserver names.
+    for (i, n) in world.nodes.iter().enumerate() {
+        if !n.static_pods.contains_key("kube-apiserver") {
+            continue;
+        }
         for c in ["kube-scheduler", "kube-controller-manager"] {
-            if let Err(e) = health(n, s, c) {
-                problems.push(format!("{c} on {}: {e}", n.name));
+            if components.iter().any(|x| x == c) {
+                if let Err(e) = health(&world.nodes[i], c) {
+                    problems.push(format!("{c} on {}: {e}", n.name));
+                }
             }
         }
     }
-    for &m in &s.etcd.members {
-        if let Err(e) = health(&world.nodes[m], s, "etcd") {
-            problems.push(format!("etcd on {}: {e}", world.nodes[m].name));
+    let servers: Vec<String> = apiserver_argv(&world.nodes[api])
+        .and_then(|a| a.get("etcd-servers").map(String::from))
+        .map(|s| s.split(',').map(String::from).collect())
+        .unwrap_or_default();
+    for c in components {
+        let Some(k) = c
+            .strip_prefix("etcd-")
+            .and_then(|k| k.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let Some(url) = servers.get(k) else {
+            problems.push(format!("{c}: the apiserver names no such etcd server"));
+            continue;
+        };
+        let Some((ip, _)) = r::url_host_port(url) else {
+            problems.push(format!("{c}: cannot read `{url}`"));
+            continue;
+        };
+        let m = if ip.is_loopback() {
+            Some(api)
+        } else {
+            world.nodes.iter().position(|n| n.ip == ip)
+        };
+        match m {
+            Some(m) => {
+                if let Err(e) = health(&world.nodes[m], "etcd") {
+                    problems.push(format!("etcd on {}: {e}", world.nodes[m].name));
+                }
+            }
+            None => problems.push(format!("{c}: no node answers at {url}")),
         }
     }
     if problems.is_empty() {
@@ -583,9 +946,9 @@ pub fn validate_cluster(world: &World, s: &Scenario, at: usize) -> Result<(), St
 }
 
 /// The apiserver's health, as WaitHealthy sees it (local health plus cluster coherence).
-pub fn apiserver_health(world: &World, s: &Scenario, node: usize) -> Result<(), String> {
-    health(&world.nodes[node], s, "kube-apiserver")?;
-    match apiserver_problem(world, s, node) {
+pub fn apiserver_health(world: &World, node: usize) -> Result<(), String> {
+    health(&world.nodes[node], "kube-apiserver")?;
+    match apiserver_problem(world, node) {
         Some(p) => Err(p),
         None => Ok(()),
     }

@@ -11,7 +11,8 @@
 //! DNS Deployment scaled to zero) runs after, on the running cluster.
 
 use crate::backend::SimBackend;
-use crate::prepare::{kube_proxy_rules, Prepared};
+use crate::kube_proxy::{KubeProxyConfig, KubeProxyRules};
+use crate::prepare::{kube_proxy_rules_for, Prepared};
 use crate::world::*;
 use kscratch_core::exec::{self, ExecOptions, Outcome, Quiet};
 use kscratch_core::plan::Plan;
@@ -57,7 +58,7 @@ pub fn run(world: World, s: &Scenario, damage: &Plan) -> Result<World, String> {
 /// What the cluster does by itself after live damage: an endpoint whose pod
 /// is gone leaves its Service's Endpoints, and every running kube-proxy that
 /// programmed the Services reprograms them.
-pub fn resync_services(world: &mut World, s: &Scenario, prepared: &mut Prepared) {
+pub fn resync_services(world: &mut World, prepared: &mut Prepared) {
     // Endpoints are pods or nodes (the apiserver's); one that no longer
     // answers for its address is a pod that is gone.
     let mut changed = false;
@@ -71,27 +72,41 @@ pub fn resync_services(world: &mut World, s: &Scenario, prepared: &mut Prepared)
         return;
     }
     let skipped: BTreeSet<String> = prepared.no_proxy.iter().map(|(n, _)| n.clone()).collect();
-    let rules = match kube_proxy_rules(&prepared.services, s.network.cluster_cidr) {
-        Ok(r) => r,
-        Err(e) => {
-            for n in &world.nodes {
-                if !skipped.contains(&n.name) {
-                    prepared.no_proxy.push((n.name.clone(), e.clone()));
-                }
-            }
-            return;
-        }
-    };
+    // Each kube-proxy reprograms with the settings it read at start; the
+    // Services the apiserver refused stay unprogrammed.
+    let services: Vec<_> = prepared
+        .services
+        .iter()
+        .filter(|d| !prepared.refused.iter().any(|(k, _)| *k == d.key()))
+        .cloned()
+        .collect();
+    let mut programmed: Vec<(KubeProxyConfig, Result<KubeProxyRules, String>)> = Vec::new();
     let mut failed = Vec::new();
     for n in world.nodes.iter_mut() {
         if skipped.contains(&n.name) || !n.up || !n.running("kube-proxy") {
             continue;
         }
-        if let Err(e) = rules.install(&mut n.netfilter) {
-            failed.push((
-                n.name.clone(),
-                format!("kube-proxy: iptables-restore failed: {e}"),
-            ));
+        let Some(config) = n.kube_proxy.as_ref().map(|k| k.config.clone()) else {
+            continue;
+        };
+        let k = match programmed.iter().position(|(c, _)| *c == config) {
+            Some(k) => k,
+            None => {
+                let rules = kube_proxy_rules_for(&services, &config);
+                programmed.push((config, rules));
+                programmed.len() - 1
+            }
+        };
+        match &programmed[k].1 {
+            Ok(rules) => {
+                if let Err(e) = rules.install(&mut n.netfilter) {
+                    failed.push((
+                        n.name.clone(),
+                        format!("kube-proxy: iptables-restore failed: {e}"),
+                    ));
+                }
+            }
+            Err(e) => failed.push((n.name.clone(), e.clone())),
         }
     }
     prepared.no_proxy.extend(failed);

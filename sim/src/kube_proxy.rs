@@ -110,6 +110,16 @@ impl Default for KubeProxyConfig {
     }
 }
 
+/// What a node's kube-proxy read at start ([`crate::components::kube_proxy_settings`]
+/// from its unit, `--config` file and kubeconfig): the settings that shape
+/// its rules and the apiserver it lists Services from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeProxySettings {
+    pub config: KubeProxyConfig,
+    /// The apiserver URL: `--master`, else its kubeconfig's server.
+    pub server: String,
+}
+
 impl KubeProxyConfig {
     /// The masquerade mark, `1 << masquerade_bit`.
     pub fn masquerade_mark(&self) -> u32 {

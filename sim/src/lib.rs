@@ -25,6 +25,9 @@ pub mod trace;
 pub mod walk;
 pub mod world;
 
+#[cfg(test)]
+mod follows_files;
+
 use kscratch_core::exec::{self, ExecOptions, Quiet};
 use kscratch_core::plan::Plan;
 use kscratch_core::scenario::{Fault, Scenario};
@@ -47,16 +50,37 @@ pub struct Simulated {
 
 /// Runs the plan on a fresh simulated cluster, starts test pods and Services,
 /// and applies the faults. Errors name a fault that cannot apply.
+///
+/// The scenario is read here for what is not a node's behaviour: the
+/// machines as handed over ([`build::world`]), the executor's `StepCx`
+/// (whose only use in the simulator is [`kscratch_core::exec::StepCx::file_bytes`],
+/// the bytes of a written file), and the faults to inject.
 pub fn simulate(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<Simulated, String> {
+    simulate_wrapped(s, plan, opts, &|b| Box::new(b))
+}
+
+/// [`simulate`], with the plan executed through `wrap(&simulator)`: a
+/// wrapper backend (tracing, recording, or a test that changes a file as a
+/// renderer bug would).
+pub fn simulate_wrapped(
+    s: &Scenario,
+    plan: &Plan,
+    opts: &CheckOptions,
+    wrap: &dyn for<'b> Fn(&'b backend::SimBackend) -> Box<dyn exec::Backend + 'b>,
+) -> Result<Simulated, String> {
     let backend = backend::SimBackend::new(build::world(s));
     let apply = futures::executor::block_on(exec::execute(
         plan,
         s,
-        &backend,
+        &*wrap(&backend),
         &ExecOptions::sequential(),
         &mut Quiet,
     ));
-    let mut world = backend.into_sim().world;
+    let sim = backend.into_sim();
+    // What the cluster's API holds: the checks' test objects and what the
+    // plan applied. The scenario is not an input of `prepare`.
+    let api = prepare::ApiObjects::for_check(plan, &sim.addons, opts.extra_services);
+    let mut world = sim.world;
     let faults: Vec<Fault> = s.faults.iter().chain(&opts.faults).cloned().collect();
     let damage = kscratch_core::plan::damage(s, &faults).map_err(|errors| {
         errors
@@ -66,9 +90,9 @@ pub fn simulate(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<Simula
             .join("\n")
     })?;
     world = faults::run(world, s, &damage.before_workload)?;
-    let mut prepared = prepare::prepare(&mut world, s, opts.extra_services);
+    let mut prepared = prepare::prepare(&mut world, &api);
     world = faults::run(world, s, &damage.live)?;
-    faults::resync_services(&mut world, s, &mut prepared);
+    faults::resync_services(&mut world, &mut prepared);
     Ok(Simulated {
         world,
         apply,

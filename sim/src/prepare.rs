@@ -1,16 +1,25 @@
 //! After the plan: what a running cluster does by itself before anyone
 //! checks it. The kubelet starts test pods through the node's container
 //! runtime (CNI `bridge` + `host-local`, or docker's bridge), the apiserver
-//! holds test Services, and every running kube-proxy that can reach the
-//! apiserver programs their iptables rules.
+//! holds the Services, and every running kube-proxy that can reach its
+//! apiserver programs their iptables rules with the settings it read from
+//! its own files.
+//!
+//! What a real cluster gets from its API comes in through one typed input,
+//! [`ApiObjects`]; everything else is read from the nodes: the `kubernetes`
+//! Service's address from the apiserver's `--service-cluster-ip-range` and its
+//! endpoints from the running apiservers' flags, kube-proxy's cluster CIDR
+//! from its config file.
 
 use crate::components;
+use crate::kube_proxy::KubeProxyConfig;
 use crate::netfilter::Position;
 use crate::packet::Proto;
 use crate::world::*;
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{Rule, Table};
-use kscratch_core::scenario::Scenario;
+use kscratch_core::plan::{Action, Artifact, Asset, Plan};
+use kscratch_core::render::{self as r, Argv};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -21,6 +30,62 @@ pub const PODS_PER_NODE: usize = 2;
 pub const POD_PORT: u16 = 8080;
 /// How many nodes' pods the `kscratch/probe` Service selects at most.
 pub const PROBE_SERVICE_NODES: usize = 64;
+
+/// What the cluster's API holds beyond what the nodes' files say: the
+/// objects a real cluster gets through `kubectl apply` and its controllers.
+/// This is the simulator's one input besides the plan's steps; nothing in
+/// [`prepare`] reads the scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiObjects {
+    /// Pods that every node's kubelet is asked to run (a DaemonSet), by name.
+    pub node_pods: Vec<String>,
+    /// The DNS addon's objects, when the plan applies it: its Deployment's
+    /// pod (scheduled on the first node that runs pods) and its `kube-dns`
+    /// Service, which asks for this cluster IP.
+    pub dns: Option<IpAddr>,
+    /// Whether the DNS addon's `kubectl apply` succeeded. When it did not,
+    /// its Service is still expected by the checks but exists nowhere.
+    pub dns_applied: bool,
+    /// Synthetic Services added to the test ones (scale runs).
+    pub extra_services: usize,
+    /// The Service range the plan configured. Only used to list the
+    /// expected Services when no apiserver's `--service-cluster-ip-range`
+    /// can be read (then nothing programs them and their checks fail,
+    /// rather than pass with nothing to check).
+    pub planned_service_range: Option<IpNet>,
+}
+
+impl ApiObjects {
+    /// The objects of a `kscratch check` run: the test pods, and what the
+    /// plan applied through the apiserver (`applied`, from the simulated
+    /// executor). The DNS Service's address is the one the plan rendered
+    /// into the addon manifest (its Service plan artifact).
+    pub fn for_check(plan: &Plan, applied: &BTreeSet<Asset>, extra_services: usize) -> ApiObjects {
+        let service_plan = plan.artifacts.iter().find_map(|a| match a {
+            Artifact::ServicePlan(p) => Some(p),
+            _ => None,
+        });
+        let applies_dns = plan.steps.iter().any(|st| {
+            matches!(
+                st.action,
+                Action::ApplyManifest {
+                    asset: Asset::DnsAddon,
+                    ..
+                }
+            )
+        });
+        let dns = service_plan.filter(|_| applies_dns).map(|p| p.dns_ip);
+        ApiObjects {
+            node_pods: (0..PODS_PER_NODE)
+                .map(|k| format!("probe-{}", (b'a' + k as u8) as char))
+                .collect(),
+            dns,
+            dns_applied: applied.contains(&Asset::DnsAddon),
+            extra_services,
+            planned_service_range: service_plan.map(|p| p.service_cidr),
+        }
+    }
+}
 
 /// A Service as the checks know it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,70 +107,169 @@ impl ServiceDef {
 /// What `prepare` did, for the report.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Prepared {
+    /// Every Service the checks expect, including any the apiserver refused.
     pub services: Vec<ServiceDef>,
     /// Nodes where test pods could not be started, with the reason.
     pub no_pods: Vec<(String, String)>,
     /// Nodes whose kube-proxy programmed no rules, with the reason.
     pub no_proxy: Vec<(String, String)>,
+    /// Services the apiserver refused (`ns/name:port`, why): no kube-proxy
+    /// programs them, so their checks fail.
+    pub refused: Vec<(String, String)>,
 }
 
-/// Starts test pods, creates test Services and lets kube-proxy program them.
-/// `extra_services` adds that many synthetic Services (for scale runs).
-pub fn prepare(world: &mut World, s: &Scenario, extra_services: usize) -> Prepared {
+/// Starts the API's pods, creates its Services and lets every kube-proxy
+/// program them.
+pub fn prepare(world: &mut World, api: &ApiObjects) -> Prepared {
     let mut out = Prepared::default();
     for n in 0..world.nodes.len() {
-        for k in 0..PODS_PER_NODE {
-            let name = format!("probe-{}", (b'a' + k as u8) as char);
-            if let Err(e) = start_pod(world, s, n, &name) {
+        for name in &api.node_pods {
+            if let Err(e) = start_pod(world, n, name) {
                 out.no_pods.push((world.nodes[n].name.clone(), e));
                 break;
             }
         }
     }
-    let apiserver = components::require_apiserver(world, s);
+    let apiserver = first_healthy_apiserver(world);
     let mut dns_pod = None;
-    if apiserver.is_ok() && world.nodes.iter().any(|_| true) {
+    if apiserver.is_ok() && api.dns.is_some() && api.dns_applied {
         // The DNS addon's Deployment lands on the first node that can run pods.
         if let Some(n) = (0..world.nodes.len()).find(|&n| world.pods.iter().any(|p| p.node == n)) {
-            if start_pod(world, s, n, "coredns").is_ok() {
+            if start_pod(world, n, "coredns").is_ok() {
                 dns_pod = Some(world.pods.len() - 1);
             }
         }
     }
-    out.services = services(world, s, dns_pod, extra_services);
-    let programmed = kube_proxy_rules(&out.services, s.network.cluster_cidr);
+    let range = match components::service_range(world) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            out.refused.push(("*".into(), e));
+            None
+        }
+        None => None,
+    };
+    out.services = match range.or(api.planned_service_range) {
+        Some(range) => services(world, api, range, dns_pod),
+        None => vec![],
+    };
+    for svc in &out.services {
+        if svc.name == "kube-dns" && !api.dns_applied {
+            out.refused.push((
+                svc.key(),
+                "the DNS addon was not applied (its kubectl apply step did not succeed)".into(),
+            ));
+        } else if let Some(range) = range {
+            if !range.contains(&svc.cluster_ip) {
+                out.refused.push((
+                    svc.key(),
+                    format!("spec.clusterIPs: Invalid value: \"{}\": provided IP is not in the valid range. The range of valid IPs is {range}", svc.cluster_ip),
+                ));
+            }
+        }
+    }
+    let created: Vec<ServiceDef> = out
+        .services
+        .iter()
+        .filter(|s| !out.refused.iter().any(|(k, _)| *k == s.key()))
+        .cloned()
+        .collect();
+    // kube-proxy's rules depend only on its settings: one rule set per
+    // distinct configuration, shared by the nodes that have it.
+    let mut programmed: Vec<(
+        KubeProxyConfig,
+        Result<crate::kube_proxy::KubeProxyRules, String>,
+    )> = Vec::new();
     for n in 0..world.nodes.len() {
         let node = &world.nodes[n];
         let why = if !node.up {
             Some("the node is down".to_string())
         } else if !node.running("kube-proxy") {
             Some("kube-proxy is not running".to_string())
-        } else if let Err(e) = &apiserver {
-            Some(format!("kube-proxy cannot list Services: {e}"))
         } else {
-            None
+            match &node.kube_proxy {
+                None => Some("kube-proxy read no configuration".to_string()),
+                Some(k) => match components::apiserver_at(world, n, &k.server) {
+                    Err(e) => Some(format!("kube-proxy cannot list Services: {e}")),
+                    Ok(_) => None,
+                },
+            }
         };
-        match why {
-            Some(w) => out.no_proxy.push((node.name.clone(), w)),
-            None => match &programmed {
-                Ok(rules) => {
-                    if let Err(e) = rules.install(&mut world.nodes[n].netfilter) {
-                        out.no_proxy.push((
-                            world.nodes[n].name.clone(),
-                            format!("kube-proxy: iptables-restore failed: {e}"),
-                        ));
-                    }
+        if let Some(w) = why {
+            out.no_proxy.push((node.name.clone(), w));
+            continue;
+        }
+        let config = node
+            .kube_proxy
+            .as_ref()
+            .expect("checked above")
+            .config
+            .clone();
+        let k = match programmed.iter().position(|(c, _)| *c == config) {
+            Some(k) => k,
+            None => {
+                let rules = kube_proxy_rules_for(&created, &config);
+                programmed.push((config, rules));
+                programmed.len() - 1
+            }
+        };
+        match &programmed[k].1 {
+            Ok(rules) => {
+                if let Err(e) = rules.install(&mut world.nodes[n].netfilter) {
+                    out.no_proxy.push((
+                        world.nodes[n].name.clone(),
+                        format!("kube-proxy: iptables-restore failed: {e}"),
+                    ));
                 }
-                Err(e) => out.no_proxy.push((world.nodes[n].name.clone(), e.clone())),
-            },
+            }
+            Err(e) => out.no_proxy.push((world.nodes[n].name.clone(), e.clone())),
         }
     }
     out
 }
 
-fn services(world: &World, s: &Scenario, dns_pod: Option<PodId>, extra: usize) -> Vec<ServiceDef> {
-    let svc = s.network.service_cidr;
-    let mut used: BTreeSet<IpAddr> = [s.network.kubernetes_service_ip, s.network.dns_ip].into();
+/// The first node whose apiserver is healthy: where controllers and the
+/// scheduler find the API.
+fn first_healthy_apiserver(world: &World) -> Result<usize, String> {
+    (0..world.nodes.len())
+        .find(|&i| {
+            world.nodes[i].up
+                && world.nodes[i].static_pods.contains_key("kube-apiserver")
+                && components::apiserver_health(world, i).is_ok()
+        })
+        .ok_or_else(|| "no apiserver is healthy".to_string())
+}
+
+/// The apiserver endpoint a running apiserver registers for the
+/// `kubernetes` Service: `--advertise-address` (else the node's address)
+/// and `--secure-port` (else 6443).
+fn apiserver_endpoint(n: &Node) -> Option<(IpAddr, u16)> {
+    let pod = n.static_pods.get("kube-apiserver")?;
+    let text = crate::files::read(n, &pod.manifest).ok()?;
+    let argv = Argv::parse(&r::static_pod_command(text).ok()?.argv).ok()?;
+    let ip = argv
+        .parsed::<IpAddr>("advertise-address")
+        .ok()
+        .flatten()
+        .unwrap_or(n.ip);
+    let port = argv
+        .parsed::<u16>("secure-port")
+        .ok()
+        .flatten()
+        .unwrap_or(6443);
+    Some((ip, port))
+}
+
+fn services(
+    world: &World,
+    api: &ApiObjects,
+    range: IpNet,
+    dns_pod: Option<PodId>,
+) -> Vec<ServiceDef> {
+    // The apiserver gives `kubernetes` the range's first address.
+    let kubernetes_ip = kscratch_core::ipam::nth_host(range, 1);
+    let svc = range;
+    let mut used: BTreeSet<IpAddr> = [kubernetes_ip].into();
+    used.extend(api.dns);
     let mut next = 100u128;
     let mut vip = || loop {
         let ip = kscratch_core::ipam::nth_host(svc, next);
@@ -118,25 +282,17 @@ fn services(world: &World, s: &Scenario, dns_pod: Option<PodId>, extra: usize) -
         }
     };
     let mut v = Vec::new();
-    let apiserver_eps: Vec<(IpAddr, u16)> = s
-        .control_plane_nodes()
-        .filter_map(|(i, n)| {
-            world.nodes[i]
-                .listeners
-                .iter()
-                .find(|(k, l)| l.process == "kube-apiserver" && k.1 != 8080)
-                .map(|(k, _)| (n.ip, k.1))
-        })
-        .collect();
+    let apiserver_eps: Vec<(IpAddr, u16)> =
+        world.nodes.iter().filter_map(apiserver_endpoint).collect();
     v.push(ServiceDef {
         namespace: "default".into(),
         name: "kubernetes".into(),
-        cluster_ip: s.network.kubernetes_service_ip,
+        cluster_ip: kubernetes_ip,
         port: 443,
         proto: Proto::Tcp,
         endpoints: apiserver_eps,
     });
-    if s.addons.dns {
+    if let Some(dns_ip) = api.dns {
         let eps: Vec<(IpAddr, u16)> = dns_pod
             .map(|p| (world.pods[p].ip, 53))
             .into_iter()
@@ -144,7 +300,7 @@ fn services(world: &World, s: &Scenario, dns_pod: Option<PodId>, extra: usize) -
         v.push(ServiceDef {
             namespace: "kube-system".into(),
             name: "kube-dns".into(),
-            cluster_ip: s.network.dns_ip,
+            cluster_ip: dns_ip,
             port: 53,
             proto: Proto::Udp,
             endpoints: eps.clone(),
@@ -152,7 +308,7 @@ fn services(world: &World, s: &Scenario, dns_pod: Option<PodId>, extra: usize) -
         v.push(ServiceDef {
             namespace: "kube-system".into(),
             name: "kube-dns".into(),
-            cluster_ip: s.network.dns_ip,
+            cluster_ip: dns_ip,
             port: 53,
             proto: Proto::Tcp,
             endpoints: eps,
@@ -189,7 +345,7 @@ fn services(world: &World, s: &Scenario, dns_pod: Option<PodId>, extra: usize) -
         proto: Proto::Tcp,
         endpoints: vec![],
     });
-    for i in 0..extra {
+    for i in 0..api.extra_services {
         let eps = if probes.is_empty() {
             vec![]
         } else {
@@ -208,7 +364,7 @@ fn services(world: &World, s: &Scenario, dns_pod: Option<PodId>, extra: usize) -
 }
 
 /// The kubelet asks the runtime for a pod sandbox with networking.
-fn start_pod(world: &mut World, s: &Scenario, n: NodeId, name: &str) -> Result<(), String> {
+fn start_pod(world: &mut World, n: NodeId, name: &str) -> Result<(), String> {
     let node = &world.nodes[n];
     if !node.up {
         return Err("the node is down".into());
@@ -216,7 +372,6 @@ fn start_pod(world: &mut World, s: &Scenario, n: NodeId, name: &str) -> Result<(
     if !node.running("kubelet") {
         return Err("kubelet is not running".into());
     }
-    let _ = s;
     let (bridge, subnet, gateway, mtu, ip_masq, sets_forward) = match &node.runtime {
         Some(RuntimeState::Cni(c)) => (
             c.bridge.clone(),
@@ -330,14 +485,27 @@ fn start_pod(world: &mut World, s: &Scenario, n: NodeId, name: &str) -> Result<(
     Ok(())
 }
 
-/// What kube-proxy programs for these Services (the same on every node).
+/// What a kube-proxy with the default settings and this cluster CIDR
+/// programs for these Services (the testbed loads exactly these rules).
 pub fn kube_proxy_rules(
     services: &[ServiceDef],
     cluster_cidr: IpNet,
 ) -> Result<crate::kube_proxy::KubeProxyRules, String> {
-    use crate::kube_proxy::{
-        sync, Endpoint, EndpointsMap, KubeProxyConfig, Service, ServicePort, ServicePortName,
-    };
+    kube_proxy_rules_for(
+        services,
+        &KubeProxyConfig {
+            cluster_cidr: Some(cluster_cidr),
+            ..KubeProxyConfig::default()
+        },
+    )
+}
+
+/// What a kube-proxy with these settings programs for these Services.
+pub fn kube_proxy_rules_for(
+    services: &[ServiceDef],
+    cfg: &KubeProxyConfig,
+) -> Result<crate::kube_proxy::KubeProxyRules, String> {
+    use crate::kube_proxy::{sync, Endpoint, EndpointsMap, Service, ServicePort, ServicePortName};
     let mut svcs: Vec<Service> = Vec::new();
     let mut index: std::collections::BTreeMap<(&str, &str), usize> =
         std::collections::BTreeMap::new();
@@ -377,9 +545,5 @@ pub fn kube_proxy_rules(
             list,
         );
     }
-    let cfg = KubeProxyConfig {
-        cluster_cidr: Some(cluster_cidr),
-        ..KubeProxyConfig::default()
-    };
-    sync(&cfg, &svcs, &eps).map_err(|e| format!("kube-proxy: {e}"))
+    sync(cfg, &svcs, &eps).map_err(|e| format!("kube-proxy: {e}"))
 }

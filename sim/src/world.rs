@@ -5,8 +5,10 @@
 use crate::routes::RouteTable;
 use ipnet::IpNet;
 use kscratch_core::plan::Asset;
+use kscratch_core::scenario::KubeVersion;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub type NodeId = usize;
 pub type PodId = usize;
@@ -58,11 +60,16 @@ pub struct Node {
     pub netfilter: crate::netfilter::Netfilter,
     /// Installed binaries (`/usr/local/bin/...`) and pulled images.
     pub binaries: BTreeSet<String>,
+    /// The Kubernetes release the installed binaries come from (the plan's
+    /// release directory): their built-in flag defaults.
+    pub release: Option<KubeVersion>,
     pub images: BTreeSet<String>,
     /// Services of the init system: enabled and running.
     pub services: BTreeMap<String, ServiceState>,
     /// Listening sockets: (proto, port) → who listens and on which address (None = all).
     pub listeners: BTreeMap<(crate::packet::Proto, u16), Listener>,
+    /// What kube-proxy read from its unit and config file when it started.
+    pub kube_proxy: Option<crate::kube_proxy::KubeProxySettings>,
     /// What the container runtime was configured with, once it started.
     pub runtime: Option<RuntimeState>,
     /// Static pods the kubelet started (component name → ok or why not).
@@ -169,9 +176,11 @@ pub struct Pod {
     pub host_network: bool,
 }
 
-/// A node's filesystem: what the plan wrote, with modes. Contents are kept
-/// as the asset that produced them and rendered only when a component reads
-/// them, so 5,000 nodes do not hold 5,000 copies of the same unit file.
+/// A node's filesystem: what the plan wrote, with modes. Contents are the
+/// bytes the write step produced ([`kscratch_core::exec::StepCx::file_bytes`]),
+/// shared between nodes that got the same bytes, so 5,000 nodes do not hold
+/// 5,000 copies of the same unit file. Components read these bytes and
+/// nothing else.
 #[derive(Debug, Clone, Default)]
 pub struct Vfs {
     pub files: BTreeMap<String, File>,
@@ -180,13 +189,26 @@ pub struct Vfs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct File {
     pub mode: u32,
-    pub content: Content,
+    pub content: Arc<[u8]>,
+    /// The plan's asset these bytes were rendered from, for this node, while
+    /// they are unchanged; `None` for text written otherwise. Equivalence
+    /// classes compare rendered files by asset: the renderer differs
+    /// between nodes only in their own identity.
+    pub asset: Option<Asset>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Content {
-    Asset(Asset),
-    Text(String),
+impl Vfs {
+    /// Writes `text` at `path`, as an operator editing the node's file would.
+    pub fn write_text(&mut self, path: &str, mode: u32, text: &str) {
+        self.files.insert(
+            path.to_string(),
+            File {
+                mode,
+                content: Arc::from(text.as_bytes()),
+                asset: None,
+            },
+        );
+    }
 }
 
 impl Node {
@@ -216,9 +238,11 @@ impl Node {
             routes: RouteTable::default(),
             netfilter: crate::netfilter::Netfilter::default(),
             binaries: BTreeSet::new(),
+            release: None,
             images: BTreeSet::new(),
             services: BTreeMap::new(),
             listeners: BTreeMap::new(),
+            kube_proxy: None,
             runtime: None,
             static_pods: BTreeMap::new(),
             pods: Vec::new(),

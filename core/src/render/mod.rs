@@ -15,10 +15,11 @@
 //! table of version boundaries; the flag tables per component are in
 //! [`flags`].
 //!
-//! The formats written here are also parsed back (`container_command`,
-//! `unit_exec_start`, `docker_opts`, the typed kubelet/kube-proxy/CNI/kubeconfig
-//! structs), so that what the simulator reads is what a node reads. Parsers
-//! never panic: they return a [`ParseError`] naming what they could not read.
+//! The formats written here are also parsed back, in one parser set
+//! (`parse.rs`: [`Argv`], [`static_pod_command`], [`parse_unit`],
+//! [`docker_opts`], the typed kubelet/kube-proxy/CNI/kubeconfig structs), so
+//! that what the simulator reads is what a node reads. Parsers never panic:
+//! they return a [`ParseError`] naming what they could not read.
 
 mod cni;
 mod credentials;
@@ -49,7 +50,10 @@ pub use kubelet::{
     kube_proxy_config, kubelet_config, KubeProxyConfiguration, KubeletConfiguration,
 };
 pub use parse::{
-    container_command, docker_opts, flag_value, parse_env_file, parse_pod, unit_exec_start,
+    container_command, docker_opts, flag_value, parse_cni_conflist, parse_env_file,
+    parse_kube_proxy_config, parse_kubeconfig, parse_kubelet_config, parse_pod, parse_unit,
+    static_pod_command, unit_exec_start, url_host_port, ArgFlag, Argv, StaticPodCommand,
+    UnitService,
 };
 pub use pki::{ca_spec, cas, cert_spec, issued_certs, CertSpec, ExtKeyUsage, KeyUsage};
 pub use pods::static_pod;
