@@ -5,6 +5,8 @@ mod support;
 
 /// Faults: grammar, damage plans, applicability, the damage's node state.
 mod faults;
+/// CI outputs: JSON schemas, SARIF, JUnit, the HTML report in a browser, no side effects.
+mod formats;
 /// The planner on the bundled scenarios: goldens, determinism, structure.
 mod plan;
 /// Random and mutated scenarios never panic.
