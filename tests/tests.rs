@@ -7,6 +7,8 @@ mod support;
 mod plan;
 /// Random and mutated scenarios never panic.
 mod proptests;
+/// What each release's real binaries accept (core/data tables) and the version matrix.
+mod release;
 /// Rendered assets: PKI, kubeconfigs, manifests, units, checked with real tools.
 mod render;
 /// The simulator: conformance, faults, traces, determinism.

@@ -788,3 +788,61 @@ mod tests {
         assert!(flag_table_cells() > m * 60);
     }
 }
+
+#[cfg(test)]
+mod agreement {
+    //! `scenario::version::Features` decides rendering; where a feature is
+    //! "this flag exists", it must agree with the upstream table.
+    use super::*;
+
+    #[test]
+    fn features_agree_with_the_flag_table() {
+        for m in FIRST_MINOR..=LAST_MINOR {
+            let fx = KubeVersion::new(1, m, 0).features();
+            let api = |f| has_flag("kube-apiserver", m, f);
+            let kubelet = |f| has_flag("kubelet", m, f);
+            assert_eq!(
+                fx.basic_auth,
+                api("basic-auth-file"),
+                "1.{m} basic-auth-file"
+            );
+            assert_eq!(
+                fx.insecure_flags,
+                api("insecure-port"),
+                "1.{m} insecure-port"
+            );
+            assert_eq!(
+                fx.enable_admission_plugins,
+                api("enable-admission-plugins"),
+                "1.{m} enable-admission-plugins"
+            );
+            assert_eq!(
+                fx.kubelet_allow_privileged_flag,
+                kubelet("allow-privileged"),
+                "1.{m} kubelet allow-privileged"
+            );
+            assert_eq!(
+                fx.kubelet_container_runtime_flag,
+                kubelet("container-runtime"),
+                "1.{m} container-runtime"
+            );
+            assert_eq!(
+                fx.kubelet_network_plugin_flag,
+                kubelet("network-plugin"),
+                "1.{m} network-plugin"
+            );
+            // Rendered only while needed (before 1.8), accepted until 1.10.
+            assert!(!fx.kubelet_require_kubeconfig || kubelet("require-kubeconfig"));
+            assert_eq!(
+                fx.controller_manager_secure_health,
+                !has_flag("kube-controller-manager", m, "address") || release_images(m).minor >= 22,
+                "1.{m} controller-manager health"
+            );
+            assert_eq!(
+                fx.hyperkube,
+                release_images(m).hyperkube != HyperkubeForm::None
+            );
+            assert_eq!(fx.coredns, release_images(m).dns == DnsAddon::Coredns);
+        }
+    }
+}

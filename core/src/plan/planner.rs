@@ -58,13 +58,15 @@ pub fn plan(s: &Scenario) -> Plan {
             );
             pki.shared.push((cert, r));
         }
-        pki.sa = Some(b.local(
-            "pki/service-account-key",
-            Phase::Pki,
-            Action::GenerateServiceAccountKey,
-            &[],
-        ));
     }
+    // Every security model: the ServiceAccount admission plugin rejects pods
+    // until the token controller, which needs this key, has minted their token.
+    pki.sa = Some(b.local(
+        "pki/service-account-key",
+        Phase::Pki,
+        Action::GenerateServiceAccountKey,
+        &[],
+    ));
     let mut token_users = vec!["admin".to_string(), "kubelet".into(), "kube-proxy".into()];
     if !https {
         token_users.clear();
@@ -689,6 +691,8 @@ pub fn plan(s: &Scenario) -> Plan {
                     Asset::Kubeconfig(KubeconfigUser::Admin),
                     None,
                 ));
+                deps.push(b.dist(t, "file/sa.key", Asset::ServiceAccountKey, pki.sa));
+                deps.push(b.dist(t, "file/sa.pub", Asset::ServiceAccountPub, pki.sa));
             }
             cp_healthy.push((i, deps));
         }

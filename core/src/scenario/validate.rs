@@ -477,6 +477,9 @@ pub(super) fn validate(
             })
         }
         RawRuntimeKind::Containerd => {
+            if version.is_some() && !feat.containerd_cri {
+                r.error("runtime.kind", format!("the kubelet talks CRI to containerd from Kubernetes 1.10 (containerd 1.1's CRI plugin); this scenario is {v}"), Some("use `kind: docker`".into()));
+            }
             for (path, set) in [
                 ("runtime.ipMasq", raw.runtime.ip_masq.is_some()),
                 ("runtime.iptables", raw.runtime.iptables.is_some()),
@@ -856,25 +859,12 @@ fn prefix_for_pods(pods: u32, max: u8) -> u8 {
 }
 
 fn default_registry(v: KubeVersion) -> &'static str {
-    // registry.k8s.io took over from k8s.gcr.io for 1.25+ (KEP-3000); k8s.gcr.io replaced gcr.io/google-containers in 1.19-era tooling.
-    if v >= KubeVersion::new(1, 25, 0) {
-        "registry.k8s.io"
-    } else if v >= KubeVersion::new(1, 19, 0) {
-        "k8s.gcr.io"
-    } else {
-        "gcr.io/google-containers"
-    }
+    crate::release::default_registry(v)
 }
 
 fn default_etcd_image(v: KubeVersion) -> String {
-    // The etcd each release was tested with (cluster/images/etcd and kubeadm's constants).
-    let tag = match v.minor {
-        ..=9 => "3.0.17",
-        10..=16 => "3.3.10",
-        17..=21 => "3.4.13-0",
-        22..=29 => "3.5.10-0",
-        _ => "3.5.16-0",
-    };
+    // The etcd kubeadm shipped with the release (core/data/images.tsv).
+    let tag = &crate::release::release_images(v.minor).etcd;
     format!("{}/etcd:{tag}", default_registry(v))
 }
 
