@@ -468,7 +468,7 @@ fn summary(plan: &Plan, report: &Report, wall: Duration, backend: &SshBackend) -
     }
     if report.count("failed") > 0 {
         let _ = writeln!(out, "state of each node:");
-        for (t, _) in &per {
+        for t in per.keys() {
             let mut done = 0;
             let mut failed = Vec::new();
             let mut not_reached = Vec::new();

@@ -128,7 +128,7 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
         Command::Validate(args) => {
             let loaded = load::scenario(&args.scenario, args.locked)?;
             eprint!("{}", loaded.warnings);
-            crate::out(&format!(
+            out(&format!(
                 "{}: valid ({} nodes, Kubernetes {})\n",
                 args.scenario.display(),
                 loaded.scenario.nodes.len(),
@@ -144,7 +144,7 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
             let plan = kscratch_core::plan::plan(&loaded.scenario);
             match format {
                 PlanFormat::Text => {
-                    crate::out(&format!(
+                    out(&format!(
                         "{}",
                         kscratch_core::plan::Summary {
                             scenario: &loaded.scenario,
@@ -152,12 +152,12 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
                         }
                     ));
                     if !loaded.warnings.0.is_empty() {
-                        crate::out("\n");
-                        crate::out(&loaded.warnings.to_string());
+                        out("\n");
+                        out(&loaded.warnings.to_string());
                     }
                 }
-                PlanFormat::Json => crate::out(&kscratch_core::plan::to_json(&plan)),
-                PlanFormat::Dot => crate::out(&kscratch_core::plan::to_dot(&plan)),
+                PlanFormat::Json => out(&kscratch_core::plan::to_json(&plan)),
+                PlanFormat::Dot => out(&kscratch_core::plan::to_dot(&plan)),
             }
             Ok(ExitCode::SUCCESS)
         }

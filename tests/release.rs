@@ -28,7 +28,7 @@ use std::collections::BTreeSet;
 /// worker, and one worker.
 fn two_nodes(version: &str, runtime: &str, model: &str) -> String {
     format!(
-        "cluster:\n  name: matrix\n  kubernetesVersion: \"{version}\"\nnodes:\n  - name: cp\n    ip: 10.20.0.2\n    roles: [control-plane, etcd, worker]\n  - name: w1\n    ip: 10.20.0.3\nnetwork:\n  nodeCIDR: 10.20.0.0/24\n  clusterCIDR: 10.244.0.0/16\n  nodePrefix: 24\n  serviceCIDR: 10.96.0.0/16\n  podTraffic: routed\nsecurity:\n  model: {model}\nruntime:\n  kind: {runtime}\n"
+        "cluster:\n  name: matrix\n  kubernetesVersion: \"{version}\"\nnodes:\n  - name: cp\n    ip: 10.20.0.2\n    roles: [control-plane, etcd, worker]\n  - name: w1\n    ip: 10.20.0.3\nnetwork:\n  nodeCIDR: 10.20.0.0/24\n  gateway: 10.20.0.1\n  clusterCIDR: 10.244.0.0/16\n  nodePrefix: 24\n  serviceCIDR: 10.96.0.0/16\n  podTraffic: routed\nsecurity:\n  model: {model}\nruntime:\n  kind: {runtime}\n"
     )
 }
 

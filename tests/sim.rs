@@ -2,8 +2,9 @@
 //! trace that names the cause, reports are deterministic.
 
 use crate::support::{check, load, root, stem, valid_scenarios};
-use kscratch_sim::checks::CheckKind;
+use kscratch_sim::checks::{Cell, CheckKind};
 use kscratch_sim::report::Report;
+use kscratch_sim::walk::Leg;
 use kscratch_sim::CheckOptions;
 
 fn run(rel: &str, opts: &CheckOptions) -> Report {
@@ -88,10 +89,15 @@ const FAULTS: &[(&str, CheckKind, &[&str])] = &[
         CheckKind::Mtu,
         &["exceeds the MTU 1500 of eth0", "VXLAN"],
     ),
+    // The kernel refuses a VXLAN MTU with no room for the header: the plan's
+    // step fails as it would on a real node, and nothing runs after it.
     (
         "vxlan-mtu-too-large",
-        CheckKind::Mtu,
-        &["exceeds the MTU 1500 of eth0", "VXLAN"],
+        CheckKind::PodToPod,
+        &[
+            "ip link set dev vxlan0 mtu 1500: RTNETLINK answers: Invalid argument",
+            "largest MTU over eth0 with MTU 1500 is 1450",
+        ],
     ),
 ];
 
@@ -109,10 +115,9 @@ fn every_fault_scenario_fails_with_the_expected_trace() {
         assert!(!r.passed, "{rel} must fail");
         let c = r.checks.iter().find(|c| c.kind == *kind).unwrap();
         assert!(!c.passed(), "{rel}: {kind:?} must fail:\n{r}");
-        let text = c
-            .failures
-            .iter()
-            .map(|f| {
+        let apply_failures = r.apply.failures.iter().map(|f| f.error.clone());
+        let text = apply_failures
+            .chain(c.failures.iter().map(|f| {
                 format!(
                     "{}\n{}",
                     f.reason,
@@ -122,7 +127,7 @@ fn every_fault_scenario_fails_with_the_expected_trace() {
                         .collect::<Vec<_>>()
                         .join("\n")
                 )
-            })
+            }))
             .collect::<Vec<_>>()
             .join("\n");
         for w in *words {
@@ -147,7 +152,7 @@ fn pod_traffic_to_outside_is_masqueraded_and_replies_come_back() {
 }
 
 #[test]
-fn a_missing_route_on_one_node_is_found_exactly() {
+fn a_missing_route_on_one_node_breaks_that_pair_both_ways() {
     let fault = kscratch_core::scenario::Fault::parse("route-missing:node-1:node-3").unwrap();
     let r = run(
         "scenarios/guide-routed.yaml",
@@ -161,15 +166,41 @@ fn a_missing_route_on_one_node_is_found_exactly() {
         .iter()
         .find(|c| c.kind == CheckKind::PodToPod)
         .unwrap();
-    // Only node-1 → node-3 breaks: exactly one ordered node pair of 16.
-    assert_eq!(p2p.failed, 1, "{r}");
+    // node-1 → node-3 loses its request; node-3 → node-1 gets there, but
+    // the reply needs the missing route: a TCP connection fails both ways.
+    assert_eq!(p2p.failed, 2, "{r}");
+    let cases: Vec<(Option<Leg>, Vec<String>)> = p2p
+        .failures
+        .iter()
+        .map(|f| (f.leg, f.cases.iter().flat_map(|g| g.first(10)).collect()))
+        .collect();
     assert_eq!(
-        p2p.failures[0].examples,
-        vec!["node-1 → node-3".to_string()]
+        cases,
+        vec![
+            (Some(Leg::Request), vec!["node-1 → node-3".to_string()]),
+            (Some(Leg::Reply), vec!["node-3 → node-1".to_string()]),
+        ],
+        "{r}"
+    );
+    // The message names the node's missing route, not the router's.
+    assert!(
+        p2p.failures[0]
+            .reason
+            .contains("node-1 has no route to 10.10.3.0/24 (node-3's pod CIDR; the plan installs `10.10.3.0/24 via"),
+        "{}",
+        p2p.failures[0].reason
     );
     assert_eq!(r.odd_nodes, vec!["node-1".to_string()]);
     let m = r.matrix.as_ref().unwrap();
-    assert!(!m.ok[1][3] && m.ok[3][1] && m.ok[1][2]);
+    assert_eq!(
+        (m.cells[1][3], m.cells[3][1], m.cells[1][2], m.cells[1][1]),
+        (
+            Cell::RequestFails,
+            Cell::ReplyFails,
+            Cell::Reaches,
+            Cell::Reaches
+        )
+    );
 }
 
 #[test]

@@ -257,6 +257,27 @@ impl Sim {
                 add_connected(node, name, *addr);
             }
             Action::CreateVxlan(v) => {
+                // The kernel refuses a VXLAN MTU that leaves no room for the
+                // encapsulation on its lower device (vxlan_change_mtu: -EINVAL),
+                // so the plan's `ip link set dev vxlan0 ... mtu M` fails there.
+                let Some(lower) = node.links.get(&v.dev) else {
+                    return Err(StepError::new(
+                        kscratch_core::exec::ErrorKind::Command,
+                        format!("{id}: Cannot find device \"{}\"", v.dev),
+                    ));
+                };
+                let max = lower
+                    .mtu
+                    .saturating_sub(kscratch_core::scenario::VXLAN_OVERHEAD);
+                if v.mtu > max {
+                    return Err(StepError::new(
+                        kscratch_core::exec::ErrorKind::Command,
+                        format!(
+                            "{id}: ip link set dev {} mtu {}: RTNETLINK answers: Invalid argument (the largest MTU over {} with MTU {} is {max}: {} bytes go to the VXLAN header)",
+                            v.name, v.mtu, v.dev, lower.mtu, kscratch_core::scenario::VXLAN_OVERHEAD
+                        ),
+                    ));
+                }
                 let kind = LinkKind::Vxlan(VxlanLink {
                     vni: v.vni,
                     port: v.port,

@@ -1,8 +1,11 @@
 //! The world before the plan: machines as the operator hands them over.
 //!
 //! Each node has `lo` and its underlay NIC with the node IP, a connected
-//! route and a default route via the underlay's router, `ip_forward=0`, and
-//! nothing else. Beyond the router sits one outside host for egress checks.
+//! route, `ip_forward=0`, and a default route only when the scenario declares
+//! the underlay's gateway (`network.gateway`): nothing the scenario does not
+//! say exists is invented. The gateway is the underlay's router; beyond it
+//! sits one outside host for egress checks. Without a gateway there is no
+//! router and nothing outside the underlay.
 
 use crate::backend::add_connected;
 use crate::world::*;
@@ -17,14 +20,7 @@ pub fn world(s: &Scenario) -> World {
         .network
         .node_cidr
         .unwrap_or_else(|| covering(s.nodes.iter().map(|n| n.ip)));
-    let node_ips: Vec<IpAddr> = s.nodes.iter().map(|n| n.ip).collect();
-    // The router takes the highest free host address of the underlay.
-    let hosts = 1u128 << (prefix.max_prefix_len() - prefix.prefix_len()).min(100);
-    let router_ip = (1..hosts.saturating_sub(1))
-        .rev()
-        .map(|k| kscratch_core::ipam::nth_host(prefix, k))
-        .find(|ip| !node_ips.contains(ip))
-        .unwrap_or(prefix.network());
+    let router_ip = s.network.gateway;
     let taken = |ip: &IpAddr| {
         s.network.cluster_cidr.contains(ip)
             || s.network.service_cidr.contains(ip)
@@ -37,8 +33,10 @@ pub fn world(s: &Scenario) -> World {
         .find(|ip| !taken(ip))
         .unwrap_or(IpAddr::from([203, 0, 113, 10]));
     let mut owners = BTreeMap::new();
-    owners.insert(router_ip, Owner::Router);
-    owners.insert(outside_ip, Owner::Outside);
+    if let Some(r) = router_ip {
+        owners.insert(r, Owner::Router);
+        owners.insert(outside_ip, Owner::Outside);
+    }
     let mut nodes = Vec::with_capacity(s.nodes.len());
     for (i, n) in s.nodes.iter().enumerate() {
         let mut node = Node::new(&n.name, n.ip);
@@ -56,10 +54,12 @@ pub fn world(s: &Scenario) -> World {
             },
         );
         add_connected(&mut node, &dev, addr);
-        let mut default = Route::new(RouteDst::Default);
-        default.via = Some(router_ip);
-        default.dev = Some(dev);
-        node.routes.local.push(default);
+        if let Some(gw) = router_ip {
+            let mut default = Route::new(RouteDst::Default);
+            default.via = Some(gw);
+            default.dev = Some(dev);
+            node.routes.local.push(default);
+        }
         owners.insert(n.ip, Owner::Node(i));
         nodes.push(node);
     }

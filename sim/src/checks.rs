@@ -18,7 +18,7 @@ use crate::classes::Classes;
 use crate::netfilter::{explore, TakeFirst};
 use crate::packet::{Packet, Proto};
 use crate::prepare::{Prepared, ServiceDef, POD_PORT};
-use crate::walk::{Fate, Hop, Place, Walker};
+use crate::walk::{connect, Conn, Fate, Hop, Leg, Place, Walker};
 use crate::world::*;
 use kscratch_core::scenario::Scenario;
 use serde::Serialize;
@@ -67,17 +67,86 @@ impl CheckKind {
     }
 }
 
-/// One way a check failed, with every case that failed that way and one trace.
+/// One way a check failed: every case that failed that way, and the trace
+/// of the first.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Failure {
-    /// What went wrong, with node names and addresses.
+    /// What went wrong for `first`, with that case's own names and addresses.
     pub reason: String,
+    /// For connection probes: the leg that failed (`request` or `reply`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leg: Option<Leg>,
+    /// The case `reason` and `trace` describe (`from → to`).
+    pub first: String,
     /// How many probes (node pairs, services, nodes) failed this way.
     pub count: usize,
-    /// A few of them (`from → to`).
-    pub examples: Vec<String>,
-    /// The hop-by-hop trace of the first one.
+    /// Every failing case, in groups (see [`CaseGroup`]).
+    pub cases: Vec<CaseGroup>,
+    /// The hop-by-hop trace of `first`, both legs.
     pub trace: Vec<Hop>,
+}
+
+/// Failing cases: every `from` with every `to` (as [`Pairing`] says). Whole
+/// equivalence classes fail together, so a group keeps a 5,000-node failure
+/// to two lists instead of 25 million pairs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CaseGroup {
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    pub pairing: Pairing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pairing {
+    /// Every (f, t) in from × to with f ≠ t.
+    EachToEach,
+    /// Each node of `from` with itself (`to` repeats `from`).
+    SameNode,
+}
+
+impl CaseGroup {
+    fn single(from: String, to: String) -> CaseGroup {
+        CaseGroup {
+            from: vec![from],
+            to: vec![to],
+            pairing: Pairing::EachToEach,
+        }
+    }
+
+    /// How many cases the group holds.
+    pub fn len(&self) -> usize {
+        match self.pairing {
+            Pairing::SameNode => self.from.len(),
+            Pairing::EachToEach => {
+                let same = self.from.iter().filter(|f| self.to.contains(f)).count();
+                self.from.len() * self.to.len() - same
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first `k` cases as `from → to`.
+    pub fn first(&self, k: usize) -> Vec<String> {
+        match self.pairing {
+            Pairing::SameNode => self
+                .from
+                .iter()
+                .take(k)
+                .map(|f| format!("{f} → {f}"))
+                .collect(),
+            Pairing::EachToEach => self
+                .from
+                .iter()
+                .flat_map(|f| self.to.iter().filter(move |t| *t != f).map(move |t| (f, t)))
+                .take(k)
+                .map(|(f, t)| format!("{f} → {t}"))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -98,23 +167,48 @@ impl CheckResult {
     }
 }
 
-/// Pod-to-pod reachability between nodes: `matrix[a][b]` for small clusters.
+/// A cell of the pod-to-pod matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cell {
+    /// The connection is established (the receiver saw the sender's pod IP).
+    Reaches,
+    /// The request never arrives (or arrives NATed, or at the wrong pod).
+    RequestFails,
+    /// The request arrives, the reply does not come back.
+    ReplyFails,
+    /// Not probed: a node without test pods.
+    Untested,
+}
+
+impl Cell {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Cell::Reaches => ".",
+            Cell::RequestFails => "X",
+            Cell::ReplyFails => "R",
+            Cell::Untested => "-",
+        }
+    }
+}
+
+/// Pod-to-pod connections between nodes, same-node cells on the diagonal:
+/// `cells[a][b]` for small clusters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Matrix {
     pub nodes: Vec<String>,
-    pub ok: Vec<Vec<bool>>,
+    pub cells: Vec<Vec<Cell>>,
 }
 
 #[derive(Default)]
 struct Collector {
     probes: usize,
     failed: usize,
-    by_reason: BTreeMap<String, Failure>,
-    order: Vec<String>,
+    by_reason: BTreeMap<(Option<Leg>, String), Failure>,
+    order: Vec<(Option<Leg>, String)>,
     notes: Vec<String>,
 }
 
-const EXAMPLES: usize = 5;
 /// Paths explored through `statistic` branches for one probe (endpoints of one Service).
 pub const MAX_PATHS: usize = 100_000;
 
@@ -122,23 +216,23 @@ impl Collector {
     fn pass(&mut self, n: usize) {
         self.probes += n;
     }
-    fn fail(&mut self, n: usize, reason: String, example: String, trace: &[Hop]) {
+    fn fail(&mut self, n: usize, e: ProbeError, first: String, cases: CaseGroup) {
         self.probes += n;
         self.failed += n;
-        let key = normalize(&reason);
+        let key = (e.leg, normalize(&e.reason));
         let f = self.by_reason.entry(key.clone()).or_insert_with(|| {
             self.order.push(key.clone());
             Failure {
-                reason: reason.clone(),
+                first,
+                reason: e.reason,
+                leg: e.leg,
                 count: 0,
-                examples: vec![],
-                trace: trace.to_vec(),
+                cases: vec![],
+                trace: e.trace,
             }
         });
         f.count += n;
-        if f.examples.len() < EXAMPLES {
-            f.examples.push(example);
-        }
+        f.cases.push(cases);
     }
     fn finish(mut self, kind: CheckKind) -> CheckResult {
         let failures = self
@@ -155,6 +249,14 @@ impl Collector {
             notes: self.notes,
         }
     }
+}
+
+/// Why one probe failed: the reason (with the probe's own addresses), the
+/// leg, and the traced walk of both legs.
+struct ProbeError {
+    reason: String,
+    leg: Option<Leg>,
+    trace: Vec<Hop>,
 }
 
 /// Groups failures that differ only in addresses ("no route to 10.10.2.3" and "… 10.10.2.4").
@@ -209,43 +311,143 @@ fn pods_on(world: &World, n: NodeId) -> Vec<PodId> {
         .collect()
 }
 
-fn single(w: &mut Walker<'_>, from: Place, pkt: Packet) -> Fate {
-    w.send(from, pkt, &mut TakeFirst)
+fn names(world: &World, nodes: &[NodeId]) -> Vec<String> {
+    nodes.iter().map(|&n| world.nodes[n].name.clone()).collect()
 }
 
-/// A pod-to-pod probe: delivered to the right pod, source unchanged. Walked
-/// quietly; a failure is walked again with the trace on.
-fn probe_pod(world: &World, a: PodId, b: PodId, len: u32) -> (Result<(), String>, Vec<Hop>) {
-    let walk = |traced: bool| {
+/// The cases a representative pair (a, b) from [`Classes::node_pairs`] stands for.
+fn pair_group(inp: &CheckInput<'_>, a: NodeId, b: NodeId) -> CaseGroup {
+    if inp.classes.odd.contains(&a) || inp.classes.odd.contains(&b) {
+        // A pair with an odd node is probed on its own (weight 1).
+        let (x, y) = (
+            inp.world.nodes[a].name.clone(),
+            inp.world.nodes[b].name.clone(),
+        );
+        return CaseGroup {
+            from: vec![x],
+            to: vec![y],
+            pairing: if a == b {
+                Pairing::SameNode
+            } else {
+                Pairing::EachToEach
+            },
+        };
+    }
+    let (from, to) = (inp.classes.members(a), inp.classes.members(b));
+    CaseGroup {
+        from: names(inp.world, &from),
+        to: names(inp.world, &to),
+        pairing: if a == b {
+            Pairing::SameNode
+        } else {
+            Pairing::EachToEach
+        },
+    }
+}
+
+/// The cases a representative node from [`Classes::nodes`] stands for, towards one target.
+fn node_group(inp: &CheckInput<'_>, n: NodeId, to: String) -> CaseGroup {
+    CaseGroup {
+        from: names(inp.world, &inp.classes.members(n)),
+        to: vec![to],
+        pairing: Pairing::EachToEach,
+    }
+}
+
+/// Runs a connection probe quietly and, only if it fails, once more with the
+/// trace on. `judge` turns the connection into a verdict.
+fn probe(
+    world: &World,
+    from: Place,
+    pkt: &Packet,
+    judge: impl Fn(&Walker<'_>, &Conn) -> Result<(), String>,
+) -> Result<(), ProbeError> {
+    let run = |traced: bool| {
         let mut w = if traced {
             Walker::new(world)
         } else {
             Walker::quiet(world)
         };
-        let (src, dst) = (world.pods[a].ip, world.pods[b].ip);
-        let mut pkt = Packet::tcp(src, 40000 + a as u16 % 20000, dst, POD_PORT);
-        pkt.len = len;
-        let fate = single(&mut w, Place::Pod(a), pkt);
-        let res = match fate.delivered_to() {
-            Some((Place::Pod(p), got)) if p == b && got.src == src => Ok(()),
-            Some((Place::Pod(p), got)) if p == b => Err(format!(
-                "{} received the packet from {} instead of {}: pod traffic was NATed",
-                w.place_name(Place::Pod(b)),
-                got.src,
-                src
-            )),
-            Some((to, _)) => Err(format!(
-                "delivered to {} instead of {}",
-                w.place_name(to),
-                w.place_name(Place::Pod(b))
-            )),
-            None => Err(fate.to_string()),
-        };
-        (res, w.hops)
+        let c = connect(&mut w, from, pkt.clone(), &mut TakeFirst);
+        let verdict = judge(&w, &c);
+        (verdict, c.failed_leg(), w.hops)
     };
-    match walk(false) {
-        (Ok(()), hops) => (Ok(()), hops),
-        (Err(_), _) => walk(true),
+    if let (Ok(()), _, _) = run(false) {
+        return Ok(());
+    }
+    match run(true) {
+        (Ok(()), _, hops) => Err(ProbeError {
+            reason: "the probe failed without a trace, then passed: the walk is not deterministic"
+                .into(),
+            leg: None,
+            trace: hops,
+        }),
+        (Err(reason), leg, hops) => Err(ProbeError {
+            reason,
+            leg,
+            trace: hops,
+        }),
+    }
+}
+
+/// The usual judgement: the connection is established with `want`; a
+/// failed leg is reported as such.
+fn established_with(
+    w: &Walker<'_>,
+    c: &Conn,
+    want: Place,
+    check_seen: impl Fn(&Packet) -> Result<(), String>,
+) -> Result<(), String> {
+    match c.server() {
+        Some((to, _)) if to != want => Err(format!(
+            "the request was delivered to {} instead of {}",
+            w.place_name(to),
+            w.place_name(want)
+        )),
+        Some((_, seen)) => {
+            if let Err(e) = check_seen(seen) {
+                return Err(match c {
+                    Conn::ReplyFailed { reason, .. } => {
+                        format!("{e}; and the reply was lost too: {reason}")
+                    }
+                    _ => e,
+                });
+            }
+            match c {
+                Conn::Established { .. } => Ok(()),
+                other => Err(other.to_string()),
+            }
+        }
+        None => Err(c.to_string()),
+    }
+}
+
+/// A pod-to-pod connection: established with the right pod, which saw the
+/// sender's own pod IP.
+fn pod_conn(world: &World, a: PodId, b: PodId, len: u32) -> Result<(), ProbeError> {
+    let (src, dst) = (world.pods[a].ip, world.pods[b].ip);
+    let mut pkt = Packet::tcp(src, 40000 + a as u16 % 20000, dst, POD_PORT);
+    pkt.len = len;
+    probe(world, Place::Pod(a), &pkt, |w, c| {
+        established_with(w, c, Place::Pod(b), |seen| {
+            if seen.src == src {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} received the request from {} instead of {}: pod traffic was NATed",
+                    w.place_name(Place::Pod(b)),
+                    seen.src,
+                    src
+                ))
+            }
+        })
+    })
+}
+
+fn cell_of(e: &ProbeError) -> Cell {
+    match e.leg {
+        Some(Leg::Reply) => Cell::ReplyFails,
+        _ => Cell::RequestFails,
     }
 }
 
@@ -254,7 +456,16 @@ pub fn pod_to_pod(inp: &CheckInput<'_>) -> (CheckResult, Option<Matrix>) {
     let mut c = Collector::default();
     let n = world.nodes.len();
     let small = n <= 32;
-    let mut ok = vec![vec![true; n]; n];
+    let mut cells = vec![vec![Cell::Reaches; n]; n];
+    let mark = |cells: &mut Vec<Vec<Cell>>, a: NodeId, b: NodeId, cell: Cell| {
+        if small {
+            for (p, q) in inp.classes.expand(a, b) {
+                if cells[p][q] == Cell::Reaches {
+                    cells[p][q] = cell;
+                }
+            }
+        }
+    };
     for (a, b, weight) in inp.classes.node_pairs(true) {
         let (pa, pb) = (pods_on(world, a), pods_on(world, b));
         if pa.is_empty() || pb.len() < if a == b { 2 } else { 1 } {
@@ -266,45 +477,54 @@ pub fn pod_to_pod(inp: &CheckInput<'_>) -> (CheckResult, Option<Matrix>) {
         } else {
             (pa[0], pb[0])
         };
-        let (res, hops) = probe_pod(world, x, y, 60);
-        match res {
+        match pod_conn(world, x, y, 60) {
             Ok(()) => c.pass(weight),
             Err(e) => {
-                c.fail(
-                    weight,
-                    e,
-                    format!("{} → {}", world.nodes[a].name, world.nodes[b].name),
-                    &hops,
-                );
-                if small {
-                    for (p, q) in inp.classes.expand(a, b) {
-                        ok[p][q] = false;
-                    }
-                }
+                mark(&mut cells, a, b, cell_of(&e));
+                let first = format!("{} → {}", pod_label(world, x), pod_label(world, y));
+                c.fail(weight, e, first, pair_group(inp, a, b));
+            }
+        }
+    }
+    // A pod reaches its own IP (delivered inside its namespace).
+    for (a, weight) in inp.classes.nodes() {
+        let Some(&x) = pods_on(world, a).first() else {
+            continue;
+        };
+        match pod_conn(world, x, x, 60) {
+            Ok(()) => c.pass(weight),
+            Err(e) => {
+                mark(&mut cells, a, a, cell_of(&e));
+                let first = format!("{} → its own IP {}", pod_label(world, x), world.pods[x].ip);
+                c.fail(weight, e, first, pair_group(inp, a, a));
             }
         }
     }
     for (name, why) in &inp.prepared.no_pods {
         c.notes.push(format!("no test pods on {name}: {why}"));
-        if small {
-            if let Some(i) = world.nodes.iter().position(|x| &x.name == name) {
+        if let Some(i) = world.nodes.iter().position(|x| &x.name == name) {
+            if small {
                 for j in 0..n {
-                    ok[i][j] = false;
-                    ok[j][i] = false;
+                    cells[i][j] = Cell::Untested;
+                    cells[j][i] = Cell::Untested;
                 }
             }
         }
         c.fail(
             1,
-            format!("no test pods on {name}: {why}"),
+            ProbeError {
+                reason: format!("no test pods on {name}: {why}"),
+                leg: None,
+                trace: vec![],
+            },
             name.clone(),
-            &[],
+            CaseGroup::single(name.clone(), name.clone()),
         );
     }
 
     let matrix = small.then(|| Matrix {
         nodes: world.nodes.iter().map(|x| x.name.clone()).collect(),
-        ok,
+        cells,
     });
     (c.finish(CheckKind::PodToPod), matrix)
 }
@@ -317,41 +537,21 @@ fn pod_to_pod_mtu(inp: &CheckInput<'_>) -> CheckResult {
         let (Some(&x), Some(&y)) = (pa.first(), pb.first()) else {
             continue;
         };
+        // Full-size segments both ways, as a bulk transfer sends them.
         let len = world.pods[x].mtu;
-        let (res, hops) = probe_pod(world, x, y, len);
-        match res {
+        match pod_conn(world, x, y, len) {
             Ok(()) => c.pass(weight),
-            Err(e) => c.fail(
-                weight,
-                e,
-                format!(
+            Err(e) => {
+                let first = format!(
                     "{} → {} ({len} bytes)",
-                    world.nodes[a].name, world.nodes[b].name
-                ),
-                &hops,
-            ),
+                    pod_label(world, x),
+                    pod_label(world, y)
+                );
+                c.fail(weight, e, first, pair_group(inp, a, b));
+            }
         }
     }
     c.finish(CheckKind::Mtu)
-}
-
-/// Runs a probe quietly and, only if it fails, once more with the trace on.
-fn probe(
-    world: &World,
-    run: impl Fn(&mut Walker<'_>) -> Result<(), String>,
-) -> Result<(), (String, Vec<Hop>)> {
-    if run(&mut Walker::quiet(world)).is_ok() {
-        return Ok(());
-    }
-    let mut w = Walker::new(world);
-    match run(&mut w) {
-        // A probe is deterministic: the traced walk fails the same way.
-        Ok(()) => Err((
-            "the probe failed without a trace, then passed: the walk is not deterministic".into(),
-            w.hops,
-        )),
-        Err(e) => Err((e, w.hops)),
-    }
 }
 
 fn node_to_pod(inp: &CheckInput<'_>) -> CheckResult {
@@ -359,24 +559,27 @@ fn node_to_pod(inp: &CheckInput<'_>) -> CheckResult {
     let mut c = Collector::default();
     for (n, weight) in inp.classes.nodes() {
         for p in pods_on(world, n) {
-            let r = probe(world, |w| {
-                let dst = world.pods[p].ip;
-                let pkt = Packet::tcp(IpAddr::from([0, 0, 0, 0]), 50000, dst, POD_PORT);
-                let fate = single(w, Place::Node(n), pkt);
-                match fate.delivered_to() {
-                    Some((Place::Pod(q), _)) if q == p => Ok(()),
-                    Some((to, _)) => Err(format!("delivered to {} instead", w.place_name(to))),
-                    None => Err(fate.to_string()),
-                }
+            let pkt = Packet::tcp(
+                IpAddr::from([0, 0, 0, 0]),
+                50000,
+                world.pods[p].ip,
+                POD_PORT,
+            );
+            let r = probe(world, Place::Node(n), &pkt, |w, c| {
+                established_with(w, c, Place::Pod(p), |_| Ok(()))
             });
             match r {
                 Ok(()) => c.pass(weight),
-                Err((reason, hops)) => c.fail(
-                    weight,
-                    reason,
-                    format!("{} → {}", world.nodes[n].name, pod_label(world, p)),
-                    &hops,
-                ),
+                Err(e) => {
+                    let first = format!("{} → {}", world.nodes[n].name, pod_label(world, p));
+                    let to = world.pods[p].name.clone();
+                    c.fail(
+                        weight,
+                        e,
+                        first,
+                        node_group(inp, n, format!("own pod {to}")),
+                    );
+                }
             }
         }
     }
@@ -397,26 +600,41 @@ fn services(inp: &CheckInput<'_>) -> CheckResult {
         .map(|s| s.endpoints.iter().copied().collect())
         .collect();
     for (n, weight) in inp.classes.nodes() {
-        let Some(&pod) = pods_on(world, n).first() else {
-            continue;
-        };
-        for (svc, want) in inp.prepared.services.iter().zip(&wanted) {
-            if svc.proto == Proto::Udp && svc.name == "kube-dns" {
-                // One protocol is enough to prove the DNS VIP; TCP is checked.
-                continue;
-            }
-            let ex = format!(
-                "{} → {} ({}:{})",
-                pod_label(world, pod),
-                svc.key(),
-                svc.cluster_ip,
-                svc.port
-            );
-            match service_probe(world, pod, svc, want, false) {
-                Ok(()) => c.pass(weight),
-                Err(_) => {
-                    let (reason, hops) = service_probe(world, pod, svc, want, true).err().unwrap_or_else(|| ("the probe failed without a trace, then passed: the walk is not deterministic".into(), vec![]));
-                    c.fail(weight, reason, ex, &hops);
+        // From a pod on the node, and from the node itself.
+        let mut clients: Vec<(Place, IpAddr, String)> = Vec::new();
+        if let Some(&pod) = pods_on(world, n).first() {
+            clients.push((Place::Pod(pod), world.pods[pod].ip, pod_label(world, pod)));
+        }
+        clients.push((
+            Place::Node(n),
+            IpAddr::from([0, 0, 0, 0]),
+            world.nodes[n].name.clone(),
+        ));
+        for (from, src, label) in &clients {
+            for (svc, want) in inp.prepared.services.iter().zip(&wanted) {
+                let first = format!(
+                    "{label} → {} ({}:{})",
+                    svc_label(svc),
+                    svc.cluster_ip,
+                    svc.port
+                );
+                match service_probe(world, *from, *src, svc, want, false) {
+                    Ok(()) => c.pass(weight),
+                    Err(_) => {
+                        let e = service_probe(world, *from, *src, svc, want, true)
+                            .err()
+                            .unwrap_or(ProbeError {
+                                reason: "the probe failed without a trace, then passed: the walk is not deterministic".into(),
+                                leg: None,
+                                trace: vec![],
+                            });
+                        let mut group = node_group(inp, n, svc_label(svc));
+                        if let Place::Pod(_) = from {
+                            group.from =
+                                group.from.iter().map(|f| format!("pods on {f}")).collect();
+                        }
+                        c.fail(weight, e, first, group);
+                    }
                 }
             }
         }
@@ -424,17 +642,18 @@ fn services(inp: &CheckInput<'_>) -> CheckResult {
     c.finish(CheckKind::Services)
 }
 
-/// Every path from `pod` to the Service's VIP, over all `statistic` branches:
-/// the set of endpoints reached must be the Service's endpoints, and a
-/// Service without endpoints must be rejected.
+/// Every connection from `from` to the Service's VIP, over all `statistic`
+/// branches: the set of endpoints reached by established connections must
+/// be the Service's endpoints, and a Service without endpoints must be
+/// rejected.
 fn service_probe(
     world: &World,
-    pod: PodId,
+    from: Place,
+    src: IpAddr,
     svc: &ServiceDef,
     want: &BTreeSet<(IpAddr, u16)>,
     traced: bool,
-) -> Result<(), (String, Vec<Hop>)> {
-    let src = world.pods[pod].ip;
+) -> Result<(), ProbeError> {
     let outcomes = explore(MAX_PATHS, |br| {
         let mut w = if traced {
             Walker::new(world)
@@ -443,22 +662,29 @@ fn service_probe(
         };
         let mut pkt = Packet::tcp(src, 41000, svc.cluster_ip, svc.port);
         pkt.proto = svc.proto;
-        let fate = w.send(Place::Pod(pod), pkt, br);
-        (fate, w.hops)
+        let conn = connect(&mut w, from, pkt, br);
+        (conn, w.hops)
     })
-    .map_err(|e| (format!("Service {}: {e}", svc.key()), vec![]))?;
+    .map_err(|e| ProbeError {
+        reason: format!("Service {}: {e}", svc.key()),
+        leg: None,
+        trace: vec![],
+    })?;
     let mut reached: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
     let mut first_trace: Option<Vec<Hop>> = None;
-    let mut problem: Option<String> = None;
+    let mut problem: Option<(String, Option<Leg>)> = None;
     let mut rejected = false;
     for o in outcomes {
-        let (fate, hops) = o.value;
-        match fate {
-            Fate::Delivered { to, packet } => {
-                let ep = (packet.dst, packet.dport);
-                let right_place = match to {
-                    Place::Pod(q) => world.pods[q].ip == packet.dst,
-                    Place::Node(m) => world.nodes[m].is_local(packet.dst),
+        let (conn, hops) = o.value;
+        match &conn {
+            Conn::RequestFailed {
+                fate: Fate::Rejected { .. },
+            } if want.is_empty() => rejected = true,
+            Conn::Established { server, seen } => {
+                let ep = (seen.dst, seen.dport);
+                let right_place = match server {
+                    Place::Pod(q) => world.pods[*q].ip == seen.dst,
+                    Place::Node(m) => world.nodes[*m].is_local(seen.dst),
                     _ => false,
                 };
                 if right_place && want.contains(&ep) {
@@ -467,17 +693,23 @@ fn service_probe(
                         first_trace = Some(hops);
                     }
                 } else if problem.is_none() {
-                    problem = Some(format!(
-                        "reached {}:{} which is not an endpoint",
-                        packet.dst, packet.dport
+                    problem = Some((
+                        format!(
+                            "reached {}:{} which is not an endpoint",
+                            seen.dst, seen.dport
+                        ),
+                        None,
                     ));
                     first_trace = Some(hops);
                 }
             }
-            Fate::Rejected { .. } if want.is_empty() => rejected = true,
             other => {
                 if problem.is_none() {
-                    problem = Some(other.to_string());
+                    let via = other
+                        .server()
+                        .map(|(_, seen)| format!(" (through endpoint {}:{})", seen.dst, seen.dport))
+                        .unwrap_or_default();
+                    problem = Some((format!("{other}{via}"), other.failed_leg()));
                     first_trace = Some(hops);
                 }
             }
@@ -487,34 +719,50 @@ fn service_probe(
     if want.is_empty() {
         return match (rejected, problem) {
             (true, None) => Ok(()),
-            (_, p) => Err((
-                format!(
-                    "Service {} has no endpoints and must be rejected, but: {}",
-                    svc.key(),
-                    p.unwrap_or_else(|| "it was not rejected".into())
-                ),
-                trace,
-            )),
+            (_, p) => {
+                let (what, leg) = p.unwrap_or_else(|| ("it was not rejected".into(), None));
+                Err(ProbeError {
+                    reason: format!(
+                        "Service {} has no endpoints and must be rejected, but: {what}",
+                        svc.key()
+                    ),
+                    leg,
+                    trace,
+                })
+            }
         };
     }
-    if let Some(p) = problem {
-        return Err((format!("Service {}: {p}", svc.key()), trace));
+    if let Some((p, leg)) = problem {
+        return Err(ProbeError {
+            reason: format!("Service {}: {p}", svc.key()),
+            leg,
+            trace,
+        });
     }
     if &reached != want {
         let missing: Vec<String> = want
             .difference(&reached)
             .map(|(i, p)| format!("{i}:{p}"))
             .collect();
-        return Err((
-            format!(
+        return Err(ProbeError {
+            reason: format!(
                 "Service {} never reaches endpoints {}",
                 svc.key(),
                 missing.join(", ")
             ),
+            leg: None,
             trace,
-        ));
+        });
     }
     Ok(())
+}
+
+/// A Service port as the report names it: UDP ports say so.
+fn svc_label(svc: &ServiceDef) -> String {
+    match svc.proto {
+        Proto::Udp => format!("{}/udp", svc.key()),
+        _ => svc.key(),
+    }
 }
 
 fn pod_label(world: &World, p: PodId) -> String {
@@ -528,37 +776,44 @@ fn egress(inp: &CheckInput<'_>) -> CheckResult {
     let world = inp.world;
     let s = inp.scenario;
     let mut c = Collector::default();
+    if world.underlay.router_ip.is_none() {
+        c.notes.push(
+            "egress not checked: the scenario declares no network.gateway, so nothing outside the underlay exists"
+                .into(),
+        );
+        return c.finish(CheckKind::Egress);
+    }
+    let out = world.underlay.outside_ip;
     for (n, weight) in inp.classes.nodes() {
         let Some(&pod) = pods_on(world, n).first() else {
             continue;
         };
-        let out = world.underlay.outside_ip;
-        let r = probe(world, |w| {
-            let src = world.pods[pod].ip;
-            let fate = single(w, Place::Pod(pod), Packet::tcp(src, 42000, out, 80));
-            let seen = match fate.delivered_to() {
-                Some((Place::Outside, got)) => got.clone(),
-                _ => return Err(fate.to_string()),
-            };
-            let node_ip = world.nodes[n].ip;
-            if s.network.masquerade && seen.src != node_ip {
-                return Err(format!("the outside host saw source {} instead of the node IP {node_ip}: not masqueraded", seen.src));
-            }
-            // The reply: conntrack must translate it back to the pod.
-            let fate = single(w, Place::Outside, seen.reply());
-            match fate.delivered_to() {
-                Some((Place::Pod(q), got)) if q == pod && got.dst == src => Ok(()),
-                _ => Err(format!("the reply did not come back to the pod: {fate}")),
-            }
+        let src = world.pods[pod].ip;
+        let node_ip = world.nodes[n].ip;
+        let pkt = Packet::tcp(src, 42000, out, 80);
+        let r = probe(world, Place::Pod(pod), &pkt, |w, c| {
+            established_with(w, c, Place::Outside, |seen| {
+                if s.network.masquerade && seen.src != node_ip {
+                    Err(format!(
+                        "the outside host saw source {} instead of the node IP {node_ip}: not masqueraded",
+                        seen.src
+                    ))
+                } else {
+                    Ok(())
+                }
+            })
         });
         match r {
             Ok(()) => c.pass(weight),
-            Err((reason, hops)) => c.fail(
-                weight,
-                reason,
-                format!("{} → outside {out}:80", pod_label(world, pod)),
-                &hops,
-            ),
+            Err(e) => {
+                let first = format!("{} → outside {out}:80", pod_label(world, pod));
+                c.fail(
+                    weight,
+                    e,
+                    first,
+                    node_group(inp, n, format!("outside {out}:80")),
+                );
+            }
         }
     }
     c.finish(CheckKind::Egress)
@@ -571,38 +826,44 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
     let port = s.security.model.apiserver_port();
     let master = s.master_ip;
     for (n, weight) in inp.classes.nodes() {
-        let r = probe(world, |w| {
-            let fate = single(
-                w,
-                Place::Node(n),
-                Packet::tcp(IpAddr::from([0, 0, 0, 0]), 43000, master, port),
-            );
-            match fate.delivered_to() {
-                Some((Place::Node(m), _))
+        let pkt = Packet::tcp(IpAddr::from([0, 0, 0, 0]), 43000, master, port);
+        let r = probe(world, Place::Node(n), &pkt, |w, c| {
+            let answered = c.established().is_some_and(|(to, _)| {
+                matches!(to, Place::Node(m)
                     if world.nodes[m].ip == master
                         && world.nodes[m]
                             .listeners
                             .get(&(Proto::Tcp, port))
-                            .is_some_and(|l| l.process == "kube-apiserver") =>
-                {
-                    Ok(())
-                }
-                _ => Err(format!(
-                    "the apiserver at {master}:{port} does not answer: {fate}"
-                )),
+                            .is_some_and(|l| l.process == "kube-apiserver"))
+            });
+            if answered {
+                Ok(())
+            } else {
+                let _ = w;
+                Err(format!(
+                    "the apiserver at {master}:{port} does not answer: {c}"
+                ))
             }
         });
         match r {
             Ok(()) => c.pass(weight),
-            Err((reason, hops)) => c.fail(
-                weight,
-                reason,
-                format!("{} → {master}:{port}", world.nodes[n].name),
-                &hops,
-            ),
+            Err(e) => {
+                let first = format!("{} → {master}:{port}", world.nodes[n].name);
+                c.fail(
+                    weight,
+                    e,
+                    first,
+                    node_group(inp, n, format!("{master}:{port}")),
+                );
+            }
         }
     }
     // Health endpoints of every control-plane component and etcd member.
+    let health_failure = |reason: String| ProbeError {
+        reason,
+        leg: None,
+        trace: vec![],
+    };
     for (i, node) in s.control_plane_nodes() {
         let checks: [(&str, Result<(), String>); 3] = [
             (
@@ -623,21 +884,22 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
                 Ok(()) => c.pass(1),
                 Err(e) => c.fail(
                     1,
-                    format!("{comp} on {} is not healthy: {e}", node.name),
+                    health_failure(format!("{comp} on {} is not healthy: {e}", node.name)),
                     node.name.clone(),
-                    &[],
+                    CaseGroup::single(node.name.clone(), comp.to_string()),
                 ),
             }
         }
     }
     for &m in &s.etcd.members {
+        let name = world.nodes[m].name.clone();
         match crate::components::health(&world.nodes[m], s, "etcd") {
             Ok(()) => c.pass(1),
             Err(e) => c.fail(
                 1,
-                format!("etcd on {} is not healthy: {e}", world.nodes[m].name),
-                world.nodes[m].name.clone(),
-                &[],
+                health_failure(format!("etcd on {name} is not healthy: {e}")),
+                name.clone(),
+                CaseGroup::single(name, "etcd".into()),
             ),
         }
     }

@@ -109,6 +109,14 @@ impl Classes {
         v
     }
 
+    /// The nodes `n` stands for as a representative: its class, or itself when odd.
+    pub fn members(&self, n: NodeId) -> Vec<NodeId> {
+        match self.class_of[n] {
+            Some(c) => self.classes[c].clone(),
+            None => vec![n],
+        }
+    }
+
     /// The ordered node pairs a representative pair stands for.
     pub fn expand(&self, a: NodeId, b: NodeId) -> Vec<(NodeId, NodeId)> {
         match (self.class_of[a], self.class_of[b]) {
@@ -179,7 +187,7 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
         // whole range can single out peers: this node must be checked one by one.
         let l = len.unwrap_or(ip_bits(ip));
         let narrower = |r: ipnet::IpNet| r.contains(&ip) && l > r.prefix_len();
-        if narrower(cluster) || (narrower(underlay) && ip != world.underlay.router_ip) {
+        if narrower(cluster) || (narrower(underlay) && Some(ip) != world.underlay.router_ip) {
             odd.set(true);
         }
         out.push_str(tok);

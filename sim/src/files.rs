@@ -111,7 +111,7 @@ pub fn unit_exec_start(unit: &str) -> Option<Vec<String>> {
 pub fn env_value(text: &str, key: &str) -> Option<String> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-        .last()
+        .next_back()
         .map(|v| v.trim().trim_matches('"').trim_matches('\'').to_string())
 }
 

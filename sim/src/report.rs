@@ -3,11 +3,29 @@
 
 use crate::checks::{CheckResult, Matrix};
 use crate::classes::Classes;
+use crate::walk::Hop;
 use crate::Simulated;
 use kscratch_core::plan::Plan;
 use kscratch_core::scenario::Scenario;
 use serde::Serialize;
 use std::fmt;
+
+/// Failing cases shown per failure in the text report (the JSON lists all).
+const EXAMPLES: usize = 5;
+
+/// Writes a trace of one or both legs, each under its own heading.
+pub fn write_trace(f: &mut fmt::Formatter<'_>, hops: &[Hop], indent: &str) -> fmt::Result {
+    let w = hops.iter().map(|h| h.at.len()).max().unwrap_or(0);
+    let mut leg = None;
+    for h in hops {
+        if leg != Some(h.leg) {
+            leg = Some(h.leg);
+            writeln!(f, "{indent}{} trace:", h.leg.name())?;
+        }
+        writeln!(f, "{indent}  {:<w$}  {}", h.at, h.what)?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -153,7 +171,7 @@ impl fmt::Display for Report {
             writeln!(f)?;
             writeln!(
                 f,
-                "pod-to-pod matrix (row: from, column: to; `.` reaches, `X` fails):"
+                "pod-to-pod matrix (row: from, column: to; `.` connects, `X` the request fails, `R` the reply fails, `-` not probed):"
             )?;
             let w = m.nodes.iter().map(|n| n.len()).max().unwrap_or(4) + 3;
             write!(f, "  {:w$}", "")?;
@@ -161,10 +179,10 @@ impl fmt::Display for Report {
                 write!(f, " {j:>2}")?;
             }
             writeln!(f)?;
-            for (i, row) in m.ok.iter().enumerate() {
+            for (i, row) in m.cells.iter().enumerate() {
                 write!(f, "  {:<w$}", format!("{i:>2} {}", m.nodes[i]))?;
-                for ok in row {
-                    write!(f, " {:>2}", if *ok { "." } else { "X" })?;
+                for cell in row {
+                    write!(f, " {:>2}", cell.symbol())?;
                 }
                 writeln!(f)?;
             }
@@ -175,25 +193,27 @@ impl fmt::Display for Report {
             writeln!(f, "failures:")?;
             for c in failing {
                 for fl in &c.failures {
-                    writeln!(f, "  [{}] {}", c.kind.name(), fl.reason)?;
+                    let leg = fl
+                        .leg
+                        .map(|l| format!(" ({} leg)", l.name()))
+                        .unwrap_or_default();
+                    writeln!(f, "  [{}]{leg} {}: {}", c.kind.name(), fl.first, fl.reason)?;
+                    let shown: Vec<String> = fl
+                        .cases
+                        .iter()
+                        .flat_map(|g| g.first(EXAMPLES))
+                        .take(EXAMPLES)
+                        .collect();
                     writeln!(
                         f,
-                        "    {} case{}: {}{}",
+                        "    {} failing case{} like it: {}{}",
                         fl.count,
                         if fl.count == 1 { "" } else { "s" },
-                        fl.examples.join(", "),
-                        if fl.count > fl.examples.len() {
-                            ", ..."
-                        } else {
-                            ""
-                        }
+                        shown.join(", "),
+                        if fl.count > shown.len() { ", ..." } else { "" }
                     )?;
                     if !fl.trace.is_empty() {
-                        writeln!(f, "    trace:")?;
-                        let w = fl.trace.iter().map(|h| h.at.len()).max().unwrap_or(0);
-                        for h in &fl.trace {
-                            writeln!(f, "      {:<w$}  {}", h.at, h.what)?;
-                        }
+                        write_trace(f, &fl.trace, "    ")?;
                     }
                 }
             }

@@ -103,9 +103,16 @@ pub struct Lookup {
 impl RouteTable {
     /// Longest-prefix match for `dst`.
     pub fn lookup(&self, dst: IpAddr) -> Option<Lookup> {
+        self.lookup_with(dst, |_| true)
+    }
+
+    /// Longest-prefix match for `dst` over the routes whose device is
+    /// usable: the kernel flushes the IPv4 routes of a link set down, so a
+    /// down link's routes are skipped as if gone.
+    pub fn lookup_with(&self, dst: IpAddr, usable: impl Fn(&str) -> bool) -> Option<Lookup> {
         let mut best: Option<(u8, Route)> = None;
         for r in &self.local {
-            if r.kind != RouteType::Unicast {
+            if r.kind != RouteType::Unicast || r.dev.as_deref().is_some_and(|d| !usable(d)) {
                 continue;
             }
             let (net, len) = match r.dst {
@@ -119,7 +126,7 @@ impl RouteTable {
                 best = Some((len, r.clone()));
             }
         }
-        if let Some(sh) = &self.shared {
+        if let Some(sh) = self.shared.as_ref().filter(|sh| usable(sh.mode.dev())) {
             if let Some(i) = sh.table.find(dst) {
                 if Some(i) != sh.own
                     && !sh.removed.contains(&i)
@@ -171,7 +178,17 @@ impl RouteTable {
     }
 }
 
-fn shared_route(sh: &SharedRoutes, i: usize) -> Route {
+impl PodRouteMode {
+    /// The device the pod routes go out of.
+    pub fn dev(&self) -> &str {
+        match self {
+            PodRouteMode::Underlay { dev } | PodRouteMode::Overlay { dev } => dev,
+        }
+    }
+}
+
+/// Entry `i` of the shared table as this node's `ip route` lists it.
+pub fn shared_route(sh: &SharedRoutes, i: usize) -> Route {
     let e = &sh.table.entries[i];
     let mut r = Route::new(RouteDst::Net(e.pod_cidr));
     match &sh.mode {

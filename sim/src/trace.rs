@@ -2,21 +2,24 @@
 //!
 //! Endpoints: `NODE`, `NODE:PORT`, `NODE/POD` (`probe-a`, `probe-b`,
 //! `coredns`), `svc:NAMESPACE/NAME[:PORT]`, `IP:PORT`, and `outside`.
-//! A Service destination is explored over every `statistic` branch.
+//! A Service destination is explored over every `statistic` branch. Each
+//! path is a whole connection: the request, then the reply of whoever
+//! received it, both printed hop by hop.
 
 use crate::netfilter::explore;
 use crate::packet::{Packet, Proto};
 use crate::prepare::POD_PORT;
-use crate::walk::{Fate, Hop, Place, Walker};
+use crate::walk::{connect, source_address, Conn, Hop, Place, Walker};
 use crate::Simulated;
 use serde::Serialize;
 use std::net::IpAddr;
 
-/// One path a packet can take, with its probability.
+/// One path a connection can take, with its probability.
 #[derive(Debug, Clone, Serialize)]
 pub struct TracePath {
     pub probability: f64,
-    pub fate: Fate,
+    pub conn: Conn,
+    /// Both legs, each hop marked with its leg.
     pub hops: Vec<Hop>,
 }
 
@@ -28,9 +31,17 @@ pub struct Trace {
     pub paths: Vec<TracePath>,
 }
 
+impl Trace {
+    /// True when every path connects (`kscratch trace` exits 0).
+    pub fn connected(&self) -> bool {
+        self.paths.iter().all(|p| p.conn.established().is_some())
+    }
+}
+
 /// Where a trace starts.
 pub fn source(sim: &Simulated, text: &str) -> Result<(Place, IpAddr), String> {
     if text == "outside" {
+        no_outside(sim)?;
         return Ok((Place::Outside, sim.world.underlay.outside_ip));
     }
     match text.split_once('/') {
@@ -72,6 +83,7 @@ pub fn destination(
 ) -> Result<(IpAddr, u16, Proto), String> {
     let w = &sim.world;
     if text == "outside" {
+        no_outside(sim)?;
         return Ok((w.underlay.outside_ip, 80, proto));
     }
     if let Some(svc) = text.strip_prefix("svc:") {
@@ -128,6 +140,16 @@ pub fn destination(
     Ok((w.nodes[n].ip, 10250, proto))
 }
 
+fn no_outside(sim: &Simulated) -> Result<(), String> {
+    match sim.world.underlay.router_ip {
+        Some(_) => Ok(()),
+        None => Err(
+            "there is no `outside`: the scenario declares no network.gateway, so nothing lies beyond the underlay"
+                .into(),
+        ),
+    }
+}
+
 fn unknown_node(sim: &Simulated, name: &str) -> String {
     let names: Vec<&str> = sim.world.nodes.iter().map(|n| n.name.as_str()).collect();
     match kscratch_core::diag::did_you_mean(name, names.iter().copied()) {
@@ -160,16 +182,22 @@ pub fn trace(sim: &Simulated, from: &str, to: &str, proto: Proto) -> Result<Trac
     let (dst, dport, proto) = destination(sim, to, proto)?;
     let mut pkt = Packet::tcp(src, 45000, dst, dport);
     pkt.proto = proto;
+    if let Place::Node(n) = place {
+        // Shown as the kernel sends it: the source the route picks.
+        if let Ok(src) = source_address(&sim.world, n, dst) {
+            pkt.src = src;
+        }
+    }
     let paths = explore(crate::checks::MAX_PATHS, |br| {
         let mut w = Walker::new(&sim.world);
-        let fate = w.send(place, pkt.clone(), br);
-        (fate, w.hops)
+        let conn = connect(&mut w, place, pkt.clone(), br);
+        (conn, w.hops)
     })
     .map_err(|e| e.to_string())?
     .into_iter()
     .map(|o| TracePath {
         probability: o.probability,
-        fate: o.value.0,
+        conn: o.value.0,
         hops: o.value.1,
     })
     .collect();
@@ -189,11 +217,8 @@ impl std::fmt::Display for Trace {
             if many {
                 writeln!(f, "\npath {} (probability {:.4}):", i + 1, p.probability)?;
             }
-            let w = p.hops.iter().map(|h| h.at.len()).max().unwrap_or(0);
-            for h in &p.hops {
-                writeln!(f, "  {:<w$}  {}", h.at, h.what)?;
-            }
-            writeln!(f, "  => {}", p.fate)?;
+            crate::report::write_trace(f, &p.hops, "")?;
+            writeln!(f, "  => {}", p.conn)?;
         }
         Ok(())
     }

@@ -3,6 +3,15 @@
 //! underlay, VXLAN encapsulation, the router — recording a trace that names
 //! the node, interface, route and iptables rule responsible for each turn.
 //!
+//! A reachability verdict is a *connection* ([`connect`]): the request, then
+//! the reply sent back by whoever received it, walked through the same
+//! conntrack state (so NAT is undone on the way back), with routing and
+//! netfilter on every hop of both legs. The kernel's quieter rules are
+//! followed: source address selection for local packets, re-routing after
+//! NAT in OUTPUT, local delivery of local addresses, routes flushed from a
+//! link set down, reverse-path filtering (`rp_filter`), and the receiving
+//! interface's MTU.
+//!
 //! Not modelled: ARP timing, TCP state beyond conntrack, fragmentation (a
 //! packet larger than a link's MTU with DF set is dropped, as the kernel does
 //! after sending ICMP "fragmentation needed"), ICMP errors as packets.
@@ -26,9 +35,29 @@ pub enum Place {
     Outside,
 }
 
+/// Which half of a connection a hop belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Leg {
+    /// From the client to the server (the SYN, the DNS query).
+    Request,
+    /// From the server back to the client (the SYN-ACK, the DNS answer).
+    Reply,
+}
+
+impl Leg {
+    pub fn name(self) -> &'static str {
+        match self {
+            Leg::Request => "request",
+            Leg::Reply => "reply",
+        }
+    }
+}
+
 /// One line of a trace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Hop {
+    pub leg: Leg,
     /// `node-1`, `pod node-1/probe-a`, `underlay`, `router`, `outside`.
     pub at: String,
     pub what: String,
@@ -65,6 +94,14 @@ pub struct Walker<'w> {
     /// The inner packet of a VXLAN frame in flight, until the remote end decapsulates it.
     inner: Option<Packet>,
     trace: bool,
+    leg: Leg,
+    /// Client sockets of connections started on a node: (node, the place
+    /// that owns the socket, the tuple as the socket sees it). A reply that
+    /// matches one is accepted by it, not by a listener.
+    sockets: Vec<(NodeId, Place, crate::packet::Tuple)>,
+    /// Set when a node routed a packet past a pod route the plan installs
+    /// but the node lacks: the real cause, named when the packet is lost.
+    detour: Option<String>,
 }
 
 /// Guard against routing loops: a real packet's TTL.
@@ -80,6 +117,9 @@ impl<'w> Walker<'w> {
             budget: TTL,
             inner: None,
             trace: true,
+            leg: Leg::Request,
+            sockets: Vec::new(),
+            detour: None,
         }
     }
 
@@ -94,6 +134,7 @@ impl<'w> Walker<'w> {
 
     fn hop(&mut self, at: impl Into<String>, what: impl Into<String>) {
         self.hops.push(Hop {
+            leg: self.leg,
             at: at.into(),
             what: what.into(),
         });
@@ -112,9 +153,28 @@ impl<'w> Walker<'w> {
     }
 
     /// Sends `pkt` from `from`, following it until it is delivered or lost.
-    pub fn send(&mut self, from: Place, pkt: Packet, branches: &mut dyn Branches) -> Fate {
+    /// A node's packet with an unspecified source gets one by the kernel's
+    /// rule first (see [`source_address`]).
+    pub fn send(&mut self, from: Place, mut pkt: Packet, branches: &mut dyn Branches) -> Fate {
         self.budget = TTL;
+        self.detour = None;
         let at = self.place_name(from);
+        if let Place::Node(n) = from {
+            if pkt.src.is_unspecified() {
+                match source_address(self.world, n, pkt.dst) {
+                    Ok(src) => pkt.src = src,
+                    Err(reason) => {
+                        let at = self.world.nodes[n].name.clone();
+                        if self.trace {
+                            self.hop(at.clone(), format!("send {pkt}"));
+                        }
+                        let reason = self.with_detour_of(n, pkt.dst, reason);
+                        self.hop(at.clone(), format!("DROP: {reason}"));
+                        return Fate::Dropped { at, reason };
+                    }
+                }
+            }
+        }
         if self.trace {
             self.hop(at, format!("send {pkt}"));
         }
@@ -122,15 +182,31 @@ impl<'w> Walker<'w> {
             Place::Pod(p) => self.from_pod(p, pkt, branches),
             Place::Node(n) => self.local_out(n, pkt, branches),
             Place::Router => self.router(pkt, branches),
-            Place::Outside => {
-                if self.trace {
-                    self.hop(
-                        "outside",
-                        format!("default route via router {}", self.world.underlay.router_ip),
-                    );
+            Place::Outside => match self.world.underlay.router_ip {
+                Some(r) => {
+                    if self.trace {
+                        self.hop("outside", format!("default route via router {r}"));
+                    }
+                    self.router(pkt, branches)
                 }
-                self.router(pkt, branches)
-            }
+                None => Fate::Dropped {
+                    at: "outside".into(),
+                    reason: "nothing is outside: the scenario declares no network.gateway".into(),
+                },
+            },
+        };
+        // A packet lost after a node routed it past a missing pod route was
+        // lost because of that route: say so first.
+        let fate = match (fate, self.detour.take()) {
+            (Fate::Dropped { at, reason }, Some(d)) => Fate::Dropped {
+                at,
+                reason: format!("{d}; then {reason}"),
+            },
+            (Fate::Rejected { at, reason }, Some(d)) => Fate::Rejected {
+                at,
+                reason: format!("{d}; then {reason}"),
+            },
+            (f, _) => f,
         };
         // The trace ends where the packet did.
         match &fate {
@@ -141,6 +217,41 @@ impl<'w> Walker<'w> {
         fate
     }
 
+    /// When node `n` has no route of its own for `dst` although the plan
+    /// installs one (a pod route removed from it), the sentence naming it.
+    fn missing_pod_route(&self, n: NodeId, dst: IpAddr) -> Option<String> {
+        let node = &self.world.nodes[n];
+        let sh = node.routes.shared.as_ref()?;
+        let i = sh.table.find(dst)?;
+        if !sh.removed.contains(&i) {
+            return None;
+        }
+        let e = &sh.table.entries[i];
+        Some(format!(
+            "{} has no route to {} ({}'s pod CIDR; the plan installs `{}`)",
+            node.name,
+            e.pod_cidr,
+            e.node,
+            crate::routes::shared_route(sh, i).emit()
+        ))
+    }
+
+    fn with_detour_of(&self, n: NodeId, dst: IpAddr, reason: String) -> String {
+        match self.missing_pod_route(n, dst) {
+            Some(d) => format!("{d}; {reason}"),
+            None => reason,
+        }
+    }
+
+    /// Records that node `n` routes `dst` past a missing pod route, if it does.
+    fn note_detour(&mut self, n: NodeId, dst: IpAddr) {
+        if self.detour.is_none() {
+            self.detour = self.missing_pod_route(n, dst);
+        }
+    }
+
+    // "From" the pod, as the packet travels: not a conversion constructor.
+    #[allow(clippy::wrong_self_convention)]
     fn from_pod(&mut self, p: PodId, pkt: Packet, br: &mut dyn Branches) -> Fate {
         let pod = &self.world.pods[p];
         let name = self.place_name(Place::Pod(p));
@@ -155,6 +266,16 @@ impl<'w> Walker<'w> {
                     pkt.len, pod.mtu
                 ),
             };
+        }
+        if pkt.dst == pod.ip {
+            // The pod's own address is local in its namespace: delivered over its `lo`.
+            if self.trace {
+                self.hop(
+                    name,
+                    format!("{} is the pod's own address: delivered over lo", pkt.dst),
+                );
+            }
+            return self.deliver(Place::Pod(p), pkt);
         }
         let on_link = ipnet::IpNet::new(pod.ip, pod.prefix)
             .map(|n| n.trunc().contains(&pkt.dst))
@@ -324,10 +445,23 @@ impl<'w> Walker<'w> {
                 reason: "the node is down".into(),
             };
         }
+        if let Some(l) = node.links.get(in_if).filter(|l| !l.up) {
+            return Fate::Dropped {
+                at: node.name.clone(),
+                reason: format!("{} is down on {}: it receives nothing", l.name, node.name),
+            };
+        }
         if let Some(f) = self.nf(n, Hook::Prerouting, Some(in_if), None, &mut pkt, br) {
             return f;
         }
         let node = &self.world.nodes[n];
+        // The input routing decision validates the source (fib_validate_source).
+        if let Some(reason) = rp_filter_drop(node, in_if, pkt.src) {
+            return Fate::Dropped {
+                at: node.name.clone(),
+                reason,
+            };
+        }
         if node.is_local(pkt.dst) {
             if let Some(f) = self.nf(n, Hook::Input, Some(in_if), None, &mut pkt, br) {
                 return f;
@@ -343,12 +477,18 @@ impl<'w> Walker<'w> {
                 ),
             };
         }
-        let Some(route) = node.routes.lookup(pkt.dst) else {
+        let Some(route) = route_lookup(node, pkt.dst) else {
+            let reason = self.with_detour_of(
+                n,
+                pkt.dst,
+                format!("no route to {} in {}'s routing table", pkt.dst, node.name),
+            );
             return Fate::Dropped {
                 at: node.name.clone(),
-                reason: format!("no route to {} in {}'s routing table", pkt.dst, node.name),
+                reason,
             };
         };
+        self.note_detour(n, pkt.dst);
         let at = node.name.clone();
         if self.trace {
             self.hop(at, format!("route {}", route.route.emit()));
@@ -393,6 +533,17 @@ impl<'w> Walker<'w> {
                 }
             }
         }
+        let tuple = pkt.tuple().reversed();
+        if let Some(&(_, owner, _)) = self.sockets.iter().find(|(m, _, t)| *m == n && *t == tuple) {
+            if self.trace {
+                let at = node.name.clone();
+                self.hop(
+                    at,
+                    format!("the client socket {}:{} accepts it", pkt.dst, pkt.dport),
+                );
+            }
+            return self.deliver(owner, pkt);
+        }
         match node.listeners.get(&(pkt.proto, pkt.dport)) {
             Some(l)
                 if l.addr.is_none()
@@ -430,7 +581,9 @@ impl<'w> Walker<'w> {
         }
     }
 
-    /// A packet a process on node `n` sends.
+    /// A packet a process on node `n` sends: routed (the route also picks
+    /// the source address), OUTPUT, re-routed if NAT in OUTPUT changed the
+    /// destination, then POSTROUTING and out.
     fn local_out(&mut self, n: NodeId, mut pkt: Packet, br: &mut dyn Branches) -> Fate {
         let node = &self.world.nodes[n];
         if !node.up {
@@ -443,17 +596,20 @@ impl<'w> Walker<'w> {
             if pkt.src.is_unspecified() {
                 pkt.src = pkt.dst;
             }
-            for hook in [Hook::Output, Hook::Postrouting, Hook::Input] {
-                if let Some(f) = self.nf(n, hook, Some("lo"), Some("lo"), &mut pkt, br) {
-                    return f;
-                }
-            }
-            return self.local_in(n, pkt, br);
+            return self.loopback(n, pkt, br);
         }
-        let Some(route) = node.routes.lookup(pkt.dst) else {
+        let Some(route) = route_lookup(node, pkt.dst) else {
+            let reason = self.with_detour_of(
+                n,
+                pkt.dst,
+                format!(
+                    "no route to {} in {}'s routing table (connect fails: Network is unreachable)",
+                    pkt.dst, node.name
+                ),
+            );
             return Fate::Dropped {
                 at: node.name.clone(),
-                reason: format!("no route to {} in {}'s routing table", pkt.dst, node.name),
+                reason,
             };
         };
         if pkt.src.is_unspecified() {
@@ -463,24 +619,89 @@ impl<'w> Walker<'w> {
                 .or_else(|| node.primary_addr(&route.dev))
                 .unwrap_or(node.ip);
         }
+        let before = pkt.dst;
         if let Some(f) = self.nf(n, Hook::Output, None, Some(&route.dev), &mut pkt, br) {
             return f;
         }
-        // OUTPUT DNAT (a node reaching a Service VIP) re-routes the packet.
         let node = &self.world.nodes[n];
-        let route = if crate::routes::covers(&route.route, pkt.dst) {
+        let route = if pkt.dst == before {
             route
         } else {
-            node.routes.lookup(pkt.dst).unwrap_or(route)
+            // NAT in OUTPUT changed the destination: the kernel routes the
+            // packet again (ip_route_me_harder), the source stays.
+            if node.is_local(pkt.dst) {
+                if self.trace {
+                    let at = node.name.clone();
+                    self.hop(at, format!("re-routed after OUTPUT: {} is local", pkt.dst));
+                }
+                return self.loopback_after_output(n, pkt, br);
+            }
+            let Some(again) = route_lookup(node, pkt.dst) else {
+                let reason = self.with_detour_of(
+                    n,
+                    pkt.dst,
+                    format!(
+                        "no route to {} in {}'s routing table (after OUTPUT changed the destination from {before})",
+                        pkt.dst, node.name
+                    ),
+                );
+                return Fate::Dropped {
+                    at: node.name.clone(),
+                    reason,
+                };
+            };
+            if self.trace {
+                let at = node.name.clone();
+                self.hop(at, format!("re-routed after OUTPUT to {}", pkt.dst));
+            }
+            again
         };
-        if node.is_local(pkt.dst) {
-            return self.local_in(n, pkt, br);
-        }
+        self.note_detour(n, pkt.dst);
         let at = node.name.clone();
         if self.trace {
             self.hop(at, format!("route {}", route.route.emit()));
         }
         self.transmit(n, &route.dev, route.next_hop, pkt, br)
+    }
+
+    /// A packet to one of the node's own addresses: OUTPUT, POSTROUTING and
+    /// INPUT on `lo`, then the socket.
+    fn loopback(&mut self, n: NodeId, mut pkt: Packet, br: &mut dyn Branches) -> Fate {
+        let before = pkt.dst;
+        if let Some(f) = self.nf(n, Hook::Output, Some("lo"), Some("lo"), &mut pkt, br) {
+            return f;
+        }
+        if pkt.dst != before && !self.world.nodes[n].is_local(pkt.dst) {
+            // DNAT in OUTPUT sent a local packet elsewhere: route it.
+            let node = &self.world.nodes[n];
+            let Some(route) = route_lookup(node, pkt.dst) else {
+                return Fate::Dropped {
+                    at: node.name.clone(),
+                    reason: format!(
+                        "no route to {} in {}'s routing table (after OUTPUT changed the destination from {before})",
+                        pkt.dst, node.name
+                    ),
+                };
+            };
+            if self.trace {
+                let at = node.name.clone();
+                self.hop(
+                    at,
+                    format!("re-routed after OUTPUT: route {}", route.route.emit()),
+                );
+            }
+            return self.transmit(n, &route.dev, route.next_hop, pkt, br);
+        }
+        self.loopback_after_output(n, pkt, br)
+    }
+
+    fn loopback_after_output(&mut self, n: NodeId, mut pkt: Packet, br: &mut dyn Branches) -> Fate {
+        for hook in [Hook::Postrouting, Hook::Input] {
+            if let Some(f) = self.nf(n, hook, Some("lo"), Some("lo"), &mut pkt, br) {
+                return f;
+            }
+        }
+        self.local_in(n, pkt, br)
     }
 
     /// POSTROUTING, then out of `dev` towards `next_hop`.
@@ -649,12 +870,35 @@ impl<'w> Walker<'w> {
         match self.world.owners.get(&next_hop) {
             Some(Owner::Node(m)) => {
                 let m = *m;
-                let eth = self.world.nodes[m]
-                    .links
-                    .values()
-                    .find(|l| l.kind == LinkKind::Ether)
-                    .map(|l| l.name.clone())
-                    .unwrap_or_else(|| "eth0".into());
+                let node = &self.world.nodes[m];
+                let Some(eth) = node.links.values().find(|l| {
+                    l.kind == LinkKind::Ether && l.addrs.iter().any(|a| a.addr() == node.ip)
+                }) else {
+                    return Fate::Dropped {
+                        at: node.name.clone(),
+                        reason: format!("{} has no interface on the underlay", node.name),
+                    };
+                };
+                if node.up && !eth.up {
+                    return Fate::Dropped {
+                        at: node.name.clone(),
+                        reason: format!(
+                            "{} is down on {}: it receives nothing",
+                            eth.name, node.name
+                        ),
+                    };
+                }
+                if node.up && pkt.len > eth.mtu {
+                    // A NIC drops frames longer than its MTU, DF or not.
+                    return Fate::Dropped {
+                        at: node.name.clone(),
+                        reason: format!(
+                            "a frame of {} bytes exceeds the MTU {} of {} on {}",
+                            pkt.len, eth.mtu, eth.name, node.name
+                        ),
+                    };
+                }
+                let eth = eth.name.clone();
                 self.node_in(m, &eth, pkt, br)
             }
             Some(Owner::Router) => self.router(pkt, br),
@@ -707,6 +951,65 @@ fn is_loopback(ip: IpAddr) -> bool {
     ip.is_loopback()
 }
 
+/// The route the kernel picks on `node` for `dst`: longest prefix over the
+/// routes whose device exists and is up.
+pub fn route_lookup(node: &Node, dst: IpAddr) -> Option<crate::routes::Lookup> {
+    node.routes
+        .lookup_with(dst, |dev| node.links.get(dev).is_some_and(|l| l.up))
+}
+
+/// The source address the kernel gives a packet that node `n` sends to
+/// `dst` from an unbound socket: `dst` itself for a local address, else the
+/// route's preferred source (`src`), else the primary address of the route's
+/// device. No route: the connect fails (ENETUNREACH).
+pub fn source_address(world: &World, n: NodeId, dst: IpAddr) -> Result<IpAddr, String> {
+    let node = &world.nodes[n];
+    if node.is_local(dst) {
+        return Ok(dst);
+    }
+    let route = route_lookup(node, dst).ok_or_else(|| {
+        format!(
+            "no route to {dst} in {}'s routing table (connect fails: Network is unreachable)",
+            node.name
+        )
+    })?;
+    Ok(route
+        .route
+        .src
+        .or_else(|| node.primary_addr(&route.dev))
+        .unwrap_or(node.ip))
+}
+
+/// The reverse-path filter (`net.ipv4.conf.{all,IFACE}.rp_filter`, the
+/// larger value wins): strict (1) drops a packet whose source is not routed
+/// back out of the interface it came in on; loose (2) drops it only when the
+/// source is not routable at all. Some(reason) when the packet is dropped.
+fn rp_filter_drop(node: &Node, in_if: &str, src: IpAddr) -> Option<String> {
+    let level = |k: &str| {
+        node.sysctl(&format!("net.ipv4.conf.{k}.rp_filter"))
+            .and_then(|v| v.parse::<u8>().ok())
+            .unwrap_or(0)
+    };
+    let mode = level("all").max(level(in_if));
+    if mode == 0 || in_if == "lo" || node.is_local(src) {
+        return None;
+    }
+    let back = route_lookup(node, src);
+    match (mode, back) {
+        (1, Some(r)) if r.dev != in_if => Some(format!(
+            "rp_filter=1 (strict) on {}: {src} arrived on {in_if}, but the route back to it is `{}` (dev {})",
+            node.name,
+            r.route.emit(),
+            r.dev
+        )),
+        (_, None) => Some(format!(
+            "rp_filter={mode} on {}: there is no route back to the source {src}",
+            node.name
+        )),
+        _ => None,
+    }
+}
+
 impl fmt::Display for Fate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -727,10 +1030,137 @@ impl LocalAddresses for Node {
     }
 }
 
-/// What a TCP client at `from` would observe connecting to `dst:dport`: the
-/// place that accepted and the source address it saw, if the handshake
-/// completes (the SYN is delivered and the SYN-ACK comes back to `from`
-/// through conntrack's reverse NAT); None if either direction is lost.
+/// A connection's verdict: the request, then the reply of whoever received
+/// it, walked through the same conntrack state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
+pub enum Conn {
+    /// The request reached `server` looking like `seen`, and the reply came
+    /// back to the client with the addresses and ports it expects.
+    Established { server: Place, seen: Packet },
+    /// The request was lost or refused on the way.
+    RequestFailed { fate: Fate },
+    /// The request reached `server`, but no acceptable reply came back.
+    ReplyFailed {
+        server: Place,
+        seen: Packet,
+        reason: String,
+    },
+}
+
+impl Conn {
+    pub fn established(&self) -> Option<(Place, &Packet)> {
+        match self {
+            Conn::Established { server, seen } => Some((*server, seen)),
+            _ => None,
+        }
+    }
+
+    /// Where the request ended up, when it was delivered (whatever the reply did).
+    pub fn server(&self) -> Option<(Place, &Packet)> {
+        match self {
+            Conn::Established { server, seen } | Conn::ReplyFailed { server, seen, .. } => {
+                Some((*server, seen))
+            }
+            Conn::RequestFailed { .. } => None,
+        }
+    }
+
+    /// The leg that failed, if one did.
+    pub fn failed_leg(&self) -> Option<Leg> {
+        match self {
+            Conn::Established { .. } => None,
+            Conn::RequestFailed { .. } => Some(Leg::Request),
+            Conn::ReplyFailed { .. } => Some(Leg::Reply),
+        }
+    }
+}
+
+impl fmt::Display for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Conn::Established { seen, .. } => {
+                write!(
+                    f,
+                    "connected: the request arrived as {seen}, the reply came back"
+                )
+            }
+            Conn::RequestFailed { fate } => write!(f, "the request was {fate}"),
+            Conn::ReplyFailed { reason, .. } => write!(f, "the reply was lost: {reason}"),
+        }
+    }
+}
+
+/// Runs one connection from `from`: the request `pkt` (a node's unspecified
+/// source is chosen by the kernel's rule), then the reply the receiver sends
+/// back, through the conntrack state the request left. The hops of both legs
+/// accumulate on `w`, marked by [`Leg`].
+pub fn connect(w: &mut Walker<'_>, from: Place, mut pkt: Packet, br: &mut dyn Branches) -> Conn {
+    let world = w.world;
+    let client_node = match from {
+        Place::Node(n) => Some(n),
+        Place::Pod(p) if world.pods[p].host_network => Some(world.pods[p].node),
+        _ => None,
+    };
+    if let Some(n) = client_node {
+        if pkt.src.is_unspecified() {
+            if let Ok(src) = source_address(world, n, pkt.dst) {
+                pkt.src = src;
+            }
+        }
+        w.sockets.push((n, from, pkt.tuple()));
+    }
+    w.leg = Leg::Request;
+    let fate = w.send(from, pkt.clone(), br);
+    let (server, seen) = match fate {
+        Fate::Delivered { to, packet } => (to, packet),
+        fate => {
+            w.leg = Leg::Request;
+            return Conn::RequestFailed { fate };
+        }
+    };
+    w.leg = Leg::Reply;
+    let back = w.send(server, seen.reply(), br);
+    w.leg = Leg::Request;
+    let reason = match back {
+        Fate::Delivered { to, packet } if to == from => {
+            let expected = pkt.reply();
+            if packet.src == expected.src
+                && packet.sport == expected.sport
+                && packet.dst == expected.dst
+                && packet.dport == expected.dport
+            {
+                return Conn::Established { server, seen };
+            }
+            format!(
+                "{} got the reply from {}:{} to {}:{}, but expects {}:{} to {}:{}: it drops it (the reply was not translated back)",
+                w.place_name(from),
+                packet.src,
+                packet.sport,
+                packet.dst,
+                packet.dport,
+                expected.src,
+                expected.sport,
+                expected.dst,
+                expected.dport
+            )
+        }
+        Fate::Delivered { to, .. } => format!(
+            "delivered to {} instead of the client {}",
+            w.place_name(to),
+            w.place_name(from)
+        ),
+        fate => fate.to_string(),
+    };
+    Conn::ReplyFailed {
+        server,
+        seen,
+        reason,
+    }
+}
+
+/// What a TCP client at `from` observes connecting to `dst:dport`: the place
+/// that accepted and the source address it saw, if the handshake completes.
 /// This is what a real probe (socat) on the testbed reports.
 pub fn tcp_connect(
     world: &World,
@@ -742,12 +1172,7 @@ pub fn tcp_connect(
 ) -> Option<(Place, IpAddr)> {
     let mut w = Walker::quiet(world);
     let syn = Packet::tcp(src, 46000, dst, dport);
-    let (to, seen) = match w.send(from, syn, branches) {
-        Fate::Delivered { to, packet } => (to, packet),
-        _ => return None,
-    };
-    match w.send(to, seen.reply(), &mut crate::netfilter::TakeFirst) {
-        Fate::Delivered { to: back, .. } if back == from => Some((to, seen.src)),
-        _ => None,
-    }
+    connect(&mut w, from, syn, branches)
+        .established()
+        .map(|(to, seen)| (to, seen.src))
 }

@@ -34,10 +34,12 @@ pub enum Owner {
 pub struct Underlay {
     pub prefix: IpNet,
     pub mtu: u32,
-    pub router_ip: IpAddr,
+    /// The underlay's gateway (`network.gateway`), if the machines have one.
+    pub router_ip: Option<IpAddr>,
     /// Pod CIDR → node IP routes on the router (`fabric` mode): the cloud route table.
     pub fabric_routes: BTreeMap<IpNet, IpAddr>,
-    /// A host outside the cluster, for egress checks; it listens on every port.
+    /// A host outside the cluster, behind the router, for egress checks; it
+    /// listens on every port. It exists only when there is a router.
     pub outside_ip: IpAddr,
 }
 

@@ -2654,16 +2654,16 @@ fn offer_match(
     opt: &str,
     i: usize,
     negated: bool,
-    cur: &mut Cursor,
+    cur: &mut Cursor<'_>,
 ) -> Result<Offer, ParseError> {
-    let no_neg = |cur: &Cursor| -> Result<(), ParseError> {
+    let no_neg = |cur: &Cursor<'_>| -> Result<(), ParseError> {
         if negated {
             Err(cur.err(i, format!("! is not allowed before {opt}")))
         } else {
             Ok(())
         }
     };
-    let dup = |cur: &Cursor| cur.err(i, format!("multiple {opt} flags not allowed"));
+    let dup = |cur: &Cursor<'_>| cur.err(i, format!("multiple {opt} flags not allowed"));
     match m {
         PendingMatch::Ports(_, p) => {
             let slot = match opt {
@@ -3030,9 +3030,9 @@ fn offer_target(
     opt: &str,
     i: usize,
     negated: bool,
-    cur: &mut Cursor,
+    cur: &mut Cursor<'_>,
 ) -> Result<Offer, ParseError> {
-    let check = |cur: &Cursor, already: bool| -> Result<(), ParseError> {
+    let check = |cur: &Cursor<'_>, already: bool| -> Result<(), ParseError> {
         if negated {
             return Err(cur.err(i, format!("! is not allowed before {opt}")));
         }
@@ -3611,7 +3611,7 @@ COMMIT
         ]
     }
 
-    fn arb_neg<T: std::fmt::Debug + Clone>(
+    fn arb_neg<T: fmt::Debug + Clone>(
         s: impl Strategy<Value = T>,
     ) -> impl Strategy<Value = Negatable<T>> {
         (any::<bool>(), s).prop_map(|(negated, value)| Negatable { negated, value })
@@ -3637,7 +3637,7 @@ COMMIT
             .prop_map(|(sport, dport)| PortMatch { sport, dport })
     }
 
-    fn arb_set<T: Ord + Copy + std::fmt::Debug + 'static>(
+    fn arb_set<T: Ord + Copy + fmt::Debug + 'static>(
         all: &'static [T],
     ) -> impl Strategy<Value = BTreeSet<T>> {
         proptest::sample::subsequence(all, 1..=all.len().min(3))

@@ -913,7 +913,7 @@ impl Builder<'_> {
         action: Action,
         deps: &[StepRef],
     ) -> StepRef {
-        self.push(Target::Local, key, phase, action, &deps)
+        self.push(Target::Local, key, phase, action, deps)
     }
 
     /// A per-node certificate, issued on the operator's machine; its id is

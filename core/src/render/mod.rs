@@ -216,15 +216,15 @@ pub fn render(
         Asset::StaticPod(c) => pods::render(s, node, c)?,
         Asset::KubeletConfig => kubelet::render_kubelet(s, need_node(node, asset)?)?,
         Asset::KubeProxyConfig => kubelet::render_kube_proxy(s, need_node(node, asset)?)?,
-        Asset::Unit(service) => units::unit(s, node, service)?,
+        Asset::Unit(service) => unit(s, node, service)?,
         Asset::DockerDefaults => match &s.runtime {
-            Runtime::Docker(_) => units::docker_defaults(s),
+            Runtime::Docker(_) => docker_defaults(s),
             Runtime::Containerd => {
                 return Err(not_applicable(asset, "the container runtime is containerd"))
             }
         },
         Asset::ContainerdConfig => match &s.runtime {
-            Runtime::Containerd => units::containerd_config(s),
+            Runtime::Containerd => containerd_config(s),
             Runtime::Docker(_) => {
                 return Err(not_applicable(asset, "the container runtime is docker"))
             }
@@ -232,7 +232,7 @@ pub fn render(
         Asset::CniConfig => cni::render(s, need_node(node, asset)?)?,
         Asset::DnsAddon => dns::render(s)?,
         Asset::ClusterAdminsBinding => rbac::cluster_admins_binding()?,
-        Asset::LogRotate => units::logrotate(s),
+        Asset::LogRotate => logrotate(s),
     };
     Ok(text.into_bytes())
 }

@@ -9,7 +9,7 @@ pub fn routed_yaml(nodes: usize, pod_traffic: &str) -> String {
     let mut y = String::with_capacity(nodes * 64 + 512);
     let _ = write!(
         y,
-        "cluster:\n  name: scale\n  kubernetesVersion: \"1.30.4\"\nnetwork:\n  nodeCIDR: 10.0.0.0/8\n  clusterCIDR: 100.64.0.0/10\n  nodePrefix: 24\n  serviceCIDR: 172.16.0.0/12\n  podTraffic: {pod_traffic}\nnodes:\n"
+        "cluster:\n  name: scale\n  kubernetesVersion: \"1.30.4\"\nnetwork:\n  nodeCIDR: 10.0.0.0/8\n  gateway: 10.255.255.254\n  clusterCIDR: 100.64.0.0/10\n  nodePrefix: 24\n  serviceCIDR: 172.16.0.0/12\n  podTraffic: {pod_traffic}\nnodes:\n"
     );
     for i in 0..nodes {
         let ip = 0x0a00_0001u32 + i as u32;

@@ -93,6 +93,11 @@ pub struct Network {
     pub bridge: String,
     /// The node's underlay interface (routes and vxlan use it).
     pub interface: String,
+    /// The underlay's default gateway, when the machines have one: every node
+    /// came with `default via GATEWAY dev IFACE`, and in `fabric` mode it is
+    /// the router holding the pod routes. None: the nodes have no default
+    /// route (nothing outside the underlay is reachable).
+    pub gateway: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -93,6 +93,7 @@ pub struct RawNetwork {
     pub underlay_mtu: Option<u32>,
     pub bridge: Option<String>,
     pub interface: Option<String>,
+    pub gateway: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -300,6 +300,44 @@ pub(super) fn validate(
         );
     }
     let mode = net.pod_traffic.unwrap_or(RawPodTraffic::Routed);
+    let gateway = net
+        .gateway
+        .as_deref()
+        .and_then(|g| parse_ip(&mut r, "network.gateway", g));
+    if let Some(g) = gateway {
+        if let Some(i) = nodes.iter().position(|n| n.ip == g) {
+            r.error(
+                "network.gateway",
+                format!("{g} is the address of node `{}`", nodes[i].name),
+                Some("the gateway is the underlay's router, not one of the nodes".into()),
+            );
+        }
+        if let Some(c) = node_cidr.filter(|c| !c.contains(&g)) {
+            r.error(
+                "network.gateway",
+                format!("{g} is outside network.nodeCIDR {c}"),
+                Some("a default gateway must be on the nodes' own network".into()),
+            );
+        }
+        for (path, range) in [
+            ("network.clusterCIDR", cluster_cidr),
+            ("network.serviceCIDR", service_cidr),
+        ] {
+            if let Some(c) = range.filter(|c| c.contains(&g)) {
+                r.error(
+                    "network.gateway",
+                    format!("{g} is inside {path} {c}"),
+                    Some("the gateway is an underlay address".into()),
+                );
+            }
+        }
+    } else if mode == RawPodTraffic::Fabric {
+        r.error(
+            "network.podTraffic",
+            "`fabric` pod traffic needs network.gateway: the router that holds the pod routes",
+            Some("add `gateway: <the underlay router's IP>` under network".into()),
+        );
+    }
     let pod_traffic = match mode {
         RawPodTraffic::Routed => PodTraffic::Routed,
         RawPodTraffic::Fabric => PodTraffic::Fabric,
@@ -557,7 +595,7 @@ pub(super) fn validate(
     }
     // Count what the user listed: a typo'd member is still a member they meant.
     let count = raw.etcd.members.as_ref().map_or(members.len(), Vec::len);
-    if count > 0 && count % 2 == 0 {
+    if count > 0 && count.is_multiple_of(2) {
         r.error("etcd.members", format!("{count} etcd members: an even count tolerates no more failures than {} and makes a split vote possible", count - 1), Some(format!("use {} or {} members", count - 1, count + 1)));
     } else if count > 5 {
         r.error(
@@ -747,6 +785,7 @@ pub(super) fn validate(
                     pod_mtu,
                     bridge,
                     interface,
+                    gateway,
                 },
                 security: Security {
                     model,
