@@ -157,6 +157,21 @@ pub fn plan(s: &Scenario) -> Plan {
         if vx.is_some() {
             checks.push(PreflightCheck::KernelModule { name: "vxlan" });
         }
+        // What this release's kubelet refuses to start without (core/data/host.tsv).
+        for req in crate::release::host_requirements(s.version.minor) {
+            let name: &'static str = &req.name;
+            let source: &'static str = &req.source;
+            match name {
+                "cgroup-v2" if s.kubelet.fail_cgroup_v1 == Some(false) => {}
+                "cgroup-v2" => checks.push(PreflightCheck::CgroupV2 { source }),
+                "swap-off" => checks.push(PreflightCheck::SwapOff { source }),
+                _ => {
+                    if let Some(m) = name.strip_prefix("module:") {
+                        checks.push(PreflightCheck::KernelModule { name: m });
+                    }
+                }
+            }
+        }
         if is_cp {
             checks.push(PreflightCheck::PortFree {
                 port: s.security.model.apiserver_port(),

@@ -918,3 +918,50 @@ fn render_parsers_report_the_offending_token() {
     assert_eq!(flag_value(&a, "b"), Some("true"));
     assert_eq!(flag_value(&a, "c"), None);
 }
+
+#[test]
+fn render_1_35_requires_cgroup_v2_unless_fail_cgroup_v1_is_false() {
+    use crate::plan::{Action, PreflightCheck};
+    let checks = |s: &Scenario| -> Vec<PreflightCheck> {
+        crate::plan::plan(s)
+            .steps
+            .iter()
+            .find_map(|st| match &st.action {
+                Action::Preflight { checks } => Some(checks.clone()),
+                _ => None,
+            })
+            .expect("a preflight step")
+    };
+    let cg = |c: &[PreflightCheck]| {
+        c.iter()
+            .any(|c| matches!(c, PreflightCheck::CgroupV2 { .. }))
+    };
+    let swap = |c: &[PreflightCheck]| {
+        c.iter()
+            .any(|c| matches!(c, PreflightCheck::SwapOff { .. }))
+    };
+    let s35 = at_version("1.35", "");
+    let c = checks(&s35);
+    assert!(cg(&c) && swap(&c));
+    assert!(c.contains(&PreflightCheck::KernelModule {
+        name: "br_netfilter"
+    }));
+    let c34 = checks(&at_version("1.34", ""));
+    assert!(!cg(&c34) && swap(&c34));
+    assert!(!swap(&checks(&seed())), "1.6 kubelets run with swap");
+    // Explicitly off: no cgroup v2 check, the setting is written, and validation warns.
+    let yaml = "cluster:\n  name: t\n  kubernetesVersion: \"1.35.0\"\nnodes:\n  - name: m\n    ip: 10.9.0.2\nkubelet:\n  failCgroupV1: false\n";
+    let l = crate::load("t.yaml", yaml, None).expect("valid");
+    assert!(l
+        .warnings
+        .warnings()
+        .any(|w| w.message.contains("no longer supports cgroup v1")));
+    assert!(!cg(&checks(&l.scenario)));
+    let cfg: KubeletConfiguration =
+        serde_yaml::from_str(&text(&l.scenario, Some(0), Asset::KubeletConfig)).expect("parses");
+    assert_eq!(cfg.fail_cgroup_v1, Some(false));
+    // Before 1.31 the field does not exist.
+    let old = yaml.replace("1.35.0", "1.30.0");
+    let e = crate::load("t.yaml", &old, None).expect_err("invalid");
+    assert!(e.to_string().contains("failCgroupV1 arrived"), "{e}");
+}

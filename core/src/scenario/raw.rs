@@ -28,6 +28,8 @@ pub struct RawScenario {
     pub images: RawImages,
     #[serde(default)]
     pub binaries: RawBinaries,
+    #[serde(default)]
+    pub kubelet: RawKubelet,
     /// What-if faults applied by `kscratch check` after the plan has run.
     #[serde(default)]
     pub faults: Vec<String>,
@@ -196,6 +198,15 @@ pub struct RawImages {
     pub registry: Option<String>,
     pub hyperkube: Option<bool>,
     pub etcd: Option<String>,
+}
+
+/// Kubelet settings a scenario may state explicitly.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawKubelet {
+    /// KubeletConfiguration `failCgroupV1` (1.31+): `false` lets a 1.35+
+    /// kubelet start on a cgroup v1 host.
+    pub fail_cgroup_v1: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -682,6 +682,27 @@ pub(super) fn validate(
         hyperkube,
     };
 
+    // Host requirements (core/data/host.tsv): cgroup v2 from 1.35 unless
+    // the scenario says failCgroupV1: false, explicitly and with a warning.
+    match raw.kubelet.fail_cgroup_v1 {
+        Some(_) if version.is_some() && v.minor < 31 => r.error(
+            "kubelet.failCgroupV1",
+            format!("failCgroupV1 arrived in the KubeletConfiguration in Kubernetes 1.31 (KEP-4569); this scenario is {v}"),
+            Some("remove it: older kubelets run on cgroup v1".into()),
+        ),
+        Some(false) if v.minor >= 35 => r.warn(
+            "kubelet.failCgroupV1",
+            format!("Kubernetes {v} no longer supports cgroup v1 (KEP-5573): with failCgroupV1: false its kubelet starts on a cgroup v1 host, and preflight skips the cgroup v2 check"),
+            Some("move the nodes to cgroup v2 and drop this setting".into()),
+        ),
+        None if version.is_some() && v.minor >= 35 => r.warn(
+            "cluster.kubernetesVersion",
+            format!("the kubelet of Kubernetes {v} refuses to start on cgroup v1 hosts (failCgroupV1 defaults to true, KEP-5573): preflight requires cgroup v2 on every node; the real-kernel testbed runs no kubelet and does not prove it"),
+            Some("on cgroup v1 hosts, set kubelet.failCgroupV1: false (unsupported upstream)".into()),
+        ),
+        _ => {}
+    }
+
     let admission_plugins = raw.admission_plugins.clone().unwrap_or_else(|| {
         version::recommended_admission_plugins(v)
             .into_iter()
@@ -807,6 +828,9 @@ pub(super) fn validate(
                     .dir
                     .clone()
                     .unwrap_or_else(|| "kubernetes/server/bin".into()),
+                kubelet: KubeletOptions {
+                    fail_cgroup_v1: raw.kubelet.fail_cgroup_v1,
+                },
                 faults,
                 alloc,
             };
