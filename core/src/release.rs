@@ -594,9 +594,10 @@ pub fn service_account_admission_problem(
         return None;
     }
     Some(
-        "pods \"<name>\" is forbidden: error looking up service account kube-system/<name>: \
-         No API token found for service account \"<name>\", retry after the token is \
-         automatically created and added to the service account"
+        "pods are forbidden: No API token found for service account \"default\" \
+         (ServiceAccount admission, and no --service-account-private-key-file for the \
+         token controller), retry after the token is automatically created and added \
+         to the service account"
             .into(),
     )
 }

@@ -182,6 +182,14 @@ impl Sim {
                 node.binaries.insert(name.to_string());
             }
             Action::PullImage { image } => {
+                // A tag the release never published is not on the registry
+                // (core::release's image history: k8s.gcr.io's freeze, hyperkube's end).
+                if !kscratch_core::release::image_exists(scenario.version, image) {
+                    return Err(StepError::failed(format!(
+                        "{id}: failed to pull image {image}: manifest unknown (not published for Kubernetes {})",
+                        scenario.version
+                    )));
+                }
                 node.images.insert(image.clone());
             }
             Action::WriteFile { path, mode, asset } => {

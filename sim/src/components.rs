@@ -14,6 +14,7 @@ use crate::world::*;
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{Rule, Table};
 use kscratch_core::plan::{Asset, Service, MANIFEST_DIR};
+use kscratch_core::release;
 use kscratch_core::scenario::Scenario;
 use std::net::IpAddr;
 
@@ -37,7 +38,11 @@ pub fn start_service(node: &mut Node, s: &Scenario, idx: usize, name: &str) -> R
             if node.runtime.is_none() {
                 return Err("kubelet: the container runtime is not running".into());
             }
-            let _ = text;
+            // The real kubelet exits on a flag its release does not define.
+            let argv = files::unit_exec_start(&text).unwrap_or_default();
+            if let Some(e) = refused_flags("kubelet", s, &argv) {
+                return Err(format!("kubelet.service: {e}"));
+            }
             listen(node, Proto::Tcp, 10250, "kubelet", None);
             node.services
                 .insert("kubelet".into(), ServiceState { running: true });
@@ -46,8 +51,12 @@ pub fn start_service(node: &mut Node, s: &Scenario, idx: usize, name: &str) -> R
         }
         "kube-proxy" => {
             let unit = Asset::Unit(Service::KubeProxy).path();
-            files::read(node, s, idx, unit)
+            let text = files::read(node, s, idx, unit)
                 .ok_or_else(|| format!("Unit kube-proxy.service not found ({unit} is missing)"))?;
+            let argv = files::unit_exec_start(&text).unwrap_or_default();
+            if let Some(e) = refused_flags("kube-proxy", s, &argv) {
+                return Err(format!("kube-proxy.service: {e}"));
+            }
             if !node.binaries.contains("kube-proxy") {
                 return Err(
                     "kube-proxy.service: /usr/local/bin/kube-proxy: No such file or directory"
@@ -295,8 +304,18 @@ pub fn sync_static_pods(node: &mut Node, s: &Scenario, idx: usize) {
             continue;
         };
         let image_ok = node.images.iter().any(|i| text.contains(i.as_str()));
+        // A control-plane binary exits on a flag (or hyperkube command) its
+        // release does not have, before it listens on anything.
+        let refused = match name.as_str() {
+            "kube-apiserver" | "kube-controller-manager" | "kube-scheduler" => {
+                control_plane_refusal(s, &name, &argv)
+            }
+            _ => None,
+        };
         let problem = if !image_ok {
             Some(format!("image of {name} was not pulled"))
+        } else if refused.is_some() {
+            refused.clone()
         } else {
             match name.as_str() {
                 "etcd" => etcd_problem(node, &argv),
@@ -304,6 +323,7 @@ pub fn sync_static_pods(node: &mut Node, s: &Scenario, idx: usize) {
             }
         };
         match name.as_str() {
+            _ if refused.is_some() => {}
             "etcd" => listen_etcd(node, &argv),
             "kube-apiserver" => listen_apiserver(node, s, &argv),
             "kube-scheduler" => {
@@ -332,6 +352,61 @@ pub fn sync_static_pods(node: &mut Node, s: &Scenario, idx: usize) {
             },
         );
     }
+}
+
+/// The first flag of `argv` that release `s.version` of `component` refuses,
+/// as the binary says it (`unknown flag: --insecure-port`), from the upstream
+/// tables in `core/data/` (`kscratch_core::release`). Deprecated flags are
+/// accepted, as the binaries accept them (with a warning on stderr, which the
+/// simulator does not report).
+pub fn refused_flags(component: &str, s: &Scenario, argv: &[String]) -> Option<String> {
+    release::check_flags(component, s.version.minor, argv)
+        .into_iter()
+        .find(|f| f.verdict == release::Verdict::Refused)
+        .map(|f| format!("Error: {}", f.message))
+}
+
+/// A control-plane container's refusal: its hyperkube command form, then its flags.
+fn control_plane_refusal(s: &Scenario, name: &str, argv: &[String]) -> Option<String> {
+    let mut flags = argv;
+    if argv.first().map(String::as_str) == Some("/hyperkube") {
+        let sub = argv.get(1).map(String::as_str).unwrap_or("");
+        let ok = match release::release_images(s.version.minor).hyperkube {
+            release::HyperkubeForm::Short => sub == name || sub == name.trim_start_matches("kube-"),
+            release::HyperkubeForm::KubeNames => sub == name,
+            release::HyperkubeForm::None => false,
+        };
+        if !ok {
+            return Some(format!("/hyperkube {sub}: command not supported"));
+        }
+        flags = argv.get(2..).unwrap_or(&[]);
+    }
+    refused_flags(name, s, flags)
+}
+
+/// The ServiceAccount admission plugin without a signing key: the apiserver
+/// on the MASTER_IP node rejects every pod that is not static (the DNS addon
+/// among them), as the real one does. The rule is `core::release`'s.
+pub fn service_account_admission(world: &World, s: &Scenario) -> Option<String> {
+    let master = world.nodes.iter().position(|n| n.ip == s.master_ip)?;
+    let n = &world.nodes[master];
+    // Only a running apiserver admits or rejects anything.
+    if !n.static_pods.contains_key("kube-apiserver") {
+        return None;
+    }
+    let argv = |c: &str| -> Vec<String> {
+        n.static_pods
+            .get(c)
+            .and_then(|p| files::read(n, s, master, &p.manifest))
+            .and_then(|t| files::manifest_command(&t))
+            .map(|(_, a)| a)
+            .unwrap_or_default()
+    };
+    release::service_account_admission_problem(
+        s.version.minor,
+        &argv("kube-apiserver"),
+        &argv("kube-controller-manager"),
+    )
 }
 
 fn strip_binary(argv: &[String]) -> &[String] {
@@ -594,4 +669,71 @@ pub fn apiserver_health(world: &World, s: &Scenario, node: usize) -> Result<(), 
 /// Static pods live in the manifest directory.
 pub fn is_manifest(path: &str) -> bool {
     path.starts_with(MANIFEST_DIR)
+}
+
+#[cfg(test)]
+mod release_tests {
+    //! The fakes refuse what the real binaries refuse (issue 15 §4).
+    use super::*;
+
+    fn load(yaml: &str) -> Scenario {
+        kscratch_core::load("t.yaml", yaml, None)
+            .expect("valid")
+            .scenario
+    }
+
+    #[test]
+    fn control_plane_refuses_removed_flags_and_unknown_hyperkube_commands() {
+        let s = load(include_str!("../../scenarios/quickstart.yaml"));
+        let argv: Vec<String> = ["kube-apiserver", "--insecure-port=0", "--secure-port=6443"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            control_plane_refusal(&s, "kube-apiserver", &argv).as_deref(),
+            Some("Error: unknown flag: --insecure-port")
+        );
+        let seed = load(include_str!("../../scenarios/seed-era.yaml"));
+        let ok: Vec<String> = ["/hyperkube", "apiserver", "--insecure-port=8080"]
+            .map(String::from)
+            .into();
+        assert_eq!(control_plane_refusal(&seed, "kube-apiserver", &ok), None);
+        let s17 = load(&include_str!("../../scenarios/seed-era.yaml").replace("1.6.13", "1.17.3"));
+        assert_eq!(
+            control_plane_refusal(&s17, "kube-apiserver", &ok).as_deref(),
+            Some("/hyperkube apiserver: command not supported")
+        );
+    }
+
+    #[test]
+    fn service_account_admission_without_a_key_rejects_the_dns_addon() {
+        let s = load(include_str!("../../scenarios/seed-era.yaml"));
+        let plan = kscratch_core::plan::plan(&s);
+        let mut sim = crate::simulate(&s, &plan, &Default::default()).expect("simulates");
+        assert_eq!(service_account_admission(&sim.world, &s), None);
+        // The controller-manager as it was rendered before the fix: no signing key.
+        let m = sim
+            .world
+            .nodes
+            .iter()
+            .position(|n| n.ip == s.master_ip)
+            .unwrap();
+        let path = sim.world.nodes[m].static_pods["kube-controller-manager"]
+            .manifest
+            .clone();
+        let text = files::read(&sim.world.nodes[m], &s, m, &path).unwrap();
+        let stripped: String = text
+            .lines()
+            .filter(|l| !l.contains("service-account-private-key-file"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        sim.world.nodes[m].fs.files.insert(
+            path,
+            File {
+                mode: 0o644,
+                content: Content::Text(stripped),
+            },
+        );
+        let e = service_account_admission(&sim.world, &s).expect("rejected");
+        assert!(e.contains("No API token found"), "{e}");
+    }
 }

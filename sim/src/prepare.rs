@@ -64,7 +64,18 @@ pub fn prepare(world: &mut World, s: &Scenario, extra_services: usize) -> Prepar
     }
     let apiserver = components::require_apiserver(world, s);
     let mut dns_pod = None;
-    if apiserver.is_ok() && world.nodes.iter().any(|_| true) {
+    // The apiserver's admission: without a service-account signing key the
+    // ServiceAccount plugin rejects the DNS addon's pods (not the probe pods,
+    // which the test starts through the runtime, like static pods).
+    let admission = apiserver
+        .is_ok()
+        .then(|| components::service_account_admission(world, s))
+        .flatten();
+    if let Some(e) = &admission {
+        out.no_pods
+            .push(("the DNS addon (kube-system)".into(), e.clone()));
+    }
+    if apiserver.is_ok() && admission.is_none() && world.nodes.iter().any(|_| true) {
         // The DNS addon's Deployment lands on the first node that can run pods.
         if let Some(n) = (0..world.nodes.len()).find(|&n| world.pods.iter().any(|p| p.node == n)) {
             if start_pod(world, s, n, "coredns").is_ok() {
