@@ -267,6 +267,12 @@ impl<'w> Walker<'w> {
                 ),
             };
         }
+        if !self.world.nodes[pod.node].up {
+            return Fate::Dropped {
+                at: name,
+                reason: "the node is down: its pods do not run".into(),
+            };
+        }
         if pkt.dst == pod.ip {
             // The pod's own address is local in its namespace: delivered over its `lo`.
             if self.trace {
