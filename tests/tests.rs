@@ -11,6 +11,8 @@ mod formats;
 mod plan;
 /// Random and mutated scenarios never panic.
 mod proptests;
+/// What each release's real binaries accept (core/data tables) and the version matrix.
+mod release;
 /// Rendered assets: PKI, kubeconfigs, manifests, units, checked with real tools.
 mod render;
 /// The simulator: conformance, faults, traces, determinism.

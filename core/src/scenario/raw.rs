@@ -25,6 +25,7 @@ pub struct RawScenario {
     pub admission_plugins: Option<Vec<String>>,
     pub images: RawImages,
     pub binaries: RawBinaries,
+    pub kubelet: RawKubelet,
     /// What-if faults applied by `kscratch check` after the plan has run.
     pub faults: Vec<String>,
 }
@@ -165,6 +166,14 @@ pub struct RawImages {
     pub etcd: Option<String>,
 }
 
+/// Kubelet settings a scenario may state explicitly.
+#[derive(Debug, Clone, Default)]
+pub struct RawKubelet {
+    /// KubeletConfiguration `failCgroupV1` (1.31+): `false` lets a 1.35+
+    /// kubelet start on a cgroup v1 host.
+    pub fail_cgroup_v1: Option<bool>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RawBinaries {
     /// The guide's `kubernetes/server/bin`, on the machine running kscratch.
@@ -215,6 +224,7 @@ pub fn decode(root: &Node, r: &mut Reporter<'_>) -> RawScenario {
             "admissionPlugins",
             "images",
             "binaries",
+            "kubelet",
             "faults",
         ],
     ) else {
@@ -375,6 +385,15 @@ pub fn decode(root: &Node, r: &mut Reporter<'_>) -> RawScenario {
     if let Some(n) = top.get("binaries") {
         if let Some(m) = d.map(n, "binaries", &["dir"]) {
             s.binaries.dir = d.text(m.get("dir"), "binaries.dir", "dir");
+        }
+    }
+    if let Some(n) = top.get("kubelet") {
+        if let Some(m) = d.map(n, "kubelet", &["failCgroupV1"]) {
+            s.kubelet.fail_cgroup_v1 = d.bool(
+                m.get("failCgroupV1"),
+                "kubelet.failCgroupV1",
+                "failCgroupV1",
+            );
         }
     }
     s.faults = d

@@ -124,24 +124,11 @@ pub(super) fn etcd(
 }
 
 pub(super) fn default_registry(v: KubeVersion) -> &'static str {
-    // registry.k8s.io took over from k8s.gcr.io for 1.25+ (KEP-3000); k8s.gcr.io replaced gcr.io/google-containers in 1.19-era tooling.
-    if v >= KubeVersion::new(1, 25, 0) {
-        "registry.k8s.io"
-    } else if v >= KubeVersion::new(1, 19, 0) {
-        "k8s.gcr.io"
-    } else {
-        "gcr.io/google-containers"
-    }
+    crate::release::default_registry(v)
 }
 
 fn default_etcd_image(v: KubeVersion) -> String {
-    // The etcd each release was tested with (cluster/images/etcd and kubeadm's constants).
-    let tag = match v.minor {
-        ..=9 => "3.0.17",
-        10..=16 => "3.3.10",
-        17..=21 => "3.4.13-0",
-        22..=29 => "3.5.10-0",
-        _ => "3.5.16-0",
-    };
+    // The etcd kubeadm shipped with the release (core/data/images.tsv).
+    let tag = &crate::release::release_images(v.minor).etcd;
     format!("{}/etcd:{tag}", default_registry(v))
 }

@@ -41,6 +41,33 @@ pub(super) struct Ver {
     pub feat: Features,
 }
 
+/// Host requirements (core/data/host.tsv): cgroup v2 from 1.35 unless the
+/// scenario says `failCgroupV1: false`, explicitly and with a warning.
+fn host_requirements(raw: &RawScenario, ver: &Ver, r: &mut Reporter<'_>) {
+    let v = ver.v;
+    match raw.kubelet.fail_cgroup_v1 {
+        Some(_) if ver.known.is_some() && v.minor < 31 => r.error(
+            Code::Removed,
+            "kubelet.failCgroupV1",
+            format!("failCgroupV1 arrived in the KubeletConfiguration in Kubernetes 1.31 (KEP-4569); this scenario is {v}"),
+            "remove it: older kubelets run on cgroup v1",
+        ),
+        Some(false) if v.minor >= 35 => r.warn(
+            Code::Advice,
+            "kubelet.failCgroupV1",
+            format!("Kubernetes {v} no longer supports cgroup v1 (KEP-5573): with failCgroupV1: false its kubelet starts on a cgroup v1 host, and preflight skips the cgroup v2 check"),
+            "move the nodes to cgroup v2 and drop this setting",
+        ),
+        None if ver.known.is_some() && v.minor >= 35 => r.warn(
+            Code::Advice,
+            "cluster.kubernetesVersion",
+            format!("the kubelet of Kubernetes {v} refuses to start on cgroup v1 hosts (failCgroupV1 defaults to true, KEP-5573): preflight requires cgroup v2 on every node; the real-kernel testbed runs no kubelet and does not prove it"),
+            "on cgroup v1 hosts, set kubelet.failCgroupV1: false (unsupported upstream)",
+        ),
+        _ => {}
+    }
+}
+
 pub(super) fn validate(
     raw: &RawScenario,
     lock: Option<&IpamLock>,
@@ -71,6 +98,7 @@ pub(super) fn validate(
     let etcd = etcd::etcd(raw, &ver, &mut nodes.list, &cps, &mut r);
     let extras = extras::extras(raw, &ver, &runtime, &nodes.list, &mut r);
     let ipam = pod_cidrs::allocate(raw, &nodes, &net, lock, &mut r);
+    host_requirements(raw, &ver, &mut r);
 
     match (
         r.has_errors(),
@@ -124,6 +152,9 @@ pub(super) fn validate(
                 admission_plugins: extras.admission_plugins,
                 images: extras.images,
                 binaries_dir: extras.binaries_dir,
+                kubelet: KubeletOptions {
+                    fail_cgroup_v1: raw.kubelet.fail_cgroup_v1,
+                },
                 faults: extras.faults,
                 alloc: ipam.alloc,
             };

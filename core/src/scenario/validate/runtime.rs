@@ -54,6 +54,14 @@ pub(super) fn runtime(
             })
         }
         RawRuntimeKind::Containerd => {
+            if let Some(v) = ver.known.filter(|_| !ver.feat.containerd_cri) {
+                r.error(
+                    Code::Removed,
+                    "runtime.kind",
+                    format!("the kubelet talks CRI to containerd from Kubernetes 1.10 (containerd 1.1's CRI plugin); this scenario is {v}"),
+                    "use `kind: docker`",
+                );
+            }
             let note = super::default_note(r, "runtime.kind");
             for (path, set) in [
                 ("runtime.ipMasq", rt.ip_masq.is_some()),
