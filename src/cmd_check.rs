@@ -20,9 +20,10 @@ pub struct CheckArgs {
     /// the same damage on real machines.
     #[arg(long = "fault", value_name = "FAULT")]
     pub faults: Vec<String>,
-    /// Output: a readable report, or JSON for CI.
-    #[arg(long, value_enum, default_value_t = crate::Format::Text)]
-    pub format: crate::Format,
+    /// Output: a readable report, JSON, JUnit XML for CI test reporters, or
+    /// one self-contained HTML page.
+    #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+    pub format: CheckFormat,
     /// Add this many synthetic Services to the test ones (scale runs).
     #[arg(long, default_value_t = 0, hide = true)]
     pub extra_services: usize,
@@ -46,6 +47,14 @@ pub struct TraceArgs {
     pub faults: Vec<String>,
     #[arg(long, value_enum, default_value_t = crate::Format::Text)]
     pub format: crate::Format,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+    Junit,
+    Html,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -82,8 +91,11 @@ pub fn faults(
 }
 
 pub fn check(args: CheckArgs) -> Result<ExitCode, load::Error> {
-    let loaded = load::scenario(&args.scenario.scenario, args.scenario.locked)?;
-    eprint!("{}", loaded.warnings);
+    let loaded = match load::scenario_read_only(&args.scenario.scenario, args.scenario.locked) {
+        Err(e) if args.format == CheckFormat::Json => return crate::machine_error(e, false),
+        r => r?,
+    };
+    crate::diag(&loaded.warnings.to_string());
     let s = &loaded.scenario;
     let fs = faults(&args.scenario.scenario, s, &args.faults)?;
     let plan = kscratch_core::plan::plan(s);
@@ -97,8 +109,10 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, load::Error> {
     )
     .map_err(load::Error::Usage)?;
     match args.format {
-        crate::Format::Text => crate::out(&format!("{report}")),
-        crate::Format::Json => crate::out(&report.to_json()),
+        CheckFormat::Text => crate::out(&format!("{report}")),
+        CheckFormat::Json => crate::out(&crate::output::json("check", &report)),
+        CheckFormat::Junit => crate::out(&crate::report_formats::junit(&report)),
+        CheckFormat::Html => crate::out(&crate::report_formats::html(&report)),
     }
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -108,8 +122,11 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, load::Error> {
 }
 
 pub fn trace(args: TraceArgs) -> Result<ExitCode, load::Error> {
-    let loaded = load::scenario(&args.scenario.scenario, args.scenario.locked)?;
-    eprint!("{}", loaded.warnings);
+    let loaded = match load::scenario_read_only(&args.scenario.scenario, args.scenario.locked) {
+        Err(e) if args.format == crate::Format::Json => return crate::machine_error(e, false),
+        r => r?,
+    };
+    crate::diag(&loaded.warnings.to_string());
     let s = &loaded.scenario;
     let fs = faults(&args.scenario.scenario, s, &args.faults)?;
     let plan = kscratch_core::plan::plan(s);
@@ -130,10 +147,7 @@ pub fn trace(args: TraceArgs) -> Result<ExitCode, load::Error> {
         .map_err(|e| load::Error::Usage(format!("error: {e}")))?;
     match args.format {
         crate::Format::Text => crate::out(&format!("{t}")),
-        crate::Format::Json => crate::out(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&t).expect("trace serializes")
-        )),
+        crate::Format::Json => crate::out(&crate::output::json("trace", &t)),
     }
     Ok(if t.connected() {
         ExitCode::SUCCESS

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 /// Loads and plans the scenario, renders its tree into `out` and prints the report.
 pub fn run(scenario: &Path, locked: bool, out: &Path) -> Result<ExitCode, load::Error> {
     let loaded = load::scenario(scenario, locked)?;
-    eprint!("{}", loaded.warnings);
+    crate::diag(&loaded.warnings.to_string());
     let plan = kscratch_core::plan::plan(&loaded.scenario);
     match kscratch_backends::render::render_tree(&loaded.scenario, &plan, out) {
         Ok(report) => {

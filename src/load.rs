@@ -1,6 +1,8 @@
-//! Reading a scenario and its IPAM lock from disk, and writing the lock back.
+//! Reading a scenario and its IPAM lock from disk, and writing the lock back
+//! (only for the commands that hand out addresses: plan, apply, render).
 
-use kscratch_core::ipam::IpamLock;
+use kscratch_core::diag::{plural, Code};
+use kscratch_core::ipam::{IpamLock, LockChange};
 use kscratch_core::scenario::Loaded;
 use kscratch_core::Diagnostics;
 use std::path::{Path, PathBuf};
@@ -14,9 +16,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(Diagnostics),
-    #[error("error: {path}: the IPAM lock is not valid: {message}\n  hint: it is written by kscratch; restore it from version control or delete it to re-allocate")]
+    #[error("error[KS3001]: {path}: the IPAM lock is not valid: {message}\n  hint: it is written by kscratch; restore it from version control or delete it to re-allocate")]
     Lock { path: PathBuf, message: String },
-    #[error("error: {path} would change (--locked):\n{changes}  hint: run without --locked and commit the lock file")]
+    #[error("error[KS3002]: {path} would change (--locked):\n{changes}  hint: run `kscratch plan` without --locked and commit the lock file")]
     LockWouldChange { path: PathBuf, changes: String },
     /// A bad command-line argument (a fault that names no node, an unknown endpoint); the message is complete.
     #[error("{0}")]
@@ -40,8 +42,23 @@ pub fn lock_path(scenario: &Path) -> PathBuf {
     scenario.with_file_name(format!("{stem}.ipam.lock"))
 }
 
-/// Loads and validates a scenario; writes its IPAM lock when allocations changed.
+/// Whether `-v` was given: lock changes are then listed one by one.
+pub static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Loads and validates a scenario and writes its IPAM lock when allocations
+/// changed (`plan`, `apply`, `render`: the commands that hand out addresses).
 pub fn scenario(path: &Path, locked: bool) -> Result<Loaded, Error> {
+    load(path, locked, true)
+}
+
+/// Loads and validates a scenario without writing anything (`validate`,
+/// `check`, `trace`): an out-of-date lock is a warning, a missing one too.
+pub fn scenario_read_only(path: &Path, locked: bool) -> Result<Loaded, Error> {
+    load(path, locked, false)
+}
+
+/// Reads the scenario text, the lock (if any) and validates.
+pub fn read(path: &Path) -> Result<(String, Option<IpamLock>), Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.into(),
         source,
@@ -55,24 +72,88 @@ pub fn scenario(path: &Path, locked: bool) -> Result<Loaded, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => return Err(Error::Read { path: lp, source }),
     };
+    Ok((text, lock))
+}
+
+fn load(path: &Path, locked: bool, write: bool) -> Result<Loaded, Error> {
+    let (text, lock) = read(path)?;
+    let lp = lock_path(path);
     let loaded = kscratch_core::load(&path.display().to_string(), &text, lock.as_ref())
         .map_err(Error::Invalid)?;
-    if !loaded.lock_changes.is_empty() {
-        let changes: String = loaded
-            .lock_changes
-            .iter()
-            .map(|c| format!("  {c}\n"))
-            .collect();
-        if locked {
-            return Err(Error::LockWouldChange { path: lp, changes });
+    let changes = &loaded.lock_changes;
+    if !changes.is_empty() && locked {
+        let list: String = changes.iter().map(|c| format!("  {c}\n")).collect();
+        return Err(Error::LockWouldChange {
+            path: lp,
+            changes: list,
+        });
+    }
+    let verbose = VERBOSE.load(std::sync::atomic::Ordering::Relaxed);
+    if lock.is_none() {
+        let then = if write {
+            format!("commit {} (written now)", lp.display())
+        } else {
+            format!(
+                "run `kscratch plan {}` once and commit {}",
+                path.display(),
+                lp.display()
+            )
+        };
+        crate::diag(&format!(
+            "warning[{}]: {}: no IPAM lock yet: pod CIDRs follow the order of the nodes, so reordering or removing nodes would renumber them\n  hint: {then}\n",
+            Code::NoLock,
+            lp.display()
+        ));
+    }
+    if !changes.is_empty() {
+        let summary = summary(changes);
+        if write {
+            write_atomic(&lp, loaded.lock.emit().as_bytes()).map_err(|source| Error::Write {
+                path: lp.clone(),
+                source,
+            })?;
+            eprintln!("{summary}; wrote {}", lp.display());
+        } else if lock.is_some() {
+            crate::diag(&format!(
+                "warning[{}]: {} is out of date ({summary}); not written: this command only reads\n  hint: run `kscratch plan {}` to update it, and commit it\n",
+                Code::LockStale,
+                lp.display(),
+                path.display()
+            ));
         }
-        write_atomic(&lp, loaded.lock.emit().as_bytes()).map_err(|source| Error::Write {
-            path: lp.clone(),
-            source,
-        })?;
-        eprint!("wrote {}:\n{changes}", lp.display());
+        if verbose {
+            for c in changes {
+                eprintln!("  {c}");
+            }
+        }
     }
     Ok(loaded)
+}
+
+/// "allocated 3 new pod CIDRs, released 1, moved 1".
+pub fn summary(changes: &[LockChange]) -> String {
+    let (mut a, mut r, mut m) = (0, 0, 0);
+    for c in changes {
+        match c {
+            LockChange::Allocated { .. } => a += 1,
+            LockChange::Released { .. } => r += 1,
+            LockChange::Moved { .. } => m += 1,
+        }
+    }
+    let mut parts = Vec::new();
+    if a > 0 {
+        parts.push(format!(
+            "allocated {}",
+            plural(a, "new pod CIDR", "new pod CIDRs")
+        ));
+    }
+    if r > 0 {
+        parts.push(format!("released {r}"));
+    }
+    if m > 0 {
+        parts.push(format!("moved {m} to explicit pins"));
+    }
+    parts.join(", ")
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -5,6 +5,10 @@ mod cmd_apply;
 mod cmd_check;
 mod cmd_render;
 mod load;
+mod output;
+mod report_formats;
+
+pub(crate) use kscratch_core::diag::plural;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -17,18 +21,45 @@ use std::process::ExitCode;
 /// Kubernetes network model. Exit codes: 0 success, 1 a check failed,
 /// 2 invalid input.
 #[derive(Parser)]
-#[command(name = "kscratch", version, propagate_version = true)]
+#[command(name = "kscratch", version = VERSION, long_version = LONG_VERSION, propagate_version = true)]
 struct Cli {
+    /// Say more: list each IPAM lock change instead of a summary.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
+
+/// `0.1.0 (git 1a2b3c4d)`: the revision comes from build.rs, `unknown` in a tarball build.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("KSCRATCH_GIT_REV"),
+    ")"
+);
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("KSCRATCH_GIT_REV"),
+    ")\nKubernetes ",
+    env!("KSCRATCH_K8S_RANGE"),
+    " (the releases kscratch renders flags for)"
+);
 
 #[derive(Subcommand)]
 enum Command {
     /// Validate a scenario: every problem at once, with file, YAML path, line and column.
     ///
-    /// Example: kscratch validate scenarios/guide-routed.yaml
-    Validate(ScenarioArgs),
+    /// Never writes a file; an IPAM lock that is missing or out of date is a warning.
+    ///
+    /// Example: kscratch validate scenarios/guide-routed.yaml --format sarif > kscratch.sarif
+    Validate {
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// Output: readable text on stderr, a JSON document, or SARIF 2.1.0 for code-scanning UIs.
+        #[arg(long, value_enum, default_value_t = ValidateFormat::Text)]
+        format: ValidateFormat,
+    },
     /// Plan a scenario: phases, steps per node, the address allocation and a fingerprint.
     ///
     /// Example: kscratch plan scenarios/guide-routed.yaml --format json > plan.json
@@ -67,6 +98,17 @@ enum Command {
     ///
     /// Example: kscratch apply scenarios/guide-routed.yaml --known-hosts ~/.ssh/known_hosts
     Apply(cmd_apply::ApplyArgs),
+    /// Print a shell completion script.
+    ///
+    /// Example: kscratch completions bash > /etc/bash_completion.d/kscratch
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    ///
+    /// Example: kscratch man > /usr/local/share/man/man1/kscratch.1
+    Man,
 }
 
 #[derive(clap::Args)]
@@ -78,18 +120,48 @@ struct ScenarioArgs {
     locked: bool,
 }
 
-/// Report format of `check` and `trace`.
-#[derive(Clone, Copy, ValueEnum)]
+/// Report format of `trace`.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Format {
     Text,
     Json,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ValidateFormat {
+    Text,
+    Json,
+    Sarif,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum PlanFormat {
     Text,
     Json,
     Dot,
+}
+
+/// Prints diagnostics text on stderr: the severity words in colour when
+/// stderr is a terminal and `NO_COLOR` is not set (https://no-color.org).
+pub(crate) fn diag(text: &str) {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    if !colour {
+        eprint!("{text}");
+        return;
+    }
+    for line in text.split_inclusive('\n') {
+        let paint = [("error", "31"), ("warning", "33"), ("note", "36")]
+            .into_iter()
+            .find(|(w, _)| {
+                line.starts_with(&format!("{w}[")) || line.starts_with(&format!("{w}:"))
+            });
+        match paint {
+            Some((w, c)) => eprint!("\x1b[1;{c}m{w}\x1b[0m{}", &line[w.len()..]),
+            None => eprint!("{line}"),
+        }
+    }
 }
 
 /// Writes to stdout; a reader that went away (`kscratch plan | head`) ends
@@ -108,39 +180,97 @@ pub(crate) fn out(text: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    load::VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprint!("{e}");
-            if !e.to_string().ends_with('\n') {
-                eprintln!();
+            let mut text = e.to_string();
+            if !text.ends_with('\n') {
+                text.push('\n');
             }
+            diag(&text);
             ExitCode::from(2)
         }
     }
 }
 
+/// Under a machine format, an invalid scenario is a document on stdout too
+/// (exit 2): JSON diagnostics, or SARIF results. Other errors stay text.
+pub(crate) fn machine_error(e: load::Error, sarif: bool) -> Result<ExitCode, load::Error> {
+    match e {
+        load::Error::Invalid(d) => {
+            let file = d.0.first().map(|x| x.file.clone()).unwrap_or_default();
+            if sarif {
+                out(&output::sarif(&d));
+            } else {
+                out(&output::validation_json(&file, &d, None));
+            }
+            diag(&d.to_string());
+            Ok(ExitCode::from(2))
+        }
+        other => Err(other),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, load::Error> {
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kscratch", &mut buf);
+            out(&String::from_utf8_lossy(&buf));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut buf)
+                .map_err(|e| {
+                    load::Error::Usage(format!("error: cannot render the man page: {e}"))
+                })?;
+            out(&String::from_utf8_lossy(&buf));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Apply(args) => cmd_apply::run(args),
         Command::Check(args) => cmd_check::check(args),
         Command::Trace(args) => cmd_check::trace(args),
-        Command::Validate(args) => {
-            let loaded = load::scenario(&args.scenario, args.locked)?;
-            eprint!("{}", loaded.warnings);
-            out(&format!(
-                "{}: valid ({} nodes, Kubernetes {})\n",
-                args.scenario.display(),
-                loaded.scenario.nodes.len(),
-                loaded.scenario.version
-            ));
+        Command::Validate { scenario, format } => {
+            let file = scenario.scenario.display().to_string();
+            let loaded = match load::scenario_read_only(&scenario.scenario, scenario.locked) {
+                Ok(l) => l,
+                Err(e) if format != ValidateFormat::Text => {
+                    return machine_error(e, format == ValidateFormat::Sarif)
+                }
+                Err(e) => return Err(e),
+            };
+            let s = &loaded.scenario;
+            match format {
+                ValidateFormat::Text => {
+                    diag(&loaded.warnings.to_string());
+                    out(&format!(
+                        "{file}: valid ({}, Kubernetes {})\n",
+                        plural(s.nodes.len(), "node", "nodes"),
+                        s.version
+                    ));
+                }
+                ValidateFormat::Json => out(&output::validation_json(
+                    &file,
+                    &loaded.warnings,
+                    Some((s.nodes.len(), s.version.to_string())),
+                )),
+                ValidateFormat::Sarif => out(&output::sarif(&loaded.warnings)),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Render { scenario, out } => {
             cmd_render::run(&scenario.scenario, scenario.locked, &out)
         }
         Command::Plan { scenario, format } => {
-            let loaded = load::scenario(&scenario.scenario, scenario.locked)?;
+            let loaded = match load::scenario(&scenario.scenario, scenario.locked) {
+                Err(e) if format == PlanFormat::Json => return machine_error(e, false),
+                r => r?,
+            };
             let plan = kscratch_core::plan::plan(&loaded.scenario);
             match format {
                 PlanFormat::Text => {

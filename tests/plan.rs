@@ -113,8 +113,15 @@ fn seed_era_plan_follows_the_guide_for_docker() {
     ] {
         assert!(ids.iter().any(|i| i == want), "missing step {want}");
     }
-    // http-firewall: no PKI at all.
-    assert!(p.steps.iter().all(|s| s.phase != Phase::Pki));
+    // http-firewall: no certificates, only the service-account key pair that
+    // the ServiceAccount admission plugin's tokens need.
+    let pki: Vec<&str> = p
+        .steps
+        .iter()
+        .filter(|s| s.phase == Phase::Pki)
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(pki, ["pki/service-account-key"]);
 }
 
 #[test]

@@ -5,10 +5,14 @@ mod support;
 
 /// Faults: grammar, damage plans, applicability, the damage's node state.
 mod faults;
+/// CI outputs: JSON schemas, SARIF, JUnit, the HTML report in a browser, no side effects.
+mod formats;
 /// The planner on the bundled scenarios: goldens, determinism, structure.
 mod plan;
 /// Random and mutated scenarios never panic.
 mod proptests;
+/// What each release's real binaries accept (core/data tables) and the version matrix.
+mod release;
 /// Rendered assets: PKI, kubeconfigs, manifests, units, checked with real tools.
 mod render;
 /// The simulator: conformance, faults, traces, determinism.

@@ -579,8 +579,9 @@ impl Store {
             m.leaves.insert((cert, node_name), pair);
         }
 
-        // The service-account key pair: https only (the plan generates it with the PKI).
-        if !cas(s).is_empty() {
+        // The service-account key pair, for every security model: the
+        // ServiceAccount admission plugin needs tokens, and tokens need it.
+        {
             let (kp, pp) = (self.dir.join("sa.key"), self.dir.join("sa.pub"));
             match (self.read_opt(&kp)?, self.read_opt(&pp)?) {
                 (Some(k), Some(p)) => {

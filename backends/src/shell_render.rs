@@ -477,6 +477,18 @@ fn preflight(checks: &[PreflightCheck]) -> R<StepScripts> {
                     msg = q(&format!("the kernel module {name} is not available"))?
                 ));
             }
+            PreflightCheck::CgroupV2 { source } => {
+                s.push_str(&format!(
+                    "[ \"$(stat -fc %T /sys/fs/cgroup 2>/dev/null)\" = cgroup2fs ] || fail {msg}\n",
+                    msg = q(&format!("this node does not use cgroup v2 (/sys/fs/cgroup is not cgroup2fs): {source}"))?
+                ));
+            }
+            PreflightCheck::SwapOff { source } => {
+                s.push_str(&format!(
+                    "[ \"$(awk 'NR>1' /proc/swaps 2>/dev/null)\" = \"\" ] || fail {msg}\n",
+                    msg = q(&format!("swap is on (see /proc/swaps): {source}"))?
+                ));
+            }
             PreflightCheck::PortFree { port } => {
                 let listeners = format!("$(ss -Htlnp 'sport = :{port}' 2>/dev/null)");
                 match port_owner(*port) {

@@ -19,6 +19,7 @@ use crate::world::*;
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{Rule, Table};
 use kscratch_core::plan::{Asset, KubeconfigUser, Service, MANIFEST_DIR};
+use kscratch_core::release;
 use kscratch_core::render::{self as r, Argv};
 use kscratch_core::scenario::{Features, KubeVersion};
 use std::collections::BTreeMap;
@@ -48,6 +49,10 @@ pub fn start_service(node: &mut Node, name: &str) -> Result<(), String> {
             if node.runtime.is_none() {
                 return Err("kubelet: the container runtime is not running".into());
             }
+            // The real kubelet exits on a flag its release does not define.
+            if let Some(e) = refused_flags("kubelet", node.release, &argv) {
+                return Err(format!("kubelet.service: {e}"));
+            }
             // The kubelet refuses to start when its config file is unreadable.
             manifest_dir(node, &argv)?;
             let port = argv
@@ -62,6 +67,9 @@ pub fn start_service(node: &mut Node, name: &str) -> Result<(), String> {
         }
         "kube-proxy" => {
             let argv = unit_argv(node, Service::KubeProxy, "kube-proxy")?;
+            if let Some(e) = refused_flags("kube-proxy", node.release, &argv) {
+                return Err(format!("kube-proxy.service: {e}"));
+            }
             if !node.binaries.contains("kube-proxy") {
                 return Err(
                     "kube-proxy.service: /usr/local/bin/kube-proxy: No such file or directory"
@@ -423,6 +431,27 @@ fn image_release(image: &str) -> Option<KubeVersion> {
 
 /// Starts what a static pod's container runs: its listeners, from its flags
 /// and its release's defaults. An error is why the component is unhealthy.
+/// The first flag of `argv` that `release` of `component` refuses, as the
+/// binary says it (`unknown flag: --insecure-port`), from the upstream tables
+/// in `core/data/` (`kscratch_core::release`). Deprecated flags are accepted,
+/// as the binaries accept them (with a warning on stderr, which the simulator
+/// does not report). An unknown release is not judged.
+pub fn refused_flags(component: &str, release: Option<KubeVersion>, argv: &Argv) -> Option<String> {
+    let v = release?;
+    let words: Vec<String> = argv
+        .flags
+        .iter()
+        .map(|f| match &f.value {
+            Some(x) => format!("--{}={x}", f.name),
+            None => format!("--{}", f.name),
+        })
+        .collect();
+    release::check_flags(component, v.minor, &words)
+        .into_iter()
+        .find(|f| f.verdict == release::Verdict::Refused)
+        .map(|f| format!("Error: {}", f.message))
+}
+
 fn run_container(
     node: &mut Node,
     pod: &str,
@@ -451,6 +480,28 @@ fn run_container(
     let port = |name: &str| -> Result<Option<u16>, String> {
         argv.parsed::<u16>(name).map_err(|e| e.to_string())
     };
+    // A control-plane binary exits on a hyperkube command or a flag its
+    // release does not have, before it listens on anything.
+    if let ("kube-apiserver" | "kube-controller-manager" | "kube-scheduler", Some(v)) =
+        (what, release)
+    {
+        if argv.program_name() == "hyperkube" {
+            let sub = argv.positional.first().map(String::as_str).unwrap_or("");
+            let ok = match release::release_images(v.minor).hyperkube {
+                release::HyperkubeForm::Short => {
+                    sub == what || sub == what.trim_start_matches("kube-")
+                }
+                release::HyperkubeForm::KubeNames => sub == what,
+                release::HyperkubeForm::None => false,
+            };
+            if !ok {
+                return Err(format!("/hyperkube {sub}: command not supported"));
+            }
+        }
+        if let Some(e) = refused_flags(what, release, argv) {
+            return Err(e);
+        }
+    }
     match what {
         "etcd" => {
             listen_etcd(node, argv);
@@ -957,4 +1008,48 @@ pub fn apiserver_health(world: &World, node: usize) -> Result<(), String> {
 /// Static pods live in the manifest directory.
 pub fn is_manifest(path: &str) -> bool {
     path.starts_with(MANIFEST_DIR)
+}
+
+#[cfg(test)]
+mod release_tests {
+    //! The fakes refuse what the real binaries refuse (issue 15 §4).
+    use super::*;
+
+    fn argv(words: &[&str]) -> Argv {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        Argv::parse(&words).expect("parses")
+    }
+
+    #[test]
+    fn control_plane_refuses_removed_flags_and_unknown_hyperkube_commands() {
+        let v130 = Some(KubeVersion::new(1, 30, 4));
+        assert_eq!(
+            refused_flags(
+                "kube-apiserver",
+                v130,
+                &argv(&["kube-apiserver", "--insecure-port=0", "--secure-port=6443"])
+            )
+            .as_deref(),
+            Some("Error: unknown flag: --insecure-port")
+        );
+        let hyperkube = argv(&["/hyperkube", "apiserver", "--insecure-port=8080"]);
+        let mut node = Node::new("n", "10.0.0.1".parse().unwrap());
+        let e = run_container(
+            &mut node,
+            "kube-apiserver",
+            "kube-apiserver",
+            &hyperkube,
+            Some(KubeVersion::new(1, 17, 3)),
+        )
+        .unwrap_err();
+        assert_eq!(e, "/hyperkube apiserver: command not supported");
+        assert_eq!(
+            refused_flags(
+                "kube-apiserver",
+                Some(KubeVersion::new(1, 6, 13)),
+                &hyperkube
+            ),
+            None
+        );
+    }
 }

@@ -142,6 +142,15 @@ pub enum PreflightCheck {
     KernelModule {
         name: &'static str,
     },
+    /// The unified cgroup hierarchy: `/sys/fs/cgroup` is cgroup2fs.
+    /// `source` cites the release rule (core/data/host.tsv).
+    CgroupV2 {
+        source: &'static str,
+    },
+    /// No swap is active. `source` cites the release rule (core/data/host.tsv).
+    SwapOff {
+        source: &'static str,
+    },
     /// Nothing listens on this TCP port yet.
     PortFree {
         port: u16,

@@ -158,10 +158,19 @@ impl std::fmt::Display for Summary<'_> {
             .max()
             .unwrap_or(4)
             .max(4);
+        // Roles are as wide as the longest list (at least the historical 24),
+        // so the columns after them line up for any role list.
+        let rw = s
+            .nodes
+            .iter()
+            .map(|n| n.roles.names().join(",").len())
+            .max()
+            .unwrap_or(0)
+            .max(24);
         writeln!(f, "allocation:")?;
         writeln!(
             f,
-            "  {:<w$}  {:<15}  {:<24}  {:<18}  {:<18}  STEPS",
+            "  {:<w$}  {:<15}  {:<rw$}  {:<18}  {:<18}  STEPS",
             "NODE", "IP", "ROLES", "POD CIDR", "BRIDGE"
         )?;
         let mut per_node = vec![0usize; s.nodes.len()];
@@ -174,7 +183,7 @@ impl std::fmt::Display for Summary<'_> {
             let bridge = format!("{}/{}", s.bridge_addr(i), s.pod_cidr(i).prefix_len());
             writeln!(
                 f,
-                "  {:<w$}  {:<15}  {:<24}  {:<18}  {:<18}  {}",
+                "  {:<w$}  {:<15}  {:<rw$}  {:<18}  {:<18}  {}",
                 n.name,
                 n.ip.to_string(),
                 n.roles.names().join(","),

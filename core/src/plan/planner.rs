@@ -58,13 +58,15 @@ pub fn plan(s: &Scenario) -> Plan {
             );
             pki.shared.push((cert, r));
         }
-        pki.sa = Some(b.local(
-            "pki/service-account-key",
-            Phase::Pki,
-            Action::GenerateServiceAccountKey,
-            &[],
-        ));
     }
+    // Every security model: the ServiceAccount admission plugin rejects pods
+    // until the token controller, which needs this key, has minted their token.
+    pki.sa = Some(b.local(
+        "pki/service-account-key",
+        Phase::Pki,
+        Action::GenerateServiceAccountKey,
+        &[],
+    ));
     let mut token_users = vec!["admin".to_string(), "kubelet".into(), "kube-proxy".into()];
     if !https {
         token_users.clear();
@@ -154,6 +156,21 @@ pub fn plan(s: &Scenario) -> Plan {
         });
         if vx.is_some() {
             checks.push(PreflightCheck::KernelModule { name: "vxlan" });
+        }
+        // What this release's kubelet refuses to start without (core/data/host.tsv).
+        for req in crate::release::host_requirements(s.version.minor) {
+            let name: &'static str = &req.name;
+            let source: &'static str = &req.source;
+            match name {
+                "cgroup-v2" if s.kubelet.fail_cgroup_v1 == Some(false) => {}
+                "cgroup-v2" => checks.push(PreflightCheck::CgroupV2 { source }),
+                "swap-off" => checks.push(PreflightCheck::SwapOff { source }),
+                _ => {
+                    if let Some(m) = name.strip_prefix("module:") {
+                        checks.push(PreflightCheck::KernelModule { name: m });
+                    }
+                }
+            }
         }
         if is_cp {
             checks.push(PreflightCheck::PortFree {
@@ -689,6 +706,8 @@ pub fn plan(s: &Scenario) -> Plan {
                     Asset::Kubeconfig(KubeconfigUser::Admin),
                     None,
                 ));
+                deps.push(b.dist(t, "file/sa.key", Asset::ServiceAccountKey, pki.sa));
+                deps.push(b.dist(t, "file/sa.pub", Asset::ServiceAccountPub, pki.sa));
             }
             cp_healthy.push((i, deps));
         }

@@ -140,25 +140,8 @@ struct CorednsRelease {
 
 fn coredns_release(s: &Scenario) -> CorednsRelease {
     let minor = s.version.minor;
-    let tag = match minor {
-        ..=11 => "1.1.3",
-        12 => "1.2.2",
-        13 => "1.2.6",
-        14..=15 => "1.3.1",
-        16 => "1.6.2",
-        17 => "1.6.5",
-        18 => "1.6.7",
-        19..=20 => "1.7.0",
-        21 => "v1.8.0",
-        22 => "v1.8.4",
-        23..=24 => "v1.8.6",
-        25..=26 => "v1.9.3",
-        27..=28 => "v1.10.1",
-        29..=30 => "v1.11.1",
-        31..=32 => "v1.11.3",
-        33 => "v1.12.0",
-        _ => "v1.12.1",
-    };
+    // kubeadm's CoreDNSVersion of the release (core/data/images.tsv).
+    let tag = &crate::release::release_images(minor).dns_tag;
     // From 1.21 the image moved to `coredns/coredns`.
     let path = if minor >= 21 {
         "coredns/coredns"
@@ -358,13 +341,8 @@ fn coredns_deployment(s: &Scenario) -> Deployment {
 
 /// kube-dns 1.14.x (kubedns + dnsmasq + sidecar), as cluster/addons/dns shipped it.
 fn kube_dns_deployment(s: &Scenario) -> Deployment {
-    let tag = match s.version.minor {
-        ..=6 => "1.14.1",
-        7 => "1.14.4",
-        8 => "1.14.5",
-        9 => "1.14.7",
-        _ => "1.14.8",
-    };
+    // kubeadm's KubeDNSVersion of the release (core/data/images.tsv).
+    let tag = &crate::release::release_images(s.version.minor).dns_tag;
     let image = |name: &str| format!("{}/k8s-dns-{name}-amd64:{tag}", s.images.registry);
     let domain = &s.network.dns_domain;
     let probe_target = format!("kubernetes.default.svc.{domain}");

@@ -12,6 +12,7 @@
 
 use super::url_host;
 use crate::plan::{Asset, Ca, Cert, Component, KubeconfigUser, MANIFEST_DIR};
+use crate::release::{self, HyperkubeForm};
 use crate::scenario::{Features, Runtime, Scenario, SecurityModel};
 use std::net::IpAddr;
 
@@ -62,20 +63,31 @@ fn path(a: Asset) -> &'static str {
 }
 
 /// The program and leading arguments of a control-plane component:
-/// `/hyperkube apiserver` with hyperkube images (the guide), else `kube-apiserver`.
+/// `/hyperkube apiserver` with hyperkube images up to 1.14 (the guide),
+/// `/hyperkube kube-apiserver` from 1.15 (the short aliases were removed,
+/// kubernetes#76953), else `kube-apiserver`. The form per release is in
+/// `core/data/images.tsv`.
 pub fn command(s: &Scenario, c: Component) -> Vec<String> {
     match c {
         Component::Etcd => vec!["etcd".into()],
         _ if s.images.hyperkube => {
-            let sub = match c {
-                Component::KubeApiserver => "apiserver",
-                Component::KubeControllerManager => "controller-manager",
-                _ => "scheduler",
+            let sub = match release::release_images(s.version.minor).hyperkube {
+                HyperkubeForm::Short => c.name().trim_start_matches("kube-"),
+                // Validation refuses hyperkube where no image exists; the kube-*
+                // names are the ones every hyperkube understood.
+                HyperkubeForm::KubeNames | HyperkubeForm::None => c.name(),
             };
             vec!["/hyperkube".into(), sub.into()]
         }
         _ => vec![c.name().into()],
     }
+}
+
+/// True when `component` of this scenario's release has `--flag` (from
+/// `core/data/flags.tsv`): a flag that is rendered exactly where its release
+/// has it needs a row there and a line here, nothing else.
+pub fn has(s: &Scenario, component: &str, flag: &str) -> bool {
+    release::has_flag(component, s.version.minor, flag)
 }
 
 fn https(s: &Scenario) -> bool {
@@ -159,7 +171,9 @@ pub fn kube_apiserver(s: &Scenario, node: Option<usize>) -> Vec<Flag> {
         t.set("etcd-keyfile", path(Asset::Key(Cert::ApiserverEtcdClient)));
     }
     t.set("etcd-servers", etcd_servers(s));
-    if fx.insecure_flags {
+    // Until 1.20 the insecure port defaults to 8080: https turns it off with
+    // 0. From 1.20 it is off and the flag (deprecated since 1.10) is not rendered.
+    if fx.insecure_flags && fx.insecure_serving {
         match insecure_bind(s, &fx) {
             Some(addr) => {
                 t.set("insecure-bind-address", addr);
@@ -214,9 +228,9 @@ pub fn kube_apiserver(s: &Scenario, node: Option<usize>) -> Vec<Flag> {
             format!("https://kubernetes.default.svc.{}", s.network.dns_domain),
         );
     }
-    if tls {
-        t.set("service-account-key-file", path(Asset::ServiceAccountPub));
-    }
+    // The ServiceAccount admission plugin needs tokens, which need a key pair,
+    // whatever the security model (http-firewall included).
+    t.set("service-account-key-file", path(Asset::ServiceAccountPub));
     if tls && fx.service_account_issuer {
         t.set(
             "service-account-signing-key-file",
@@ -274,11 +288,12 @@ pub fn kube_controller_manager(s: &Scenario) -> Vec<Flag> {
     t.set("node-cidr-mask-size", s.network.node_prefix.to_string());
     if tls {
         t.set("root-ca-file", path(Asset::CaCert(Ca::Cluster)));
-        t.set(
-            "service-account-private-key-file",
-            path(Asset::ServiceAccountKey),
-        );
     }
+    // The token controller mints service-account tokens only with the signing key.
+    t.set(
+        "service-account-private-key-file",
+        path(Asset::ServiceAccountKey),
+    );
     t.set(
         "service-cluster-ip-range",
         s.network.service_cidr.to_string(),
@@ -323,6 +338,13 @@ pub fn control_plane_taint(fx: &Features) -> &'static str {
     }
 }
 
+/// The KubeletConfiguration carries `registerWithTaints` (1.23+, `core/data/fields.tsv`).
+pub fn kubelet_taints_in_config(s: &Scenario) -> bool {
+    s.version.features().kubelet_config_file
+        && release::field_state("kubelet-config", s.version.minor, "registerWithTaints")
+            == release::State::Present
+}
+
 /// No control-plane node at all: the kubelet runs standalone (`--pod-cidr`).
 pub fn standalone(s: &Scenario) -> bool {
     s.control_plane_nodes().next().is_none()
@@ -361,7 +383,9 @@ pub fn kubelet(s: &Scenario, node: usize) -> Vec<Flag> {
     }
     // The guide runs docker with its own bridge (cbr0) and no kubelet network
     // plugin: docker attaches pods to cbr0. containerd gets CNI from its config.
-    if containerd && fx.kubelet_container_runtime_flag {
+    // Needed only while the kubelet defaults to docker (dockershim, to 1.23);
+    // 1.24-1.26 accept only `remote` and warn that the flag is deprecated.
+    if containerd && fx.dockershim {
         t.set("container-runtime", "remote");
     }
     if containerd && !fx.kubelet_runtime_endpoint_in_config {
@@ -384,8 +408,9 @@ pub fn kubelet(s: &Scenario, node: usize) -> Vec<Flag> {
         }
         t.set("pod-manifest-path", MANIFEST_DIR);
     }
-    t.set("register-node", "true");
-    if n.roles.control_plane && !n.roles.worker {
+    // The kubelet registers its node by default (--register-node=true); from
+    // 1.23 the taints go in the config file (registerWithTaints).
+    if n.roles.control_plane && !n.roles.worker && !kubelet_taints_in_config(s) {
         t.set("register-with-taints", control_plane_taint(&fx));
     }
     if fx.kubelet_require_kubeconfig {

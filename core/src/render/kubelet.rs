@@ -37,6 +37,23 @@ pub struct KubeletConfiguration {
     /// Only without a control plane (standalone); in a cluster the kubelet gets it from its Node.
     #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<String>,
+    /// `failCgroupV1` (1.31+), only where the scenario sets it.
+    #[serde(
+        rename = "failCgroupV1",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fail_cgroup_v1: Option<bool>,
+    /// The taints a control-plane node registers with (1.23+; before, `--register-with-taints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register_with_taints: Option<Vec<Taint>>,
+}
+
+/// A node taint as the KubeletConfiguration writes it (`core/v1` `Taint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taint {
+    pub key: String,
+    pub effect: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +140,23 @@ pub fn kubelet_config(s: &Scenario, node: usize) -> Result<KubeletConfiguration,
         container_runtime_endpoint: (containerd && fx.kubelet_runtime_endpoint_in_config)
             .then(|| CONTAINERD_ENDPOINT.into()),
         pod_cidr: flags::standalone(s).then(|| s.pod_cidr(node).to_string()),
+        fail_cgroup_v1: s.kubelet.fail_cgroup_v1.filter(|_| {
+            crate::release::field_state("kubelet-config", s.version.minor, "failCgroupV1")
+                .accepted()
+        }),
+        register_with_taints: {
+            let n = &s.nodes[node];
+            (n.roles.control_plane && !n.roles.worker && flags::kubelet_taints_in_config(s)).then(
+                || {
+                    let t = flags::control_plane_taint(&fx);
+                    let (key, effect) = t.split_once(':').unwrap_or((t, "NoSchedule"));
+                    vec![Taint {
+                        key: key.into(),
+                        effect: effect.into(),
+                    }]
+                },
+            )
+        },
     })
 }
 

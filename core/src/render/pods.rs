@@ -119,8 +119,13 @@ pub fn static_pod(s: &Scenario, node: Option<usize>, c: Component) -> Result<Pod
                 ));
             }
             let metrics = etcd_has_metrics_listener(&s.etcd.image);
+            // hostPath.type arrived in 1.8 (core/data/fields.tsv); before, a
+            // missing hostPath directory is created by the runtime anyway.
+            let typed =
+                crate::release::field_state("pod", s.version.minor, "spec.volumes.hostPath.type")
+                    .accepted();
             mounts.push(Mount {
-                type_: Some("DirectoryOrCreate"),
+                type_: typed.then_some("DirectoryOrCreate"),
                 ..Mount::dir("etcd-data", &s.etcd.data_dir, false)
             });
             if tls {

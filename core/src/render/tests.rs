@@ -218,10 +218,14 @@ fn render_version_boundaries_switch_flags() {
         Err(RenderError::NotApplicable { .. })
     ));
 
-    // The kubelet and containerd: --container-runtime=remote until 1.27, then the config field.
+    // The kubelet and containerd: --container-runtime=remote while the kubelet
+    // defaults to docker (to 1.23); 1.24-1.26 only warn about it (deprecated).
+    let k23 = at_version("1.23", "runtime:\n  kind: containerd\n");
+    let f23 = unit_exec_start(&text(&k23, Some(1), Asset::Unit(Service::Kubelet))).expect("parses");
+    assert_eq!(flag_value(&f23, "container-runtime"), Some("remote"));
     let k26 = at_version("1.26", "runtime:\n  kind: containerd\n");
     let f26 = unit_exec_start(&text(&k26, Some(1), Asset::Unit(Service::Kubelet))).expect("parses");
-    assert_eq!(flag_value(&f26, "container-runtime"), Some("remote"));
+    assert_eq!(flag_value(&f26, "container-runtime"), None);
     assert_eq!(
         flag_value(&f26, "container-runtime-endpoint"),
         Some("unix:///run/containerd/containerd.sock")
@@ -285,7 +289,8 @@ fn render_kubelet_config_carries_the_guides_settings() {
     );
     assert_eq!(flag_value(&flags, "hostname-override"), Some("node-2"));
     assert_eq!(flag_value(&flags, "node-ip"), Some("192.168.1.13"));
-    assert_eq!(flag_value(&flags, "register-node"), Some("true"));
+    // --register-node=true is the default, and deprecated from 1.23.
+    assert_eq!(flag_value(&flags, "register-node"), None);
     assert_eq!(flag_value(&flags, "network-plugin"), None);
     // Units restart their daemon: the guide's liveness supervision.
     assert!(text(&s, Some(2), Asset::Unit(Service::Kubelet)).contains("\nRestart=always\n"));
@@ -302,14 +307,141 @@ fn render_kubelet_config_carries_the_guides_settings() {
 
 #[test]
 fn render_control_plane_only_nodes_are_tainted() {
+    // 1.23+: registerWithTaints in the KubeletConfiguration, not the deprecated flag.
     let s = ha();
     let cp = unit_exec_start(&text(&s, Some(0), Asset::Unit(Service::Kubelet))).expect("parses");
-    assert_eq!(
-        flag_value(&cp, "register-with-taints"),
-        Some("node-role.kubernetes.io/control-plane:NoSchedule")
-    );
+    assert_eq!(flag_value(&cp, "register-with-taints"), None);
+    let cfg: KubeletConfiguration =
+        serde_yaml::from_str(&text(&s, Some(0), Asset::KubeletConfig)).expect("parses");
+    let t = cfg
+        .register_with_taints
+        .expect("control-plane node is tainted");
+    assert_eq!(t[0].key, "node-role.kubernetes.io/control-plane");
+    assert_eq!(t[0].effect, "NoSchedule");
     let w = unit_exec_start(&text(&s, Some(3), Asset::Unit(Service::Kubelet))).expect("parses");
     assert_eq!(flag_value(&w, "register-with-taints"), None);
+    let wcfg: KubeletConfiguration =
+        serde_yaml::from_str(&text(&s, Some(3), Asset::KubeletConfig)).expect("parses");
+    assert_eq!(wcfg.register_with_taints, None);
+    // 1.22: the flag, with the old taint key.
+    let old = at_version("1.22", "");
+    let mut old = old;
+    old.nodes[0].roles.worker = false;
+    let f = unit_exec_start(&text(&old, Some(0), Asset::Unit(Service::Kubelet))).expect("parses");
+    assert_eq!(
+        flag_value(&f, "register-with-taints"),
+        Some("node-role.kubernetes.io/master:NoSchedule")
+    );
+}
+
+/// Issue 15's findings, one test each: each failed on the output before the fix.
+#[test]
+fn render_hyperkube_uses_the_command_names_its_image_has() {
+    let short = at_version("1.14", "runtime:\n  kind: docker\n");
+    assert_eq!(
+        argv(&short, Some(0), Component::KubeApiserver)[..2],
+        ["/hyperkube", "apiserver"]
+    );
+    for v in ["1.15", "1.17", "1.18"] {
+        let s = at_version(v, "runtime:\n  kind: docker\n");
+        assert!(
+            s.images.hyperkube,
+            "{v}: hyperkube is the docker default up to 1.18"
+        );
+        for c in [
+            Component::KubeApiserver,
+            Component::KubeControllerManager,
+            Component::KubeScheduler,
+        ] {
+            assert_eq!(
+                argv(&s, Some(0), c)[..2],
+                ["/hyperkube".to_string(), c.name().to_string()],
+                "{v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn render_late_patch_releases_pull_from_registry_k8s_io() {
+    for v in ["1.19.16", "1.24.17"] {
+        let s = at_version(v, "");
+        assert_eq!(s.images.registry, "registry.k8s.io", "{v}");
+        assert!(s.etcd.image.starts_with("registry.k8s.io/etcd:"), "{v}");
+        let pod = text(&s, Some(0), Asset::StaticPod(Component::KubeApiserver));
+        assert!(
+            pod.contains(&format!("image: registry.k8s.io/kube-apiserver:v{v}")),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn render_http_firewall_clusters_get_a_service_account_key() {
+    let s = seed();
+    let api = argv(&s, Some(0), Component::KubeApiserver);
+    assert!(flag_value(&api, "admission-control").is_some_and(|v| v.contains("ServiceAccount")));
+    assert_eq!(
+        flag_value(&api, "service-account-key-file"),
+        Some("/srv/kubernetes/sa.pub")
+    );
+    let cm = argv(&s, Some(0), Component::KubeControllerManager);
+    assert_eq!(
+        flag_value(&cm, "service-account-private-key-file"),
+        Some("/srv/kubernetes/sa.key")
+    );
+    assert_eq!(
+        crate::release::service_account_admission_problem(6, &api, &cm),
+        None
+    );
+    let p = crate::plan::plan(&s);
+    let written: Vec<&str> = p
+        .steps
+        .iter()
+        .filter_map(|st| match &st.action {
+            crate::plan::Action::WriteFile { path, .. } => Some(*path),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        written.contains(&"/srv/kubernetes/sa.key") && written.contains(&"/srv/kubernetes/sa.pub")
+    );
+}
+
+#[test]
+fn render_default_images_are_the_ones_kubeadm_tested() {
+    let etcd = |v| at_version(v, "").etcd.image;
+    assert_eq!(etcd("1.18"), "gcr.io/google-containers/etcd:3.4.3-0");
+    assert_eq!(etcd("1.34"), "registry.k8s.io/etcd:3.6.4-0");
+    assert_eq!(etcd("1.30"), "registry.k8s.io/etcd:3.5.12-0");
+    let dns = text(&at_version("1.35", ""), None, Asset::DnsAddon);
+    assert!(dns.contains("image: registry.k8s.io/coredns/coredns:v1.13.1"));
+    let cfg = text(
+        &at_version("1.30", "runtime:\n  kind: containerd\n"),
+        None,
+        Asset::ContainerdConfig,
+    );
+    assert!(cfg.contains("sandbox_image = \"registry.k8s.io/pause:3.9\""));
+}
+
+#[test]
+fn render_no_host_path_type_before_1_8() {
+    let seed = text(&seed(), Some(0), Asset::StaticPod(Component::Etcd));
+    assert!(!seed.contains("type:"), "{seed}");
+    let s18 = text(
+        &at_version("1.8", "runtime:\n  kind: docker\n"),
+        Some(0),
+        Asset::StaticPod(Component::Etcd),
+    );
+    assert!(s18.contains("type: DirectoryOrCreate"));
+}
+
+#[test]
+fn render_insecure_port_only_while_it_defaults_open() {
+    let a19 = argv(&at_version("1.19", ""), Some(0), Component::KubeApiserver);
+    assert_eq!(flag_value(&a19, "insecure-port"), Some("0"));
+    let a20 = argv(&at_version("1.20", ""), Some(0), Component::KubeApiserver);
+    assert_eq!(flag_value(&a20, "insecure-port"), None);
 }
 
 #[test]
@@ -785,4 +917,51 @@ fn render_parsers_report_the_offending_token() {
     assert_eq!(flag_value(&a, "a"), Some("3"));
     assert_eq!(flag_value(&a, "b"), Some("true"));
     assert_eq!(flag_value(&a, "c"), None);
+}
+
+#[test]
+fn render_1_35_requires_cgroup_v2_unless_fail_cgroup_v1_is_false() {
+    use crate::plan::{Action, PreflightCheck};
+    let checks = |s: &Scenario| -> Vec<PreflightCheck> {
+        crate::plan::plan(s)
+            .steps
+            .iter()
+            .find_map(|st| match &st.action {
+                Action::Preflight { checks } => Some(checks.clone()),
+                _ => None,
+            })
+            .expect("a preflight step")
+    };
+    let cg = |c: &[PreflightCheck]| {
+        c.iter()
+            .any(|c| matches!(c, PreflightCheck::CgroupV2 { .. }))
+    };
+    let swap = |c: &[PreflightCheck]| {
+        c.iter()
+            .any(|c| matches!(c, PreflightCheck::SwapOff { .. }))
+    };
+    let s35 = at_version("1.35", "");
+    let c = checks(&s35);
+    assert!(cg(&c) && swap(&c));
+    assert!(c.contains(&PreflightCheck::KernelModule {
+        name: "br_netfilter"
+    }));
+    let c34 = checks(&at_version("1.34", ""));
+    assert!(!cg(&c34) && swap(&c34));
+    assert!(!swap(&checks(&seed())), "1.6 kubelets run with swap");
+    // Explicitly off: no cgroup v2 check, the setting is written, and validation warns.
+    let yaml = "cluster:\n  name: t\n  kubernetesVersion: \"1.35.0\"\nnodes:\n  - name: m\n    ip: 10.9.0.2\nkubelet:\n  failCgroupV1: false\n";
+    let l = crate::load("t.yaml", yaml, None).expect("valid");
+    assert!(l
+        .warnings
+        .warnings()
+        .any(|w| w.message.contains("no longer supports cgroup v1")));
+    assert!(!cg(&checks(&l.scenario)));
+    let cfg: KubeletConfiguration =
+        serde_yaml::from_str(&text(&l.scenario, Some(0), Asset::KubeletConfig)).expect("parses");
+    assert_eq!(cfg.fail_cgroup_v1, Some(false));
+    // Before 1.31 the field does not exist.
+    let old = yaml.replace("1.35.0", "1.30.0");
+    let e = crate::load("t.yaml", &old, None).expect_err("invalid");
+    assert!(e.to_string().contains("failCgroupV1 arrived"), "{e}");
 }

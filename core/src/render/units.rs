@@ -171,17 +171,10 @@ pub fn docker_defaults(s: &Scenario) -> String {
     format!("# Written by kscratch: docker options for the pod bridge.\nDOCKER_OPTS=\"{}\"\nDOCKER_NOFILE={}\n", opts.join(" "), d.nofile)
 }
 
-/// The pause image containerd's CRI uses for pod sandboxes (kubeadm's constants).
+/// The pause image containerd's CRI uses for pod sandboxes: kubeadm's
+/// `PauseVersion` of the release (`core/data/images.tsv`).
 fn pause_image(s: &Scenario) -> String {
-    let tag = match s.version.minor {
-        ..=10 => "3.1",
-        11..=17 => "3.2",
-        18..=21 => "3.4.1",
-        22..=24 => "3.6",
-        25..=26 => "3.8",
-        27..=29 => "3.9",
-        _ => "3.10",
-    };
+    let tag = &crate::release::release_images(s.version.minor).pause;
     format!("{}/pause:{tag}", s.images.registry)
 }
 

@@ -25,6 +25,7 @@ pub struct Scenario {
     pub images: Images,
     /// The guide's `kubernetes/server/bin` on the operator's machine.
     pub binaries_dir: String,
+    pub kubelet: KubeletOptions,
     pub faults: Vec<Fault>,
     pub alloc: Allocation,
 }
@@ -209,6 +210,13 @@ pub struct Images {
     pub hyperkube: bool,
     /// `HYPERKUBE_IMAGE` when hyperkube is used.
     pub hyperkube_image: Option<String>,
+}
+
+/// Kubelet settings the scenario states explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct KubeletOptions {
+    /// KubeletConfiguration `failCgroupV1`, when the scenario sets it (1.31+).
+    pub fail_cgroup_v1: Option<bool>,
 }
 
 /// What IPAM decided: one pod CIDR per node, in node order.

@@ -132,6 +132,10 @@ pub struct Features {
     /// The apiserver reconciles the `kubernetes` endpoints with leases from 1.11
     /// (CHANGELOG-1.11, `--endpoint-reconciler-type=lease` default); before, HA needs `--apiserver-count`.
     pub endpoint_reconciler_lease: bool,
+    /// containerd's built-in CRI plugin (containerd 1.1) serves the kubelet from 1.10
+    /// (kubernetes.io blog 2018-05-24, "Kubernetes Containerd Integration Goes GA");
+    /// before, the kubelet talks to docker only.
+    pub containerd_cri: bool,
 }
 
 impl Features {
@@ -160,6 +164,7 @@ impl Features {
             coredns: v.at_least(11),
             apps_v1: v.at_least(9),
             endpoint_reconciler_lease: v.at_least(11),
+            containerd_cri: v.at_least(10),
         }
     }
 }
