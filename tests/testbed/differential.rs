@@ -196,8 +196,32 @@ fn differential(file: &str, stages: Stages) -> Result<()> {
         )
         .map_err(Error::new)?;
         sync_service_rules(&tb, &scenario, &sim)?;
-        let real = measure(&tb, &sim, &pods)?;
-        let predicted = predict(&sim, &pods)?;
+        let mut real = measure(&tb, &sim, &pods)?;
+        let mut predicted = predict(&sim, &pods)?;
+        // The testbed cannot switch a machine off: its links go down, but its
+        // pods' namespaces keep running, so a pod there still reaches itself
+        // and its neighbour over the bridge. On a machine that is really off
+        // nothing runs (the simulator's verdict). Those cells cannot be
+        // compared here; every cell that crosses the machine's links still is.
+        let off: Vec<String> = faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::NodeDown { node } => Some(format!("{node}-")),
+                _ => None,
+            })
+            .collect();
+        let inside_off = |k: &(String, String)| {
+            off.iter()
+                .any(|n| k.0.starts_with(n.as_str()) && k.1.starts_with(n.as_str()))
+        };
+        let skipped = real.keys().filter(|k| inside_off(k)).count();
+        if skipped > 0 {
+            println!(
+                "[{file}] {title}: {skipped} cells inside a switched-off node not compared (the testbed only takes its links down)"
+            );
+        }
+        real.retain(|k, _| !inside_off(k));
+        predicted.retain(|k, _| !inside_off(k));
         let mut disagree: Vec<String> = real
             .iter()
             .filter(|(k, v)| predicted.get(*k) != Some(*v))
