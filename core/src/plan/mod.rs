@@ -14,7 +14,21 @@ mod action;
 mod asset;
 pub mod damage;
 mod output;
+
+// The planner: `planner::plan` orders the phases; each phase is a module,
+// over the step builder and the cluster and per-node contexts.
+mod addons;
+mod binaries;
+mod builder;
+mod context;
+mod control_plane;
+mod etcd;
+mod node_agents;
+mod node_base;
+mod pki;
 mod planner;
+mod preflight;
+mod validate;
 
 pub use action::*;
 pub use asset::*;
