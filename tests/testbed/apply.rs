@@ -762,11 +762,10 @@ fn etcd_is_healthy_with_tls_client_auth(tb: &Testbed) -> Result<()> {
 /// - a dead node is marked unreachable once (one error, one line in the
 ///   summary), its steps are skipped with that reason and the others go on.
 #[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn apply_refuses_a_second_apply_never_installs_a_killed_upload_and_marks_a_dead_node_once(
 ) -> Result<()> {
-    if support::skipped() {
-        return Ok(());
-    }
+    support::require();
     check_tools()?;
     let tb = Testbed::up("apply_safety", 4)?;
     let scenario = scenario_copy(&tb, "routed-4.yaml", 4)?;
