@@ -5,12 +5,26 @@
 //! (`x.journal.jsonl`: one JSON line per finished step with its id, outcome
 //! and time, never a secret); `--resume` reads the interrupted run's journal,
 //! re-checks every step (the completed ones are checked, not skipped
-//! blindly) and reports what it re-checked. Host keys are verified against
-//! known_hosts before anything runs on any node.
+//! blindly) and reports what it re-checked.
+//!
+//! Before any step, every node is connected to, in parallel: host key
+//! verified against known_hosts, authenticated, and its agent session
+//! started (so `sudo -n` is proven too). A refused host key or an unusable
+//! key file stops everything before anything runs. A node that cannot be
+//! reached or logged into is reported once, marked unreachable, and its
+//! steps are skipped with that reason while the other nodes go on.
+//!
+//! One apply of a cluster at a time: [`crate::apply_lock`] (a dry run,
+//! which writes nothing, takes no lock).
+//!
+//! Progress: a bar on a terminal; otherwise (CI logs) one line per
+//! finished step on stdout, so a long run is never silent.
 //!
 //! Exit status: 0 every step ok, changed or not applicable here; 1 a step
-//! failed or a host key was refused; 2 invalid input.
+//! failed, a node was unreachable, a host key was refused or another apply
+//! holds the lock; 2 invalid input.
 
+use crate::apply_lock::ApplyLock;
 use crate::load;
 use indicatif::{ProgressBar, ProgressStyle};
 use kscratch_backends::shell_render::Rendered;
@@ -54,6 +68,10 @@ pub struct ApplyArgs {
     /// Seconds one remote command may take (health waits get their own timeout on top).
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     step_timeout: u64,
+    /// Seconds to connect to a node, authenticate and start its session; a
+    /// node that takes longer is marked unreachable (once, for the whole run).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    connect_timeout: u64,
     /// Instead of the plan, do this what-if fault's damage to the real
     /// machines (repeatable; the forms of `kscratch check --fault`): the very
     /// damage plan `kscratch check --fault` simulates. Needs --break-my-cluster.
@@ -64,6 +82,9 @@ pub struct ApplyArgs {
     #[arg(long)]
     break_my_cluster: bool,
 }
+
+/// A node and why it could not be used.
+type NodeError = (String, SshError);
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +150,7 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
             }
         },
     };
+    check_known_hosts(&known_hosts)?;
     let scenario_dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -136,6 +158,7 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         .to_path_buf();
     let mut ssh = SshConfig::new(known_hosts);
     ssh.accept_new_host_keys = args.accept_new_host_keys;
+    ssh.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
     let opts = SshBackendOptions {
         ssh,
         scenario_dir,
@@ -154,6 +177,27 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         .enable_all()
         .build()
         .map_err(|e| load::Error::Apply(format!("cannot start the async runtime: {e}")))?;
+    // One apply of this cluster at a time (a dry run writes nothing and takes no lock).
+    let _lock = if args.dry_run {
+        None
+    } else {
+        match ApplyLock::acquire(&opts.state_dir) {
+            Ok(l) => {
+                if let Some(pid) = &l.stale {
+                    eprintln!(
+                        "note: {} was left by PID {pid}, which is no longer running it; taken over",
+                        l.path().display()
+                    );
+                }
+                Some(l)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                eprintln!("nothing was run on any node");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    };
     let backend = SshBackend::new(&scenario, &plan, opts);
 
     let journal = journal_path(path);
@@ -170,20 +214,32 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     }
     let started = Instant::now();
     let outcome = rt.block_on(async {
-        // Host keys first, on every node: a refused key stops everything before any command runs.
-        let refused: Vec<(String, SshError)> = backend
-            .connect_all()
-            .await
-            .into_iter()
-            .filter(|(_, e)| {
+        // Every node first, in parallel: a refused host key or an unusable
+        // key stops everything before any command runs; a node that cannot
+        // be reached or logged into is reported once and left out.
+        let (refused, down): (Vec<NodeError>, Vec<NodeError>) =
+            backend.connect_all().await.into_iter().partition(|(_, e)| {
                 matches!(
                     e,
-                    SshError::HostKey { .. } | SshError::KeyFile(_) | SshError::BadKey { .. }
+                    SshError::HostKey { .. }
+                        | SshError::KeyFile(_)
+                        | SshError::BadKey { .. }
+                        | SshError::KnownHostsFile { .. }
                 )
-            })
-            .collect();
+            });
         if !refused.is_empty() {
             return Err(refused);
+        }
+        for (node, e) in &down {
+            eprintln!("error: {e}");
+            tracing::debug!(node = %node, "left out of this run");
+        }
+        if !down.is_empty() {
+            eprintln!(
+                "{} of {} nodes unreachable: their steps are skipped, the other nodes go on",
+                down.len(),
+                scenario.nodes.len()
+            );
         }
         let mut obs = ApplyObserver::new(
             &plan,
@@ -203,8 +259,8 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     let report = match outcome {
         Ok(r) => r,
         Err(refused) => {
-            for (node, e) in refused {
-                eprintln!("error: {node}: {e}");
+            for (_, e) in refused {
+                eprintln!("error: {e}");
             }
             eprintln!("nothing was run on any node");
             return Ok(ExitCode::from(1));
@@ -214,14 +270,15 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     if args.dry_run {
         crate::out(&dry_run_listing(&plan, &scenario, &backend, &report));
     }
-    crate::out(&summary(&plan, &report, wall, &backend));
+    crate::out(&summary(&plan, &report, wall, &backend, args.dry_run));
     if args.resume && !previous.is_empty() {
         crate::out(&resume_note(&plan, &report, &previous));
     }
     let failed = report
         .outcomes
         .iter()
-        .any(|o| matches!(o, Outcome::Failed { .. }));
+        .any(|o| matches!(o, Outcome::Failed { .. }))
+        || !backend.pool().unreachable().is_empty();
     Ok(if failed {
         ExitCode::from(1)
     } else {
@@ -257,6 +314,10 @@ struct ApplyObserver {
     journal: Option<std::fs::File>,
     bar: Option<ProgressBar>,
     started: BTreeMap<StepRef, Instant>,
+    /// Without a bar (not a terminal, or CI): one line per finished step on stdout.
+    lines: bool,
+    finished: usize,
+    total: usize,
 }
 
 impl ApplyObserver {
@@ -292,8 +353,11 @@ impl ApplyObserver {
         });
         let mut obs = ApplyObserver {
             journal: file,
+            lines: bar.is_none(),
             bar,
             started: BTreeMap::new(),
+            finished: 0,
+            total: plan.steps.len(),
         };
         obs.write(&JournalLine::Start {
             time_ms: now_ms(),
@@ -348,18 +412,29 @@ impl Observer for ApplyObserver {
             Outcome::Skipped { reason } => Some(reason.clone()),
             _ => None,
         };
-        match outcome {
-            Outcome::Failed { error } => {
-                tracing::error!(step = %id, kind = ?error.kind, "{}", error.message);
-                let line = format!("failed: {}", error.message);
-                match &self.bar {
-                    Some(b) => b.println(line),
-                    None => eprintln!("{line}"),
-                }
+        self.finished += 1;
+        // A failure is told once, on stderr (and in the summary), never also through the log.
+        if let Outcome::Failed { error } = outcome {
+            let line = format!("failed: {}", error.message);
+            match &self.bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
             }
-            o => {
-                tracing::info!(step = %id, outcome = o.name(), duration_ms = duration.as_millis() as u64, "step finished")
-            }
+        }
+        tracing::info!(step = %id, outcome = outcome.name(), duration_ms = duration.as_millis() as u64, "step finished");
+        if self.lines {
+            let width = self.total.to_string().len();
+            let why = match outcome {
+                Outcome::Skipped { reason } => format!(": {reason}"),
+                _ => String::new(),
+            };
+            crate::out(&format!(
+                "[{:>width$}/{}] {:<12} {id} ({:.2}s){why}\n",
+                self.finished,
+                self.total,
+                outcome.name(),
+                duration.as_secs_f64()
+            ));
         }
         self.write(&JournalLine::Step {
             time_ms: now_ms(),
@@ -371,6 +446,30 @@ impl Observer for ApplyObserver {
         if let Some(b) = &self.bar {
             b.inc(1);
         }
+    }
+}
+
+/// A `--known-hosts` that is a directory or cannot be read is refused once,
+/// before anything else; a missing file is fine (no host is known yet, or
+/// trust on first use creates it).
+fn check_known_hosts(path: &Path) -> Result<(), load::Error> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(load::Error::Apply(format!(
+            "cannot use the known_hosts file {}: {e}",
+            path.display()
+        ))),
+        Ok(m) if m.is_dir() => Err(load::Error::Apply(format!(
+            "the known_hosts file {} is a directory: pass the file itself, e.g. {}/known_hosts",
+            path.display(),
+            path.display()
+        ))),
+        Ok(_) => std::fs::File::open(path).map(|_| ()).map_err(|e| {
+            load::Error::Apply(format!(
+                "cannot read the known_hosts file {}: {e}",
+                path.display()
+            ))
+        }),
     }
 }
 
@@ -451,7 +550,13 @@ fn resume_note(plan: &Plan, report: &Report, previous: &[JournalLine]) -> String
 
 /// The per-node table, the skip reasons, the state of nodes after a
 /// failure and the SSH figures.
-fn summary(plan: &Plan, report: &Report, wall: Duration, backend: &SshBackend) -> String {
+fn summary(
+    plan: &Plan,
+    report: &Report,
+    wall: Duration,
+    backend: &SshBackend,
+    dry_run: bool,
+) -> String {
     let mut out = String::new();
     let per = report.per_target(plan);
     let _ = writeln!(
@@ -485,11 +590,30 @@ fn summary(plan: &Plan, report: &Report, wall: Duration, backend: &SshBackend) -
         },
         wall.as_secs_f64()
     );
+    // Unreachable nodes, each once, with how many of its steps were skipped.
+    let dead = backend.pool().unreachable();
+    if !dead.is_empty() {
+        let _ = writeln!(out, "unreachable ({} nodes):", dead.len());
+        for (node, why) in &dead {
+            let skipped = plan
+                .steps
+                .iter()
+                .zip(&report.outcomes)
+                .filter(|(s, o)| {
+                    plan.target_name(s.target) == *node && matches!(o, Outcome::Skipped { .. })
+                })
+                .count();
+            let _ = writeln!(out, "  {node}: {why} ({skipped} steps skipped)");
+        }
+    }
     // Root causes of skips (not "dependency ... was skipped"), with how many steps they took along.
     let mut roots: Vec<(String, String)> = Vec::new();
     let mut by_dep = 0;
     for (s, o) in plan.steps.iter().zip(&report.outcomes) {
         if let Outcome::Skipped { reason } = o {
+            if reason.starts_with("unreachable: ") {
+                continue;
+            }
             if reason.starts_with("dependency ") {
                 by_dep += 1;
             } else {
@@ -544,24 +668,34 @@ fn summary(plan: &Plan, report: &Report, wall: Duration, backend: &SshBackend) -
                 let _ = writeln!(out, "    not reached: {}", not_reached.join(", "));
             }
         }
-        let _ = writeln!(out, "fix the failure and run again with --resume: every step is re-checked, finished ones are not redone");
+        if !dry_run {
+            let _ = writeln!(out, "fix the failure and run again with --resume: every step is re-checked, finished ones are not redone");
+        }
     }
     let stats = backend.pool().stats();
     let commands: u64 = stats.values().map(|s| s.commands).sum();
     let connects: u64 = stats.values().map(|s| s.connects).sum();
+    let round_trips: u64 = stats.values().map(|s| s.round_trips).sum();
     let remote_steps = plan
         .steps
         .iter()
         .filter(|s| matches!(s.target, Target::Node(_)))
         .count()
         .max(1);
-    if let Some((node, busiest)) = stats.iter().max_by_key(|(_, s)| s.busy) {
+    if let Some((node, busiest)) = stats.iter().max_by_key(|(_, s)| s.busy + s.connecting) {
+        // The node that took longest bounds the run; what the wall time adds
+        // on top is kscratch's own: scheduling, rendering, the local PKI.
+        let remote = busiest.busy + busiest.connecting;
+        let own = wall.saturating_sub(remote);
         let _ = writeln!(
             out,
-            "ssh: {connects} connections, {commands} remote commands ({:.2} per node step); longest node {node}: {:.1}s in commands, wall time {:.1}s",
-            commands as f64 / remote_steps as f64,
+            "ssh: {connects} connections, {commands} remote scripts in {round_trips} round trips ({:.2} per node step); longest node {node}: {:.2}s connecting + {:.2}s in commands; wall {:.2}s = {:.2}x that; kscratch's own time {:.1} ms per step",
+            round_trips as f64 / remote_steps as f64,
+            busiest.connecting.as_secs_f64(),
             busiest.busy.as_secs_f64(),
-            wall.as_secs_f64()
+            wall.as_secs_f64(),
+            wall.as_secs_f64() / remote.as_secs_f64().max(1e-9),
+            own.as_secs_f64() * 1000.0 / plan.steps.len().max(1) as f64,
         );
     }
     out
@@ -632,6 +766,19 @@ fn dry_run_listing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_known_hosts_directory_is_refused_up_front_and_a_missing_file_is_fine() {
+        let dir = std::env::temp_dir().join(format!("kscratch-kh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = check_known_hosts(&dir).unwrap_err().to_string();
+        assert!(e.contains("is a directory: pass the file itself"), "{e}");
+        assert!(check_known_hosts(&dir.join("absent")).is_ok());
+        let f = dir.join("known_hosts");
+        std::fs::write(&f, "").unwrap();
+        assert!(check_known_hosts(&f).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn journal_lines_round_trip_and_the_last_run_is_read() {

@@ -1,6 +1,7 @@
 //! The `kscratch` command: flag parsing, file IO, printing and exit codes.
 //! Everything else lives in the library crates.
 
+mod apply_lock;
 mod cmd_apply;
 mod cmd_check;
 mod cmd_render;

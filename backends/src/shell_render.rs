@@ -156,6 +156,8 @@ pub struct Binary {
     pub path: PathBuf,
     /// Lowercase hex.
     pub sha256: String,
+    /// Bytes, checked on the node before the upload replaces anything.
+    pub size: u64,
 }
 
 /// What the renderer needs to know about the step.
@@ -379,7 +381,11 @@ fn parent(path: &str) -> &str {
 }
 
 /// A check and an apply that place `stdin` at `dest` with `mode`, owned by root.
-fn upload(dest: &str, mode: u32, sha256: &str, stdin: Stdin) -> R<StepScripts> {
+///
+/// The received bytes are checked, size and SHA-256, in the temporary file
+/// and **before** the rename: a transfer cut short (the operator's process
+/// killed, the connection lost) leaves the previous file in place.
+fn upload(dest: &str, mode: u32, sha256: &str, size: u64, stdin: Stdin) -> R<StepScripts> {
     let d = q(dest)?;
     let mode_text = format!("{mode:o}");
     let sum_line = q(&format!("{sha256}  {dest}"))?;
@@ -391,12 +397,22 @@ fn upload(dest: &str, mode: u32, sha256: &str, stdin: Stdin) -> R<StepScripts> {
          exit 0\n"
     );
     let dir = q(parent(dest))?;
+    let short = q(&format!(
+        "upload of {dest} cut short, the previous file is kept: expected {size} bytes, received"
+    ))?;
+    let corrupt = q(&format!(
+        "upload of {dest} does not match its SHA-256 {sha256}, the previous file is kept"
+    ))?;
+    let sha256 = q(sha256)?;
     let apply = format!(
         "set -e\n\
          mkdir -p {dir}\n\
          tmp=$(mktemp {dir}/.kscratch.XXXXXX)\n\
          trap 'rm -f \"$tmp\"' EXIT\n\
          cat > \"$tmp\"\n\
+         got=$(wc -c < \"$tmp\")\n\
+         [ \"$got\" -eq {size} ] || {{ echo {short} \"$got\" >&2; exit 1; }}\n\
+         printf '%s  %s\\n' {sha256} \"$tmp\" | sha256sum -c --status || {{ echo {corrupt} >&2; exit 1; }}\n\
          chmod {mode:04o} \"$tmp\"\n\
          chown 0:0 \"$tmp\"\n\
          mv -f \"$tmp\" {d}\n\
@@ -413,6 +429,7 @@ fn write_file(path: &str, mode: u32, bytes: &[u8], secret: bool) -> R<StepScript
         path,
         mode,
         &sha256_hex(bytes),
+        bytes.len() as u64,
         Stdin::Bytes {
             bytes: bytes.to_vec(),
             secret,
@@ -421,7 +438,13 @@ fn write_file(path: &str, mode: u32, bytes: &[u8], secret: bool) -> R<StepScript
 }
 
 fn install_binary(dest: &str, bin: &Binary) -> R<StepScripts> {
-    upload(dest, 0o755, &bin.sha256, Stdin::File(bin.path.clone()))
+    upload(
+        dest,
+        0o755,
+        &bin.sha256,
+        bin.size,
+        Stdin::File(bin.path.clone()),
+    )
 }
 
 /// The process name that may hold a port a preflight wants free: on a
@@ -1502,6 +1525,7 @@ mod tests {
         let bin = Binary {
             path: "/rel/etcd".into(),
             sha256: "ab".repeat(32),
+            size: 4,
         };
         let r = scripts(
             &s,
@@ -1636,6 +1660,7 @@ mod tests {
                 let bin = Binary {
                     path: "/rel/x".into(),
                     sha256: "00".repeat(32),
+                    size: 1,
                 };
                 let inputs = Inputs {
                     file: Some(b"x"),

@@ -1,5 +1,27 @@
-//! The SSH transport: one russh connection per node, reused by every step
-//! (one session channel per command), with keepalives and reconnection.
+//! The SSH transport: one russh connection per node and, on it, one
+//! long-lived session running a small POSIX `sh` agent ([`AGENT`]) that runs
+//! every step's scripts, framed, with keepalives and bounded reconnection.
+//!
+//! Why an agent: sshd forks, logs in and sets up a session for every channel,
+//! which cost 300-480 ms per command on the testbed (more on a loaded
+//! machine). The agent is started once per node (under `sudo -n` for a
+//! non-root user) and then costs a few forks per script:
+//! - a request is a header line `ID SCRIPT_LEN STDIN_LEN TIMEOUT_SECS`, the
+//!   script's bytes, then exactly `STDIN_LEN` bytes of stdin (file contents
+//!   and binaries, secrets included: never argv, never the script text);
+//! - the agent checks the script arrived whole (a truncated script never
+//!   runs), runs it with `sh` under coreutils `timeout` when the node has it,
+//!   the stdin streamed into it, and drains whatever stdin the script left;
+//! - the answer is a header line `KSA ID STATUS STDOUT_LEN STDERR_LEN` and
+//!   the two outputs' bytes.
+//!
+//! Requests are pipelined: [`SshPool::run_batch`] writes several and then
+//! reads their answers, one round trip for all of a node's checks.
+//!
+//! Dead nodes fail fast: a node whose connection cannot be opened (or
+//! re-opened after a loss, at most [`MAX_RECONNECTS`] times) is marked
+//! unreachable once, and every later command on it fails at once with
+//! [`SshError::Unreachable`], without another connect timeout.
 //!
 //! Host keys are verified in [`russh::client::Handler::check_server_key`]
 //! against an OpenSSH known_hosts file with kscratch's own
@@ -16,13 +38,14 @@
 //! others may read it, as OpenSSH does) or, without one, the keys of the
 //! ssh-agent at `SSH_AUTH_SOCK`. Non-root users run scripts under `sudo -n`.
 //!
-//! Every command has a timeout. A lost or failed connection is reported as a
-//! [`SshError`] of kind [`ErrorKind::Connection`], which the executor
-//! retries; the next command reconnects.
+//! Every command has a timeout. A lost or failed connection or session is
+//! reported as a [`SshError`] of kind [`ErrorKind::Connection`], which the
+//! executor answers by checking the step again (never by re-running its
+//! apply blindly); the next command re-establishes the session.
 
 use crate::keyfile::{self, KeyFileError};
 use crate::known_hosts::{format_entry, KnownHosts, NameForm, Verdict, HASH_SALT_LEN};
-use crate::shell_render::{Script, Stdin};
+use crate::shell_render::{Script, Stdin, SCRIPT_PATH};
 use kscratch_core::exec::ErrorKind;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
@@ -34,6 +57,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 
 /// How the client connects and what it trusts.
 #[derive(Debug, Clone)]
@@ -53,7 +77,7 @@ impl SshConfig {
         SshConfig {
             known_hosts,
             accept_new_host_keys: false,
-            connect_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(15),
         }
     }
@@ -134,6 +158,13 @@ pub enum SshError {
     },
     #[error("{path}: {message}", path = .path.display())]
     KnownHostsFile { path: PathBuf, message: String },
+    /// The agent could not start on the node (for example `sudo -n` wants a
+    /// password) or broke its protocol.
+    #[error("{node}: cannot start the kscratch agent: {message}")]
+    Agent { node: String, message: String },
+    /// The node was marked unreachable earlier in this run: nothing is tried again.
+    #[error("unreachable: {message}")]
+    Unreachable { node: String, message: String },
     #[error("{0}")]
     Protocol(#[from] russh::Error),
 }
@@ -142,9 +173,10 @@ impl SshError {
     /// How the executor treats it: connection-level problems are retried, nothing else.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SshError::Connect { .. } | SshError::Lost { .. } | SshError::Protocol(_) => {
-                ErrorKind::Connection
-            }
+            SshError::Connect { .. }
+            | SshError::Lost { .. }
+            | SshError::Protocol(_)
+            | SshError::Unreachable { .. } => ErrorKind::Connection,
             SshError::Timeout { .. } => ErrorKind::Timeout,
             _ => ErrorKind::Failed,
         }
@@ -154,24 +186,218 @@ impl SshError {
 /// Counters per node, for the performance figures of `apply`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStats {
-    /// Remote commands run (each one session channel: open, exec, data, close).
+    /// Remote scripts run (each one framed request to the node's agent).
     pub commands: u64,
+    /// Request-and-answer exchanges: a batch of pipelined scripts counts one.
+    pub round_trips: u64,
     /// SSH connections opened (1 unless a connection was lost).
     pub connects: u64,
-    /// Time spent inside remote commands, from channel open to close.
+    /// Agent sessions started (1 unless a session was lost).
+    pub sessions: u64,
+    /// Time spent inside remote commands, from sending the request to its answer.
     pub busy: Duration,
-    /// Time spent connecting and authenticating.
+    /// Time spent connecting, authenticating and starting the agent.
     pub connecting: Duration,
 }
 
+/// Re-connections allowed per node and run after a lost connection; then
+/// the node is marked unreachable.
+pub const MAX_RECONNECTS: u64 = 2;
+
+/// The agent run in the one long-lived session per node (see the module
+/// documentation for the protocol). POSIX `sh`, coreutils `head`, `wc`,
+/// `cat`, `mktemp`; `timeout` when present.
+pub const AGENT: &str = r#"umask 077
+LC_ALL=C
+export LC_ALL
+d=$(mktemp -d "${TMPDIR:-/tmp}/.kscratch-agent.XXXXXX") || exit 1
+trap 'rm -rf "$d"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+T=
+if command -v timeout >/dev/null 2>&1; then T=timeout; fi
+echo "KSA-READY 1"
+while IFS=' ' read -r id n ilen tmo; do
+  s=
+  i=0
+  while [ "$i" -lt "$n" ]; do
+    IFS= read -r l || exit 1
+    s="$s$l
+"
+    i=$((i + 1))
+  done
+  if [ "$ilen" = 0 ]; then
+    o=$( (eval "$s") 2> "$d/e" < /dev/null; printf "x$?")
+  else
+    printf '%s' "$s" > "$d/s"
+    if [ -n "$T" ] && [ "$tmo" -gt 0 ]; then run="$T -k 5 $tmo sh"; else run=sh; fi
+    o=$(head -c "$ilen" | { $run "$d/s" 2> "$d/e"; st=$?; cat > /dev/null; exit $st; }; printf "x$?")
+  fi
+  st=${o##*x}
+  o=${o%x*}
+  el=0
+  if [ -s "$d/e" ]; then el=$(wc -c < "$d/e"); fi
+  printf 'KSA %s %s %s %s\n%s' "$id" "$st" "${#o}" "$el" "$o"
+  if [ "$el" != 0 ]; then cat "$d/e"; fi
+done
+"#;
+
 /// A node's connection: opened under the lock, used outside it.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Handle<Client>>>>>;
+/// A node's agent session, held for a whole request-and-answer exchange.
+type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
 
-/// One connection per node, opened on first use and reused.
+/// One agent session: the channel and what it sent that is not read yet.
+struct Session {
+    handle: Arc<Handle<Client>>,
+    ch: russh::Channel<client::Msg>,
+    buf: Vec<u8>,
+    stderr: Vec<u8>,
+    next_id: u64,
+    in_flight: bool,
+}
+
+/// One answer of the agent.
+struct Frame {
+    id: u64,
+    status: u32,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Session {
+    /// Reads until `buf` holds one line; returns it without its newline.
+    async fn line(&mut self) -> Result<String, String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Ok(String::from_utf8_lossy(&line[..i]).into_owned());
+            }
+            self.more().await?;
+        }
+    }
+
+    /// Waits for more bytes from the agent; an error when the session ended.
+    async fn more(&mut self) -> Result<(), String> {
+        loop {
+            match self.ch.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    self.buf.extend_from_slice(&data);
+                    return Ok(());
+                }
+                Some(ChannelMsg::ExtendedData { data, .. }) => {
+                    // The agent's own complaints (never a script's: those are framed).
+                    self.stderr.extend_from_slice(&data);
+                    let keep = self.stderr.len().saturating_sub(4096);
+                    self.stderr.drain(..keep);
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    return Err(format!(
+                        "the agent exited with status {exit_status}{}",
+                        self.said()
+                    ))
+                }
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    return Err(format!(
+                        "the agent was killed ({signal_name:?}){}",
+                        self.said()
+                    ))
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                    return Err(format!("the session closed{}", self.said()))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn said(&self) -> String {
+        let t = String::from_utf8_lossy(&self.stderr);
+        let t = t.trim();
+        if t.is_empty() {
+            String::new()
+        } else {
+            format!(": {t}")
+        }
+    }
+
+    /// Sends one request.
+    async fn send(
+        &mut self,
+        script: &Script,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<u64, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let stdin_len = match &script.stdin {
+            Stdin::Empty => 0,
+            Stdin::Bytes { bytes, .. } => bytes.len() as u64,
+            Stdin::File(p) => tokio::fs::metadata(p)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+                .len(),
+        };
+        // The agent reads the script line by line: it must end with a newline.
+        let mut text = text.to_string();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        if text.contains('\0') {
+            return Err("a script cannot contain a NUL byte".into());
+        }
+        let lines = text.bytes().filter(|&b| b == b'\n').count();
+        let mut msg = format!("{id} {lines} {stdin_len} {}\n", timeout.as_secs()).into_bytes();
+        msg.extend_from_slice(text.as_bytes());
+        if let Stdin::Bytes { bytes, .. } = &script.stdin {
+            msg.extend_from_slice(bytes);
+        }
+        self.ch.data(&msg[..]).await.map_err(|e| e.to_string())?;
+        if let Stdin::File(p) = &script.stdin {
+            let f = tokio::fs::File::open(p)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            // Exactly the announced length, even if the file grew meanwhile.
+            self.ch
+                .data(f.take(stdin_len))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(id)
+    }
+
+    /// Reads one answer.
+    async fn receive(&mut self) -> Result<Frame, String> {
+        let header = self.line().await?;
+        let f: Vec<&str> = header.split_whitespace().collect();
+        let bad = || format!("the agent answered `{header}`, not a frame");
+        if f.len() != 5 || f[0] != "KSA" {
+            return Err(bad());
+        }
+        let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
+        let (id, status, olen, elen) = (num(f[1])?, num(f[2])?, num(f[3])?, num(f[4])?);
+        let need = (olen + elen) as usize;
+        while self.buf.len() < need {
+            self.more().await?;
+        }
+        let stdout: Vec<u8> = self.buf.drain(..olen as usize).collect();
+        let stderr: Vec<u8> = self.buf.drain(..elen as usize).collect();
+        Ok(Frame {
+            id,
+            status: status as u32,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// One connection and one agent session per node, opened on first use and reused.
 pub struct SshPool {
     config: SshConfig,
     conns: Mutex<BTreeMap<String, Slot>>,
+    sessions: Mutex<BTreeMap<String, SessionSlot>>,
     stats: Arc<Mutex<BTreeMap<String, NodeStats>>>,
+    /// Nodes marked unreachable in this run, with why.
+    dead: Mutex<BTreeMap<String, String>>,
     /// Serializes read-verify-append of the known_hosts file across nodes.
     known_hosts_lock: Arc<Mutex<()>>,
 }
@@ -181,7 +407,9 @@ impl SshPool {
         SshPool {
             config,
             conns: Mutex::default(),
+            sessions: Mutex::default(),
             stats: Arc::default(),
+            dead: Mutex::default(),
             known_hosts_lock: Arc::default(),
         }
     }
@@ -191,10 +419,39 @@ impl SshPool {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Connects (or reuses the connection) without running anything: host
-    /// key verification and authentication happen here.
+    /// The nodes marked unreachable so far, with why (each marked once).
+    pub fn unreachable(&self) -> BTreeMap<String, String> {
+        self.dead.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Why `node` is unreachable, if it was marked so.
+    pub fn unreachable_reason(&self, node: &str) -> Option<String> {
+        self.dead.lock().ok().and_then(|d| d.get(node).cloned())
+    }
+
+    /// Marks `node` unreachable (the first reason stays).
+    pub fn mark_unreachable(&self, node: &str, why: String) {
+        if let Ok(mut d) = self.dead.lock() {
+            if !d.contains_key(node) {
+                tracing::info!(node = %node, "marked unreachable: {why}");
+                d.insert(node.to_string(), why);
+            }
+        }
+    }
+
+    fn stat(&self, node: &str, f: impl FnOnce(&mut NodeStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(s.entry(node.to_string()).or_default());
+        }
+    }
+
+    /// Connects (or reuses the connection) and starts the node's agent
+    /// without running anything: host key verification, authentication and
+    /// `sudo -n` are all proven here.
     pub async fn connect(&self, ep: &Endpoint) -> Result<(), SshError> {
-        self.handle(ep).await.map(|_| ())
+        let slot = self.session_slot(ep);
+        let mut g = slot.lock().await;
+        self.session(ep, &mut g).await.map(|_| ())
     }
 
     /// Runs `script` on `ep` within `timeout`.
@@ -204,43 +461,125 @@ impl SshPool {
         script: &Script,
         timeout: Duration,
     ) -> Result<Output, SshError> {
-        let handle = self.handle(ep).await?;
-        let command = script.command_line(ep.sudo);
-        let started = Instant::now();
-        let result = tokio::time::timeout(timeout, exec(&handle, &command, &script.stdin)).await;
-        let elapsed = started.elapsed();
-        if let Ok(mut s) = self.stats.lock() {
-            let e = s.entry(ep.node.clone()).or_default();
-            e.commands += 1;
-            e.busy += elapsed;
+        let mut v = self
+            .run_batch(ep, std::slice::from_ref(script), timeout)
+            .await?;
+        v.pop().ok_or_else(|| SshError::Agent {
+            node: ep.node.clone(),
+            message: "no answer".into(),
+        })
+    }
+
+    /// Runs `scripts` on `ep` in order, pipelined: all requests are sent,
+    /// then all answers read, one round trip. `timeout` is for each script;
+    /// the batch may take their sum.
+    pub async fn run_batch(
+        &self,
+        ep: &Endpoint,
+        scripts: &[Script],
+        timeout: Duration,
+    ) -> Result<Vec<Output>, SshError> {
+        if scripts.is_empty() {
+            return Ok(Vec::new());
         }
-        let first_line = script
-            .text
-            .lines()
-            .find(|l| !l.trim().is_empty() && !l.starts_with('#') && !matches!(*l, "(" | "set -e"))
-            .unwrap_or("")
-            .to_string();
+        let slot = self.session_slot(ep);
+        let mut g = slot.lock().await;
+        let first_line = first_line(&scripts[0].text);
+        let mut started = Instant::now();
+        let result = {
+            let session = self.session(ep, &mut g).await?;
+            // Set until every answer is read: a session whose exchange was
+            // abandoned half-way (a cancelled future) is never reused.
+            session.in_flight = true;
+            let total = timeout
+                .saturating_mul(scripts.len() as u32)
+                .saturating_add(Duration::from_secs(10));
+            tokio::time::timeout(total, async {
+                started = Instant::now();
+                let mut ids = Vec::with_capacity(scripts.len());
+                for s in scripts {
+                    ids.push(session.send(s, &s.text, timeout).await?);
+                }
+                let mut outs = Vec::with_capacity(scripts.len());
+                for id in ids {
+                    let f = session.receive().await?;
+                    if f.id != id {
+                        return Err(format!("the agent answered request {} for {id}", f.id));
+                    }
+                    outs.push(Output {
+                        status: Some(f.status),
+                        signal: None,
+                        stdout: f.stdout,
+                        stderr: f.stderr,
+                    });
+                }
+                session.in_flight = false;
+                Ok(outs)
+            })
+            .await
+        };
+        let elapsed = started.elapsed();
+        self.stat(&ep.node, |e| {
+            e.commands += scripts.len() as u64;
+            e.round_trips += 1;
+            e.busy += elapsed;
+        });
         match result {
-            Ok(Ok(out)) => Ok(out),
+            Ok(Ok(outs)) => {
+                // `timeout` on the node answers 124 when it had to stop the script.
+                if scripts.len() == 1 && outs[0].status == Some(124) && elapsed >= timeout {
+                    return Err(SshError::Timeout {
+                        node: ep.node.clone(),
+                        command: first_line,
+                        secs: timeout.as_secs(),
+                    });
+                }
+                Ok(outs)
+            }
             Ok(Err(message)) => {
-                // The connection is suspect: the next command opens a new one.
-                self.forget(ep, &handle).await;
+                // The session is suspect: the next command starts a new one
+                // (and a new connection, if this one is gone).
+                self.drop_session(&mut g).await;
                 Err(SshError::Lost {
                     node: ep.node.clone(),
                     command: first_line,
                     message,
                 })
             }
-            Err(_) => Err(SshError::Timeout {
-                node: ep.node.clone(),
-                command: first_line,
-                secs: timeout.as_secs(),
-            }),
+            Err(_) => {
+                // Answers may still be on their way: never reuse this session.
+                self.drop_session(&mut g).await;
+                Err(SshError::Timeout {
+                    node: ep.node.clone(),
+                    command: first_line,
+                    secs: timeout.as_secs(),
+                })
+            }
+        }
+    }
+
+    async fn drop_session(&self, g: &mut Option<Session>) {
+        if let Some(s) = g.take() {
+            let _ = s.ch.close().await;
+            if s.handle.is_closed() {
+                self.forget(&s.handle).await;
+            }
         }
     }
 
     /// Closes every connection (at the end of a run, or to test reconnection).
     pub async fn disconnect_all(&self) {
+        let sessions: Vec<_> = self
+            .sessions
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        for slot in sessions {
+            if let Some(s) = slot.lock().await.take() {
+                let _ = s.ch.eof().await;
+                let _ = s.ch.close().await;
+            }
+        }
         let slots: Vec<_> = self
             .conns
             .lock()
@@ -255,17 +594,80 @@ impl SshPool {
         }
     }
 
-    async fn forget(&self, ep: &Endpoint, handle: &Arc<Handle<Client>>) {
-        let slot = self.slot(ep);
-        let mut g = slot.lock().await;
-        if g.as_ref().is_some_and(|h| Arc::ptr_eq(h, handle)) {
-            *g = None;
+    async fn forget(&self, handle: &Arc<Handle<Client>>) {
+        let slots: Vec<_> = self
+            .conns
+            .lock()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        for slot in slots {
+            let mut g = slot.lock().await;
+            if g.as_ref().is_some_and(|h| Arc::ptr_eq(h, handle)) {
+                *g = None;
+            }
         }
     }
 
     fn slot(&self, ep: &Endpoint) -> Slot {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         conns.entry(ep.node.clone()).or_default().clone()
+    }
+
+    fn session_slot(&self, ep: &Endpoint) -> SessionSlot {
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        s.entry(ep.node.clone()).or_default().clone()
+    }
+
+    /// The node's live agent session, started (and connected) if needed.
+    async fn session<'g>(
+        &self,
+        ep: &Endpoint,
+        g: &'g mut Option<Session>,
+    ) -> Result<&'g mut Session, SshError> {
+        if let Some(why) = self.unreachable_reason(&ep.node) {
+            return Err(SshError::Unreachable {
+                node: ep.node.clone(),
+                message: why,
+            });
+        }
+        if g.as_ref()
+            .is_some_and(|s| s.handle.is_closed() || s.in_flight)
+        {
+            tracing::info!(node = %ep.node, "session lost; starting a new one");
+            self.drop_session(g).await;
+        }
+        if g.is_none() {
+            let started = Instant::now();
+            let handle = self.handle(ep).await?;
+            let s = tokio::time::timeout(self.config.connect_timeout, start_agent(&handle, ep))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer within {}s",
+                        self.config.connect_timeout.as_secs()
+                    ))
+                });
+            let s = match s {
+                Ok(s) => s,
+                Err(message) => {
+                    let e = SshError::Agent {
+                        node: ep.node.clone(),
+                        message,
+                    };
+                    self.mark_unreachable(&ep.node, e.to_string());
+                    return Err(e);
+                }
+            };
+            self.stat(&ep.node, |e| {
+                e.sessions += 1;
+                e.connecting += started.elapsed();
+            });
+            *g = Some(s);
+        }
+        g.as_mut().ok_or_else(|| SshError::Agent {
+            node: ep.node.clone(),
+            message: "no session".into(),
+        })
     }
 
     async fn handle(&self, ep: &Endpoint) -> Result<Arc<Handle<Client>>, SshError> {
@@ -277,23 +679,41 @@ impl SshPool {
             }
             tracing::info!(node = %ep.node, "connection lost; reconnecting");
         }
-        let started = Instant::now();
-        let h = tokio::time::timeout(self.config.connect_timeout, self.open(ep))
-            .await
-            .map_err(|_| SshError::Connect {
+        let connects = self.stats().get(&ep.node).map_or(0, |s| s.connects);
+        if connects > MAX_RECONNECTS {
+            let why = format!("the connection was lost {} times in this run", connects);
+            self.mark_unreachable(&ep.node, why.clone());
+            return Err(SshError::Unreachable {
                 node: ep.node.clone(),
-                host: ep.host.clone(),
-                port: ep.port,
-                message: format!(
-                    "no answer within {}s",
-                    self.config.connect_timeout.as_secs()
-                ),
-            })??;
-        if let Ok(mut s) = self.stats.lock() {
-            let e = s.entry(ep.node.clone()).or_default();
+                message: why,
+            });
+        }
+        let started = Instant::now();
+        let opened = tokio::time::timeout(self.config.connect_timeout, self.open(ep))
+            .await
+            .unwrap_or_else(|_| {
+                Err(SshError::Connect {
+                    node: ep.node.clone(),
+                    host: ep.host.clone(),
+                    port: ep.port,
+                    message: format!(
+                        "no answer within {}s",
+                        self.config.connect_timeout.as_secs()
+                    ),
+                })
+            });
+        self.stat(&ep.node, |e| {
             e.connects += 1;
             e.connecting += started.elapsed();
-        }
+        });
+        let h = match opened {
+            Ok(h) => h,
+            Err(e) => {
+                // One connect timeout per node and run, not one per step.
+                self.mark_unreachable(&ep.node, e.to_string());
+                return Err(e);
+            }
+        };
         let h = Arc::new(h);
         *g = Some(h.clone());
         Ok(h)
@@ -409,45 +829,42 @@ impl SshPool {
     }
 }
 
-/// Runs one command on a new session channel. Errors are connection-level.
-async fn exec(handle: &Handle<Client>, command: &str, stdin: &Stdin) -> Result<Output, String> {
-    let mut ch = handle
+/// Opens the node's one session channel and starts the agent in it.
+async fn start_agent(handle: &Arc<Handle<Client>>, ep: &Endpoint) -> Result<Session, String> {
+    let ch = handle
         .channel_open_session()
         .await
         .map_err(|e| e.to_string())?;
-    ch.exec(true, command).await.map_err(|e| e.to_string())?;
-    match stdin {
-        Stdin::Empty => {}
-        Stdin::Bytes { bytes, .. } => ch.data(&bytes[..]).await.map_err(|e| e.to_string())?,
-        Stdin::File(p) => {
-            let f = tokio::fs::File::open(p)
-                .await
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            ch.data(f).await.map_err(|e| e.to_string())?;
-        }
-    }
-    ch.eof().await.map_err(|e| e.to_string())?;
-    let mut out = Output {
-        status: None,
-        signal: None,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
+    let body = format!("PATH={SCRIPT_PATH}; export PATH\n{AGENT}");
+    let quoted = crate::shell::quote(&body).map_err(|e| e.to_string())?;
+    let command = if ep.sudo {
+        format!("sudo -n sh -c {quoted}")
+    } else {
+        format!("sh -c {quoted}")
     };
-    while let Some(msg) = ch.wait().await {
-        match msg {
-            ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-            ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
-            ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
-            ChannelMsg::ExitSignal { signal_name, .. } => {
-                out.signal = Some(format!("{signal_name:?}"))
-            }
-            _ => {}
-        }
+    ch.exec(true, command).await.map_err(|e| e.to_string())?;
+    let mut s = Session {
+        handle: handle.clone(),
+        ch,
+        buf: Vec::new(),
+        stderr: Vec::new(),
+        next_id: 1,
+        in_flight: false,
+    };
+    let hello = s.line().await?;
+    if hello.trim() != "KSA-READY 1" {
+        return Err(format!("it answered `{hello}`{}", s.said()));
     }
-    if out.status.is_none() && out.signal.is_none() {
-        return Err("the channel closed without an exit status".into());
-    }
-    Ok(out)
+    tracing::debug!(node = %ep.node, "agent started");
+    Ok(s)
+}
+
+/// A script's first meaningful line, for messages.
+fn first_line(text: &str) -> String {
+    text.lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#') && !matches!(*l, "(" | "set -e"))
+        .unwrap_or("")
+        .to_string()
 }
 
 /// The russh client handler: host key verification with kscratch's known_hosts.

@@ -1,7 +1,16 @@
 //! [`SshBackend`]: the executor's [`Backend`] for real machines.
 //!
 //! - Node steps are rendered to shell by [`crate::shell_render`] and run over
-//!   [`crate::ssh`], check first, apply only when needed.
+//!   [`crate::ssh`] in the node's one agent session, check first, apply only
+//!   when needed; the apply and its verification are one command.
+//! - Checks are batched: the first check on a node sends every check of
+//!   that node's steps in one pipelined round trip. A prefetched answer is
+//!   used only while no step it depends on (transitively) has been applied
+//!   in this run; otherwise the step is checked again, live. A converged
+//!   re-apply thus costs one round trip per node.
+//! - A node marked unreachable (see [`crate::ssh`]) has its steps
+//!   [`Probe::NotApplicable`] with that reason, at once, without another
+//!   connection attempt; the other nodes go on.
 //! - Local steps (the PKI) run on the operator's machine: key material is
 //!   generated (or kept) by [`crate::render::render_tree`] in the state
 //!   directory, `<scenario dir>/.kscratch/<cluster>/`, which also receives the
@@ -53,6 +62,9 @@ pub fn state_dir(scenario_path: &Path, cluster: &str) -> PathBuf {
     dir.join(".kscratch").join(cluster)
 }
 
+/// One node's batched check answers, fetched under its own lock.
+type Prefetch = Arc<tokio::sync::Mutex<Option<BTreeMap<StepRef, Probe>>>>;
+
 /// The executor's backend over SSH.
 pub struct SshBackend {
     opts: SshBackendOptions,
@@ -65,6 +77,10 @@ pub struct SshBackend {
     commands: Mutex<BTreeMap<StepRef, u32>>,
     /// Checks answered by the command that applied the step (see [`apply_then_check`]).
     verified: Mutex<BTreeMap<StepRef, Probe>>,
+    /// Per node, the answers of the batched checks not used yet (`None`: not fetched).
+    prefetched: Mutex<BTreeMap<usize, Prefetch>>,
+    /// Steps applied in this run: their dependents' prefetched checks are stale.
+    applied: Mutex<std::collections::BTreeSet<StepRef>>,
 }
 
 impl SshBackend {
@@ -92,6 +108,8 @@ impl SshBackend {
             binaries: Mutex::default(),
             commands: Mutex::default(),
             verified: Mutex::default(),
+            prefetched: Mutex::default(),
+            applied: Mutex::default(),
         }
     }
 
@@ -100,7 +118,8 @@ impl SshBackend {
         &self.pool
     }
 
-    /// Remote commands run per step so far (check, apply and verify each count one).
+    /// Remote scripts run per step so far (check, apply-and-verify each count
+    /// one; a batched check counts for its step).
     pub fn commands_per_step(&self) -> BTreeMap<StepRef, u32> {
         self.commands.lock().map(|c| c.clone()).unwrap_or_default()
     }
@@ -160,7 +179,7 @@ impl SshBackend {
         }
         let path = self.release_dir.join(name);
         let b = match sha256_file(&path) {
-            Ok(sha256) => Ok(Binary { path, sha256 }),
+            Ok((sha256, size)) => Ok(Binary { path, sha256, size }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
                 "{name} is not in the release directory {} (binaries.dir): put the Kubernetes server binaries there to install it",
                 self.release_dir.display()
@@ -267,6 +286,9 @@ impl SshBackend {
     }
 
     async fn local_apply(&self, cx: &StepCx<'_>) -> Result<(), StepError> {
+        if let Ok(mut a) = self.applied.lock() {
+            a.insert(cx.index);
+        }
         // One render generates whatever is missing or stale, for every PKI step at once.
         let _g = self.pki.lock().await;
         let (s, plan, dir) = (
@@ -309,14 +331,113 @@ impl SshBackend {
         }
     }
 
-    async fn run(&self, cx: &StepCx<'_>, script: &Script, what: &str) -> Result<Output, StepError> {
+    fn endpoint_of(&self, cx: &StepCx<'_>) -> Result<&Endpoint, StepError> {
         let i = cx
             .node()
             .ok_or_else(|| StepError::failed(format!("{}: not a node step", cx.id())))?;
-        let ep = self
-            .endpoints
+        self.endpoints
             .get(i)
-            .ok_or_else(|| StepError::failed(format!("{}: no node {i}", cx.id())))?;
+            .ok_or_else(|| StepError::failed(format!("{}: no node {i}", cx.id())))
+    }
+
+    /// `Some(skip reason)` when the step's node was marked unreachable.
+    fn unreachable(&self, cx: &StepCx<'_>) -> Option<Probe> {
+        let ep = self.endpoint_of(cx).ok()?;
+        self.pool
+            .unreachable_reason(&ep.node)
+            .map(|why| Probe::NotApplicable(format!("unreachable: {why}")))
+    }
+
+    /// Whether a step that `i` depends on, directly or not, was applied in this run.
+    fn a_dependency_changed(&self, cx: &StepCx<'_>) -> bool {
+        let Ok(applied) = self.applied.lock() else {
+            return true;
+        };
+        if applied.is_empty() {
+            return false;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stack: Vec<StepRef> = cx.plan.deps(cx.step).to_vec();
+        while let Some(d) = stack.pop() {
+            if !seen.insert(d) {
+                continue;
+            }
+            if applied.contains(&d) {
+                return true;
+            }
+            stack.extend_from_slice(cx.plan.deps(&cx.plan.steps[d as usize]));
+        }
+        false
+    }
+
+    /// The prefetched check of the step, fetching the node's batch on the
+    /// node's first check; `None` when it must be checked live.
+    async fn prefetched(&self, cx: &StepCx<'_>) -> Result<Option<Probe>, StepError> {
+        let Some(node) = cx.node() else {
+            return Ok(None);
+        };
+        let slot = {
+            let mut all = self
+                .prefetched
+                .lock()
+                .map_err(|_| StepError::failed("check cache poisoned"))?;
+            all.entry(node).or_default().clone()
+        };
+        let mut pre = slot.lock().await;
+        if pre.is_none() {
+            let ep = self.endpoint_of(cx)?;
+            let mut steps = Vec::new();
+            let mut scripts = Vec::new();
+            for (j, st) in cx.plan.steps.iter().enumerate() {
+                if st.target != Target::Node(node as u32) {
+                    continue;
+                }
+                let jcx = StepCx {
+                    plan: cx.plan,
+                    scenario: cx.scenario,
+                    index: j as StepRef,
+                    step: st,
+                };
+                // What cannot be rendered yet (files before their key
+                // material exists) is checked live, later.
+                if let Ok(Rendered::Remote(r)) = self.render_step(&jcx) {
+                    steps.push(j as StepRef);
+                    scripts.push(r.check);
+                }
+            }
+            let mut answers = BTreeMap::new();
+            if let Ok(mut c) = self.commands.lock() {
+                for &j in &steps {
+                    *c.entry(j).or_default() += 1;
+                }
+            }
+            match self
+                .pool
+                .run_batch(ep, &scripts, self.opts.step_timeout)
+                .await
+            {
+                Ok(outs) => {
+                    for (j, out) in steps.iter().zip(outs) {
+                        let stdout = String::from_utf8_lossy(&out.stdout);
+                        // An error status is left to the live check, which reports it.
+                        if let Some(p) = probe_of(out.status, &stdout) {
+                            answers.insert(*j, p);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(node = %ep.node, "batched checks failed: {e}");
+                }
+            }
+            *pre = Some(answers);
+        }
+        let answer = pre.as_mut().and_then(|m| m.remove(&cx.index));
+        drop(pre);
+        Ok(answer.filter(|_| !self.a_dependency_changed(cx)))
+    }
+
+    async fn run(&self, cx: &StepCx<'_>, script: &Script, what: &str) -> Result<Output, StepError> {
+        let ep = self.endpoint_of(cx)?;
         if let Ok(mut c) = self.commands.lock() {
             *c.entry(cx.index).or_default() += 1;
         }
@@ -346,11 +467,26 @@ impl Backend for SshBackend {
                 {
                     return Ok(p);
                 }
+                if let Some(p) = self.unreachable(cx) {
+                    return Ok(p);
+                }
                 let scripts = match self.scripts(cx)? {
                     Ok(s) => s,
                     Err(probe) => return Ok(probe),
                 };
-                let out = self.run(cx, &scripts.check, "check").await?;
+                if let Some(p) = self.prefetched(cx).await? {
+                    return Ok(p);
+                }
+                if let Some(p) = self.unreachable(cx) {
+                    return Ok(p);
+                }
+                let out = match self.run(cx, &scripts.check, "check").await {
+                    Err(e) if self.unreachable(cx).is_some() => {
+                        tracing::debug!("{e}");
+                        return Ok(self.unreachable(cx).unwrap_or(Probe::Needed));
+                    }
+                    other => other?,
+                };
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 probe_of(out.status, &stdout)
                     .ok_or_else(|| command_failed(cx, "check", &scripts.check, &out))
@@ -371,6 +507,9 @@ impl Backend for SshBackend {
                         return Err(StepError::failed(format!("{}: nothing to apply", cx.id())))
                     }
                 };
+                if let Ok(mut a) = self.applied.lock() {
+                    a.insert(cx.index);
+                }
                 let both = apply_then_check(&scripts);
                 let out = self.run(cx, &both, "apply").await?;
                 let stdout = String::from_utf8_lossy(&out.stdout);
@@ -453,18 +592,21 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+/// The SHA-256 (hex) and size of a file.
+fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
+        size += n as u64;
         h.update(&buf[..n]);
     }
-    Ok(hex(&h.finalize()))
+    Ok((hex(&h.finalize()), size))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -581,19 +723,22 @@ mod tests {
             .iter()
             .position(|s| plan.step_id(s) == "a/preflight")
             .unwrap();
+        // The node cannot be reached: it is marked unreachable once (one
+        // connection attempt), and every one of its steps is skipped with
+        // that reason instead of failing, each after its own attempts.
+        let reason = "unreachable: a (127.0.0.1:9): cannot connect";
         match &r.outcomes[pre] {
-            kscratch_core::exec::Outcome::Failed { error } => {
-                assert_eq!(error.kind, ErrorKind::Connection, "{error:?}");
-                assert!(
-                    error
-                        .message
-                        .starts_with("a/preflight: check: a (127.0.0.1:9): cannot connect"),
-                    "{}",
-                    error.message
-                );
+            kscratch_core::exec::Outcome::Skipped { reason: r } => {
+                assert!(r.starts_with(reason), "{r}")
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(b.pool().stats()["a"].connects, 1);
+        assert_eq!(b.pool().unreachable().len(), 1);
+        assert!(r
+            .outcomes
+            .iter()
+            .all(|o| !matches!(o, kscratch_core::exec::Outcome::Failed { .. })));
         let again = run(&SshBackend::new(&s, &plan, opts));
         assert!(local.iter().all(|&i| again.outcomes[i].name() == "ok"));
     }

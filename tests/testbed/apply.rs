@@ -752,3 +752,212 @@ fn etcd_is_healthy_with_tls_client_auth(tb: &Testbed) -> Result<()> {
     println!("etcd: healthy over TLS with client certificates; a client without one is refused");
     Ok(())
 }
+
+/// What makes `apply` safe to run for real, each proven on the testbed:
+/// - a second apply of the same cluster while one runs refuses at once,
+///   naming the holder's PID;
+/// - an upload killed mid-transfer never replaces the good file (size and
+///   SHA-256 are checked before the rename);
+/// - a session that dies is re-established for the next command;
+/// - a dead node is marked unreachable once (one error, one line in the
+///   summary), its steps are skipped with that reason and the others go on.
+#[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
+fn apply_refuses_a_second_apply_never_installs_a_killed_upload_and_marks_a_dead_node_once(
+) -> Result<()> {
+    support::require();
+    check_tools()?;
+    let tb = Testbed::up("apply_safety", 4)?;
+    let scenario = scenario_copy(&tb, "routed-4.yaml", 4)?;
+    let kh = tb.description.known_hosts.clone();
+    let state = state_dir(&scenario, "testbed-routed");
+    let lock = state.join("apply.lock");
+
+    // One apply at a time.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_kscratch"))
+        .args(["apply", path_str(&scenario), "--known-hosts", path_str(&kh)])
+        .env("CI", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io)?;
+    let holder = format!("pid={}", first.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&holder)) {
+        assert!(
+            Instant::now() < deadline,
+            "the first apply never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = kscratch(&["apply", path_str(&scenario), "--known-hosts", path_str(&kh)])?;
+    let err = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another apply of this cluster is running (PID {}",
+            first.id()
+        )),
+        "{err}"
+    );
+    let status = first.wait().map_err(io)?;
+    assert!(status.success(), "the first apply failed: {status}");
+    assert_eq!(
+        std::fs::read_to_string(&lock).map_err(io)?,
+        "",
+        "a finished apply left its PID in the lock"
+    );
+
+    // A killed upload: a release etcd made 200 MB larger (so that the
+    // transfer lasts), the apply killed while its temporary file grows.
+    let node1 = tb.node("node1")?;
+    let good = tb.node_run(node1, &["sha256sum", "/usr/local/bin/etcd"])?;
+    let release = tb.description.dir.join("release/etcd");
+    let original = std::fs::read(&release).map_err(io)?;
+    let mut padded = original.clone();
+    padded.resize(original.len() + (200 << 20), 0);
+    std::fs::write(&release, &padded).map_err(io)?;
+    drop(padded);
+    let mut upload = Command::new(env!("CARGO_BIN_EXE_kscratch"))
+        .args(["apply", path_str(&scenario), "--known-hosts", path_str(&kh)])
+        .env("CI", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io)?;
+    let partial =
+        "for f in /usr/local/bin/.kscratch.*; do [ -f \"$f\" ] && stat -c %s \"$f\"; done; true";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = 0u64;
+    while Instant::now() < deadline && upload.try_wait().map_err(io)?.is_none() {
+        seen = tb
+            .node_run(node1, &["sh", "-c", partial])?
+            .lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        if seen > 1 << 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    upload.kill().map_err(io)?;
+    let killed = upload.wait().map_err(io)?;
+    assert!(
+        seen > 1 << 20 && killed.code().is_none(),
+        "the upload was not caught mid-transfer ({seen} bytes seen, {killed})"
+    );
+    // The node notices the closed connection, checks what it received and
+    // refuses it: the good file stays, the temporary file goes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = tb.node_run(node1, &["sh", "-c", partial])?;
+        if left.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partial upload was left behind: {left}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        tb.node_run(node1, &["sha256sum", "/usr/local/bin/etcd"])?,
+        good,
+        "a killed upload replaced the installed etcd"
+    );
+    println!(
+        "killed upload: {seen} of {} bytes were sent; the installed etcd is intact",
+        original.len() + (200 << 20)
+    );
+    std::fs::write(&release, &original).map_err(io)?;
+
+    // A session that dies (its sshd process killed from inside) is
+    // re-established for the next command.
+    let pool = kscratch_backends::ssh::SshPool::new(SshConfig::new(kh.clone()));
+    let ep = kscratch_backends::ssh::Endpoint {
+        node: "node2".into(),
+        host: "198.51.100.2".into(),
+        port: 22,
+        user: "root".into(),
+        key: Some(tb.description.client_key.clone()),
+        sudo: false,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io)?;
+    let script = |text: &str| kscratch_backends::shell_render::Script {
+        text: text.into(),
+        stdin: kscratch_backends::shell_render::Stdin::Empty,
+    };
+    let t = Duration::from_secs(20);
+    rt.block_on(async {
+        let a = pool
+            .run(&ep, &script("echo a"), t)
+            .await
+            .map_err(|e| Error::new(e.to_string()))?;
+        assert_eq!(a.stdout, b"a\n");
+        let lost = pool.run(&ep, &script("kill -9 $PPID; sleep 5"), t).await;
+        match lost {
+            Err(e) => assert_eq!(e.kind(), kscratch_core::exec::ErrorKind::Connection, "{e}"),
+            Ok(o) => panic!("the session survived its own death: {o:?}"),
+        }
+        let b = pool
+            .run(&ep, &script("echo b"), t)
+            .await
+            .map_err(|e| Error::new(e.to_string()))?;
+        assert_eq!(b.stdout, b"b\n");
+        pool.disconnect_all().await;
+        Ok::<(), Error>(())
+    })?;
+    assert_eq!(pool.stats()["node2"].sessions, 2, "{:?}", pool.stats());
+    assert!(pool.unreachable().is_empty());
+
+    // A dead node: node4 drops SSH. One connect timeout, one error, its
+    // steps skipped with the reason, the others converged.
+    let node4 = tb.node("node4")?;
+    tb.run_in(
+        &node4.netns,
+        &[
+            "iptables", "-I", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP",
+        ],
+    )?;
+    let out = kscratch(&[
+        "apply",
+        path_str(&scenario),
+        "--known-hosts",
+        path_str(&kh),
+        "--connect-timeout",
+        "3",
+    ])?;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let about: Vec<&str> = stderr.lines().filter(|l| l.contains("node4")).collect();
+    assert_eq!(
+        about,
+        ["error: node4 (198.51.100.4:22): cannot connect: no answer within 3s"],
+        "{stderr}"
+    );
+    assert!(stdout.contains("unreachable (1 nodes):\n  node4: node4 (198.51.100.4:22): cannot connect: no answer within 3s ("), "{stdout}");
+    assert!(stdout.contains(" 0 changed, 0 failed,"), "{stdout}");
+    assert!(!stdout.contains("--resume"), "{stdout}");
+    let journal = std::fs::read_to_string(support_journal(&scenario)).map_err(io)?;
+    let node4_steps: Vec<&str> = journal
+        .lines()
+        .filter(|l| l.contains("\"step\":\"node4/"))
+        .collect();
+    assert!(!node4_steps.is_empty());
+    assert!(
+        node4_steps
+            .iter()
+            .all(|l| l.contains("\"outcome\":\"skipped\"")
+                && (l.contains("unreachable: node4 (198.51.100.4:22)")
+                    || l.contains("\"detail\":\"dependency "))),
+        "{node4_steps:#?}"
+    );
+    println!("dead node:\n{stdout}");
+    tb.down()
+}
