@@ -201,16 +201,35 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     let backend = SshBackend::new(&scenario, &plan, opts);
 
     let journal = journal_path(path);
-    let previous = if args.resume {
-        read_journal(&journal)
-    } else {
-        Vec::new()
-    };
-    if args.resume && previous.is_empty() {
-        eprintln!(
-            "note: no journal at {}: nothing to resume, applying from the start",
-            journal.display()
-        );
+    let fingerprint = kscratch_core::plan::fingerprint(&scenario, &plan);
+    let mut previous = Vec::new();
+    if args.resume {
+        match read_journal(&journal) {
+            Ok(None) => eprintln!(
+                "note: no journal at {}: nothing to resume, applying from the start",
+                journal.display()
+            ),
+            Ok(Some(j)) => {
+                for (line, why) in &j.damaged {
+                    eprintln!(
+                        "warning: {}:{line}: damaged journal line, ignored ({why}); a run killed while writing leaves one",
+                        journal.display()
+                    );
+                }
+                if let Some(refusal) = resume_refusal(&journal, j.plan(), &fingerprint) {
+                    return Err(load::Error::Usage(format!(
+                        "{refusal}\nnothing was run on any node"
+                    )));
+                }
+                previous = j.lines;
+            }
+            Err(e) => {
+                return Err(load::Error::Usage(format!(
+                    "error: --resume: cannot read the journal {}: {e}\nnothing was run on any node",
+                    journal.display()
+                )))
+            }
+        }
     }
     let started = Instant::now();
     let outcome = rt.block_on(async {
@@ -243,6 +262,7 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         }
         let mut obs = ApplyObserver::new(
             &plan,
+            &fingerprint,
             // A damage run is not the build: it leaves the build's journal alone.
             if args.dry_run || damage {
                 None
@@ -321,7 +341,7 @@ struct ApplyObserver {
 }
 
 impl ApplyObserver {
-    fn new(plan: &Plan, journal: Option<&Path>, resume: bool) -> ApplyObserver {
+    fn new(plan: &Plan, fingerprint: &str, journal: Option<&Path>, resume: bool) -> ApplyObserver {
         let file = match journal {
             None => None,
             Some(p) => {
@@ -361,7 +381,7 @@ impl ApplyObserver {
         };
         obs.write(&JournalLine::Start {
             time_ms: now_ms(),
-            plan: kscratch_core::plan::fingerprint(plan),
+            plan: fingerprint.to_string(),
             steps: plan.steps.len(),
             resume,
         });
@@ -480,20 +500,68 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The lines of the last run in the journal (from its last `start`).
-pub fn read_journal(path: &Path) -> Vec<JournalLine> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
+/// A journal as read back: the lines of its last run, and the lines that
+/// could not be read (a kill while a line was written leaves a partial one).
+#[derive(Debug, Default, PartialEq)]
+pub struct Journal {
+    /// From the last `start` on.
+    pub lines: Vec<JournalLine>,
+    /// `(1-based line number, why)` of every damaged line of the file.
+    pub damaged: Vec<(usize, String)>,
+}
+
+impl Journal {
+    /// The plan fingerprint the last run recorded.
+    pub fn plan(&self) -> Option<&str> {
+        match self.lines.first() {
+            Some(JournalLine::Start { plan, .. }) => Some(plan),
+            _ => None,
+        }
+    }
+}
+
+/// The journal at `path`; `Ok(None)` when there is none.
+pub fn read_journal(path: &Path) -> std::io::Result<Option<Journal>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     };
-    let lines: Vec<JournalLine> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let last_start = lines
-        .iter()
-        .rposition(|l| matches!(l, JournalLine::Start { .. }))
-        .unwrap_or(0);
-    lines[last_start..].to_vec()
+    let mut j = Journal::default();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<JournalLine>(l) {
+            Ok(line) => {
+                if matches!(line, JournalLine::Start { .. }) {
+                    j.lines.clear();
+                }
+                j.lines.push(line);
+            }
+            Err(e) => j.damaged.push((i + 1, e.to_string())),
+        }
+    }
+    Ok(Some(j))
+}
+
+/// `--resume` continues the run of the same plan only: a journal written for
+/// another plan (the scenario changed since) is refused, saying how to go on.
+fn resume_refusal(journal: &Path, recorded: Option<&str>, fingerprint: &str) -> Option<String> {
+    match recorded {
+        Some(p) if p == fingerprint => None,
+        Some(p) => Some(format!(
+            "error: --resume: the journal {} belongs to another plan ({p}); this scenario now plans {fingerprint}\n\
+             hint: the scenario changed since the interrupted run. Run `kscratch diff` to see what changed, then apply without --resume: \
+             every step is checked before it runs, so what the interrupted run finished is not done again",
+            journal.display()
+        )),
+        None => Some(format!(
+            "error: --resume: the journal {} has no readable start line, so it cannot say which plan it belongs to\n\
+             hint: apply without --resume: every step is checked before it runs, so nothing finished is done again",
+            journal.display()
+        )),
+    }
 }
 
 /// What `--resume` re-checked: the steps the interrupted run had completed,
@@ -817,13 +885,30 @@ mod tests {
             .iter()
             .map(|l| serde_json::to_string(l).unwrap() + "\n")
             .collect();
-        // A torn last line (a killed process) is ignored.
+        // A torn last line (a killed process) is reported as damaged, with its number.
         std::fs::write(&p, text + "{\"event\":\"step\",\"ti").unwrap();
-        assert_eq!(read_journal(&p), lines[2..].to_vec());
+        let j = read_journal(&p).unwrap().unwrap();
+        assert_eq!(j.lines, lines[2..].to_vec());
+        assert_eq!(j.plan(), Some("sha256:a"));
+        assert_eq!(j.damaged.len(), 1);
+        assert_eq!(j.damaged[0].0, 5);
+        assert_eq!(read_journal(&dir.join("absent")).unwrap(), None);
         assert_eq!(
             journal_path(Path::new("s/routed-4.yaml")),
             PathBuf::from("s/routed-4.journal.jsonl")
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resume_refuses_a_journal_of_another_plan_and_says_how_to_go_on() {
+        let j = Path::new("s/x.journal.jsonl");
+        assert_eq!(resume_refusal(j, Some("sha256:a"), "sha256:a"), None);
+        let e = resume_refusal(j, Some("sha256:a"), "sha256:b").unwrap();
+        assert!(e.contains("belongs to another plan (sha256:a)"), "{e}");
+        assert!(e.contains("now plans sha256:b"), "{e}");
+        assert!(e.contains("apply without --resume"), "{e}");
+        let e = resume_refusal(j, None, "sha256:b").unwrap();
+        assert!(e.contains("no readable start line"), "{e}");
     }
 }

@@ -287,7 +287,7 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
                         out(&loaded.warnings.to_string());
                     }
                 }
-                PlanFormat::Json => out(&kscratch_core::plan::to_json(&plan)),
+                PlanFormat::Json => out(&output::plan_json(&loaded.scenario, &plan)),
                 PlanFormat::Dot => out(&kscratch_core::plan::to_dot(&plan)),
             }
             Ok(ExitCode::SUCCESS)

@@ -31,6 +31,31 @@ pub fn json<T: Serialize>(kind: &str, body: &T) -> String {
     s
 }
 
+/// What `plan --format json` prints: the fingerprint, every file's digest
+/// (secrets by their spec, never their keys) and the canonical step graph.
+pub fn plan_json(
+    s: &kscratch_core::scenario::Scenario,
+    plan: &kscratch_core::plan::Plan,
+) -> String {
+    #[derive(Serialize)]
+    struct PlanDoc<'a> {
+        fingerprint: String,
+        files: &'a [kscratch_core::plan::FileDigest],
+        #[serde(flatten)]
+        plan: serde_json::Value,
+    }
+    let graph = kscratch_core::plan::to_json(plan);
+    let files = kscratch_core::plan::file_digests(s, plan);
+    json(
+        "plan",
+        &PlanDoc {
+            fingerprint: kscratch_core::plan::digest::fingerprint_of(&graph, &files),
+            files: &files,
+            plan: serde_json::from_str(&graph).expect("the canonical plan is JSON"),
+        },
+    )
+}
+
 /// What `validate --format json` prints, and what every command prints
 /// under `--format json` when its scenario is invalid.
 #[derive(Serialize)]

@@ -256,7 +256,23 @@ fn json_outputs_match_their_published_schemas() {
         "{}",
         String::from_utf8_lossy(&trace.stderr)
     );
+    let plan = kscratch(
+        &[
+            "plan",
+            "scenarios/https-ha.yaml",
+            "--locked",
+            "--format",
+            "json",
+        ],
+        &dir,
+    );
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
     for (doc, _) in [
+        (&plan, ""),
         (&valid, ""),
         (&invalid, ""),
         (&check, ""),
@@ -283,6 +299,7 @@ fn json_outputs_match_their_published_schemas() {
     assert_schema("check.schema.json", &check.stdout, "check (fault)");
     assert_schema("check.schema.json", &passing.stdout, "check (passing)");
     assert_schema("trace.schema.json", &trace.stdout, "trace");
+    assert_schema("plan.schema.json", &plan.stdout, "plan");
 }
 
 #[test]

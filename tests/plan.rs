@@ -52,11 +52,105 @@ fn the_plan_is_the_same_bytes_in_another_process() {
         );
         out.stdout
     };
-    let in_process = plan::to_json(&plan::plan(
-        &load("scenarios/guide-routed.yaml").unwrap().scenario,
-    ));
-    assert_eq!(run(), in_process.as_bytes());
-    assert_eq!(run(), run());
+    let s = load("scenarios/guide-routed.yaml").unwrap().scenario;
+    let p = plan::plan(&s);
+    let a = run();
+    let doc: serde_json::Value = serde_json::from_slice(&a).expect("plan --format json is JSON");
+    assert_eq!(doc["schemaVersion"], 1);
+    assert_eq!(doc["kind"], "plan");
+    assert_eq!(doc["fingerprint"], plan::fingerprint(&s, &p).as_str());
+    assert_eq!(
+        doc["steps"],
+        serde_json::from_str::<serde_json::Value>(&plan::to_json(&p)).unwrap()["steps"]
+    );
+    assert_eq!(
+        doc["files"].as_array().map(Vec::len),
+        Some(plan::file_digests(&s, &p).len())
+    );
+    assert_eq!(a, run());
+}
+
+/// The scenario `rel` with `from` replaced by `to` (exactly once), loaded.
+fn edited(rel: &str, from: &str, to: &str) -> kscratch_core::scenario::Scenario {
+    let path = crate::support::root().join(rel);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{rel}: `{from}` must occur once"
+    );
+    let text = text.replace(from, to);
+    let lock = std::fs::read_to_string(path.with_extension("ipam.lock"))
+        .ok()
+        .map(|t| kscratch_core::ipam::IpamLock::parse(&t).unwrap());
+    kscratch_core::load(rel, &text, lock.as_ref())
+        .unwrap_or_else(|d| panic!("{rel} with `{to}`:\n{d}"))
+        .scenario
+}
+
+#[test]
+fn the_fingerprint_moves_exactly_when_some_files_content_moves() {
+    use std::collections::BTreeMap;
+    let rel = "scenarios/https-ha.yaml";
+    let base = load(rel).unwrap().scenario;
+    let digests = |s: &kscratch_core::scenario::Scenario| {
+        let p = plan::plan(s);
+        let files: BTreeMap<(String, String), String> = plan::file_digests(s, &p)
+            .into_iter()
+            .map(|f| ((f.target, f.path), f.sha256))
+            .collect();
+        (plan::fingerprint(s, &p), plan::to_json(&p), files)
+    };
+    let (fp0, graph0, files0) = digests(&base);
+    // Each edit leaves the step graph alone and changes what some file says.
+    for (from, to, moved) in [
+        // A SAN: the apiserver certificate's spec (a secret: by spec, not key).
+        (
+            "extraSANs: [api.ha.example.internal, 10.1.0.100]",
+            "extraSANs: [api.ha.example.internal, 10.1.0.101]",
+            "/srv/kubernetes/apiserver.crt",
+        ),
+        // A kubelet setting.
+        (
+            "maxPods: 110",
+            "maxPods: 100",
+            "/var/lib/kubelet/config.yaml",
+        ),
+        // A flag of a static pod, from a field the step graph does not name.
+        (
+            "etcd:\n",
+            "admissionPlugins: [NodeRestriction, AlwaysPullImages]\netcd:\n",
+            "/etc/kubernetes/manifests/kube-apiserver.yaml",
+        ),
+        // A security setting only the apiserver's flags carry.
+        (
+            "extraSANs:",
+            "allowPrivileged: false\n  extraSANs:",
+            "/etc/kubernetes/manifests/kube-apiserver.yaml",
+        ),
+    ] {
+        let s = edited(rel, from, to);
+        let (fp, graph, files) = digests(&s);
+        assert!(graph == graph0, "`{to}` should not change the step graph");
+        let changed: Vec<&(String, String)> = files
+            .iter()
+            .filter(|(k, v)| files0.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            changed.iter().any(|(_, path)| path == moved),
+            "`{to}` should change {moved}; changed: {changed:?}"
+        );
+        assert_ne!(
+            fp, fp0,
+            "`{to}` changed {changed:?} but not the fingerprint"
+        );
+    }
+    // An edit that changes no file (a comment) leaves the fingerprint alone.
+    let s = edited(rel, "# Highly available", "# Very highly available");
+    assert_eq!(digests(&s).0, fp0);
+    // And planning twice gives the same fingerprint (no key material, no clock).
+    assert_eq!(digests(&base).0, fp0);
 }
 
 #[test]

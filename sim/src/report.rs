@@ -98,7 +98,7 @@ impl Report {
         Report {
             cluster: s.name.clone(),
             version: s.version.to_string(),
-            fingerprint: kscratch_core::plan::fingerprint(plan),
+            fingerprint: kscratch_core::plan::fingerprint(s, plan),
             passed,
             apply,
             faults: sim.faults.iter().map(|f| f.to_string()).collect(),

@@ -13,6 +13,7 @@
 mod action;
 mod asset;
 pub mod damage;
+pub mod digest;
 mod output;
 
 // The planner: `planner::plan` orders the phases; each phase is a module,
@@ -33,7 +34,8 @@ mod validate;
 pub use action::*;
 pub use asset::*;
 pub use damage::{damage, Damage, FaultError};
-pub use output::{fingerprint, to_dot, to_json, Summary};
+pub use digest::{file_digests, fingerprint, FileDigest};
+pub use output::{to_dot, to_json, Summary};
 pub use planner::{docker_default_rules, masquerade_rule, plan, vtep_mac};
 
 use crate::scenario::KubeVersion;

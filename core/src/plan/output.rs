@@ -1,10 +1,10 @@
-//! Plan output: the canonical JSON (whose hash is the plan fingerprint), a
+//! Plan output: the canonical JSON (which the plan fingerprint digests, with
+//! every file's content: see `digest`), a
 //! Graphviz graph and the readable summary. All pure and deterministic.
 
 use super::{Phase, Plan, Target};
 use crate::scenario::Scenario;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
 #[derive(Serialize)]
@@ -58,16 +58,6 @@ pub fn to_json(plan: &Plan) -> String {
     out
 }
 
-/// `sha256:` of the canonical JSON: a plan drift shows up as a new fingerprint.
-pub fn fingerprint(plan: &Plan) -> String {
-    let digest = Sha256::digest(to_json(plan).as_bytes());
-    let mut s = String::from("sha256:");
-    for b in digest {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 /// The step graph for Graphviz: one cluster per target, edges for dependencies.
 pub fn to_dot(plan: &Plan) -> String {
     let mut out = String::new();
@@ -116,7 +106,7 @@ impl std::fmt::Display for Summary<'_> {
             p.nodes.len(),
             p.steps.len()
         )?;
-        writeln!(f, "fingerprint {}", fingerprint(p))?;
+        writeln!(f, "fingerprint {}", super::digest::fingerprint(s, p))?;
         writeln!(f)?;
         writeln!(f, "phases:")?;
         for phase in Phase::ALL {
