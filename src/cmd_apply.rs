@@ -299,6 +299,16 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         .iter()
         .any(|o| matches!(o, Outcome::Failed { .. }))
         || !backend.pool().unreachable().is_empty();
+    if !failed && !args.dry_run && !damage {
+        // What `kscratch diff SCENARIO` compares with: secret-free digests and texts.
+        let snapshot = kscratch_core::diff::Snapshot::of(&scenario, &plan);
+        match crate::cmd_diff::record_applied(path, &snapshot) {
+            Ok(p) => tracing::info!("recorded the applied plan in {}", p.display()),
+            Err(e) => eprintln!(
+                "warning: the cluster is applied, but the applied record could not be written ({e}); `kscratch diff SCENARIO` will compare with the previous record"
+            ),
+        }
+    }
     Ok(if failed {
         ExitCode::from(1)
     } else {

@@ -4,6 +4,7 @@
 mod apply_lock;
 mod cmd_apply;
 mod cmd_check;
+mod cmd_diff;
 mod cmd_render;
 mod load;
 mod output;
@@ -99,6 +100,14 @@ enum Command {
     ///
     /// Example: kscratch apply scenarios/guide-routed.yaml --known-hosts ~/.ssh/known_hosts
     Apply(cmd_apply::ApplyArgs),
+    /// Show what a changed scenario does before it runs: steps, files (with a unified diff), restarts, disruptive changes.
+    ///
+    /// No SSH: `diff OLD.yaml NEW.yaml` compares two scenarios, `diff SCENARIO`
+    /// compares with the plan last applied from it. Never writes a file. Exit
+    /// 0 for no change, 1 for changes, 2 for invalid input or a refused change.
+    ///
+    /// Example: kscratch diff scenarios/guide-routed.yaml scenarios/diff/guide-routed-max-pods.yaml
+    Diff(cmd_diff::DiffArgs),
     /// Print a shell completion script.
     ///
     /// Example: kscratch completions bash > /etc/bash_completion.d/kscratch
@@ -234,6 +243,7 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply(args) => cmd_apply::run(args),
+        Command::Diff(args) => cmd_diff::run(args),
         Command::Check(args) => cmd_check::check(args),
         Command::Trace(args) => cmd_check::trace(args),
         Command::Validate { scenario, format } => {

@@ -271,7 +271,24 @@ fn json_outputs_match_their_published_schemas() {
         "{}",
         String::from_utf8_lossy(&plan.stderr)
     );
+    let diff = kscratch(
+        &[
+            "diff",
+            "scenarios/guide-routed.yaml",
+            "scenarios/diff/node-added.yaml",
+            "--format",
+            "json",
+        ],
+        &dir,
+    );
+    assert_eq!(
+        diff.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
     for (doc, _) in [
+        (&diff, ""),
         (&plan, ""),
         (&valid, ""),
         (&invalid, ""),
@@ -300,6 +317,7 @@ fn json_outputs_match_their_published_schemas() {
     assert_schema("check.schema.json", &passing.stdout, "check (passing)");
     assert_schema("trace.schema.json", &trace.stdout, "trace");
     assert_schema("plan.schema.json", &plan.stdout, "plan");
+    assert_schema("diff.schema.json", &diff.stdout, "diff");
 }
 
 #[test]

@@ -3,6 +3,8 @@
 /// Golden-file `check` helper and scenario loading.
 mod support;
 
+/// `kscratch diff`: scenario pairs, the applied record, exit codes.
+mod diff;
 /// Faults: grammar, damage plans, applicability, the damage's node state.
 mod faults;
 /// CI outputs: JSON schemas, SARIF, JUnit, the HTML report in a browser, no side effects.

@@ -5,6 +5,7 @@
 //! so the same input gives the same bytes of plan on any machine.
 
 pub mod diag;
+pub mod diff;
 pub mod exec;
 pub mod ipam;
 pub mod net;

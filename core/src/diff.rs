@@ -1,0 +1,639 @@
+//! What a changed scenario does to a cluster, before it runs: the difference
+//! between two plans, per node, as `kscratch diff` shows it.
+//!
+//! Both sides are a [`Snapshot`]: the plan's steps (as their canonical JSON),
+//! the digest of every file it writes, the text of every non-secret file, the
+//! services and static pods with the files each reads, and the cluster-wide
+//! facts a change can disrupt (version, etcd members, pod CIDRs). A snapshot
+//! holds no key material, so one is also the record `apply` keeps of the
+//! last applied plan, and `kscratch diff SCENARIO` compares against it.
+//!
+//! Which files a service reads is derived from the plan, not listed by hand:
+//! a file the plan writes on a node is an input of a service (or static pod)
+//! when its path appears in the service's unit (or the pod's manifest), or in
+//! a file the unit names (the kubelet's `--config`, kube-proxy's config, the
+//! kubeconfigs they name, ...).
+
+use crate::plan::{self, digest, Action, Asset, Plan, Target};
+use crate::render::{self, Redacted};
+use crate::scenario::Scenario;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+
+/// A plan as the diff sees it; also the applied record. Secret-free.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub cluster: String,
+    pub fingerprint: String,
+    pub kubernetes_version: String,
+    /// Step id → the step's canonical JSON (action and fields).
+    pub steps: BTreeMap<String, String>,
+    /// `target` → `path` → digest.
+    pub files: BTreeMap<String, BTreeMap<String, FileEntry>>,
+    /// Non-secret file texts by digest (shared by every node that has the same bytes).
+    pub texts: BTreeMap<String, String>,
+    /// `target` → service or static pod → the files it reads.
+    pub readers: BTreeMap<String, BTreeMap<String, Reader>>,
+    /// Node → pod CIDR.
+    pub pod_cidrs: BTreeMap<String, String>,
+    pub etcd_members: Vec<String>,
+    /// The cluster-wide artifacts (pod network table, Service plan) as JSON.
+    pub artifacts: BTreeMap<String, String>,
+}
+
+/// A service or static pod and what it reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reader {
+    /// Its unit file (or drop-in) or static pod manifest.
+    pub file: String,
+    /// Every file it reads, its own included.
+    pub inputs: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub secret: bool,
+}
+
+impl Snapshot {
+    /// The snapshot of `plan`, planned from `s`.
+    pub fn of(s: &Scenario, plan: &Plan) -> Snapshot {
+        let graph: serde_json::Value =
+            serde_json::from_str(&plan::to_json(plan)).expect("the canonical plan is JSON");
+        let mut steps = BTreeMap::new();
+        for st in graph["steps"].as_array().into_iter().flatten() {
+            let mut st = st.clone();
+            let id = st["id"].as_str().unwrap_or_default().to_string();
+            if let Some(o) = st.as_object_mut() {
+                // Dependencies and ids are structure; a step "changes" when what it does changes.
+                o.remove("id");
+                o.remove("deps");
+            }
+            steps.insert(id, st.to_string());
+        }
+        let mut artifacts = BTreeMap::new();
+        for a in graph["artifacts"].as_array().into_iter().flatten() {
+            let name = a["artifact"].as_str().unwrap_or_default().to_string();
+            artifacts.insert(name, a["data"].to_string());
+        }
+        let mut files: BTreeMap<String, BTreeMap<String, FileEntry>> = BTreeMap::new();
+        let mut texts = BTreeMap::new();
+        // Per target: path → (text of a non-secret file) for the reader derivation.
+        let mut node_texts: BTreeMap<String, Vec<(String, Asset, Option<String>)>> =
+            BTreeMap::new();
+        for step in &plan.steps {
+            let Action::WriteFile { path, asset, .. } = &step.action else {
+                continue;
+            };
+            let node = match step.target {
+                Target::Node(i) => Some(i as usize),
+                Target::Local | Target::Fabric => None,
+            };
+            let target = plan.target_name(step.target).to_string();
+            let secret = digest::is_secret(*asset);
+            let sha = digest::asset_digest(s, node, *asset);
+            let text = if secret {
+                None
+            } else {
+                render::render(s, node, *asset, &Redacted)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+            };
+            if let Some(t) = &text {
+                texts.entry(sha.clone()).or_insert_with(|| t.clone());
+            }
+            files.entry(target.clone()).or_default().insert(
+                (*path).to_string(),
+                FileEntry {
+                    sha256: sha,
+                    secret,
+                },
+            );
+            node_texts
+                .entry(target)
+                .or_default()
+                .push(((*path).to_string(), *asset, text));
+        }
+        let readers = node_texts
+            .iter()
+            .map(|(t, v)| (t.clone(), readers_of(v)))
+            .collect();
+        Snapshot {
+            cluster: plan.cluster.clone(),
+            fingerprint: digest::fingerprint(s, plan),
+            kubernetes_version: plan.version.to_string(),
+            steps,
+            files,
+            texts,
+            readers,
+            pod_cidrs: s
+                .nodes
+                .iter()
+                .zip(&s.alloc.pod_cidrs)
+                .map(|(n, c)| (n.name.clone(), c.to_string()))
+                .collect(),
+            etcd_members: s
+                .etcd
+                .members
+                .iter()
+                .filter_map(|i| s.nodes.get(*i).map(|n| n.name.clone()))
+                .collect(),
+            artifacts,
+        }
+    }
+}
+
+/// The services and static pods of one target and the files each reads.
+fn readers_of(files: &[(String, Asset, Option<String>)]) -> BTreeMap<String, Reader> {
+    let text_of = |p: &str| {
+        files
+            .iter()
+            .find(|(q, _, _)| q == p)
+            .and_then(|(_, _, t)| t.as_deref())
+    };
+    let mut out = BTreeMap::new();
+    for (path, asset, text) in files {
+        let name = match asset {
+            Asset::Unit(svc) => svc.name(),
+            Asset::StaticPod(c) => c.name(),
+            _ => continue,
+        };
+        let Some(text) = text else { continue };
+        let mut inputs = BTreeSet::from([path.clone()]);
+        // Direct mentions, then one level through the files those name.
+        let direct: Vec<&String> = files
+            .iter()
+            .map(|(p, _, _)| p)
+            .filter(|p| *p != path && text.contains(p.as_str()))
+            .collect();
+        for p in &direct {
+            inputs.insert((*p).clone());
+            if let Some(t) = text_of(p) {
+                for (q, _, _) in files {
+                    if q != path && t.contains(q.as_str()) {
+                        inputs.insert(q.clone());
+                    }
+                }
+            }
+        }
+        out.insert(
+            name.to_string(),
+            Reader {
+                file: path.clone(),
+                inputs,
+            },
+        );
+    }
+    out
+}
+
+/// How a change affects a running cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    /// Applied in place; services whose inputs changed restart.
+    Change,
+    /// Takes the cluster through a rollout: flagged for review.
+    Disruptive,
+    /// kscratch will not apply it.
+    Refused,
+}
+
+/// A cluster-wide finding: a disruptive or refused change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileChange {
+    pub path: String,
+    /// `added`, `removed` or `changed`.
+    pub change: &'static str,
+    pub secret: bool,
+    /// A unified diff of a non-secret text file, when both texts are known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Restart {
+    pub service: String,
+    /// The inputs that changed, e.g. `/var/lib/kube-proxy/config.yaml`.
+    pub because: Vec<String>,
+    /// Whether applying restarts it: a changed static pod manifest (the
+    /// kubelet recreates the pod) or unit file (apply restarts the unit).
+    /// A service whose other inputs changed keeps running with the old
+    /// settings until it is restarted: apply does not restart it yet.
+    pub automatic: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetDiff {
+    pub target: String,
+    pub steps_added: Vec<String>,
+    pub steps_removed: Vec<String>,
+    pub steps_changed: Vec<String>,
+    pub files: Vec<FileChange>,
+    pub restarts: Vec<Restart>,
+}
+
+impl TargetDiff {
+    fn is_empty(&self) -> bool {
+        self.steps_added.is_empty()
+            && self.steps_removed.is_empty()
+            && self.steps_changed.is_empty()
+            && self.files.is_empty()
+    }
+}
+
+/// What applying `new` over `old` does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanDiff {
+    pub old_fingerprint: String,
+    pub new_fingerprint: String,
+    pub changed: bool,
+    pub refused: bool,
+    pub findings: Vec<Finding>,
+    /// Cluster-wide artifacts that change (`pod-network`, `service-plan`).
+    pub artifacts: Vec<String>,
+    /// Pod network entries added (`+node-4 10.10.4.0/24`) and removed (`-...`).
+    pub pod_routes: Vec<String>,
+    pub targets: Vec<TargetDiff>,
+}
+
+/// The difference from `old` to `new`.
+pub fn diff(old: &Snapshot, new: &Snapshot) -> PlanDiff {
+    let mut findings = Vec::new();
+    version_findings(old, new, &mut findings);
+    for (node, cidr) in &new.pod_cidrs {
+        if let Some(was) = old.pod_cidrs.get(node) {
+            if was != cidr {
+                findings.push(Finding {
+                    severity: Severity::Refused,
+                    what: format!(
+                        "{node}: pod CIDR {was} → {cidr}: a node's pod range cannot move under running pods (a range can grow, not move); remove the node and add it again, or keep its podCIDR"
+                    ),
+                });
+            }
+        }
+    }
+    if old.etcd_members != new.etcd_members {
+        findings.push(Finding {
+            severity: Severity::Disruptive,
+            what: format!(
+                "etcd members [{}] → [{}]: a membership change; apply does not change the membership of a running etcd cluster: add or remove the member with `etcdctl member add/remove` first",
+                old.etcd_members.join(", "),
+                new.etcd_members.join(", ")
+            ),
+        });
+    }
+    let artifacts: Vec<String> = new
+        .artifacts
+        .iter()
+        .filter(|(k, v)| old.artifacts.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .chain(
+            old.artifacts
+                .keys()
+                .filter(|k| !new.artifacts.contains_key(*k))
+                .cloned(),
+        )
+        .collect();
+
+    let mut pod_routes = Vec::new();
+    for (node, cidr) in &old.pod_cidrs {
+        if new.pod_cidrs.get(node) != Some(cidr) {
+            pod_routes.push(format!("-{node} {cidr}"));
+        }
+    }
+    for (node, cidr) in &new.pod_cidrs {
+        if old.pod_cidrs.get(node) != Some(cidr) {
+            pod_routes.push(format!("+{node} {cidr}"));
+        }
+    }
+    let mut targets: BTreeMap<String, TargetDiff> = BTreeMap::new();
+    let target_of = |id: &str| id.split('/').next().unwrap_or_default().to_string();
+    let entry = |t: String| -> TargetDiff {
+        TargetDiff {
+            target: t,
+            ..TargetDiff::default()
+        }
+    };
+    for (id, s) in &new.steps {
+        match old.steps.get(id) {
+            None => {
+                let t = target_of(id);
+                targets
+                    .entry(t.clone())
+                    .or_insert_with(|| entry(t))
+                    .steps_added
+                    .push(id.clone());
+            }
+            Some(o) if o != s => {
+                let t = target_of(id);
+                targets
+                    .entry(t.clone())
+                    .or_insert_with(|| entry(t))
+                    .steps_changed
+                    .push(id.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    for id in old.steps.keys().filter(|id| !new.steps.contains_key(*id)) {
+        let t = target_of(id);
+        targets
+            .entry(t.clone())
+            .or_insert_with(|| entry(t))
+            .steps_removed
+            .push(id.clone());
+    }
+    let empty = BTreeMap::new();
+    let all_targets: BTreeSet<&String> = old.files.keys().chain(new.files.keys()).collect();
+    for t in all_targets {
+        let (of, nf) = (
+            old.files.get(t).unwrap_or(&empty),
+            new.files.get(t).unwrap_or(&empty),
+        );
+        let mut changes = Vec::new();
+        let mut changed_paths = BTreeSet::new();
+        for (p, e) in nf {
+            let change = match of.get(p) {
+                None => "added",
+                Some(o) if o.sha256 != e.sha256 => "changed",
+                Some(_) => continue,
+            };
+            changed_paths.insert(p.clone());
+            let diff = match (of.get(p), e.secret) {
+                (Some(o), false) => match (old.texts.get(&o.sha256), new.texts.get(&e.sha256)) {
+                    (Some(a), Some(b)) => Some(unified(p, a, b)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            changes.push(FileChange {
+                path: p.clone(),
+                change,
+                secret: e.secret,
+                diff,
+            });
+        }
+        for (p, o) in of.iter().filter(|(p, _)| !nf.contains_key(*p)) {
+            changes.push(FileChange {
+                path: p.clone(),
+                change: "removed",
+                secret: o.secret,
+                diff: None,
+            });
+        }
+        // A service restarts when an input it had before changed; a new
+        // service starts (its step is added), it does not restart.
+        let mut restarts = Vec::new();
+        if let (Some(or), Some(nr)) = (old.readers.get(t), new.readers.get(t)) {
+            for (svc, reader) in nr {
+                if !or.contains_key(svc) {
+                    continue;
+                }
+                let because: Vec<String> = reader
+                    .inputs
+                    .iter()
+                    .filter(|p| changed_paths.contains(*p))
+                    .cloned()
+                    .collect();
+                if !because.is_empty() {
+                    // The reader's own file is its unit or its manifest.
+                    let own = because.contains(&reader.file);
+                    restarts.push(Restart {
+                        service: svc.clone(),
+                        because,
+                        automatic: own,
+                    });
+                }
+            }
+        }
+        if !changes.is_empty() || !restarts.is_empty() {
+            let d = targets.entry(t.clone()).or_insert_with(|| entry(t.clone()));
+            d.files = changes;
+            d.restarts = restarts;
+        }
+    }
+    let targets: Vec<TargetDiff> = targets.into_values().filter(|d| !d.is_empty()).collect();
+    let refused = findings.iter().any(|f| f.severity == Severity::Refused);
+    PlanDiff {
+        old_fingerprint: old.fingerprint.clone(),
+        new_fingerprint: new.fingerprint.clone(),
+        changed: old.fingerprint != new.fingerprint,
+        refused,
+        findings,
+        artifacts,
+        pod_routes,
+        targets,
+    }
+}
+
+fn version_findings(old: &Snapshot, new: &Snapshot, out: &mut Vec<Finding>) {
+    if old.kubernetes_version == new.kubernetes_version {
+        return;
+    }
+    let minor = |v: &str| -> Option<(u32, u32)> {
+        let mut it = v.split('.');
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    let (o, n) = (&old.kubernetes_version, &new.kubernetes_version);
+    match (minor(o), minor(n)) {
+        (Some((om, on)), Some((nm, nn))) if om == nm && nn > on + 1 => out.push(Finding {
+            severity: Severity::Refused,
+            what: format!(
+                "Kubernetes {o} → {n} skips {} minor version{}: the version-skew policy allows one minor at a time; upgrade to {om}.{}.x first",
+                nn - on - 1,
+                if nn - on - 1 == 1 { "" } else { "s" },
+                on + 1
+            ),
+        }),
+        (Some(a), Some(b)) if b < a => out.push(Finding {
+            severity: Severity::Refused,
+            what: format!("Kubernetes {o} → {n} is a downgrade: kscratch does not downgrade a running cluster"),
+        }),
+        _ => out.push(Finding {
+            severity: Severity::Disruptive,
+            what: format!(
+                "Kubernetes {o} → {n}: a minor upgrade; the version-skew policy's order is etcd, the apiservers, controller-manager and scheduler, then kubelets and kube-proxy, and apply does not order a rollout yet: it changes every node at once"
+            ),
+        }),
+    }
+}
+
+/// A unified diff of two texts (whole-file hunks with 3 lines of context).
+fn unified(path: &str, a: &str, b: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    // Longest common subsequence over lines: files here are small (≤ a few hundred lines).
+    let (n, m) = (a.len(), b.len());
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    // Edit script: (' ' | '-' | '+', line).
+    let mut ops = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < n || j < m {
+        if i < n && j < m && a[i] == b[j] {
+            ops.push((' ', a[i]));
+            i += 1;
+            j += 1;
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // Removals before additions, as diff(1) prints a replaced line.
+            ops.push(('-', a[i]));
+            i += 1;
+        } else {
+            ops.push(('+', b[j]));
+            j += 1;
+        }
+    }
+    let mut out = format!("--- a{path}\n+++ b{path}\n");
+    const CONTEXT: usize = 3;
+    let changed: Vec<usize> = (0..ops.len()).filter(|k| ops[*k].0 != ' ').collect();
+    let mut k = 0;
+    while k < changed.len() {
+        let start = changed[k].saturating_sub(CONTEXT);
+        let mut end = changed[k] + CONTEXT + 1;
+        while k + 1 < changed.len() && changed[k + 1] <= end + CONTEXT {
+            k += 1;
+            end = changed[k] + CONTEXT + 1;
+        }
+        let end = end.min(ops.len());
+        // Line numbers of the hunk in both files.
+        let a_start = ops[..start].iter().filter(|o| o.0 != '+').count();
+        let b_start = ops[..start].iter().filter(|o| o.0 != '-').count();
+        let a_len = ops[start..end].iter().filter(|o| o.0 != '+').count();
+        let b_len = ops[start..end].iter().filter(|o| o.0 != '-').count();
+        let _ = writeln!(
+            out,
+            "@@ -{},{a_len} +{},{b_len} @@",
+            a_start + 1,
+            b_start + 1
+        );
+        for (c, l) in &ops[start..end] {
+            let _ = writeln!(out, "{c}{l}");
+        }
+        k += 1;
+    }
+    out
+}
+
+impl fmt::Display for PlanDiff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.changed {
+            return writeln!(f, "no changes: the plan is {}", self.new_fingerprint);
+        }
+        writeln!(
+            f,
+            "plan {} → {}",
+            self.old_fingerprint, self.new_fingerprint
+        )?;
+        for x in &self.findings {
+            let tag = match x.severity {
+                Severity::Change => "change",
+                Severity::Disruptive => "disruptive",
+                Severity::Refused => "refused",
+            };
+            writeln!(f, "{tag}: {}", x.what)?;
+        }
+        for a in &self.artifacts {
+            let what = match a.as_str() {
+                "pod-network" => "the pod network table (routes to every node's pod CIDR) changes",
+                "service-plan" => "the Service address plan changes",
+                other => other,
+            };
+            writeln!(f, "cluster: {what}")?;
+            if a == "pod-network" {
+                for r in &self.pod_routes {
+                    writeln!(f, "  {r}")?;
+                }
+            }
+        }
+        for t in &self.targets {
+            writeln!(f, "\n{}:", t.target)?;
+            for s in &t.steps_added {
+                writeln!(f, "  + step {s}")?;
+            }
+            for s in &t.steps_removed {
+                writeln!(f, "  - step {s}")?;
+            }
+            for s in &t.steps_changed {
+                writeln!(f, "  ~ step {s}")?;
+            }
+            for r in &t.restarts {
+                if r.automatic {
+                    writeln!(
+                        f,
+                        "  restart {}: {} changed",
+                        r.service,
+                        r.because.join(", ")
+                    )?;
+                } else {
+                    writeln!(
+                        f,
+                        "  stale {}: {} changed; apply writes it but does not restart {}: restart it by hand",
+                        r.service,
+                        r.because.join(", "),
+                        r.service
+                    )?;
+                }
+            }
+            for c in &t.files {
+                let secret = if c.secret {
+                    " (secret: content not shown)"
+                } else {
+                    ""
+                };
+                writeln!(f, "  file {} {}{secret}", c.path, c.change)?;
+                if let Some(d) = &c.diff {
+                    for l in d.lines() {
+                        writeln!(f, "    {l}")?;
+                    }
+                }
+            }
+        }
+        let n = self.targets.len();
+        writeln!(
+            f,
+            "\n{n} target{} change{}{}",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "s" } else { "" },
+            if self.refused {
+                "; refused: kscratch will not apply this change"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unified;
+
+    #[test]
+    fn unified_diff_shows_changed_lines_with_context() {
+        let a = "a\nb\nc\nd\ne\nf\ng\nh\n";
+        let b = "a\nb\nc\nD\ne\nf\ng\nh\n";
+        assert_eq!(
+            unified("/x", a, b),
+            "--- a/x\n+++ b/x\n@@ -1,7 +1,7 @@\n a\n b\n c\n-d\n+D\n e\n f\n g\n"
+        );
+        assert_eq!(unified("/x", a, a), "--- a/x\n+++ b/x\n");
+    }
+}
