@@ -166,7 +166,7 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         step_timeout: Duration::from_secs(args.step_timeout.max(1)),
         dry_run: args.dry_run,
     };
-    let exec_opts = ExecOptions {
+    let mut exec_opts = ExecOptions {
         max_parallel: args.parallel.max(1),
         per_target: args.per_node.max(1),
         dry_run: args.dry_run,
@@ -221,6 +221,23 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
                         "{refusal}\nnothing was run on any node"
                     )));
                 }
+                // What the interrupted run changed still restarts its services.
+                let ids: BTreeMap<String, StepRef> = plan
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, st)| (plan.step_id(st), i as StepRef))
+                    .collect();
+                exec_opts.changed_earlier = j
+                    .lines
+                    .iter()
+                    .filter_map(|l| match l {
+                        JournalLine::Step { step, outcome, .. } if outcome == "changed" => {
+                            ids.get(step).copied()
+                        }
+                        _ => None,
+                    })
+                    .collect();
                 previous = j.lines;
             }
             Err(e) => {

@@ -77,8 +77,8 @@ fn what_each_pair_reports() {
         assert_eq!(t.restarts.len(), 1);
         assert_eq!(t.restarts[0].service, "kubelet");
         assert!(
-            !t.restarts[0].automatic,
-            "apply does not restart on a config change yet"
+            t.restarts[0].automatic,
+            "apply restarts a service whose config changed"
         );
     }
     // A node added: its steps, a pod network entry, no refusal.

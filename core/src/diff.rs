@@ -9,10 +9,9 @@
 //! last applied plan, and `kscratch diff SCENARIO` compares against it.
 //!
 //! Which files a service reads is derived from the plan, not listed by hand:
-//! a file the plan writes on a node is an input of a service (or static pod)
-//! when its path appears in the service's unit (or the pod's manifest), or in
-//! a file the unit names (the kubelet's `--config`, kube-proxy's config, the
-//! kubeconfigs they name, ...).
+//! a service's inputs are the files its `StartService` step depends on on
+//! its node (the same rule `exec` restarts by); a static pod's are its
+//! manifest and the files the manifest names, and those files name.
 
 use crate::plan::{self, digest, Action, Asset, Plan, Target};
 use crate::render::{self, Redacted};
@@ -50,6 +49,9 @@ pub struct Reader {
     pub file: String,
     /// Every file it reads, its own included.
     pub inputs: BTreeSet<String>,
+    /// A service: apply restarts it when any input changed. A static pod:
+    /// the kubelet recreates it only when its manifest changed.
+    pub restarts_on_any_input: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,10 +119,13 @@ impl Snapshot {
                 .or_default()
                 .push(((*path).to_string(), *asset, text));
         }
-        let readers = node_texts
-            .iter()
-            .map(|(t, v)| (t.clone(), readers_of(v)))
-            .collect();
+        let mut readers = service_readers(plan);
+        for (t, v) in &node_texts {
+            let pods = static_pod_readers(v);
+            if !pods.is_empty() {
+                readers.entry(t.clone()).or_default().extend(pods);
+            }
+        }
         Snapshot {
             cluster: plan.cluster.clone(),
             fingerprint: digest::fingerprint(s, plan),
@@ -146,8 +151,10 @@ impl Snapshot {
     }
 }
 
-/// The services and static pods of one target and the files each reads.
-fn readers_of(files: &[(String, Asset, Option<String>)]) -> BTreeMap<String, Reader> {
+/// The static pods of one target and the files each reads: its manifest,
+/// and the files the manifest names (certificates, kubeconfigs) and those
+/// files name in turn.
+fn static_pod_readers(files: &[(String, Asset, Option<String>)]) -> BTreeMap<String, Reader> {
     let text_of = |p: &str| {
         files
             .iter()
@@ -156,36 +163,70 @@ fn readers_of(files: &[(String, Asset, Option<String>)]) -> BTreeMap<String, Rea
     };
     let mut out = BTreeMap::new();
     for (path, asset, text) in files {
-        let name = match asset {
-            Asset::Unit(svc) => svc.name(),
-            Asset::StaticPod(c) => c.name(),
-            _ => continue,
+        let (Asset::StaticPod(c), Some(text)) = (asset, text) else {
+            continue;
         };
-        let Some(text) = text else { continue };
         let mut inputs = BTreeSet::from([path.clone()]);
-        // Direct mentions, then one level through the files those name.
-        let direct: Vec<&String> = files
+        for (p, _, _) in files
             .iter()
-            .map(|(p, _, _)| p)
-            .filter(|p| *p != path && text.contains(p.as_str()))
-            .collect();
-        for p in &direct {
-            inputs.insert((*p).clone());
+            .filter(|(p, _, _)| p != path && text.contains(p.as_str()))
+        {
+            inputs.insert(p.clone());
             if let Some(t) = text_of(p) {
-                for (q, _, _) in files {
-                    if q != path && t.contains(q.as_str()) {
-                        inputs.insert(q.clone());
-                    }
+                for (q, _, _) in files
+                    .iter()
+                    .filter(|(q, _, _)| q != path && t.contains(q.as_str()))
+                {
+                    inputs.insert(q.clone());
                 }
             }
         }
         out.insert(
-            name.to_string(),
+            c.name().to_string(),
             Reader {
                 file: path.clone(),
                 inputs,
+                restarts_on_any_input: false,
             },
         );
+    }
+    out
+}
+
+/// The services of each target and their inputs: the files their
+/// `StartService` step depends on on its own target, the rule apply
+/// restarts by (`exec`).
+fn service_readers(plan: &Plan) -> BTreeMap<String, BTreeMap<String, Reader>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Reader>> = BTreeMap::new();
+    for step in &plan.steps {
+        let Action::StartService { name } = &step.action else {
+            continue;
+        };
+        let inputs: BTreeSet<String> = plan
+            .deps(step)
+            .iter()
+            .map(|d| &plan.steps[*d as usize])
+            .filter(|d| d.target == step.target)
+            .filter_map(|d| match &d.action {
+                Action::WriteFile { path, .. } => Some((*path).to_string()),
+                _ => None,
+            })
+            .collect();
+        let file = inputs
+            .iter()
+            .find(|p| p.contains("/systemd/system/"))
+            .cloned()
+            .unwrap_or_default();
+        out.entry(plan.target_name(step.target).to_string())
+            .or_default()
+            .insert(
+                name.to_string(),
+                Reader {
+                    file,
+                    inputs,
+                    restarts_on_any_input: true,
+                },
+            );
     }
     out
 }
@@ -225,10 +266,10 @@ pub struct Restart {
     pub service: String,
     /// The inputs that changed, e.g. `/var/lib/kube-proxy/config.yaml`.
     pub because: Vec<String>,
-    /// Whether applying restarts it: a changed static pod manifest (the
-    /// kubelet recreates the pod) or unit file (apply restarts the unit).
-    /// A service whose other inputs changed keeps running with the old
-    /// settings until it is restarted: apply does not restart it yet.
+    /// Whether applying restarts it: a service whose inputs changed (apply
+    /// restarts it), a static pod whose manifest changed (the kubelet
+    /// recreates it). A static pod whose certificate or kubeconfig alone
+    /// changed keeps running with the old one until it is restarted.
     pub automatic: bool,
 }
 
@@ -408,8 +449,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> PlanDiff {
                     .cloned()
                     .collect();
                 if !because.is_empty() {
-                    // The reader's own file is its unit or its manifest.
-                    let own = because.contains(&reader.file);
+                    let own = reader.restarts_on_any_input || because.contains(&reader.file);
                     restarts.push(Restart {
                         service: svc.clone(),
                         because,
@@ -586,7 +626,7 @@ impl fmt::Display for PlanDiff {
                 } else {
                     writeln!(
                         f,
-                        "  stale {}: {} changed; apply writes it but does not restart {}: restart it by hand",
+                        "  stale {}: {} changed; the kubelet recreates a static pod only when its manifest changes: restart {} by hand",
                         r.service,
                         r.because.join(", "),
                         r.service

@@ -150,6 +150,10 @@ pub struct ExecOptions {
     pub dry_run: bool,
     /// Re-check after apply and fail if the state still does not hold.
     pub verify: bool,
+    /// Steps an interrupted earlier run of the same plan changed (from its
+    /// journal, on `--resume`): they count as changed for restarts, so a
+    /// kill between writing a config and restarting its service is healed.
+    pub changed_earlier: BTreeSet<StepRef>,
 }
 
 impl Default for ExecOptions {
@@ -160,6 +164,7 @@ impl Default for ExecOptions {
             connection_retries: 2,
             dry_run: false,
             verify: true,
+            changed_earlier: BTreeSet::new(),
         }
     }
 }
@@ -295,8 +300,9 @@ pub async fn execute(
                 index: i,
                 step,
             };
+            let restart = inputs_changed(plan, step, opts, |d| outcomes[d as usize].as_ref());
             running.push(async move {
-                let o = run_step(backend, &cx, opts).await;
+                let o = run_step(backend, &cx, opts, restart).await;
                 (i, o)
             });
         }
@@ -359,7 +365,8 @@ async fn execute_in_order(
                     index: i,
                     step,
                 };
-                run_step(backend, &cx, opts).await
+                let restart = inputs_changed(plan, step, opts, |d| outcomes.get(d as usize));
+                run_step(backend, &cx, opts, restart).await
             }
         };
         observer.finished(plan, i, &o);
@@ -404,10 +411,40 @@ fn finish(
     }
 }
 
-async fn run_step(backend: &dyn Backend, cx: &StepCx<'_>, opts: &ExecOptions) -> Outcome {
+/// Whether `step` starts a service one of whose inputs changed in this run
+/// (or in the interrupted run being resumed). A service's inputs are the
+/// files it depends on on its own target: its unit, config and env files,
+/// certificates, kubeconfigs (the planner makes `StartService` depend on
+/// each). Such a service is restarted even when it is running, once, after
+/// all of them are written, like an Ansible handler; a running process keeps
+/// the settings it started with otherwise.
+fn inputs_changed<'o>(
+    plan: &Plan,
+    step: &Step,
+    opts: &ExecOptions,
+    outcome: impl Fn(StepRef) -> Option<&'o Outcome>,
+) -> bool {
+    if !matches!(step.action, crate::plan::Action::StartService { .. }) {
+        return false;
+    }
+    plan.deps(step).iter().any(|&d| {
+        let dep = &plan.steps[d as usize];
+        dep.target == step.target
+            && matches!(dep.action, crate::plan::Action::WriteFile { .. })
+            && (opts.changed_earlier.contains(&d)
+                || matches!(outcome(d), Some(Outcome::Changed | Outcome::WouldChange)))
+    })
+}
+
+async fn run_step(
+    backend: &dyn Backend,
+    cx: &StepCx<'_>,
+    opts: &ExecOptions,
+    restart: bool,
+) -> Outcome {
     let mut attempt = 0;
     loop {
-        match check_then_apply(backend, cx, opts).await {
+        match check_then_apply(backend, cx, opts, restart).await {
             Err(e) if e.kind == ErrorKind::Connection && attempt < opts.connection_retries => {
                 attempt += 1
             }
@@ -421,8 +458,22 @@ async fn check_then_apply(
     backend: &dyn Backend,
     cx: &StepCx<'_>,
     opts: &ExecOptions,
+    restart: bool,
 ) -> Result<Outcome, StepError> {
     match backend.check(cx).await? {
+        // Running, but with inputs that changed since it started: restart
+        // (a service's apply is enable-and-restart on every backend).
+        Probe::Satisfied if restart && opts.dry_run => Ok(Outcome::WouldChange),
+        Probe::Satisfied if restart => {
+            backend.apply(cx).await?;
+            if opts.verify && backend.check(cx).await? != Probe::Satisfied {
+                return Err(StepError::failed(format!(
+                    "{}: restarted, but the service is not running",
+                    cx.id()
+                )));
+            }
+            Ok(Outcome::Changed)
+        }
         Probe::Satisfied => Ok(Outcome::Ok),
         Probe::NotApplicable(reason) => Ok(Outcome::Skipped { reason }),
         Probe::Needed if opts.dry_run => Ok(Outcome::WouldChange),
@@ -541,5 +592,66 @@ mod tests {
         );
         assert!(b.log.lock().unwrap().is_empty());
         assert_eq!(r.count("would-change"), p.steps.len());
+    }
+
+    #[test]
+    fn a_service_whose_config_changed_restarts_once_and_the_others_keep_running() {
+        let (s, p) = guide();
+        let id = |o: &str| p.steps.iter().position(|s| p.step_id(s) == o).unwrap() as StepRef;
+        // Converged, except b's kube-proxy config: it changes behind kscratch's back.
+        let config = id("b/file/kube-proxy-config");
+        let done: BTreeSet<StepRef> = (0..p.steps.len() as StepRef)
+            .filter(|i| *i != config)
+            .collect();
+        for opts in [ExecOptions::default(), ExecOptions::sequential()] {
+            let b = Fake {
+                done: Mutex::new(done.clone()),
+                fail: BTreeSet::new(),
+                log: Mutex::default(),
+            };
+            let r = run(&p, &s, &b, &opts);
+            assert_eq!(
+                *b.log.lock().unwrap(),
+                [config, id("b/service/kube-proxy")],
+                "the config is written, then kube-proxy restarted, once"
+            );
+            assert_eq!(
+                r.outcomes[id("b/service/kube-proxy") as usize].name(),
+                "changed"
+            );
+            assert_eq!(r.outcomes[id("b/service/kubelet") as usize].name(), "ok");
+            assert_eq!(r.outcomes[id("a/service/kube-proxy") as usize].name(), "ok");
+            assert_eq!(r.count("changed"), 2);
+            // A dry run says the restart would happen and does nothing.
+            let b = Fake {
+                done: Mutex::new(done.clone()),
+                fail: BTreeSet::new(),
+                log: Mutex::default(),
+            };
+            let dry = ExecOptions {
+                dry_run: true,
+                ..opts.clone()
+            };
+            let r = run(&p, &s, &b, &dry);
+            assert!(b.log.lock().unwrap().is_empty());
+            assert_eq!(
+                r.outcomes[id("b/service/kube-proxy") as usize].name(),
+                "would-change"
+            );
+            assert_eq!(r.count("would-change"), 2);
+        }
+        // Resumed after a kill between the write and the restart: the journal's
+        // `changed` config still restarts kube-proxy, though the file is in place now.
+        let b = Fake {
+            done: Mutex::new((0..p.steps.len() as StepRef).collect()),
+            fail: BTreeSet::new(),
+            log: Mutex::default(),
+        };
+        let opts = ExecOptions {
+            changed_earlier: BTreeSet::from([config]),
+            ..ExecOptions::default()
+        };
+        run(&p, &s, &b, &opts);
+        assert_eq!(*b.log.lock().unwrap(), [id("b/service/kube-proxy")]);
     }
 }
