@@ -171,7 +171,7 @@ impl Sim {
         // Health depends on other nodes too (etcd members behind --etcd-servers).
         match &cx.step.action {
             Action::WaitHealthy { component, url, .. } => {
-                let r = components::wait_healthy(&self.world, node_index, component, url);
+                let r = components::wait_healthy(&self.world, node_index, *component, url);
                 // Waiting cannot make an incoherent component healthy: fail with the reason.
                 return r.map(|()| Probe::Satisfied).map_err(|why| {
                     StepError::failed(format!("{id}: {component} is not healthy: {why}"))
@@ -214,7 +214,7 @@ impl Sim {
                 ok(node.routes.shared.as_ref().is_some_and(|s| s.mode == mode && s.removed.is_empty() && pod_routes.as_ref().is_some_and(|t| Arc::ptr_eq(t, &s.table))))
             }
             Action::EnsureIptablesRule { table, rule } => ok(node.netfilter.check(*table, rule)),
-            Action::StartService { name } => ok(node.running(name)),
+            Action::StartService { name } => ok(node.running(name.name())),
             Action::ApplyManifest { asset, .. } => ok(self.addons.contains(asset)),
             Action::DeleteRoutes { routes } => ok(routes.iter().all(|r| !has_route(node, r))),
             Action::InsertIptablesRule { table, rule } => ok(node.netfilter.check(*table, rule)),
@@ -222,7 +222,7 @@ impl Sim {
             Action::SetLinkMtu { name, mtu } => ok(link(node, &id, name)?.mtu == *mtu),
             Action::DeleteFdbEntries { entries } => ok(entries.iter().all(|e| !has_fdb(node, e))),
             Action::DeleteNeighbors { entries } => ok(entries.iter().all(|e| !has_neigh(node, e))),
-            Action::StopService { name } => ok(!node.running(name)),
+            Action::StopService { name } => ok(!node.running(name.name())),
             Action::DeleteFile { path } => ok(!node.fs.files.contains_key(*path)),
             Action::UnloadKernelModule { name } => ok(!node.modules.contains(*name)),
             Action::WriteText { path, mode, text } => ok(node.fs.files.get(*path).is_some_and(|f| f.mode == *mode && *f.content == *text.as_bytes())),
@@ -466,7 +466,7 @@ impl Sim {
                     })?;
             }
             Action::StartService { name } => {
-                components::start_service(node, name).map_err(|e| {
+                components::start_service(node, *name).map_err(|e| {
                     StepError::new(
                         kscratch_core::exec::ErrorKind::Command,
                         format!("{id}: {e}"),
@@ -538,7 +538,7 @@ impl Sim {
                 }
             }
             Action::StopService { name } => {
-                let Some(state) = node.services.get_mut(*name) else {
+                let Some(state) = node.services.get_mut(name.name()) else {
                     return Err(StepError::new(
                         kscratch_core::exec::ErrorKind::Command,
                         format!(
@@ -548,7 +548,7 @@ impl Sim {
                 };
                 state.running = false;
                 // Its sockets close; what it programmed (iptables rules) stays.
-                node.listeners.retain(|_, l| l.process != *name);
+                node.listeners.retain(|_, l| l.process != name.name());
             }
             Action::DeleteFile { path } => {
                 node.fs.files.remove(*path);

@@ -221,10 +221,10 @@ fn vxlan_peer(
     Ok((n, v.device.clone(), mac, t))
 }
 
-fn runtime_service(s: &Scenario) -> &'static str {
+fn runtime_service(s: &Scenario) -> Service {
     match s.runtime {
-        Runtime::Docker(_) => "docker",
-        Runtime::Containerd => "containerd",
+        Runtime::Docker(_) => Service::Docker,
+        Runtime::Containerd => Service::Containerd,
     }
 }
 
@@ -393,7 +393,9 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
         Fault::KubeProxyDown { node } => vec![(
             on(node_index(s, node)?),
             "fault/kube-proxy-down",
-            Action::StopService { name: "kube-proxy" },
+            Action::StopService {
+                name: Service::KubeProxy,
+            },
         )],
         Fault::DnsPodDown => {
             if !s.addons.dns {
@@ -436,12 +438,16 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
                 (
                     on(n),
                     "fault/docker0-leftover/stop",
-                    Action::StopService { name: "docker" },
+                    Action::StopService {
+                        name: Service::Docker,
+                    },
                 ),
                 (
                     on(n),
                     "fault/docker0-leftover/start",
-                    Action::StartService { name: "docker" },
+                    Action::StartService {
+                        name: Service::Docker,
+                    },
                 ),
             ]
         }
@@ -471,12 +477,16 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
                 (
                     on(n),
                     "fault/docker-ip-masq/stop",
-                    Action::StopService { name: "docker" },
+                    Action::StopService {
+                        name: Service::Docker,
+                    },
                 ),
                 (
                     on(n),
                     "fault/docker-ip-masq/start",
-                    Action::StartService { name: "docker" },
+                    Action::StartService {
+                        name: Service::Docker,
+                    },
                 ),
             ]
         }
