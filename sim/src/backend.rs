@@ -139,18 +139,82 @@ impl Sim {
     fn check(&mut self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
         let id = cx.id();
         if matches!(cx.step.target, Target::Local) {
-            return Ok(ok(self.generated.contains(&id)));
+            return match &cx.step.action {
+                Action::GenerateCa { .. }
+                | Action::IssueCert { .. }
+                | Action::GenerateServiceAccountKey
+                | Action::GenerateTokens { .. } => Ok(ok(self.generated.contains(&id))),
+                a @ (Action::Preflight { .. }
+                | Action::InstallBinary { .. }
+                | Action::PullImage { .. }
+                | Action::WriteFile { .. }
+                | Action::SetSysctl { .. }
+                | Action::LoadKernelModule { .. }
+                | Action::DeleteLink { .. }
+                | Action::DeleteIptablesRules { .. }
+                | Action::CreateBridge { .. }
+                | Action::CreateVxlan(_)
+                | Action::InstallPodRoutes { .. }
+                | Action::InstallFabricRoutes { .. }
+                | Action::EnsureIptablesRule { .. }
+                | Action::StartService { .. }
+                | Action::WaitHealthy { .. }
+                | Action::ApplyManifest { .. }
+                | Action::ValidateCluster { .. }
+                | Action::DeleteRoutes { .. }
+                | Action::InsertIptablesRule { .. }
+                | Action::SetLinkDown { .. }
+                | Action::SetLinkMtu { .. }
+                | Action::DeleteFdbEntries { .. }
+                | Action::DeleteNeighbors { .. }
+                | Action::StopService { .. }
+                | Action::DeleteFile { .. }
+                | Action::UnloadKernelModule { .. }
+                | Action::WriteText { .. }
+                | Action::ScaleDeployment { .. }
+                | Action::PowerOff) => Err(not_run_on(&id, a, "the operator's machine")),
+            };
         }
         if matches!(cx.step.target, Target::Fabric) {
-            return Ok(match &cx.step.action {
-                Action::InstallFabricRoutes { .. } => ok(fabric_routes(cx)
+            return match &cx.step.action {
+                Action::InstallFabricRoutes { .. } => Ok(ok(fabric_routes(cx)
                     .iter()
-                    .all(|(net, via)| self.world.underlay.fabric_routes.get(net) == Some(via))),
-                Action::DeleteRoutes { routes } => ok(routes
+                    .all(|(net, via)| self.world.underlay.fabric_routes.get(net) == Some(via)))),
+                Action::DeleteRoutes { routes } => Ok(ok(routes
                     .iter()
-                    .all(|r| fabric_route(&self.world.underlay, r).is_none())),
-                _ => Probe::Needed,
-            });
+                    .all(|r| fabric_route(&self.world.underlay, r).is_none()))),
+                a @ (Action::Preflight { .. }
+                | Action::InstallBinary { .. }
+                | Action::PullImage { .. }
+                | Action::GenerateCa { .. }
+                | Action::IssueCert { .. }
+                | Action::GenerateServiceAccountKey
+                | Action::GenerateTokens { .. }
+                | Action::WriteFile { .. }
+                | Action::SetSysctl { .. }
+                | Action::LoadKernelModule { .. }
+                | Action::DeleteLink { .. }
+                | Action::DeleteIptablesRules { .. }
+                | Action::CreateBridge { .. }
+                | Action::CreateVxlan(_)
+                | Action::InstallPodRoutes { .. }
+                | Action::EnsureIptablesRule { .. }
+                | Action::StartService { .. }
+                | Action::WaitHealthy { .. }
+                | Action::ApplyManifest { .. }
+                | Action::ValidateCluster { .. }
+                | Action::InsertIptablesRule { .. }
+                | Action::SetLinkDown { .. }
+                | Action::SetLinkMtu { .. }
+                | Action::DeleteFdbEntries { .. }
+                | Action::DeleteNeighbors { .. }
+                | Action::StopService { .. }
+                | Action::DeleteFile { .. }
+                | Action::UnloadKernelModule { .. }
+                | Action::WriteText { .. }
+                | Action::ScaleDeployment { .. }
+                | Action::PowerOff) => Err(not_run_on(&id, a, "the underlay router")),
+            };
         }
         let pod_routes = self.pod_routes.clone();
         let node_index = cx.node().unwrap_or(0);
@@ -237,22 +301,93 @@ impl Sim {
         let id = cx.id();
         match cx.step.target {
             Target::Local => {
-                self.generated.insert(id);
-                return Ok(());
+                return match &cx.step.action {
+                    Action::GenerateCa { .. }
+                    | Action::IssueCert { .. }
+                    | Action::GenerateServiceAccountKey
+                    | Action::GenerateTokens { .. } => {
+                        self.generated.insert(id);
+                        Ok(())
+                    }
+                    a @ (Action::Preflight { .. }
+                    | Action::InstallBinary { .. }
+                    | Action::PullImage { .. }
+                    | Action::WriteFile { .. }
+                    | Action::SetSysctl { .. }
+                    | Action::LoadKernelModule { .. }
+                    | Action::DeleteLink { .. }
+                    | Action::DeleteIptablesRules { .. }
+                    | Action::CreateBridge { .. }
+                    | Action::CreateVxlan(_)
+                    | Action::InstallPodRoutes { .. }
+                    | Action::InstallFabricRoutes { .. }
+                    | Action::EnsureIptablesRule { .. }
+                    | Action::StartService { .. }
+                    | Action::WaitHealthy { .. }
+                    | Action::ApplyManifest { .. }
+                    | Action::ValidateCluster { .. }
+                    | Action::DeleteRoutes { .. }
+                    | Action::InsertIptablesRule { .. }
+                    | Action::SetLinkDown { .. }
+                    | Action::SetLinkMtu { .. }
+                    | Action::DeleteFdbEntries { .. }
+                    | Action::DeleteNeighbors { .. }
+                    | Action::StopService { .. }
+                    | Action::DeleteFile { .. }
+                    | Action::UnloadKernelModule { .. }
+                    | Action::WriteText { .. }
+                    | Action::ScaleDeployment { .. }
+                    | Action::PowerOff) => Err(not_run_on(&id, a, "the operator's machine")),
+                };
             }
             Target::Fabric => {
-                if let Action::DeleteRoutes { routes } = &cx.step.action {
-                    for r in routes {
-                        if let Some(net) = fabric_route(&self.world.underlay, r) {
-                            self.world.underlay.fabric_routes.remove(&net);
+                return match &cx.step.action {
+                    Action::DeleteRoutes { routes } => {
+                        for r in routes {
+                            if let Some(net) = fabric_route(&self.world.underlay, r) {
+                                self.world.underlay.fabric_routes.remove(&net);
+                            }
                         }
+                        Ok(())
                     }
-                    return Ok(());
-                }
-                for (net, via) in fabric_routes(cx) {
-                    self.world.underlay.fabric_routes.insert(net, via);
-                }
-                return Ok(());
+                    Action::InstallFabricRoutes { .. } => {
+                        for (net, via) in fabric_routes(cx) {
+                            self.world.underlay.fabric_routes.insert(net, via);
+                        }
+                        Ok(())
+                    }
+                    a @ (Action::Preflight { .. }
+                    | Action::InstallBinary { .. }
+                    | Action::PullImage { .. }
+                    | Action::GenerateCa { .. }
+                    | Action::IssueCert { .. }
+                    | Action::GenerateServiceAccountKey
+                    | Action::GenerateTokens { .. }
+                    | Action::WriteFile { .. }
+                    | Action::SetSysctl { .. }
+                    | Action::LoadKernelModule { .. }
+                    | Action::DeleteLink { .. }
+                    | Action::DeleteIptablesRules { .. }
+                    | Action::CreateBridge { .. }
+                    | Action::CreateVxlan(_)
+                    | Action::InstallPodRoutes { .. }
+                    | Action::EnsureIptablesRule { .. }
+                    | Action::StartService { .. }
+                    | Action::WaitHealthy { .. }
+                    | Action::ApplyManifest { .. }
+                    | Action::ValidateCluster { .. }
+                    | Action::InsertIptablesRule { .. }
+                    | Action::SetLinkDown { .. }
+                    | Action::SetLinkMtu { .. }
+                    | Action::DeleteFdbEntries { .. }
+                    | Action::DeleteNeighbors { .. }
+                    | Action::StopService { .. }
+                    | Action::DeleteFile { .. }
+                    | Action::UnloadKernelModule { .. }
+                    | Action::WriteText { .. }
+                    | Action::ScaleDeployment { .. }
+                    | Action::PowerOff) => Err(not_run_on(&id, a, "the underlay router")),
+                };
             }
             Target::Node(_) => {}
         }
@@ -737,6 +872,14 @@ fn action_name(a: &Action) -> String {
         .ok()
         .and_then(|v| v.get("action").and_then(|n| n.as_str()).map(String::from))
         .unwrap_or_else(|| "this action".into())
+}
+
+/// A step whose action has no meaning on its target (a plan kscratch does not make).
+fn not_run_on(id: &str, a: &Action, place: &str) -> StepError {
+    StepError::failed(format!(
+        "{id}: the simulator does not run {} on {place}",
+        action_name(a)
+    ))
 }
 
 fn command_error(id: &str, msg: String) -> StepError {
