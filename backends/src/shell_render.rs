@@ -24,6 +24,7 @@ use kscratch_core::plan::Plan;
 use kscratch_core::plan::{
     Action, Asset, Component, PodRouteVia, PreflightCheck, Service, VxlanDevice, PKI_DIR,
 };
+use kscratch_core::ports;
 use kscratch_core::render::{self as krender, Redacted};
 use kscratch_core::scenario::{Runtime, Scenario};
 use sha2::{Digest, Sha256};
@@ -447,17 +448,6 @@ fn install_binary(dest: &str, bin: &Binary) -> R<StepScripts> {
     )
 }
 
-/// The process name that may hold a port a preflight wants free: on a
-/// re-apply the port is held by the very daemon kscratch started.
-fn port_owner(port: u16) -> Option<&'static str> {
-    match port {
-        10250 => Some("kubelet"),
-        2379 | 2380 => Some("etcd"),
-        443 | 6443 | 8080 => Some("kube-apiserver"),
-        _ => None,
-    }
-}
-
 /// Daemons the plan itself starts: their absence is reported by the step
 /// that starts them (skipped, with the reason), not as a preflight failure.
 const SOFT_COMMANDS: &[&str] = &["containerd", "dockerd"];
@@ -514,7 +504,7 @@ fn preflight(checks: &[PreflightCheck]) -> R<StepScripts> {
             }
             PreflightCheck::PortFree { port } => {
                 let listeners = format!("$(ss -Htlnp 'sport = :{port}' 2>/dev/null)");
-                match port_owner(*port) {
+                match ports::owner(*port).map(ports::Daemon::name) {
                     Some(owner) => s.push_str(&format!(
                         "l=\"{listeners}\"; [ -z \"$l\" ] || case \"$l\" in *'\"{owner}\"'*) ;; *) fail {msg} ;; esac\n",
                         msg = q(&format!("TCP port {port} is in use by another program than {owner}"))?

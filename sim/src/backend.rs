@@ -847,9 +847,13 @@ fn preflight(node: &Node, c: &PreflightCheck) -> Result<(), String> {
         // host requirements are checked on real machines only (shell preflight).
         PreflightCheck::CgroupV2 { .. } | PreflightCheck::SwapOff { .. } => Ok(()),
         PreflightCheck::PortFree { port } => {
+            // On a re-apply the port is held by the daemon kscratch started.
+            let owner = kscratch_core::ports::owner(*port).map(|d| d.name());
             match node.listeners.get(&(crate::packet::Proto::Tcp, *port)) {
-                Some(l) => Err(format!("port {port} is already in use by {}", l.process)),
-                None => Ok(()),
+                Some(l) if Some(l.process.as_str()) != owner => {
+                    Err(format!("port {port} is already in use by {}", l.process))
+                }
+                Some(_) | None => Ok(()),
             }
         }
         PreflightCheck::NodeAddress { ip, interface } => {

@@ -19,6 +19,7 @@ use crate::world::*;
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{Rule, Table};
 use kscratch_core::plan::{Asset, Component, KubeconfigUser, Service, MANIFEST_DIR};
+use kscratch_core::ports::{self, Daemon};
 use kscratch_core::release;
 use kscratch_core::render::{self as r, Argv};
 use kscratch_core::scenario::{Features, KubeVersion};
@@ -58,8 +59,8 @@ pub fn start_service(node: &mut Node, service: Service) -> Result<(), String> {
             let port = argv
                 .parsed::<u16>("port")
                 .map_err(|e| format!("kubelet: {e}"))?
-                .unwrap_or(10250);
-            listen(node, Proto::Tcp, port, "kubelet", None);
+                .unwrap_or(ports::KUBELET);
+            listen(node, Proto::Tcp, port, Daemon::Kubelet.name(), None);
             node.services
                 .insert("kubelet".into(), ServiceState { running: true });
             sync_static_pods(node);
@@ -78,7 +79,13 @@ pub fn start_service(node: &mut Node, service: Service) -> Result<(), String> {
             }
             let settings = kube_proxy_settings(node, &argv)?;
             node.kube_proxy = Some(settings);
-            listen(node, Proto::Tcp, 10256, "kube-proxy", None);
+            listen(
+                node,
+                Proto::Tcp,
+                ports::KUBE_PROXY_HEALTHZ,
+                Daemon::KubeProxy.name(),
+                None,
+            );
         }
         Service::Etcd => {
             let argv = unit_argv(node, Service::Etcd, "etcd")?;
@@ -652,17 +659,17 @@ fn listen_apiserver(node: &mut Node, argv: &Argv, fx: &Features) -> Result<(), S
     let secure = argv
         .parsed::<u16>("secure-port")
         .map_err(e)?
-        .unwrap_or(6443);
+        .unwrap_or(ports::APISERVER_SECURE_DEFAULT);
     let bind = argv
         .parsed::<IpAddr>("bind-address")
         .map_err(e)?
         .filter(|a| !a.is_unspecified());
-    listen(node, Proto::Tcp, secure, "kube-apiserver", bind);
+    listen(node, Proto::Tcp, secure, Daemon::KubeApiserver.name(), bind);
     if fx.insecure_flags {
         let port = argv
             .parsed::<u16>("insecure-port")
             .map_err(e)?
-            .unwrap_or(8080);
+            .unwrap_or(ports::APISERVER_INSECURE);
         if port != 0 && fx.insecure_serving {
             let bind = argv
                 .parsed::<IpAddr>("insecure-bind-address")
