@@ -19,7 +19,7 @@
 //! operator's machine knows. Nothing here reads a file or a clock.
 
 use crate::shell::{self, QuoteError};
-use kscratch_core::net::route::{FdbEntry, MacAddr, Neighbor, Route};
+use kscratch_core::net::route::{FdbEntry, Neighbor, Route};
 use kscratch_core::plan::Plan;
 use kscratch_core::plan::{
     Action, Asset, Component, PodRouteVia, PreflightCheck, Service, VxlanDevice, PKI_DIR,
@@ -676,11 +676,7 @@ fn create_vxlan(v: &VxlanDevice) -> R<StepScripts> {
     let n = q(&v.name)?;
     let dev = q(&v.dev)?;
     let local = q(&v.local.to_string())?;
-    let mac = MacAddr::parse(&v.mac).map_err(|e| ShellRenderError::Invalid {
-        what: format!("vxlan {}", v.name),
-        message: e.to_string(),
-    })?;
-    let m = q(&mac.to_string())?;
+    let m = q(&v.mac.to_string())?;
     let addr = v.addr.to_string();
     let a = q(&addr)?;
     let has_addr = q(&format!(" {} {addr} ", inet(&addr)))?;
@@ -755,16 +751,9 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
             }
             PodRouteVia::Overlay { dev } => {
                 let vtep = e.pod_cidr.network();
-                let mac_text = e
-                    .vtep_mac
-                    .as_deref()
-                    .ok_or_else(|| ShellRenderError::Invalid {
-                        what: format!("the overlay route to {}", e.node),
-                        message: "the pod network table has no VTEP MAC".into(),
-                    })?;
-                let mac = MacAddr::parse(mac_text).map_err(|err| ShellRenderError::Invalid {
-                    what: format!("the VTEP MAC of {}", e.node),
-                    message: err.to_string(),
+                let mac = e.vtep_mac.ok_or_else(|| ShellRenderError::Invalid {
+                    what: format!("the overlay route to {}", e.node),
+                    message: "the pod network table has no VTEP MAC".into(),
                 })?;
                 let r = Route {
                     onlink: true,

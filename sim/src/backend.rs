@@ -16,7 +16,7 @@ use crate::world::*;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use kscratch_core::exec::{Backend, Probe, StepCx, StepError};
-use kscratch_core::net::route::{Route, RouteDst, RouteProto, RouteScope};
+use kscratch_core::net::route::{MacAddr, Route, RouteDst, RouteProto, RouteScope};
 use kscratch_core::plan::{Action, Artifact, Asset, PodRouteVia, PreflightCheck, StepRef, Target};
 use kscratch_core::render::Redacted;
 use std::collections::{BTreeSet, HashSet};
@@ -655,10 +655,8 @@ impl Sim {
             Action::DeleteFdbEntries { entries } => {
                 for e in entries {
                     let x = own_vxlan(node, &id, &e.dev)?;
-                    if e.dst
-                        .is_none_or(|d| x.fdb.get(&e.mac.to_string()) == Some(&d))
-                    {
-                        x.fdb.remove(&e.mac.to_string());
+                    if e.dst.is_none_or(|d| x.fdb.get(&e.mac) == Some(&d)) {
+                        x.fdb.remove(&e.mac);
                     }
                 }
             }
@@ -666,7 +664,7 @@ impl Sim {
                 for e in entries {
                     let x = own_vxlan(node, &id, &e.dev)?;
                     if e.lladdr
-                        .is_none_or(|m| x.neighbors.get(&e.addr) == Some(&m.to_string()))
+                        .is_none_or(|m| x.neighbors.get(&e.addr) == Some(&m))
                     {
                         x.neighbors.remove(&e.addr);
                     }
@@ -750,7 +748,7 @@ fn pod_route_table(cx: &StepCx<'_>) -> PodRoutes {
             node: e.node.clone(),
             pod_cidr: e.pod_cidr,
             node_ip: e.node_ip,
-            vtep: e.vtep_mac.clone().map(|mac| (e.pod_cidr.network(), mac)),
+            vtep: e.vtep_mac.map(|mac| (e.pod_cidr.network(), mac)),
         })
         .collect();
     let (cover, prefix) = covering(entries.iter().map(|e| e.pod_cidr));
@@ -923,7 +921,7 @@ fn fabric_route(u: &Underlay, r: &Route) -> Option<IpNet> {
 }
 
 /// The shared pod route table's entries this node holds VXLAN entries for.
-fn shared_vxlan_entries(node: &Node) -> Vec<(std::net::IpAddr, String, std::net::IpAddr)> {
+fn shared_vxlan_entries(node: &Node) -> Vec<(std::net::IpAddr, MacAddr, std::net::IpAddr)> {
     let Some(sh) = &node.routes.shared else {
         return vec![];
     };
@@ -932,11 +930,7 @@ fn shared_vxlan_entries(node: &Node) -> Vec<(std::net::IpAddr, String, std::net:
         .iter()
         .enumerate()
         .filter(|(i, _)| Some(*i) != sh.own)
-        .filter_map(|(_, e)| {
-            e.vtep
-                .as_ref()
-                .map(|(ip, mac)| (*ip, mac.clone(), e.node_ip))
-        })
+        .filter_map(|(_, e)| e.vtep.as_ref().map(|(ip, mac)| (*ip, *mac, e.node_ip)))
         .collect()
 }
 
@@ -944,7 +938,7 @@ fn has_fdb(node: &Node, e: &kscratch_core::net::route::FdbEntry) -> bool {
     let Some(LinkKind::Vxlan(x)) = node.links.get(&e.dev).map(|l| &l.kind) else {
         return false;
     };
-    let mac = e.mac.to_string();
+    let mac = e.mac;
     let dst = e.dst;
     if x.fdb.get(&mac).is_some_and(|d| dst.is_none_or(|v| v == *d)) {
         return true;
@@ -959,7 +953,7 @@ fn has_neigh(node: &Node, e: &kscratch_core::net::route::Neighbor) -> bool {
     let Some(LinkKind::Vxlan(x)) = node.links.get(&e.dev).map(|l| &l.kind) else {
         return false;
     };
-    let mac = e.lladdr.map(|m| m.to_string());
+    let mac = e.lladdr;
     if x.neighbors
         .get(&e.addr)
         .is_some_and(|m| mac.as_ref().is_none_or(|v| v == m))
@@ -981,7 +975,7 @@ fn own_vxlan<'n>(node: &'n mut Node, id: &str, dev: &str) -> Result<&'n mut Vxla
         Some(LinkKind::Vxlan(x)) => {
             if x.shared_fdb {
                 for (ip, mac, node_ip) in shared {
-                    x.neighbors.entry(ip).or_insert_with(|| mac.clone());
+                    x.neighbors.entry(ip).or_insert(mac);
                     x.fdb.entry(mac).or_insert(node_ip);
                 }
                 x.shared_fdb = false;

@@ -6,7 +6,7 @@
 
 use super::{ArtifactId, Asset, Component, Service};
 use crate::net::iptables::{Rule, Table};
-use crate::net::route::{FdbEntry, Neighbor, Route};
+use crate::net::route::{FdbEntry, MacAddr, Neighbor, Route};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::net::IpAddr;
@@ -181,7 +181,7 @@ pub struct VxlanDevice {
     pub dev: String,
     pub mtu: u32,
     /// A stable MAC so that peers' FDB entries stay valid across re-creation.
-    pub mac: String,
+    pub mac: MacAddr,
     /// The VTEP address: the pod CIDR's network address, `/32` (flannel's layout).
     pub addr: IpNet,
 }

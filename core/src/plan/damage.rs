@@ -216,9 +216,7 @@ fn vxlan_peer(
             "name another node as TO_NODE",
         ));
     }
-    let mac = MacAddr::parse(&vtep_mac(s.nodes[t].ip))
-        .map_err(|e| (format!("the VTEP MAC of {to}: {e}"), None))?;
-    Ok((n, v.device.clone(), mac, t))
+    Ok((n, v.device.clone(), vtep_mac(s.nodes[t].ip), t))
 }
 
 fn runtime_service(s: &Scenario) -> Service {
