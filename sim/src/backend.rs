@@ -231,9 +231,16 @@ impl Sim {
             let key = (namespace.clone(), name.clone());
             return Ok(ok(self.scaled.get(&key) == Some(replicas)));
         }
+        // A node that is down fails the step before anything is read.
         self.node_mut(cx)?;
-        // Health depends on other nodes too (etcd members behind --etcd-servers).
-        match &cx.step.action {
+        let content = if matches!(cx.step.action, Action::WriteFile { .. }) {
+            Some(self.file_bytes(cx)?)
+        } else {
+            None
+        };
+        let node = self.node_mut(cx)?;
+        Ok(match &cx.step.action {
+            // Health depends on other nodes too (etcd members behind --etcd-servers).
             Action::WaitHealthy { component, url, .. } => {
                 let r = components::wait_healthy(&self.world, node_index, *component, url);
                 // Waiting cannot make an incoherent component healthy: fail with the reason.
@@ -244,16 +251,8 @@ impl Sim {
             Action::ValidateCluster { nodes, components } => {
                 components::validate_cluster(&self.world, node_index, nodes, components)
                     .map_err(|e| StepError::failed(format!("{id}: validate-cluster: {e}")))?;
-                return Ok(Probe::Satisfied);
+                Probe::Satisfied
             }
-            _ => {}
-        }
-        let content = match &cx.step.action {
-            Action::WriteFile { .. } => Some(self.file_bytes(cx)?),
-            _ => None,
-        };
-        let node = self.node_mut(cx)?;
-        Ok(match &cx.step.action {
             Action::Preflight { checks } => {
                 for c in checks {
                     preflight(node, c).map_err(|e| StepError::failed(format!("{id}: preflight: {e}")))?;
@@ -291,7 +290,7 @@ impl Sim {
             Action::UnloadKernelModule { name } => ok(!node.modules.contains(*name)),
             Action::WriteText { path, mode, text } => ok(node.fs.files.get(*path).is_some_and(|f| f.mode == *mode && *f.content == *text.as_bytes())),
             // On the operator's machine or the fabric: handled above.
-            Action::GenerateCa { .. } | Action::IssueCert { .. } | Action::GenerateServiceAccountKey | Action::GenerateTokens { .. } | Action::InstallFabricRoutes { .. } | Action::WaitHealthy { .. } | Action::ValidateCluster { .. } | Action::PowerOff | Action::ScaleDeployment { .. } => {
+            Action::GenerateCa { .. } | Action::IssueCert { .. } | Action::GenerateServiceAccountKey | Action::GenerateTokens { .. } | Action::InstallFabricRoutes { .. } | Action::PowerOff | Action::ScaleDeployment { .. } => {
                 return Err(StepError::failed(format!("{id}: the simulator does not run {} on a node", action_name(&cx.step.action))))
             }
         })
@@ -391,9 +390,10 @@ impl Sim {
             }
             Target::Node(_) => {}
         }
-        let content = match &cx.step.action {
-            Action::WriteFile { .. } => Some(self.file_bytes(cx)?),
-            _ => None,
+        let content = if matches!(cx.step.action, Action::WriteFile { .. }) {
+            Some(self.file_bytes(cx)?)
+        } else {
+            None
         };
         if let Action::InstallPodRoutes { .. } = &cx.step.action {
             if self.pod_routes.is_none() {
