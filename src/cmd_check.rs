@@ -107,7 +107,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, load::Error> {
             extra_services: args.extra_services,
         },
     )
-    .map_err(load::Error::Usage)?;
+    .map_err(|e| load::Error::Usage(e.to_string()))?;
     match args.format {
         CheckFormat::Text => crate::out(&format!("{report}")),
         CheckFormat::Json => crate::out(&crate::output::json("check", &report)),
@@ -138,7 +138,7 @@ pub fn trace(args: TraceArgs) -> Result<ExitCode, load::Error> {
             extra_services: 0,
         },
     )
-    .map_err(load::Error::Usage)?;
+    .map_err(|e| load::Error::Usage(e.to_string()))?;
     let proto = match args.proto {
         ProtoArg::Tcp => Proto::Tcp,
         ProtoArg::Udp => Proto::Udp,

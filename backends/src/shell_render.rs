@@ -19,11 +19,12 @@
 //! operator's machine knows. Nothing here reads a file or a clock.
 
 use crate::shell::{self, QuoteError};
-use kscratch_core::net::route::{FdbEntry, MacAddr, Neighbor, Route};
+use kscratch_core::net::route::{FdbEntry, Neighbor, Route};
 use kscratch_core::plan::Plan;
 use kscratch_core::plan::{
-    Action, Asset, PodRouteVia, PreflightCheck, Service, VxlanDevice, PKI_DIR,
+    Action, Asset, Component, PodRouteVia, PreflightCheck, Service, VxlanDevice, PKI_DIR,
 };
+use kscratch_core::ports;
 use kscratch_core::render::{self as krender, Redacted};
 use kscratch_core::scenario::{Runtime, Scenario};
 use sha2::{Digest, Sha256};
@@ -275,13 +276,13 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
             let node = cx
                 .node
                 .ok_or_else(|| missing(format!("starting {name}"), "a node"))?;
-            Rendered::Remote(start_service(cx.scenario, node, name)?)
+            Rendered::Remote(start_service(cx.scenario, node, *name)?)
         }
         Action::WaitHealthy {
             component,
             url,
             timeout_secs,
-        } => Rendered::Remote(wait_healthy(component, url, *timeout_secs)?),
+        } => Rendered::Remote(wait_healthy(*component, url, *timeout_secs)?),
         Action::ApplyManifest { asset, kubeconfig } => {
             Rendered::Remote(apply_manifest(*asset, *kubeconfig)?)
         }
@@ -302,7 +303,7 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
         Action::SetLinkMtu { name, mtu } => Rendered::Remote(set_link_mtu(name, *mtu)?),
         Action::DeleteFdbEntries { entries } => Rendered::Remote(delete_fdb(entries)?),
         Action::DeleteNeighbors { entries } => Rendered::Remote(delete_neighbors(entries)?),
-        Action::StopService { name } => Rendered::Remote(stop_service(name)?),
+        Action::StopService { name } => Rendered::Remote(stop_service(name.name())?),
         Action::DeleteFile { path } => Rendered::Remote(delete_file(path)?),
         Action::UnloadKernelModule { name } => Rendered::Remote(unload_module(name)?),
         Action::WriteText { path, mode, text } => {
@@ -359,8 +360,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The daemon binary a service's unit starts, for messages: `/usr/local/bin/etcd`, `containerd`.
-pub fn service_program(s: &Scenario, node: usize, name: &str) -> R<String> {
-    let argv = service_argv(s, node, name)?.0;
+pub fn service_program(s: &Scenario, node: usize, service: Service) -> R<String> {
+    let argv = service_argv(s, node, service)?.0;
     Ok(program_of(&argv).to_string())
 }
 
@@ -447,17 +448,6 @@ fn install_binary(dest: &str, bin: &Binary) -> R<StepScripts> {
     )
 }
 
-/// The process name that may hold a port a preflight wants free: on a
-/// re-apply the port is held by the very daemon kscratch started.
-fn port_owner(port: u16) -> Option<&'static str> {
-    match port {
-        10250 => Some("kubelet"),
-        2379 | 2380 => Some("etcd"),
-        443 | 6443 | 8080 => Some("kube-apiserver"),
-        _ => None,
-    }
-}
-
 /// Daemons the plan itself starts: their absence is reported by the step
 /// that starts them (skipped, with the reason), not as a preflight failure.
 const SOFT_COMMANDS: &[&str] = &["containerd", "dockerd"];
@@ -514,7 +504,7 @@ fn preflight(checks: &[PreflightCheck]) -> R<StepScripts> {
             }
             PreflightCheck::PortFree { port } => {
                 let listeners = format!("$(ss -Htlnp 'sport = :{port}' 2>/dev/null)");
-                match port_owner(*port) {
+                match ports::owner(*port).map(ports::Daemon::name) {
                     Some(owner) => s.push_str(&format!(
                         "l=\"{listeners}\"; [ -z \"$l\" ] || case \"$l\" in *'\"{owner}\"'*) ;; *) fail {msg} ;; esac\n",
                         msg = q(&format!("TCP port {port} is in use by another program than {owner}"))?
@@ -686,11 +676,7 @@ fn create_vxlan(v: &VxlanDevice) -> R<StepScripts> {
     let n = q(&v.name)?;
     let dev = q(&v.dev)?;
     let local = q(&v.local.to_string())?;
-    let mac = MacAddr::parse(&v.mac).map_err(|e| ShellRenderError::Invalid {
-        what: format!("vxlan {}", v.name),
-        message: e.to_string(),
-    })?;
-    let m = q(&mac.to_string())?;
+    let m = q(&v.mac.to_string())?;
     let addr = v.addr.to_string();
     let a = q(&addr)?;
     let has_addr = q(&format!(" {} {addr} ", inet(&addr)))?;
@@ -765,16 +751,9 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
             }
             PodRouteVia::Overlay { dev } => {
                 let vtep = e.pod_cidr.network();
-                let mac_text = e
-                    .vtep_mac
-                    .as_deref()
-                    .ok_or_else(|| ShellRenderError::Invalid {
-                        what: format!("the overlay route to {}", e.node),
-                        message: "the pod network table has no VTEP MAC".into(),
-                    })?;
-                let mac = MacAddr::parse(mac_text).map_err(|err| ShellRenderError::Invalid {
-                    what: format!("the VTEP MAC of {}", e.node),
-                    message: err.to_string(),
+                let mac = e.vtep_mac.ok_or_else(|| ShellRenderError::Invalid {
+                    what: format!("the overlay route to {}", e.node),
+                    message: "the pod network table has no VTEP MAC".into(),
                 })?;
                 let r = Route {
                     onlink: true,
@@ -1073,24 +1052,9 @@ fn power_off() -> R<StepScripts> {
 /// Ends the here-documents of batch input; no generated line can equal it.
 const HEREDOC: &str = "KSCRATCH_EOF";
 
-fn service_of(name: &str) -> Option<Service> {
-    [
-        Service::Kubelet,
-        Service::KubeProxy,
-        Service::Docker,
-        Service::Containerd,
-        Service::Etcd,
-    ]
-    .into_iter()
-    .find(|s| s.name() == name)
-}
-
 /// The argv of a service's unit and the environment files it reads.
-fn service_argv(s: &Scenario, node: usize, name: &str) -> R<(Vec<String>, Vec<String>)> {
-    let svc = service_of(name).ok_or_else(|| ShellRenderError::Invalid {
-        what: format!("service {name}"),
-        message: "kscratch has no unit for it".into(),
-    })?;
+fn service_argv(s: &Scenario, node: usize, svc: Service) -> R<(Vec<String>, Vec<String>)> {
+    let name = svc.name();
     // Units hold no secrets: placeholders are fine for reading ExecStart.
     let unit = krender::render(s, Some(node), Asset::Unit(svc), &Redacted)?;
     let text = String::from_utf8_lossy(&unit).into_owned();
@@ -1148,8 +1112,9 @@ fn supervisor_script(name: &str, argv: &[String], env_files: &[String]) -> R<Str
     Ok(s)
 }
 
-fn start_service(s: &Scenario, node: usize, name: &str) -> R<StepScripts> {
-    let (argv, env_files) = service_argv(s, node, name)?;
+fn start_service(s: &Scenario, node: usize, service: Service) -> R<StepScripts> {
+    let name = service.name();
+    let (argv, env_files) = service_argv(s, node, service)?;
     let prog = program_of(&argv).to_string();
     let n = q(name)?;
     let unit = format!("{name}.service");
@@ -1221,8 +1186,8 @@ fn start_service(s: &Scenario, node: usize, name: &str) -> R<StepScripts> {
 }
 
 /// The credentials a node has to talk to a component's health endpoint.
-fn tls_options(component: &str) -> String {
-    if component == "etcd" {
+fn tls_options(component: Component) -> String {
+    if component == Component::Etcd {
         // etcd requires client certificates; its server certificate is also a client one.
         let e = format!("{PKI_DIR}/etcd");
         format!("--cacert {e}/ca.crt --cert {e}/server.crt --key {e}/server.key")
@@ -1250,7 +1215,7 @@ fn host_port(url: &str) -> Option<(String, u16)> {
     }
 }
 
-fn wait_healthy(component: &str, url: &str, timeout_secs: u32) -> R<StepScripts> {
+fn wait_healthy(component: Component, url: &str, timeout_secs: u32) -> R<StepScripts> {
     let u = q(url)?;
     let tls = if url.starts_with("https://") {
         tls_options(component)

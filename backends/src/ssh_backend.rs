@@ -275,7 +275,35 @@ impl SshBackend {
             Action::GenerateTokens { .. } => {
                 token_users(s).iter().all(|u| m.token(u.key).is_some())
             }
-            other => {
+            other @ (Action::Preflight { .. }
+            | Action::InstallBinary { .. }
+            | Action::PullImage { .. }
+            | Action::WriteFile { .. }
+            | Action::SetSysctl { .. }
+            | Action::LoadKernelModule { .. }
+            | Action::DeleteLink { .. }
+            | Action::DeleteIptablesRules { .. }
+            | Action::CreateBridge { .. }
+            | Action::CreateVxlan(_)
+            | Action::InstallPodRoutes { .. }
+            | Action::InstallFabricRoutes { .. }
+            | Action::EnsureIptablesRule { .. }
+            | Action::StartService { .. }
+            | Action::WaitHealthy { .. }
+            | Action::ApplyManifest { .. }
+            | Action::ValidateCluster { .. }
+            | Action::DeleteRoutes { .. }
+            | Action::InsertIptablesRule { .. }
+            | Action::SetLinkDown { .. }
+            | Action::SetLinkMtu { .. }
+            | Action::DeleteFdbEntries { .. }
+            | Action::DeleteNeighbors { .. }
+            | Action::StopService { .. }
+            | Action::DeleteFile { .. }
+            | Action::UnloadKernelModule { .. }
+            | Action::WriteText { .. }
+            | Action::ScaleDeployment { .. }
+            | Action::PowerOff) => {
                 return Err(StepError::failed(format!(
                     "{}: {other:?} does not run on the operator's machine",
                     cx.id()
@@ -327,7 +355,37 @@ impl SshBackend {
                 .step_timeout
                 .max(Duration::from_secs(u64::from(*timeout_secs) + 30)),
             Action::ValidateCluster { .. } => self.opts.step_timeout.max(Duration::from_secs(330)),
-            _ => self.opts.step_timeout,
+            Action::Preflight { .. }
+            | Action::InstallBinary { .. }
+            | Action::PullImage { .. }
+            | Action::GenerateCa { .. }
+            | Action::IssueCert { .. }
+            | Action::GenerateServiceAccountKey
+            | Action::GenerateTokens { .. }
+            | Action::WriteFile { .. }
+            | Action::SetSysctl { .. }
+            | Action::LoadKernelModule { .. }
+            | Action::DeleteLink { .. }
+            | Action::DeleteIptablesRules { .. }
+            | Action::CreateBridge { .. }
+            | Action::CreateVxlan(_)
+            | Action::InstallPodRoutes { .. }
+            | Action::InstallFabricRoutes { .. }
+            | Action::EnsureIptablesRule { .. }
+            | Action::StartService { .. }
+            | Action::ApplyManifest { .. }
+            | Action::DeleteRoutes { .. }
+            | Action::InsertIptablesRule { .. }
+            | Action::SetLinkDown { .. }
+            | Action::SetLinkMtu { .. }
+            | Action::DeleteFdbEntries { .. }
+            | Action::DeleteNeighbors { .. }
+            | Action::StopService { .. }
+            | Action::DeleteFile { .. }
+            | Action::UnloadKernelModule { .. }
+            | Action::WriteText { .. }
+            | Action::ScaleDeployment { .. }
+            | Action::PowerOff => self.opts.step_timeout,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod ipam;
 pub mod net;
 pub mod plan;
+pub mod ports;
 pub mod release;
 pub mod render;
 pub mod scenario;

@@ -16,7 +16,7 @@ use crate::world::*;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use kscratch_core::exec::{Backend, Probe, StepCx, StepError};
-use kscratch_core::net::route::{Route, RouteDst, RouteProto, RouteScope};
+use kscratch_core::net::route::{MacAddr, Route, RouteDst, RouteProto, RouteScope};
 use kscratch_core::plan::{Action, Artifact, Asset, PodRouteVia, PreflightCheck, StepRef, Target};
 use kscratch_core::render::Redacted;
 use std::collections::{BTreeSet, HashSet};
@@ -139,18 +139,82 @@ impl Sim {
     fn check(&mut self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
         let id = cx.id();
         if matches!(cx.step.target, Target::Local) {
-            return Ok(ok(self.generated.contains(&id)));
+            return match &cx.step.action {
+                Action::GenerateCa { .. }
+                | Action::IssueCert { .. }
+                | Action::GenerateServiceAccountKey
+                | Action::GenerateTokens { .. } => Ok(ok(self.generated.contains(&id))),
+                a @ (Action::Preflight { .. }
+                | Action::InstallBinary { .. }
+                | Action::PullImage { .. }
+                | Action::WriteFile { .. }
+                | Action::SetSysctl { .. }
+                | Action::LoadKernelModule { .. }
+                | Action::DeleteLink { .. }
+                | Action::DeleteIptablesRules { .. }
+                | Action::CreateBridge { .. }
+                | Action::CreateVxlan(_)
+                | Action::InstallPodRoutes { .. }
+                | Action::InstallFabricRoutes { .. }
+                | Action::EnsureIptablesRule { .. }
+                | Action::StartService { .. }
+                | Action::WaitHealthy { .. }
+                | Action::ApplyManifest { .. }
+                | Action::ValidateCluster { .. }
+                | Action::DeleteRoutes { .. }
+                | Action::InsertIptablesRule { .. }
+                | Action::SetLinkDown { .. }
+                | Action::SetLinkMtu { .. }
+                | Action::DeleteFdbEntries { .. }
+                | Action::DeleteNeighbors { .. }
+                | Action::StopService { .. }
+                | Action::DeleteFile { .. }
+                | Action::UnloadKernelModule { .. }
+                | Action::WriteText { .. }
+                | Action::ScaleDeployment { .. }
+                | Action::PowerOff) => Err(not_run_on(&id, a, "the operator's machine")),
+            };
         }
         if matches!(cx.step.target, Target::Fabric) {
-            return Ok(match &cx.step.action {
-                Action::InstallFabricRoutes { .. } => ok(fabric_routes(cx)
+            return match &cx.step.action {
+                Action::InstallFabricRoutes { .. } => Ok(ok(fabric_routes(cx)
                     .iter()
-                    .all(|(net, via)| self.world.underlay.fabric_routes.get(net) == Some(via))),
-                Action::DeleteRoutes { routes } => ok(routes
+                    .all(|(net, via)| self.world.underlay.fabric_routes.get(net) == Some(via)))),
+                Action::DeleteRoutes { routes } => Ok(ok(routes
                     .iter()
-                    .all(|r| fabric_route(&self.world.underlay, r).is_none())),
-                _ => Probe::Needed,
-            });
+                    .all(|r| fabric_route(&self.world.underlay, r).is_none()))),
+                a @ (Action::Preflight { .. }
+                | Action::InstallBinary { .. }
+                | Action::PullImage { .. }
+                | Action::GenerateCa { .. }
+                | Action::IssueCert { .. }
+                | Action::GenerateServiceAccountKey
+                | Action::GenerateTokens { .. }
+                | Action::WriteFile { .. }
+                | Action::SetSysctl { .. }
+                | Action::LoadKernelModule { .. }
+                | Action::DeleteLink { .. }
+                | Action::DeleteIptablesRules { .. }
+                | Action::CreateBridge { .. }
+                | Action::CreateVxlan(_)
+                | Action::InstallPodRoutes { .. }
+                | Action::EnsureIptablesRule { .. }
+                | Action::StartService { .. }
+                | Action::WaitHealthy { .. }
+                | Action::ApplyManifest { .. }
+                | Action::ValidateCluster { .. }
+                | Action::InsertIptablesRule { .. }
+                | Action::SetLinkDown { .. }
+                | Action::SetLinkMtu { .. }
+                | Action::DeleteFdbEntries { .. }
+                | Action::DeleteNeighbors { .. }
+                | Action::StopService { .. }
+                | Action::DeleteFile { .. }
+                | Action::UnloadKernelModule { .. }
+                | Action::WriteText { .. }
+                | Action::ScaleDeployment { .. }
+                | Action::PowerOff) => Err(not_run_on(&id, a, "the underlay router")),
+            };
         }
         let pod_routes = self.pod_routes.clone();
         let node_index = cx.node().unwrap_or(0);
@@ -167,11 +231,18 @@ impl Sim {
             let key = (namespace.clone(), name.clone());
             return Ok(ok(self.scaled.get(&key) == Some(replicas)));
         }
+        // A node that is down fails the step before anything is read.
         self.node_mut(cx)?;
-        // Health depends on other nodes too (etcd members behind --etcd-servers).
-        match &cx.step.action {
+        let content = if matches!(cx.step.action, Action::WriteFile { .. }) {
+            Some(self.file_bytes(cx)?)
+        } else {
+            None
+        };
+        let node = self.node_mut(cx)?;
+        Ok(match &cx.step.action {
+            // Health depends on other nodes too (etcd members behind --etcd-servers).
             Action::WaitHealthy { component, url, .. } => {
-                let r = components::wait_healthy(&self.world, node_index, component, url);
+                let r = components::wait_healthy(&self.world, node_index, *component, url);
                 // Waiting cannot make an incoherent component healthy: fail with the reason.
                 return r.map(|()| Probe::Satisfied).map_err(|why| {
                     StepError::failed(format!("{id}: {component} is not healthy: {why}"))
@@ -180,16 +251,8 @@ impl Sim {
             Action::ValidateCluster { nodes, components } => {
                 components::validate_cluster(&self.world, node_index, nodes, components)
                     .map_err(|e| StepError::failed(format!("{id}: validate-cluster: {e}")))?;
-                return Ok(Probe::Satisfied);
+                Probe::Satisfied
             }
-            _ => {}
-        }
-        let content = match &cx.step.action {
-            Action::WriteFile { .. } => Some(self.file_bytes(cx)?),
-            _ => None,
-        };
-        let node = self.node_mut(cx)?;
-        Ok(match &cx.step.action {
             Action::Preflight { checks } => {
                 for c in checks {
                     preflight(node, c).map_err(|e| StepError::failed(format!("{id}: preflight: {e}")))?;
@@ -214,7 +277,7 @@ impl Sim {
                 ok(node.routes.shared.as_ref().is_some_and(|s| s.mode == mode && s.removed.is_empty() && pod_routes.as_ref().is_some_and(|t| Arc::ptr_eq(t, &s.table))))
             }
             Action::EnsureIptablesRule { table, rule } => ok(node.netfilter.check(*table, rule)),
-            Action::StartService { name } => ok(node.running(name)),
+            Action::StartService { name } => ok(node.running(name.name())),
             Action::ApplyManifest { asset, .. } => ok(self.addons.contains(asset)),
             Action::DeleteRoutes { routes } => ok(routes.iter().all(|r| !has_route(node, r))),
             Action::InsertIptablesRule { table, rule } => ok(node.netfilter.check(*table, rule)),
@@ -222,12 +285,12 @@ impl Sim {
             Action::SetLinkMtu { name, mtu } => ok(link(node, &id, name)?.mtu == *mtu),
             Action::DeleteFdbEntries { entries } => ok(entries.iter().all(|e| !has_fdb(node, e))),
             Action::DeleteNeighbors { entries } => ok(entries.iter().all(|e| !has_neigh(node, e))),
-            Action::StopService { name } => ok(!node.running(name)),
+            Action::StopService { name } => ok(!node.running(name.name())),
             Action::DeleteFile { path } => ok(!node.fs.files.contains_key(*path)),
             Action::UnloadKernelModule { name } => ok(!node.modules.contains(*name)),
             Action::WriteText { path, mode, text } => ok(node.fs.files.get(*path).is_some_and(|f| f.mode == *mode && *f.content == *text.as_bytes())),
             // On the operator's machine or the fabric: handled above.
-            Action::GenerateCa { .. } | Action::IssueCert { .. } | Action::GenerateServiceAccountKey | Action::GenerateTokens { .. } | Action::InstallFabricRoutes { .. } | Action::WaitHealthy { .. } | Action::ValidateCluster { .. } | Action::PowerOff | Action::ScaleDeployment { .. } => {
+            Action::GenerateCa { .. } | Action::IssueCert { .. } | Action::GenerateServiceAccountKey | Action::GenerateTokens { .. } | Action::InstallFabricRoutes { .. } | Action::PowerOff | Action::ScaleDeployment { .. } => {
                 return Err(StepError::failed(format!("{id}: the simulator does not run {} on a node", action_name(&cx.step.action))))
             }
         })
@@ -237,28 +300,100 @@ impl Sim {
         let id = cx.id();
         match cx.step.target {
             Target::Local => {
-                self.generated.insert(id);
-                return Ok(());
+                return match &cx.step.action {
+                    Action::GenerateCa { .. }
+                    | Action::IssueCert { .. }
+                    | Action::GenerateServiceAccountKey
+                    | Action::GenerateTokens { .. } => {
+                        self.generated.insert(id);
+                        Ok(())
+                    }
+                    a @ (Action::Preflight { .. }
+                    | Action::InstallBinary { .. }
+                    | Action::PullImage { .. }
+                    | Action::WriteFile { .. }
+                    | Action::SetSysctl { .. }
+                    | Action::LoadKernelModule { .. }
+                    | Action::DeleteLink { .. }
+                    | Action::DeleteIptablesRules { .. }
+                    | Action::CreateBridge { .. }
+                    | Action::CreateVxlan(_)
+                    | Action::InstallPodRoutes { .. }
+                    | Action::InstallFabricRoutes { .. }
+                    | Action::EnsureIptablesRule { .. }
+                    | Action::StartService { .. }
+                    | Action::WaitHealthy { .. }
+                    | Action::ApplyManifest { .. }
+                    | Action::ValidateCluster { .. }
+                    | Action::DeleteRoutes { .. }
+                    | Action::InsertIptablesRule { .. }
+                    | Action::SetLinkDown { .. }
+                    | Action::SetLinkMtu { .. }
+                    | Action::DeleteFdbEntries { .. }
+                    | Action::DeleteNeighbors { .. }
+                    | Action::StopService { .. }
+                    | Action::DeleteFile { .. }
+                    | Action::UnloadKernelModule { .. }
+                    | Action::WriteText { .. }
+                    | Action::ScaleDeployment { .. }
+                    | Action::PowerOff) => Err(not_run_on(&id, a, "the operator's machine")),
+                };
             }
             Target::Fabric => {
-                if let Action::DeleteRoutes { routes } = &cx.step.action {
-                    for r in routes {
-                        if let Some(net) = fabric_route(&self.world.underlay, r) {
-                            self.world.underlay.fabric_routes.remove(&net);
+                return match &cx.step.action {
+                    Action::DeleteRoutes { routes } => {
+                        for r in routes {
+                            if let Some(net) = fabric_route(&self.world.underlay, r) {
+                                self.world.underlay.fabric_routes.remove(&net);
+                            }
                         }
+                        Ok(())
                     }
-                    return Ok(());
-                }
-                for (net, via) in fabric_routes(cx) {
-                    self.world.underlay.fabric_routes.insert(net, via);
-                }
-                return Ok(());
+                    Action::InstallFabricRoutes { .. } => {
+                        for (net, via) in fabric_routes(cx) {
+                            self.world.underlay.fabric_routes.insert(net, via);
+                        }
+                        Ok(())
+                    }
+                    a @ (Action::Preflight { .. }
+                    | Action::InstallBinary { .. }
+                    | Action::PullImage { .. }
+                    | Action::GenerateCa { .. }
+                    | Action::IssueCert { .. }
+                    | Action::GenerateServiceAccountKey
+                    | Action::GenerateTokens { .. }
+                    | Action::WriteFile { .. }
+                    | Action::SetSysctl { .. }
+                    | Action::LoadKernelModule { .. }
+                    | Action::DeleteLink { .. }
+                    | Action::DeleteIptablesRules { .. }
+                    | Action::CreateBridge { .. }
+                    | Action::CreateVxlan(_)
+                    | Action::InstallPodRoutes { .. }
+                    | Action::EnsureIptablesRule { .. }
+                    | Action::StartService { .. }
+                    | Action::WaitHealthy { .. }
+                    | Action::ApplyManifest { .. }
+                    | Action::ValidateCluster { .. }
+                    | Action::InsertIptablesRule { .. }
+                    | Action::SetLinkDown { .. }
+                    | Action::SetLinkMtu { .. }
+                    | Action::DeleteFdbEntries { .. }
+                    | Action::DeleteNeighbors { .. }
+                    | Action::StopService { .. }
+                    | Action::DeleteFile { .. }
+                    | Action::UnloadKernelModule { .. }
+                    | Action::WriteText { .. }
+                    | Action::ScaleDeployment { .. }
+                    | Action::PowerOff) => Err(not_run_on(&id, a, "the underlay router")),
+                };
             }
             Target::Node(_) => {}
         }
-        let content = match &cx.step.action {
-            Action::WriteFile { .. } => Some(self.file_bytes(cx)?),
-            _ => None,
+        let content = if matches!(cx.step.action, Action::WriteFile { .. }) {
+            Some(self.file_bytes(cx)?)
+        } else {
+            None
         };
         if let Action::InstallPodRoutes { .. } = &cx.step.action {
             if self.pod_routes.is_none() {
@@ -466,7 +601,7 @@ impl Sim {
                     })?;
             }
             Action::StartService { name } => {
-                components::start_service(node, name).map_err(|e| {
+                components::start_service(node, *name).map_err(|e| {
                     StepError::new(
                         kscratch_core::exec::ErrorKind::Command,
                         format!("{id}: {e}"),
@@ -520,10 +655,8 @@ impl Sim {
             Action::DeleteFdbEntries { entries } => {
                 for e in entries {
                     let x = own_vxlan(node, &id, &e.dev)?;
-                    if e.dst
-                        .is_none_or(|d| x.fdb.get(&e.mac.to_string()) == Some(&d))
-                    {
-                        x.fdb.remove(&e.mac.to_string());
+                    if e.dst.is_none_or(|d| x.fdb.get(&e.mac) == Some(&d)) {
+                        x.fdb.remove(&e.mac);
                     }
                 }
             }
@@ -531,14 +664,14 @@ impl Sim {
                 for e in entries {
                     let x = own_vxlan(node, &id, &e.dev)?;
                     if e.lladdr
-                        .is_none_or(|m| x.neighbors.get(&e.addr) == Some(&m.to_string()))
+                        .is_none_or(|m| x.neighbors.get(&e.addr) == Some(&m))
                     {
                         x.neighbors.remove(&e.addr);
                     }
                 }
             }
             Action::StopService { name } => {
-                let Some(state) = node.services.get_mut(*name) else {
+                let Some(state) = node.services.get_mut(name.name()) else {
                     return Err(StepError::new(
                         kscratch_core::exec::ErrorKind::Command,
                         format!(
@@ -548,7 +681,7 @@ impl Sim {
                 };
                 state.running = false;
                 // Its sockets close; what it programmed (iptables rules) stays.
-                node.listeners.retain(|_, l| l.process != *name);
+                node.listeners.retain(|_, l| l.process != name.name());
             }
             Action::DeleteFile { path } => {
                 node.fs.files.remove(*path);
@@ -615,7 +748,7 @@ fn pod_route_table(cx: &StepCx<'_>) -> PodRoutes {
             node: e.node.clone(),
             pod_cidr: e.pod_cidr,
             node_ip: e.node_ip,
-            vtep: e.vtep_mac.clone().map(|mac| (e.pod_cidr.network(), mac)),
+            vtep: e.vtep_mac.map(|mac| (e.pod_cidr.network(), mac)),
         })
         .collect();
     let (cover, prefix) = covering(entries.iter().map(|e| e.pod_cidr));
@@ -712,9 +845,13 @@ fn preflight(node: &Node, c: &PreflightCheck) -> Result<(), String> {
         // host requirements are checked on real machines only (shell preflight).
         PreflightCheck::CgroupV2 { .. } | PreflightCheck::SwapOff { .. } => Ok(()),
         PreflightCheck::PortFree { port } => {
+            // On a re-apply the port is held by the daemon kscratch started.
+            let owner = kscratch_core::ports::owner(*port).map(|d| d.name());
             match node.listeners.get(&(crate::packet::Proto::Tcp, *port)) {
-                Some(l) => Err(format!("port {port} is already in use by {}", l.process)),
-                None => Ok(()),
+                Some(l) if Some(l.process.as_str()) != owner => {
+                    Err(format!("port {port} is already in use by {}", l.process))
+                }
+                Some(_) | None => Ok(()),
             }
         }
         PreflightCheck::NodeAddress { ip, interface } => {
@@ -737,6 +874,14 @@ fn action_name(a: &Action) -> String {
         .ok()
         .and_then(|v| v.get("action").and_then(|n| n.as_str()).map(String::from))
         .unwrap_or_else(|| "this action".into())
+}
+
+/// A step whose action has no meaning on its target (a plan kscratch does not make).
+fn not_run_on(id: &str, a: &Action, place: &str) -> StepError {
+    StepError::failed(format!(
+        "{id}: the simulator does not run {} on {place}",
+        action_name(a)
+    ))
 }
 
 fn command_error(id: &str, msg: String) -> StepError {
@@ -776,7 +921,7 @@ fn fabric_route(u: &Underlay, r: &Route) -> Option<IpNet> {
 }
 
 /// The shared pod route table's entries this node holds VXLAN entries for.
-fn shared_vxlan_entries(node: &Node) -> Vec<(std::net::IpAddr, String, std::net::IpAddr)> {
+fn shared_vxlan_entries(node: &Node) -> Vec<(std::net::IpAddr, MacAddr, std::net::IpAddr)> {
     let Some(sh) = &node.routes.shared else {
         return vec![];
     };
@@ -785,11 +930,7 @@ fn shared_vxlan_entries(node: &Node) -> Vec<(std::net::IpAddr, String, std::net:
         .iter()
         .enumerate()
         .filter(|(i, _)| Some(*i) != sh.own)
-        .filter_map(|(_, e)| {
-            e.vtep
-                .as_ref()
-                .map(|(ip, mac)| (*ip, mac.clone(), e.node_ip))
-        })
+        .filter_map(|(_, e)| e.vtep.as_ref().map(|(ip, mac)| (*ip, *mac, e.node_ip)))
         .collect()
 }
 
@@ -797,7 +938,7 @@ fn has_fdb(node: &Node, e: &kscratch_core::net::route::FdbEntry) -> bool {
     let Some(LinkKind::Vxlan(x)) = node.links.get(&e.dev).map(|l| &l.kind) else {
         return false;
     };
-    let mac = e.mac.to_string();
+    let mac = e.mac;
     let dst = e.dst;
     if x.fdb.get(&mac).is_some_and(|d| dst.is_none_or(|v| v == *d)) {
         return true;
@@ -812,7 +953,7 @@ fn has_neigh(node: &Node, e: &kscratch_core::net::route::Neighbor) -> bool {
     let Some(LinkKind::Vxlan(x)) = node.links.get(&e.dev).map(|l| &l.kind) else {
         return false;
     };
-    let mac = e.lladdr.map(|m| m.to_string());
+    let mac = e.lladdr;
     if x.neighbors
         .get(&e.addr)
         .is_some_and(|m| mac.as_ref().is_none_or(|v| v == m))
@@ -834,7 +975,7 @@ fn own_vxlan<'n>(node: &'n mut Node, id: &str, dev: &str) -> Result<&'n mut Vxla
         Some(LinkKind::Vxlan(x)) => {
             if x.shared_fdb {
                 for (ip, mac, node_ip) in shared {
-                    x.neighbors.entry(ip).or_insert_with(|| mac.clone());
+                    x.neighbors.entry(ip).or_insert(mac);
                     x.fdb.entry(mac).or_insert(node_ip);
                 }
                 x.shared_fdb = false;

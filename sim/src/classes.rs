@@ -20,6 +20,13 @@ use kscratch_core::scenario::Scenario;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+/// `k: v, k: v` for a map's entries, by their text.
+fn pairs<K: std::fmt::Display, V: std::fmt::Display>(m: impl Iterator<Item = (K, V)>) -> String {
+    m.map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn ip_bits(ip: IpAddr) -> u8 {
     if ip.is_ipv4() {
         32
@@ -244,8 +251,14 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
         let kind = match &l.kind {
             LinkKind::Veth { .. } => "veth".to_string(),
             LinkKind::Vxlan(x) => format!(
-                "vxlan vni {} port {} local {} dev {} shared {} neigh {:?} fdb {:?}",
-                x.vni, x.port, x.local, x.dev, x.shared_fdb, x.neighbors, x.fdb
+                "vxlan vni {} port {} local {} dev {} shared {} neigh {{{}}} fdb {{{}}}",
+                x.vni,
+                x.port,
+                x.local,
+                x.dev,
+                x.shared_fdb,
+                pairs(x.neighbors.iter()),
+                pairs(x.fdb.iter())
             ),
             other => format!("{other:?}"),
         };

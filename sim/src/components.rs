@@ -18,7 +18,8 @@ use crate::packet::Proto;
 use crate::world::*;
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{Rule, Table};
-use kscratch_core::plan::{Asset, KubeconfigUser, Service, MANIFEST_DIR};
+use kscratch_core::plan::{Asset, Component, KubeconfigUser, Service, MANIFEST_DIR};
+use kscratch_core::ports::{self, Daemon};
 use kscratch_core::release;
 use kscratch_core::render::{self as r, Argv};
 use kscratch_core::scenario::{Features, KubeVersion};
@@ -32,11 +33,11 @@ pub const DOCKER0_ADDR: &str = "172.17.0.1/16";
 const KUBECTL_DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 
 /// `systemctl enable --now NAME` on the node.
-pub fn start_service(node: &mut Node, name: &str) -> Result<(), String> {
-    match name {
-        "docker" => start_docker(node)?,
-        "containerd" => start_containerd(node)?,
-        "kubelet" => {
+pub fn start_service(node: &mut Node, service: Service) -> Result<(), String> {
+    match service {
+        Service::Docker => start_docker(node)?,
+        Service::Containerd => start_containerd(node)?,
+        Service::Kubelet => {
             let argv = unit_argv(node, Service::Kubelet, "kubelet")?;
             if !node.binaries.contains("kubelet") {
                 return Err(
@@ -58,14 +59,14 @@ pub fn start_service(node: &mut Node, name: &str) -> Result<(), String> {
             let port = argv
                 .parsed::<u16>("port")
                 .map_err(|e| format!("kubelet: {e}"))?
-                .unwrap_or(10250);
-            listen(node, Proto::Tcp, port, "kubelet", None);
+                .unwrap_or(ports::KUBELET);
+            listen(node, Proto::Tcp, port, Daemon::Kubelet.name(), None);
             node.services
                 .insert("kubelet".into(), ServiceState { running: true });
             sync_static_pods(node);
             return Ok(());
         }
-        "kube-proxy" => {
+        Service::KubeProxy => {
             let argv = unit_argv(node, Service::KubeProxy, "kube-proxy")?;
             if let Some(e) = refused_flags("kube-proxy", node.release, &argv) {
                 return Err(format!("kube-proxy.service: {e}"));
@@ -78,9 +79,15 @@ pub fn start_service(node: &mut Node, name: &str) -> Result<(), String> {
             }
             let settings = kube_proxy_settings(node, &argv)?;
             node.kube_proxy = Some(settings);
-            listen(node, Proto::Tcp, 10256, "kube-proxy", None);
+            listen(
+                node,
+                Proto::Tcp,
+                ports::KUBE_PROXY_HEALTHZ,
+                Daemon::KubeProxy.name(),
+                None,
+            );
         }
-        "etcd" => {
+        Service::Etcd => {
             let argv = unit_argv(node, Service::Etcd, "etcd")?;
             let unit = Asset::Unit(Service::Etcd).path();
             let problem = etcd_problem(node, &argv);
@@ -93,10 +100,9 @@ pub fn start_service(node: &mut Node, name: &str) -> Result<(), String> {
                 },
             );
         }
-        other => return Err(format!("Unit {other}.service not found")),
     }
     node.services
-        .insert(name.into(), ServiceState { running: true });
+        .insert(service.name().into(), ServiceState { running: true });
     Ok(())
 }
 
@@ -653,17 +659,17 @@ fn listen_apiserver(node: &mut Node, argv: &Argv, fx: &Features) -> Result<(), S
     let secure = argv
         .parsed::<u16>("secure-port")
         .map_err(e)?
-        .unwrap_or(6443);
+        .unwrap_or(ports::APISERVER_SECURE_DEFAULT);
     let bind = argv
         .parsed::<IpAddr>("bind-address")
         .map_err(e)?
         .filter(|a| !a.is_unspecified());
-    listen(node, Proto::Tcp, secure, "kube-apiserver", bind);
+    listen(node, Proto::Tcp, secure, Daemon::KubeApiserver.name(), bind);
     if fx.insecure_flags {
         let port = argv
             .parsed::<u16>("insecure-port")
             .map_err(e)?
-            .unwrap_or(8080);
+            .unwrap_or(ports::APISERVER_INSECURE);
         if port != 0 && fx.insecure_serving {
             let bind = argv
                 .parsed::<IpAddr>("insecure-bind-address")
@@ -701,31 +707,36 @@ pub fn health(node: &Node, component: &str) -> Result<(), String> {
 
 /// `WaitHealthy`: the component answers at `url` (something of its own
 /// listens on that port and address of this node) and is healthy.
-pub fn wait_healthy(world: &World, node: usize, component: &str, url: &str) -> Result<(), String> {
+pub fn wait_healthy(
+    world: &World,
+    node: usize,
+    component: Component,
+    url: &str,
+) -> Result<(), String> {
     let n = &world.nodes[node];
     let (ip, port) =
         r::url_host_port(url).ok_or_else(|| format!("cannot read the health URL `{url}`"))?;
     let listening = n.listeners.get(&(Proto::Tcp, port)).is_some_and(|l| {
-        l.process == component
+        l.process == component.name()
             && (ip.is_loopback() || n.is_local(ip))
             && l.addr
                 .is_none_or(|a| a == ip || (a.is_loopback() && ip.is_loopback()))
     });
     if !listening {
         // Health first: a component that did not start says why.
-        if component == "kube-apiserver" {
+        if component == Component::KubeApiserver {
             apiserver_health(world, node)?;
         } else {
-            health(n, component)?;
+            health(n, component.name())?;
         }
         return Err(format!(
             "connection refused: nothing of {component} listens at {url}"
         ));
     }
-    if component == "kube-apiserver" {
+    if component == Component::KubeApiserver {
         apiserver_health(world, node)
     } else {
-        health(n, component)
+        health(n, component.name())
     }
 }
 

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 /// Runs one stage of a damage plan on the world. A step that fails (the
 /// damage cannot be done, e.g. a link that does not exist) is an error
 /// naming the step, as `kscratch apply --fault` would report it.
-pub fn run(world: World, s: &Scenario, damage: &Plan) -> Result<World, String> {
+pub fn run(world: World, s: &Scenario, damage: &Plan) -> Result<World, crate::SimError> {
     if damage.steps.is_empty() {
         return Ok(world);
     }
@@ -37,22 +37,30 @@ pub fn run(world: World, s: &Scenario, damage: &Plan) -> Result<World, String> {
     let mut problems = Vec::new();
     for (step, outcome) in damage.steps.iter().zip(&report.outcomes) {
         match outcome {
-            Outcome::Failed { error } => problems.push(format!(
-                "damage step {}: {}",
-                damage.step_id(step),
-                error.message
-            )),
-            Outcome::Skipped { reason } => problems.push(format!(
-                "damage step {} skipped: {reason}",
-                damage.step_id(step)
-            )),
+            Outcome::Failed { error } => problems.push(DamageStepError::Failed {
+                step: damage.step_id(step),
+                message: error.message.clone(),
+            }),
+            Outcome::Skipped { reason } => problems.push(DamageStepError::Skipped {
+                step: damage.step_id(step),
+                reason: reason.clone(),
+            }),
             Outcome::Ok | Outcome::Changed | Outcome::WouldChange => {}
         }
     }
     if !problems.is_empty() {
-        return Err(problems.join("\n"));
+        return Err(crate::SimError::Damage(problems));
     }
     Ok(backend.into_sim().world)
+}
+
+/// A damage step the simulated cluster could not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DamageStepError {
+    #[error("damage step {step}: {message}")]
+    Failed { step: String, message: String },
+    #[error("damage step {step} skipped: {reason}")]
+    Skipped { step: String, reason: String },
 }
 
 /// What the cluster does by itself after live damage: an endpoint whose pod

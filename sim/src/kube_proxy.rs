@@ -52,8 +52,8 @@ use crate::packet::Proto;
 use data_encoding::BASE32;
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{
-    AddrType, CtState, MarkAction, Match, PortMatch, Probability, Protocol, Rule, Ruleset, Table,
-    TableDump, Target,
+    AddrType, CtState, Jump, MarkAction, Match, PortMatch, Probability, Protocol, Rule, Ruleset,
+    Table, TableDump,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -129,7 +129,7 @@ impl KubeProxyConfig {
 
 /// A Service with a cluster IP.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Service {
+pub struct ClusterService {
     pub namespace: String,
     pub name: String,
     pub cluster_ip: IpAddr,
@@ -308,10 +308,10 @@ pub fn probability_text(n: usize) -> String {
 /// Write the rules for `services` and their `endpoints` (one full sync).
 pub fn sync(
     config: &KubeProxyConfig,
-    services: &[Service],
+    services: &[ClusterService],
     endpoints: &EndpointsMap,
 ) -> Result<KubeProxyRules, KubeProxyError> {
-    let mut ports: BTreeMap<ServicePortName, (&Service, &ServicePort)> = BTreeMap::new();
+    let mut ports: BTreeMap<ServicePortName, (&ClusterService, &ServicePort)> = BTreeMap::new();
     for svc in services {
         for port in &svc.ports {
             let spn = ServicePortName::new(&svc.namespace, &svc.name, &port.name);
@@ -387,19 +387,19 @@ pub fn sync(
     w.nat(
         Rule::new(KUBE_POSTROUTING)
             .with(Match::mark(mark, mark, true))
-            .target(Target::Return),
+            .target(Jump::Return),
     )?;
-    w.nat(Rule::new(KUBE_POSTROUTING).target(Target::Mark(MarkAction::XorMark(mark))))?;
+    w.nat(Rule::new(KUBE_POSTROUTING).target(Jump::Mark(MarkAction::XorMark(mark))))?;
     w.nat(
         Rule::new(KUBE_POSTROUTING)
             .comment("kubernetes service traffic requiring SNAT")
-            .target(Target::Masquerade {
+            .target(Jump::Masquerade {
                 to_ports: None,
                 random: false,
                 random_fully: config.random_fully,
             }),
     )?;
-    w.nat(Rule::new(KUBE_MARK_MASQ).target(Target::Mark(MarkAction::OrMark(mark))))?;
+    w.nat(Rule::new(KUBE_MARK_MASQ).target(Jump::Mark(MarkAction::OrMark(mark))))?;
     let localnet = LOCALNET;
     if config.localhost_nodeports {
         w.filter(
@@ -411,7 +411,7 @@ pub fn sync(
                     &[CtState::Related, CtState::Established, CtState::Dnat],
                     true,
                 ))
-                .target(Target::Drop),
+                .target(Jump::Drop),
         )?;
     }
 
@@ -439,7 +439,7 @@ pub fn sync(
                     .with(port_match(proto, port.port))
                     .protocol(protocol(proto))
                     .destination(vip)
-                    .target(Target::reject()),
+                    .target(Jump::reject()),
             )?;
         }
         if let Some(node_port) = port.node_port {
@@ -458,7 +458,7 @@ pub fn sync(
                         .with(Match::dst_type(AddrType::Local, false))
                         .with(port_match(proto, node_port))
                         .protocol(protocol(proto))
-                        .target(Target::reject()),
+                        .target(Jump::reject()),
                 )?;
             }
         }
@@ -517,7 +517,7 @@ pub fn sync(
                 base()
                     .with(port_match_any(proto))
                     .protocol(protocol(proto))
-                    .target(Target::dnat(ep.ip, Some(ep.port))),
+                    .target(Jump::dnat(ep.ip, Some(ep.port))),
             )?;
         }
     }
@@ -535,14 +535,14 @@ pub fn sync(
         w.filter(
             Rule::new(KUBE_FORWARD)
                 .with(Match::ctstate(&[CtState::Invalid], false))
-                .target(Target::Drop),
+                .target(Jump::Drop),
         )?;
     }
     w.filter(
         Rule::new(KUBE_FORWARD)
             .comment("kubernetes forwarding rules")
             .with(Match::mark(mark, mark, false))
-            .target(Target::Accept),
+            .target(Jump::Accept),
     )?;
     w.filter(
         Rule::new(KUBE_FORWARD)
@@ -551,7 +551,7 @@ pub fn sync(
                 &[CtState::Related, CtState::Established],
                 false,
             ))
-            .target(Target::Accept),
+            .target(Jump::Accept),
     )?;
 
     let set = w.set;
@@ -702,8 +702,8 @@ mod tests {
         s.parse().expect("test address")
     }
 
-    fn service(ns: &str, name: &str, vip: &str, node_port: Option<u16>) -> Service {
-        Service {
+    fn service(ns: &str, name: &str, vip: &str, node_port: Option<u16>) -> ClusterService {
+        ClusterService {
             namespace: ns.to_string(),
             name: name.to_string(),
             cluster_ip: ip(vip),
@@ -734,7 +734,7 @@ mod tests {
 
     /// The services of kube-proxy's `TestOverallIPTablesRules` that this
     /// model covers (ClusterIP, NodePort, two endpoints, no endpoints).
-    fn overall() -> (KubeProxyConfig, Vec<Service>, EndpointsMap) {
+    fn overall() -> (KubeProxyConfig, Vec<ClusterService>, EndpointsMap) {
         let config = KubeProxyConfig {
             cluster_cidr: Some("10.0.0.0/8".parse().expect("net")),
             // kube-proxy's fake iptables in that test has no --random-fully.
@@ -906,7 +906,7 @@ mod tests {
 
     #[test]
     fn large_clusters_drop_per_endpoint_comments() {
-        let services: Vec<Service> = (0..501)
+        let services: Vec<ClusterService> = (0..501)
             .map(|i| {
                 service(
                     "big",

@@ -29,8 +29,9 @@ pub mod world;
 mod follows_files;
 
 use kscratch_core::exec::{self, ExecOptions, Quiet};
-use kscratch_core::plan::Plan;
+use kscratch_core::plan::{FaultError, Plan};
 use kscratch_core::scenario::{Fault, Scenario};
+use std::fmt;
 
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
@@ -55,7 +56,7 @@ pub struct Simulated {
 /// machines as handed over ([`build::world`]), the executor's `StepCx`
 /// (whose only use in the simulator is [`kscratch_core::exec::StepCx::file_bytes`],
 /// the bytes of a written file), and the faults to inject.
-pub fn simulate(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<Simulated, String> {
+pub fn simulate(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<Simulated, SimError> {
     simulate_wrapped(s, plan, opts, &|b| Box::new(b))
 }
 
@@ -67,7 +68,7 @@ pub fn simulate_wrapped(
     plan: &Plan,
     opts: &CheckOptions,
     wrap: &dyn for<'b> Fn(&'b backend::SimBackend) -> Box<dyn exec::Backend + 'b>,
-) -> Result<Simulated, String> {
+) -> Result<Simulated, SimError> {
     let backend = backend::SimBackend::new(build::world(s));
     let apply = futures::executor::block_on(exec::execute(
         plan,
@@ -82,13 +83,7 @@ pub fn simulate_wrapped(
     let api = prepare::ApiObjects::for_check(plan, &sim.addons, opts.extra_services);
     let mut world = sim.world;
     let faults: Vec<Fault> = s.faults.iter().chain(&opts.faults).cloned().collect();
-    let damage = kscratch_core::plan::damage(s, &faults).map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    let damage = kscratch_core::plan::damage(s, &faults).map_err(SimError::Faults)?;
     world = faults::run(world, s, &damage.before_workload)?;
     let mut prepared = prepare::prepare(&mut world, &api);
     world = faults::run(world, s, &damage.live)?;
@@ -102,7 +97,7 @@ pub fn simulate_wrapped(
 }
 
 /// `kscratch check`: simulate, then run every check.
-pub fn check(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<report::Report, String> {
+pub fn check(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<report::Report, SimError> {
     let sim = simulate(s, plan, opts)?;
     let classes = classes::Classes::compute(&sim.world, s);
     let (results, matrix) = checks::run_all(&checks::CheckInput {
@@ -114,4 +109,31 @@ pub fn check(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<report::R
     Ok(report::Report::new(
         s, plan, &sim, &classes, results, matrix,
     ))
+}
+
+/// Why the simulator produced no simulated cluster. (A plan step that fails
+/// is not one: it is part of [`Simulated::apply`], and the checks report it.)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// Faults that cannot apply to the scenario.
+    #[error("{}", Lines(.0))]
+    Faults(Vec<FaultError>),
+    /// Damage steps the simulated cluster could not take.
+    #[error("{}", Lines(.0))]
+    Damage(Vec<faults::DamageStepError>),
+}
+
+/// One item a line.
+struct Lines<'a, T>(&'a [T]);
+
+impl<T: fmt::Display> fmt::Display for Lines<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, x) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{x}")?;
+        }
+        Ok(())
+    }
 }

@@ -505,8 +505,10 @@ pub fn kube_proxy_rules_for(
     services: &[ServiceDef],
     cfg: &KubeProxyConfig,
 ) -> Result<crate::kube_proxy::KubeProxyRules, String> {
-    use crate::kube_proxy::{sync, Endpoint, EndpointsMap, Service, ServicePort, ServicePortName};
-    let mut svcs: Vec<Service> = Vec::new();
+    use crate::kube_proxy::{
+        sync, ClusterService, Endpoint, EndpointsMap, ServicePort, ServicePortName,
+    };
+    let mut svcs: Vec<ClusterService> = Vec::new();
     let mut index: std::collections::BTreeMap<(&str, &str), usize> =
         std::collections::BTreeMap::new();
     let mut eps: EndpointsMap = EndpointsMap::new();
@@ -523,7 +525,7 @@ pub fn kube_proxy_rules_for(
             Some(&k) => svcs[k].ports.push(port),
             None => {
                 index.insert((d.namespace.as_str(), d.name.as_str()), svcs.len());
-                svcs.push(Service {
+                svcs.push(ClusterService {
                     namespace: d.namespace.clone(),
                     name: d.name.clone(),
                     cluster_ip: d.cluster_ip,

@@ -31,7 +31,7 @@ pub struct PodRouteEntry {
     pub node: String,
     pub pod_cidr: IpNet,
     pub node_ip: IpAddr,
-    pub vtep: Option<(IpAddr, String)>,
+    pub vtep: Option<(IpAddr, kscratch_core::net::route::MacAddr)>,
 }
 
 impl PodRoutes {

@@ -6,7 +6,7 @@
 //! path is a whole connection: the request, then the reply of whoever
 //! received it, both printed hop by hop.
 
-use crate::netfilter::explore;
+use crate::netfilter::{explore, ExploreError};
 use crate::packet::{Packet, Proto};
 use crate::prepare::POD_PORT;
 use crate::walk::{connect, source_address, Conn, Hop, Place, Walker};
@@ -39,7 +39,7 @@ impl Trace {
 }
 
 /// Where a trace starts.
-pub fn source(sim: &Simulated, text: &str) -> Result<(Place, IpAddr), String> {
+pub fn source(sim: &Simulated, text: &str) -> Result<(Place, IpAddr), TraceError> {
     if text == "outside" {
         no_outside(sim)?;
         return Ok((Place::Outside, sim.world.underlay.outside_ip));
@@ -56,7 +56,7 @@ pub fn source(sim: &Simulated, text: &str) -> Result<(Place, IpAddr), String> {
     }
 }
 
-fn find_node(sim: &Simulated, name: &str) -> Result<usize, String> {
+fn find_node(sim: &Simulated, name: &str) -> Result<usize, TraceError> {
     sim.world
         .nodes
         .iter()
@@ -64,7 +64,7 @@ fn find_node(sim: &Simulated, name: &str) -> Result<usize, String> {
         .ok_or_else(|| unknown_node(sim, name))
 }
 
-fn find_pod(sim: &Simulated, node: &str, pod: &str) -> Result<usize, String> {
+fn find_pod(sim: &Simulated, node: &str, pod: &str) -> Result<usize, TraceError> {
     let n = find_node(sim, node)?;
     let w = &sim.world;
     w.nodes[n]
@@ -72,7 +72,11 @@ fn find_pod(sim: &Simulated, node: &str, pod: &str) -> Result<usize, String> {
         .iter()
         .copied()
         .find(|&p| w.pods[p].name == pod)
-        .ok_or_else(|| format!("no pod `{pod}` on {node}; pods there: {}", pods_on(sim, n)))
+        .ok_or_else(|| TraceError::UnknownPod {
+            pod: pod.into(),
+            node: node.into(),
+            known: pods_on(sim, n),
+        })
 }
 
 /// Where a trace goes: an address, a port and a protocol.
@@ -80,7 +84,7 @@ pub fn destination(
     sim: &Simulated,
     text: &str,
     proto: Proto,
-) -> Result<(IpAddr, u16, Proto), String> {
+) -> Result<(IpAddr, u16, Proto), TraceError> {
     let w = &sim.world;
     if text == "outside" {
         no_outside(sim)?;
@@ -92,7 +96,7 @@ pub fn destination(
                 n,
                 Some(
                     p.parse::<u16>()
-                        .map_err(|_| format!("`{p}` is not a port"))?,
+                        .map_err(|_| TraceError::NotAPort(p.into()))?,
                 ),
             ),
             None => (svc, None),
@@ -110,7 +114,10 @@ pub fn destination(
                 .take(8)
                 .map(|s| s.key())
                 .collect();
-            format!("no Service `{svc}`; known: {}", known.join(", "))
+            TraceError::UnknownService {
+                svc: svc.into(),
+                known: known.join(", "),
+            }
         })?;
         return Ok((s.cluster_ip, s.port, s.proto));
     }
@@ -119,7 +126,7 @@ pub fn destination(
             return Ok((
                 ip,
                 port.parse()
-                    .map_err(|_| format!("`{port}` is not a port"))?,
+                    .map_err(|_| TraceError::NotAPort(port.into()))?,
                 proto,
             ));
         }
@@ -127,7 +134,7 @@ pub fn destination(
         return Ok((
             w.nodes[n].ip,
             port.parse()
-                .map_err(|_| format!("`{port}` is not a port"))?,
+                .map_err(|_| TraceError::NotAPort(port.into()))?,
             proto,
         ));
     }
@@ -140,25 +147,49 @@ pub fn destination(
     Ok((w.nodes[n].ip, 10250, proto))
 }
 
-fn no_outside(sim: &Simulated) -> Result<(), String> {
+fn no_outside(sim: &Simulated) -> Result<(), TraceError> {
     match sim.world.underlay.router_ip {
         Some(_) => Ok(()),
-        None => Err(
-            "there is no `outside`: the scenario declares no network.gateway, so nothing lies beyond the underlay"
-                .into(),
-        ),
+        None => Err(TraceError::NoOutside),
     }
 }
 
-fn unknown_node(sim: &Simulated, name: &str) -> String {
+fn unknown_node(sim: &Simulated, name: &str) -> TraceError {
     let names: Vec<&str> = sim.world.nodes.iter().map(|n| n.name.as_str()).collect();
-    match kscratch_core::diag::did_you_mean(name, names.iter().copied()) {
-        Some(m) => format!("no node `{name}` (did you mean `{m}`?)"),
+    let hint = match kscratch_core::diag::did_you_mean(name, names.iter().copied()) {
+        Some(m) => format!(" (did you mean `{m}`?)"),
         None => format!(
-            "no node `{name}`; nodes: {}",
+            "; nodes: {}",
             names.iter().take(8).copied().collect::<Vec<_>>().join(", ")
         ),
+    };
+    TraceError::UnknownNode {
+        name: name.into(),
+        hint,
     }
+}
+
+/// Why a trace cannot start: its endpoints do not name anything in the
+/// simulated cluster, or its paths are too many to explore.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceError {
+    #[error("there is no `outside`: the scenario declares no network.gateway, so nothing lies beyond the underlay")]
+    NoOutside,
+    /// `hint` is a did-you-mean or the list of nodes, with its separator.
+    #[error("no node `{name}`{hint}")]
+    UnknownNode { name: String, hint: String },
+    #[error("no pod `{pod}` on {node}; pods there: {known}")]
+    UnknownPod {
+        pod: String,
+        node: String,
+        known: String,
+    },
+    #[error("no Service `{svc}`; known: {known}")]
+    UnknownService { svc: String, known: String },
+    #[error("`{0}` is not a port")]
+    NotAPort(String),
+    #[error("{0}")]
+    Explore(#[from] ExploreError),
 }
 
 fn pods_on(sim: &Simulated, n: usize) -> String {
@@ -177,7 +208,7 @@ fn pods_on(sim: &Simulated, n: usize) -> String {
 }
 
 /// Traces one packet from `from` to `to`, over every branch.
-pub fn trace(sim: &Simulated, from: &str, to: &str, proto: Proto) -> Result<Trace, String> {
+pub fn trace(sim: &Simulated, from: &str, to: &str, proto: Proto) -> Result<Trace, TraceError> {
     let (place, src) = source(sim, from)?;
     let (dst, dport, proto) = destination(sim, to, proto)?;
     let mut pkt = Packet::tcp(src, 45000, dst, dport);
@@ -192,8 +223,7 @@ pub fn trace(sim: &Simulated, from: &str, to: &str, proto: Proto) -> Result<Trac
         let mut w = Walker::new(&sim.world);
         let conn = connect(&mut w, place, pkt.clone(), br);
         (conn, w.hops)
-    })
-    .map_err(|e| e.to_string())?
+    })?
     .into_iter()
     .map(|o| TracePath {
         probability: o.probability,

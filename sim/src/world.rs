@@ -4,6 +4,7 @@
 
 use crate::routes::RouteTable;
 use ipnet::IpNet;
+use kscratch_core::net::route::MacAddr;
 use kscratch_core::plan::Asset;
 use kscratch_core::scenario::KubeVersion;
 use std::collections::{BTreeMap, BTreeSet};
@@ -151,14 +152,14 @@ pub struct VxlanLink {
     pub port: u16,
     pub local: IpAddr,
     pub dev: String,
-    pub mac: String,
+    pub mac: MacAddr,
     /// True once the plan installed every peer's neighbour and FDB entry from
     /// the shared pod network table (looked up there, not copied per node).
     pub shared_fdb: bool,
     /// `ip neigh`: VTEP address → MAC.
-    pub neighbors: BTreeMap<IpAddr, String>,
+    pub neighbors: BTreeMap<IpAddr, MacAddr>,
     /// `bridge fdb`: MAC → remote underlay IP.
-    pub fdb: BTreeMap<String, IpAddr>,
+    pub fdb: BTreeMap<MacAddr, IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

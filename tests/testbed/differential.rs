@@ -194,7 +194,7 @@ fn differential(file: &str, stages: Stages) -> Result<()> {
                 ..Default::default()
             },
         )
-        .map_err(Error::new)?;
+        .map_err(|e| Error::new(e.to_string()))?;
         sync_service_rules(&tb, &scenario, &sim)?;
         let mut real = measure(&tb, &sim, &pods)?;
         let mut predicted = predict(&sim, &pods)?;

@@ -1109,7 +1109,7 @@ impl MarkAction {
 
 /// What a rule does with a matching packet (`-j` or `-g`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Target {
+pub enum Jump {
     Accept,
     Drop,
     Return,
@@ -1118,7 +1118,7 @@ pub enum Target {
         with: RejectWith,
     },
     /// `-j CHAIN`: a user-defined chain; `RETURN` comes back here.
-    Jump(String),
+    Chain(String),
     /// `-g CHAIN`: continue in CHAIN; `RETURN` goes back to our caller.
     Goto(String),
     /// `-j DNAT --to-destination ADDR[:PORT] [--random] [--persistent]`
@@ -1149,10 +1149,10 @@ pub enum Target {
     },
 }
 
-impl Target {
+impl Jump {
     /// `-j DNAT --to-destination addr[:port]`
-    pub fn dnat(addr: IpAddr, port: Option<u16>) -> Target {
-        Target::Dnat {
+    pub fn dnat(addr: IpAddr, port: Option<u16>) -> Jump {
+        Jump::Dnat {
             to: NatRange::new(addr, port),
             random: false,
             persistent: false,
@@ -1160,8 +1160,8 @@ impl Target {
     }
 
     /// `-j SNAT --to-source addr[:port]`
-    pub fn snat(addr: IpAddr, port: Option<u16>) -> Target {
-        Target::Snat {
+    pub fn snat(addr: IpAddr, port: Option<u16>) -> Jump {
+        Jump::Snat {
             to: NatRange::new(addr, port),
             random: false,
             random_fully: false,
@@ -1170,8 +1170,8 @@ impl Target {
     }
 
     /// `-j MASQUERADE`
-    pub fn masquerade() -> Target {
-        Target::Masquerade {
+    pub fn masquerade() -> Jump {
+        Jump::Masquerade {
             to_ports: None,
             random: false,
             random_fully: false,
@@ -1179,30 +1179,30 @@ impl Target {
     }
 
     /// `-j REJECT --reject-with icmp-port-unreachable`
-    pub fn reject() -> Target {
-        Target::Reject {
+    pub fn reject() -> Jump {
+        Jump::Reject {
             with: RejectWith::default(),
         }
     }
 
     /// `-j CHAIN`
-    pub fn jump(chain: impl Into<String>) -> Target {
-        Target::Jump(chain.into())
+    pub fn jump(chain: impl Into<String>) -> Jump {
+        Jump::Chain(chain.into())
     }
 
     /// The name after `-j`/`-g`.
     pub fn name(&self) -> &str {
         match self {
-            Target::Accept => "ACCEPT",
-            Target::Drop => "DROP",
-            Target::Return => "RETURN",
-            Target::Reject { .. } => "REJECT",
-            Target::Jump(c) | Target::Goto(c) => c,
-            Target::Dnat { .. } => "DNAT",
-            Target::Snat { .. } => "SNAT",
-            Target::Masquerade { .. } => "MASQUERADE",
-            Target::Mark(_) => "MARK",
-            Target::Log { .. } => "LOG",
+            Jump::Accept => "ACCEPT",
+            Jump::Drop => "DROP",
+            Jump::Return => "RETURN",
+            Jump::Reject { .. } => "REJECT",
+            Jump::Chain(c) | Jump::Goto(c) => c,
+            Jump::Dnat { .. } => "DNAT",
+            Jump::Snat { .. } => "SNAT",
+            Jump::Masquerade { .. } => "MASQUERADE",
+            Jump::Mark(_) => "MARK",
+            Jump::Log { .. } => "LOG",
         }
     }
 }
@@ -1229,7 +1229,7 @@ pub struct Rule {
     /// `-m ...` matches, in order.
     pub matches: Vec<Match>,
     /// `-j`/`-g`; `None` only counts packets.
-    pub target: Option<Target>,
+    pub target: Option<Jump>,
 }
 
 impl Rule {
@@ -1344,14 +1344,14 @@ impl Rule {
             }
         }
         match &mut r.target {
-            Some(Target::Mark(action)) => {
+            Some(Jump::Mark(action)) => {
                 let (value, mask) = action.as_xmark();
                 *action = MarkAction::SetXmark {
                     value,
                     mask: Some(mask),
                 };
             }
-            Some(Target::Log { level, .. }) if *level == Some(4) => *level = None,
+            Some(Jump::Log { level, .. }) if *level == Some(4) => *level = None,
             _ => {}
         }
         r
@@ -1399,19 +1399,19 @@ impl Rule {
     }
 
     /// `-j target`
-    pub fn target(mut self, target: Target) -> Rule {
+    pub fn target(mut self, target: Jump) -> Rule {
         self.target = Some(target);
         self
     }
 
     /// `-j CHAIN`
     pub fn jump(self, chain: impl Into<String>) -> Rule {
-        self.target(Target::Jump(chain.into()))
+        self.target(Jump::Chain(chain.into()))
     }
 
     /// `-g CHAIN`
     pub fn goto(self, chain: impl Into<String>) -> Rule {
-        self.target(Target::Goto(chain.into()))
+        self.target(Jump::Goto(chain.into()))
     }
 
     /// Check what iptables itself would refuse: an invalid chain or jump
@@ -1433,10 +1433,10 @@ impl Rule {
             }
         }
         match &self.target {
-            Some(Target::Jump(c)) | Some(Target::Goto(c)) => {
+            Some(Jump::Chain(c)) | Some(Jump::Goto(c)) => {
                 check_chain_name(c).map_err(|m| ParseError::new(m, c.as_str(), 0))?;
             }
-            Some(Target::Log {
+            Some(Jump::Log {
                 prefix: Some(p), ..
             }) => {
                 check_save_string(p, 29).map_err(|m| ParseError::new(m, p.as_str(), 0))?;
@@ -1448,7 +1448,7 @@ impl Rule {
                     0,
                 ));
             }
-            Some(Target::Reject {
+            Some(Jump::Reject {
                 with: RejectWith::TcpReset,
             }) if proto != Some(Protocol::Tcp) => {
                 return Err(ParseError::new(
@@ -2096,9 +2096,9 @@ fn emit_match(m: &Match, a: &mut Args) {
     }
 }
 
-fn emit_target(t: &Target, a: &mut Args) {
+fn emit_target(t: &Jump, a: &mut Args) {
     match t {
-        Target::Goto(c) => {
+        Jump::Goto(c) => {
             a.push("-g").push(c.as_str());
             return;
         }
@@ -2107,10 +2107,10 @@ fn emit_target(t: &Target, a: &mut Args) {
         }
     }
     match t {
-        Target::Reject { with } => {
+        Jump::Reject { with } => {
             a.push("--reject-with").push(with.name());
         }
-        Target::Dnat {
+        Jump::Dnat {
             to,
             random,
             persistent,
@@ -2123,7 +2123,7 @@ fn emit_target(t: &Target, a: &mut Args) {
                 a.push("--persistent");
             }
         }
-        Target::Snat {
+        Jump::Snat {
             to,
             random,
             random_fully,
@@ -2140,7 +2140,7 @@ fn emit_target(t: &Target, a: &mut Args) {
                 a.push("--persistent");
             }
         }
-        Target::Masquerade {
+        Jump::Masquerade {
             to_ports,
             random,
             random_fully,
@@ -2155,7 +2155,7 @@ fn emit_target(t: &Target, a: &mut Args) {
                 a.push("--random-fully");
             }
         }
-        Target::Mark(action) => {
+        Jump::Mark(action) => {
             let (opt, text) = match *action {
                 MarkAction::SetXmark { value, mask } => ("--set-xmark", mark_text(value, mask)),
                 MarkAction::SetMark { value, mask } => ("--set-mark", mark_text(value, mask)),
@@ -2165,7 +2165,7 @@ fn emit_target(t: &Target, a: &mut Args) {
             };
             a.push(opt).push(text);
         }
-        Target::Log { prefix, level } => {
+        Jump::Log { prefix, level } => {
             if let Some(p) = prefix {
                 a.push("--log-prefix").push_string(p);
             }
@@ -2173,7 +2173,7 @@ fn emit_target(t: &Target, a: &mut Args) {
                 a.push("--log-level").push(l.to_string());
             }
         }
-        Target::Accept | Target::Drop | Target::Return | Target::Jump(_) | Target::Goto(_) => {}
+        Jump::Accept | Jump::Drop | Jump::Return | Jump::Chain(_) | Jump::Goto(_) => {}
     }
 }
 
@@ -2328,7 +2328,7 @@ struct PendingRecent {
 
 /// A target while its options are being read.
 struct PendingTarget {
-    target: Target,
+    target: Jump,
     /// Token index of the target name, for errors.
     at: usize,
     /// Whether the target's required option was seen (`--to-destination`,
@@ -2465,36 +2465,36 @@ fn parse_spec(chain: &str, toks: &[String], base: usize) -> Result<Rule, ParseEr
                     ) {
                         return Err(cur.err(vi, "-g needs a user-defined chain"));
                     }
-                    Target::Goto(name.to_string())
+                    Jump::Goto(name.to_string())
                 } else {
                     match name {
-                        "ACCEPT" => Target::Accept,
-                        "DROP" => Target::Drop,
-                        "RETURN" => Target::Return,
-                        "REJECT" => Target::Reject {
+                        "ACCEPT" => Jump::Accept,
+                        "DROP" => Jump::Drop,
+                        "RETURN" => Jump::Return,
+                        "REJECT" => Jump::Reject {
                             with: RejectWith::default(),
                         },
                         // The address is a placeholder until --to-destination.
-                        "DNAT" => Target::Dnat {
+                        "DNAT" => Jump::Dnat {
                             to: NatRange::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
                             random: false,
                             persistent: false,
                         },
-                        "SNAT" => Target::Snat {
+                        "SNAT" => Jump::Snat {
                             to: NatRange::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
                             random: false,
                             random_fully: false,
                             persistent: false,
                         },
-                        "MASQUERADE" => Target::masquerade(),
-                        "MARK" => Target::Mark(MarkAction::OrMark(0)),
-                        "LOG" => Target::Log {
+                        "MASQUERADE" => Jump::masquerade(),
+                        "MARK" => Jump::Mark(MarkAction::OrMark(0)),
+                        "LOG" => Jump::Log {
                             prefix: None,
                             level: None,
                         },
                         chain => {
                             check_chain_name(chain).map_err(|m| cur.err(vi, m))?;
-                            Target::Jump(chain.to_string())
+                            Jump::Chain(chain.to_string())
                         }
                     }
                 };
@@ -2575,7 +2575,7 @@ fn parse_spec(chain: &str, toks: &[String], base: usize) -> Result<Rule, ParseEr
         rule.matches.push(m);
     }
     if let Some(t) = target {
-        if matches!(t.target, Target::Mark(_)) && !t.has_action {
+        if matches!(t.target, Jump::Mark(_)) && !t.has_action {
             return Err(cur.err(
                 t.at,
                 "MARK target needs --set-xmark, --set-mark, --and-mark, --or-mark or --xor-mark",
@@ -2584,7 +2584,7 @@ fn parse_spec(chain: &str, toks: &[String], base: usize) -> Result<Rule, ParseEr
         let tcp = rule.positive_protocol() == Some(Protocol::Tcp);
         if matches!(
             t.target,
-            Target::Reject {
+            Jump::Reject {
                 with: RejectWith::TcpReset
             }
         ) && !tcp
@@ -2596,10 +2596,10 @@ fn parse_spec(chain: &str, toks: &[String], base: usize) -> Result<Rule, ParseEr
         }
         if !t.has_action {
             match t.target {
-                Target::Dnat { .. } => {
+                Jump::Dnat { .. } => {
                     return Err(cur.err(t.at, "DNAT target needs --to-destination"))
                 }
-                Target::Snat { .. } => return Err(cur.err(t.at, "SNAT target needs --to-source")),
+                Jump::Snat { .. } => return Err(cur.err(t.at, "SNAT target needs --to-source")),
                 _ => {}
             }
         }
@@ -2627,10 +2627,10 @@ fn protocol_has_ports(proto: Option<Protocol>) -> bool {
 }
 
 /// Whether a target sets NAT ports (which needs `protocol_has_ports`).
-fn target_sets_ports(t: &Target) -> bool {
+fn target_sets_ports(t: &Jump) -> bool {
     match t {
-        Target::Dnat { to, .. } | Target::Snat { to, .. } => to.ports.is_some(),
-        Target::Masquerade { to_ports, .. } => to_ports.is_some(),
+        Jump::Dnat { to, .. } | Jump::Snat { to, .. } => to.ports.is_some(),
+        Jump::Masquerade { to_ports, .. } => to_ports.is_some(),
         _ => false,
     }
 }
@@ -3043,7 +3043,7 @@ fn offer_target(
     };
     let has_action = t.has_action;
     match &mut t.target {
-        Target::Reject { with } => {
+        Jump::Reject { with } => {
             if opt != "--reject-with" {
                 return Ok(Offer::NotMine);
             }
@@ -3053,7 +3053,7 @@ fn offer_target(
                 RejectWith::parse(v).ok_or_else(|| cur.err(vi, "unknown --reject-with type"))?;
             t.has_action = true;
         }
-        Target::Dnat {
+        Jump::Dnat {
             to,
             random,
             persistent,
@@ -3074,7 +3074,7 @@ fn offer_target(
             }
             _ => return Ok(Offer::NotMine),
         },
-        Target::Snat {
+        Jump::Snat {
             to,
             random,
             random_fully,
@@ -3100,7 +3100,7 @@ fn offer_target(
             }
             _ => return Ok(Offer::NotMine),
         },
-        Target::Masquerade {
+        Jump::Masquerade {
             to_ports,
             random,
             random_fully,
@@ -3120,7 +3120,7 @@ fn offer_target(
             }
             _ => return Ok(Offer::NotMine),
         },
-        Target::Mark(action) => {
+        Jump::Mark(action) => {
             let make: fn(u32, Option<u32>) -> Option<MarkAction> = match opt {
                 "--set-xmark" => |v, m| Some(MarkAction::SetXmark { value: v, mask: m }),
                 "--set-mark" => |v, m| Some(MarkAction::SetMark { value: v, mask: m }),
@@ -3141,7 +3141,7 @@ fn offer_target(
                 make(value, mask).ok_or_else(|| cur.err(vi, format!("{opt} takes no mask")))?;
             t.has_action = true;
         }
-        Target::Log { prefix, level } => match opt {
+        Jump::Log { prefix, level } => match opt {
             "--log-prefix" => {
                 check(cur, prefix.is_some())?;
                 let (vi, v) = cur.value(i)?;
@@ -3155,7 +3155,7 @@ fn offer_target(
             }
             _ => return Ok(Offer::NotMine),
         },
-        Target::Accept | Target::Drop | Target::Return | Target::Jump(_) | Target::Goto(_) => {
+        Jump::Accept | Jump::Drop | Jump::Return | Jump::Chain(_) | Jump::Goto(_) => {
             return Ok(Offer::NotMine);
         }
     }
@@ -3381,7 +3381,7 @@ COMMIT
                 ]))
             }
         );
-        assert_eq!(fw.target, Some(Target::Drop));
+        assert_eq!(fw.target, Some(Jump::Drop));
     }
 
     #[test]
@@ -3415,7 +3415,7 @@ COMMIT
         let built = Rule::new("POSTROUTING")
             .not_destination("10.10.0.0/16".parse().unwrap())
             .with(Match::dst_type(AddrType::Local, true))
-            .target(Target::masquerade());
+            .target(Jump::masquerade());
         assert_eq!(r, built);
         assert_eq!(
             r.to_args(),
@@ -3544,7 +3544,7 @@ COMMIT
             assert_eq!(Rule::from_args("X", &r.to_args()).unwrap(), r, "{line}");
         }
         let r = rule("-A X -j MARK --xor-mark 0x4000");
-        assert_eq!(r.target, Some(Target::Mark(MarkAction::XorMark(0x4000))));
+        assert_eq!(r.target, Some(Jump::Mark(MarkAction::XorMark(0x4000))));
         assert_eq!(MarkAction::OrMark(0x4000).as_xmark(), (0x4000, 0x4000));
     }
 
@@ -3806,7 +3806,7 @@ COMMIT
         })
     }
 
-    fn arb_target() -> impl Strategy<Value = Target> {
+    fn arb_target() -> impl Strategy<Value = Jump> {
         let mark = prop_oneof![
             (any::<u32>(), proptest::option::of(any::<u32>()))
                 .prop_map(|(value, mask)| MarkAction::SetXmark { value, mask }),
@@ -3817,22 +3817,22 @@ COMMIT
             any::<u32>().prop_map(MarkAction::XorMark),
         ];
         prop_oneof![
-            Just(Target::Accept),
-            Just(Target::Drop),
-            Just(Target::Return),
+            Just(Jump::Accept),
+            Just(Jump::Drop),
+            Just(Jump::Return),
             proptest::sample::select(RejectWith::ALL.to_vec())
-                .prop_map(|with| Target::Reject { with }),
-            arb_chain().prop_map(Target::Jump),
-            arb_chain().prop_map(Target::Goto),
+                .prop_map(|with| Jump::Reject { with }),
+            arb_chain().prop_map(Jump::Chain),
+            arb_chain().prop_map(Jump::Goto),
             (arb_nat_range(), any::<bool>(), any::<bool>()).prop_map(|(to, random, persistent)| {
-                Target::Dnat {
+                Jump::Dnat {
                     to,
                     random,
                     persistent,
                 }
             }),
             (arb_nat_range(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-                |(to, random, random_fully, persistent)| Target::Snat {
+                |(to, random, random_fully, persistent)| Jump::Snat {
                     to,
                     random,
                     random_fully,
@@ -3844,17 +3844,17 @@ COMMIT
                 any::<bool>(),
                 any::<bool>()
             )
-                .prop_map(|(to_ports, random, random_fully)| Target::Masquerade {
+                .prop_map(|(to_ports, random, random_fully)| Jump::Masquerade {
                     to_ports,
                     random,
                     random_fully
                 }),
-            mark.prop_map(Target::Mark),
+            mark.prop_map(Jump::Mark),
             (
                 proptest::option::of(arb_text(29)),
                 proptest::option::of(0u8..=7)
             )
-                .prop_map(|(prefix, level)| Target::Log { prefix, level }),
+                .prop_map(|(prefix, level)| Jump::Log { prefix, level }),
         ]
     }
 
@@ -3900,17 +3900,17 @@ COMMIT
             let tcp = matches!(protocol, Some(Negatable { negated: false, value: Protocol::Tcp }));
             let ports_ok = protocol_has_ports(protocol.as_ref().filter(|p| !p.negated).map(|p| p.value));
             let target = match target {
-                Some(Target::Reject { with: RejectWith::TcpReset }) if !tcp => Some(Target::reject()),
-                Some(Target::Dnat { mut to, random, persistent }) if !ports_ok => {
+                Some(Jump::Reject { with: RejectWith::TcpReset }) if !tcp => Some(Jump::reject()),
+                Some(Jump::Dnat { mut to, random, persistent }) if !ports_ok => {
                     to.ports = None;
-                    Some(Target::Dnat { to, random, persistent })
+                    Some(Jump::Dnat { to, random, persistent })
                 }
-                Some(Target::Snat { mut to, random, random_fully, persistent }) if !ports_ok => {
+                Some(Jump::Snat { mut to, random, random_fully, persistent }) if !ports_ok => {
                     to.ports = None;
-                    Some(Target::Snat { to, random, random_fully, persistent })
+                    Some(Jump::Snat { to, random, random_fully, persistent })
                 }
-                Some(Target::Masquerade { random, random_fully, .. }) if !ports_ok => {
-                    Some(Target::Masquerade { to_ports: None, random, random_fully })
+                Some(Jump::Masquerade { random, random_fully, .. }) if !ports_ok => {
+                    Some(Jump::Masquerade { to_ports: None, random, random_fully })
                 }
                 t => t,
             };
@@ -3946,7 +3946,7 @@ COMMIT
                 )
             })
             && match &r.target {
-                Some(Target::Dnat { to, .. }) | Some(Target::Snat { to, .. }) => nat_v4(to),
+                Some(Jump::Dnat { to, .. }) | Some(Jump::Snat { to, .. }) => nat_v4(to),
                 _ => true,
             }
     }
@@ -3982,9 +3982,7 @@ COMMIT
                 continue;
             }
             let table = match r.target {
-                Some(Target::Dnat { .. } | Target::Snat { .. } | Target::Masquerade { .. }) => {
-                    Table::Nat
-                }
+                Some(Jump::Dnat { .. } | Jump::Snat { .. } | Jump::Masquerade { .. }) => Table::Nat,
                 _ => Table::Filter,
             };
             wanted.push((table, r));
@@ -3995,7 +3993,7 @@ COMMIT
                 for name in [
                     Some(&r.chain),
                     match &r.target {
-                        Some(Target::Jump(c) | Target::Goto(c)) => Some(c),
+                        Some(Jump::Chain(c) | Jump::Goto(c)) => Some(c),
                         _ => None,
                     },
                 ]

@@ -4,9 +4,9 @@
 //! values to idempotent shell. Anything with a text syntax of its own
 //! (iptables rules, routes) is a typed value from [`crate::net`].
 
-use super::{ArtifactId, Asset};
+use super::{ArtifactId, Asset, Component, Service};
 use crate::net::iptables::{Rule, Table};
-use crate::net::route::{FdbEntry, Neighbor, Route};
+use crate::net::route::{FdbEntry, MacAddr, Neighbor, Route};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::net::IpAddr;
@@ -68,10 +68,10 @@ pub enum Action {
     EnsureIptablesRule { table: Table, rule: Rule },
     /// Enable and (re)start a service whose unit was written before; the init
     /// system restarts it when it dies (the guide's liveness supervision).
-    StartService { name: &'static str },
+    StartService { name: Service },
     /// Poll until the endpoint answers healthy, or fail after the timeout.
     WaitHealthy {
-        component: &'static str,
+        component: Component,
         url: String,
         timeout_secs: u32,
     },
@@ -104,7 +104,7 @@ pub enum Action {
     DeleteNeighbors { entries: Vec<Neighbor> },
     /// Stop a service (it stays enabled); what it programmed (iptables rules)
     /// stays. Followed by `StartService`, a restart that rereads its configuration.
-    StopService { name: &'static str },
+    StopService { name: Service },
     /// Remove a file if it exists (a unit drop-in lost, for example).
     DeleteFile { path: &'static str },
     /// `modprobe -r NAME`, and the module's persisted load entry removed.
@@ -181,7 +181,7 @@ pub struct VxlanDevice {
     pub dev: String,
     pub mtu: u32,
     /// A stable MAC so that peers' FDB entries stay valid across re-creation.
-    pub mac: String,
+    pub mac: MacAddr,
     /// The VTEP address: the pod CIDR's network address, `/32` (flannel's layout).
     pub addr: IpNet,
 }

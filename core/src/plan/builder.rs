@@ -96,9 +96,7 @@ impl<'s> Builder<'s> {
             t,
             service_key(service),
             phase,
-            Action::StartService {
-                name: service.name(),
-            },
+            Action::StartService { name: service },
             deps,
         )
     }
@@ -117,7 +115,7 @@ impl<'s> Builder<'s> {
             wait_key(component),
             phase,
             Action::WaitHealthy {
-                component: component.name(),
+                component,
                 url,
                 timeout_secs: 300,
             },

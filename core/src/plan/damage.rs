@@ -216,15 +216,13 @@ fn vxlan_peer(
             "name another node as TO_NODE",
         ));
     }
-    let mac = MacAddr::parse(&vtep_mac(s.nodes[t].ip))
-        .map_err(|e| (format!("the VTEP MAC of {to}: {e}"), None))?;
-    Ok((n, v.device.clone(), mac, t))
+    Ok((n, v.device.clone(), vtep_mac(s.nodes[t].ip), t))
 }
 
-fn runtime_service(s: &Scenario) -> &'static str {
+fn runtime_service(s: &Scenario) -> Service {
     match s.runtime {
-        Runtime::Docker(_) => "docker",
-        Runtime::Containerd => "containerd",
+        Runtime::Docker(_) => Service::Docker,
+        Runtime::Containerd => Service::Containerd,
     }
 }
 
@@ -393,7 +391,9 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
         Fault::KubeProxyDown { node } => vec![(
             on(node_index(s, node)?),
             "fault/kube-proxy-down",
-            Action::StopService { name: "kube-proxy" },
+            Action::StopService {
+                name: Service::KubeProxy,
+            },
         )],
         Fault::DnsPodDown => {
             if !s.addons.dns {
@@ -436,12 +436,16 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
                 (
                     on(n),
                     "fault/docker0-leftover/stop",
-                    Action::StopService { name: "docker" },
+                    Action::StopService {
+                        name: Service::Docker,
+                    },
                 ),
                 (
                     on(n),
                     "fault/docker0-leftover/start",
-                    Action::StartService { name: "docker" },
+                    Action::StartService {
+                        name: Service::Docker,
+                    },
                 ),
             ]
         }
@@ -471,12 +475,16 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
                 (
                     on(n),
                     "fault/docker-ip-masq/stop",
-                    Action::StopService { name: "docker" },
+                    Action::StopService {
+                        name: Service::Docker,
+                    },
                 ),
                 (
                     on(n),
                     "fault/docker-ip-masq/start",
-                    Action::StartService { name: "docker" },
+                    Action::StartService {
+                        name: Service::Docker,
+                    },
                 ),
             ]
         }

@@ -203,7 +203,7 @@ pub struct PodNetworkEntry {
     pub bridge_addr: IpNet,
     /// VXLAN tunnel endpoint MAC, derived from the node IP (overlay only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vtep_mac: Option<String>,
+    pub vtep_mac: Option<crate::net::route::MacAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

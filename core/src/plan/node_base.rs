@@ -6,6 +6,7 @@ use super::builder::Builder;
 use super::context::{Cluster, NetRules, NodeCx};
 use super::*;
 use crate::net::iptables::{Rule, Table};
+use crate::net::route::MacAddr;
 use crate::scenario::{PodTraffic, Runtime, Scenario};
 use std::net::IpAddr;
 
@@ -262,18 +263,15 @@ pub fn docker_default_rules() -> Vec<Rule> {
 }
 
 /// A stable, locally administered MAC for a node's VTEP: 0e + the IPv4 address + 00.
-pub fn vtep_mac(ip: IpAddr) -> String {
+pub fn vtep_mac(ip: IpAddr) -> MacAddr {
     match ip {
         IpAddr::V4(v) => {
             let o = v.octets();
-            format!("0e:{:02x}:{:02x}:{:02x}:{:02x}:00", o[0], o[1], o[2], o[3])
+            MacAddr([0x0e, o[0], o[1], o[2], o[3], 0x00])
         }
         IpAddr::V6(v) => {
             let o = v.octets();
-            format!(
-                "0e:{:02x}:{:02x}:{:02x}:{:02x}:01",
-                o[12], o[13], o[14], o[15]
-            )
+            MacAddr([0x0e, o[12], o[13], o[14], o[15], 0x01])
         }
     }
 }

@@ -4,6 +4,7 @@
 use super::builder::Builder;
 use super::context::{Cluster, NodeCx};
 use super::*;
+use crate::ports;
 use crate::scenario::Runtime;
 
 /// The node's one preflight step; every other step on the node depends on it.
@@ -22,7 +23,9 @@ pub(super) fn node(b: &mut Builder<'_>, cx: &Cluster<'_>, n: &NodeCx<'_>) -> Ste
         PreflightCheck::Command { name: "ip" },
         // kube-proxy needs conntrack (the guide's note on kube-proxy).
         PreflightCheck::Command { name: "conntrack" },
-        PreflightCheck::PortFree { port: 10250 },
+        PreflightCheck::PortFree {
+            port: ports::KUBELET,
+        },
     ];
     checks.push(PreflightCheck::Command {
         name: match s.runtime {
@@ -54,8 +57,12 @@ pub(super) fn node(b: &mut Builder<'_>, cx: &Cluster<'_>, n: &NodeCx<'_>) -> Ste
         });
     }
     if n.etcd {
-        checks.push(PreflightCheck::PortFree { port: 2379 });
-        checks.push(PreflightCheck::PortFree { port: 2380 });
+        checks.push(PreflightCheck::PortFree {
+            port: ports::ETCD_CLIENT,
+        });
+        checks.push(PreflightCheck::PortFree {
+            port: ports::ETCD_PEER,
+        });
     }
     b.push(
         n.t,

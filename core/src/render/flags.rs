@@ -38,7 +38,7 @@ pub fn args(flags: &[Flag]) -> Vec<String> {
 /// containerd's CRI socket.
 pub const CONTAINERD_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 /// The insecure port of the guide's era (`http://127.0.0.1:8080`).
-pub const INSECURE_PORT: u16 = 8080;
+pub const INSECURE_PORT: u16 = crate::ports::APISERVER_INSECURE;
 
 #[derive(Default)]
 struct Table(Vec<Flag>);

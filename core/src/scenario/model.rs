@@ -147,8 +147,8 @@ impl SecurityModel {
     /// The port nodes use to reach the apiserver at `MASTER_IP`.
     pub fn apiserver_port(self) -> u16 {
         match self {
-            SecurityModel::HttpFirewall => 8080,
-            SecurityModel::Https => 443,
+            SecurityModel::HttpFirewall => crate::ports::APISERVER_INSECURE,
+            SecurityModel::Https => crate::ports::APISERVER_HTTPS,
         }
     }
     pub fn scheme(self) -> &'static str {

@@ -10,8 +10,8 @@ use super::{
 use crate::packet::{Packet, Proto, Tuple};
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{
-    CtState, Interface, Match, MultiportKind, NatRange, Negatable, Policy, PortMatch, PortRange,
-    Protocol, Rule, Table, Target,
+    CtState, Interface, Jump, Match, MultiportKind, NatRange, Negatable, Policy, PortMatch,
+    PortRange, Protocol, Rule, Table,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -431,9 +431,9 @@ impl Walker<'_, '_> {
             };
             let Some(target) = &rule.target else { continue };
             match target {
-                Target::Accept => return TableOutcome::Accept,
-                Target::Drop => return TableOutcome::Stop(Verdict::Drop { by: by() }),
-                Target::Reject { with } => {
+                Jump::Accept => return TableOutcome::Accept,
+                Jump::Drop => return TableOutcome::Stop(Verdict::Drop { by: by() }),
+                Jump::Reject { with } => {
                     if table != Table::Filter
                         || !matches!(hook, Hook::Input | Hook::Forward | Hook::Output)
                     {
@@ -449,10 +449,10 @@ impl Walker<'_, '_> {
                         with: *with,
                     });
                 }
-                Target::Return => {
+                Jump::Return => {
                     stack.pop();
                 }
-                Target::Jump(name) | Target::Goto(name) => {
+                Jump::Chain(name) | Jump::Goto(name) => {
                     let Some(next) = nf.chain(table, name) else {
                         return TableOutcome::Stop(Verdict::Error(format!(
                             "{}: jump to {name}, which is no chain in table {table} (an unsupported target?)",
@@ -465,7 +465,7 @@ impl Walker<'_, '_> {
                             by()
                         )));
                     }
-                    if matches!(target, Target::Goto(_)) {
+                    if matches!(target, Jump::Goto(_)) {
                         stack.pop();
                     }
                     if stack.len() >= MAX_DEPTH {
@@ -476,7 +476,7 @@ impl Walker<'_, '_> {
                     }
                     stack.push(Frame::new(next, pkt));
                 }
-                Target::Dnat { to, .. } => {
+                Jump::Dnat { to, .. } => {
                     if table != Table::Nat || !matches!(hook, Hook::Prerouting | Hook::Output) {
                         return self.misplaced(
                             "DNAT",
@@ -487,7 +487,7 @@ impl Walker<'_, '_> {
                     }
                     return TableOutcome::Nat(NatTarget::Dnat(*to), by());
                 }
-                Target::Snat { to, .. } => {
+                Jump::Snat { to, .. } => {
                     if table != Table::Nat || !matches!(hook, Hook::Postrouting | Hook::Input) {
                         return self.misplaced(
                             "SNAT",
@@ -498,7 +498,7 @@ impl Walker<'_, '_> {
                     }
                     return TableOutcome::Nat(NatTarget::Snat(*to), by());
                 }
-                Target::Masquerade { to_ports, .. } => {
+                Jump::Masquerade { to_ports, .. } => {
                     if table != Table::Nat || hook != Hook::Postrouting {
                         return self.misplaced(
                             "MASQUERADE",
@@ -509,12 +509,12 @@ impl Walker<'_, '_> {
                     }
                     return TableOutcome::Nat(NatTarget::Masquerade(*to_ports), by());
                 }
-                Target::Mark(action) => {
+                Jump::Mark(action) => {
                     let (value, mask) = action.as_xmark();
                     pkt.mark = (pkt.mark & !mask) ^ value;
                 }
                 // LOG only writes to the kernel log; the trace has the rule.
-                Target::Log { .. } => {}
+                Jump::Log { .. } => {}
             }
         }
     }

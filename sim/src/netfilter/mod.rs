@@ -119,7 +119,7 @@ pub use conntrack::{Conn, Conntrack, Direction};
 
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{
-    AddrType, ParseError, Policy, RejectWith, Rule, Ruleset, Table, TableDump, Target,
+    AddrType, Jump, ParseError, Policy, RejectWith, Rule, Ruleset, Table, TableDump,
 };
 use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
@@ -596,7 +596,7 @@ impl Chain {
     fn references(&self, target: &str) -> bool {
         self.rules
             .iter()
-            .any(|r| matches!(&r.target, Some(Target::Jump(c) | Target::Goto(c)) if c == target))
+            .any(|r| matches!(&r.target, Some(Jump::Chain(c) | Jump::Goto(c)) if c == target))
     }
 }
 
@@ -697,7 +697,7 @@ impl ChainSet {
                 let chains = &self.tables[tix(t)];
                 let mut out = BTreeSet::new();
                 for rule in chains.values().flat_map(|c| c.rules.iter()) {
-                    if let Some(Target::Jump(c) | Target::Goto(c)) = &rule.target {
+                    if let Some(Jump::Chain(c) | Jump::Goto(c)) = &rule.target {
                         if !chains.contains_key(c) {
                             out.insert(c.clone());
                         }
@@ -1242,7 +1242,7 @@ impl Netfilter {
 
     /// iptables refuses a jump to a chain that does not exist or is built in.
     fn check_target(&self, table: Table, rule: &Rule) -> Result<(), NetfilterError> {
-        if let Some(Target::Jump(c) | Target::Goto(c)) = &rule.target {
+        if let Some(Jump::Chain(c) | Jump::Goto(c)) = &rule.target {
             if table.is_builtin(c) {
                 return Err(NetfilterError::JumpToBuiltin {
                     table,
@@ -1318,11 +1318,8 @@ fn check_chain_name(name: &str) -> Result<(), NetfilterError> {
 /// normalization). Comments are hashed as they are: text that differs per
 /// node only splits classes further, which is safe.
 fn rule_has_addresses(r: &Rule) -> bool {
-    use kscratch_core::net::iptables::Target;
+    use kscratch_core::net::iptables::Jump;
     r.source.is_some()
         || r.destination.is_some()
-        || matches!(
-            r.target,
-            Some(Target::Dnat { .. }) | Some(Target::Snat { .. })
-        )
+        || matches!(r.target, Some(Jump::Dnat { .. }) | Some(Jump::Snat { .. }))
 }

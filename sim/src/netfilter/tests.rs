@@ -5,7 +5,7 @@
 use super::eval::tests_support;
 use super::*;
 use crate::kube_proxy::{
-    self, Endpoint, EndpointsMap, KubeProxyConfig, Service, ServicePort, ServicePortName,
+    self, ClusterService, Endpoint, EndpointsMap, KubeProxyConfig, ServicePort, ServicePortName,
 };
 use crate::packet::{Packet, Proto};
 
@@ -381,7 +381,7 @@ fn docker_ip_masq_masquerades_pod_traffic_to_other_nodes() {
 }
 
 fn small_cluster() -> kube_proxy::KubeProxyRules {
-    let svc = |name: &str, vip: &str| Service {
+    let svc = |name: &str, vip: &str| ClusterService {
         namespace: "default".to_string(),
         name: name.to_string(),
         cluster_ip: ip(vip),
@@ -976,7 +976,7 @@ fn ten_thousand_services_are_evaluated_through_the_index() {
     let mut eps = EndpointsMap::new();
     for i in 0..10_000u32 {
         let name = format!("svc-{i}");
-        services.push(Service {
+        services.push(ClusterService {
             namespace: "load".to_string(),
             name: name.clone(),
             cluster_ip: IpAddr::V4(std::net::Ipv4Addr::from(0x0a60_0000 + i)),
