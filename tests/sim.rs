@@ -417,3 +417,66 @@ fn the_json_report_lists_every_failing_case_with_its_leg() {
     // Six pairs across nodes, two pods on node-2, and a node-2 pod to its own IP.
     assert_eq!(p2p["failed"].as_u64(), Some(8), "{r}");
 }
+
+/// A running kube-proxy keeps the settings it started with; when apply
+/// rewrites its config, it restarts it and the plan's setting is live again.
+#[test]
+fn a_changed_kube_proxy_config_restarts_kube_proxy_and_the_new_setting_is_live() {
+    use kscratch_core::exec::{execute, ExecOptions, Quiet};
+    use kscratch_sim::backend::SimBackend;
+    let s = load("scenarios/guide-routed.yaml").unwrap().scenario;
+    let p = kscratch_core::plan::plan(&s);
+    let apply = |world| {
+        let b = SimBackend::new(world);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let r = rt.block_on(execute(&p, &s, &b, &ExecOptions::sequential(), &mut Quiet));
+        (r, b.into_sim().world)
+    };
+    let (r, mut world) = apply(kscratch_sim::build::world(&s));
+    assert_eq!(r.count("failed") + r.count("skipped"), 0);
+    let cidr = |w: &kscratch_sim::world::World, n: usize| {
+        w.nodes[n]
+            .kube_proxy
+            .as_ref()
+            .unwrap()
+            .config
+            .cluster_cidr
+            .map(|c| c.to_string())
+    };
+    assert_eq!(cidr(&world, 1).as_deref(), Some("10.10.0.0/16"));
+    // An operator edits node-1's kube-proxy config and restarts it by hand.
+    let path = "/var/lib/kube-proxy/config.yaml";
+    let node = &mut world.nodes[1];
+    let text = String::from_utf8(node.fs.files[path].content.to_vec()).unwrap();
+    let edited = text.replace("clusterCIDR: 10.10.0.0/16", "clusterCIDR: 10.99.0.0/16");
+    let mode = node.fs.files[path].mode;
+    kscratch_sim::backend::write_file(node, path, mode, edited.into_bytes().into(), None);
+    kscratch_sim::components::start_service(node, kscratch_core::plan::Service::KubeProxy).unwrap();
+    assert_eq!(
+        cidr(&world, 1).as_deref(),
+        Some("10.99.0.0/16"),
+        "running with the edit"
+    );
+    // Re-apply: the config is rewritten, kube-proxy restarts once, only on node-1.
+    let (r, world) = apply(world);
+    let outcome = |id: &str| {
+        let i = p.steps.iter().position(|st| p.step_id(st) == id).unwrap();
+        r.outcomes[i].name()
+    };
+    for (st, o) in p.steps.iter().zip(&r.outcomes) {
+        if matches!(o.name(), "failed" | "skipped") {
+            eprintln!("{}: {o:?}", p.step_id(st));
+        }
+    }
+    assert_eq!(outcome("node-1/file/kube-proxy-config"), "changed");
+    assert_eq!(outcome("node-1/service/kube-proxy"), "changed");
+    assert_eq!(outcome("node-2/service/kube-proxy"), "ok");
+    assert_eq!(outcome("node-1/service/kubelet"), "ok");
+    assert_eq!(
+        cidr(&world, 1).as_deref(),
+        Some("10.10.0.0/16"),
+        "the plan's setting is live"
+    );
+}

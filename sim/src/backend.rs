@@ -550,7 +550,7 @@ impl Sim {
                     port: v.port,
                     local: v.local,
                     dev: v.dev.clone(),
-                    mac: v.mac.clone(),
+                    mac: v.mac,
                     shared_fdb: false,
                     neighbors: Default::default(),
                     fdb: Default::default(),

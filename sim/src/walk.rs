@@ -800,7 +800,7 @@ impl<'w> Walker<'w> {
                 t.entries
                     .iter()
                     .find(|e| e.vtep.as_ref().is_some_and(|(ip, _)| *ip == vtep))
-                    .and_then(|e| e.vtep.as_ref().map(|(_, m)| m.clone()))
+                    .and_then(|e| e.vtep.as_ref().map(|(_, m)| *m))
             })
         });
         let Some(mac) = mac else {

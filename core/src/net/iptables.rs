@@ -1186,7 +1186,7 @@ impl Jump {
     }
 
     /// `-j CHAIN`
-    pub fn jump(chain: impl Into<String>) -> Jump {
+    pub fn chain(chain: impl Into<String>) -> Jump {
         Jump::Chain(chain.into())
     }
 
