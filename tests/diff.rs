@@ -55,6 +55,9 @@ fn what_each_pair_reports() {
         Snapshot::of(&s, &plan::plan(&s))
     };
     let base = snap("scenarios/guide-routed.yaml");
+    // The record's fingerprint is the plan's, computed from the same digests.
+    let g = load("scenarios/guide-routed.yaml").unwrap().scenario;
+    assert_eq!(base.fingerprint, plan::fingerprint(&g, &plan::plan(&g)));
     assert!(
         !diff(&base, &base).changed,
         "a plan against itself changes nothing"

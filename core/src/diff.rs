@@ -14,7 +14,6 @@
 //! manifest and the files the manifest names, and those files name.
 
 use crate::plan::{self, digest, Action, Asset, Plan, Target};
-use crate::render::{self, Redacted};
 use crate::scenario::Scenario;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,8 +62,11 @@ pub struct FileEntry {
 impl Snapshot {
     /// The snapshot of `plan`, planned from `s`.
     pub fn of(s: &Scenario, plan: &Plan) -> Snapshot {
+        let graph_json = plan::to_json(plan);
         let graph: serde_json::Value =
-            serde_json::from_str(&plan::to_json(plan)).expect("the canonical plan is JSON");
+            serde_json::from_str(&graph_json).expect("the canonical plan is JSON");
+        // The fingerprint's file digests, collected here: each file renders once.
+        let mut digests = Vec::new();
         let mut steps = BTreeMap::new();
         for st in graph["steps"].as_array().into_iter().flatten() {
             let mut st = st.clone();
@@ -96,14 +98,16 @@ impl Snapshot {
             };
             let target = plan.target_name(step.target).to_string();
             let secret = digest::is_secret(*asset);
-            let sha = digest::asset_digest(s, node, *asset);
-            let text = if secret {
-                None
-            } else {
-                render::render(s, node, *asset, &Redacted)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-            };
+            let (sha, bytes) = digest::rendered_digest(s, node, *asset);
+            let text = bytes
+                .filter(|_| !secret)
+                .and_then(|b| String::from_utf8(b).ok());
+            digests.push(plan::FileDigest {
+                target: target.clone(),
+                path: (*path).to_string(),
+                sha256: sha.clone(),
+                secret,
+            });
             if let Some(t) = &text {
                 texts.entry(sha.clone()).or_insert_with(|| t.clone());
             }
@@ -128,7 +132,7 @@ impl Snapshot {
         }
         Snapshot {
             cluster: plan.cluster.clone(),
-            fingerprint: digest::fingerprint(s, plan),
+            fingerprint: digest::fingerprint_of(&graph_json, &digests),
             kubernetes_version: plan.version.to_string(),
             steps,
             files,

@@ -83,17 +83,33 @@ pub fn file_digests(s: &Scenario, plan: &Plan) -> Vec<FileDigest> {
 
 /// `sha256:` of the asset's content, as the module docs define it.
 pub fn asset_digest(s: &Scenario, node: Option<usize>, asset: Asset) -> String {
+    rendered_digest(s, node, asset).0
+}
+
+/// The asset's digest and its rendered bytes (with [`Redacted`] key
+/// material), for callers that need both without rendering twice.
+pub fn rendered_digest(
+    s: &Scenario,
+    node: Option<usize>,
+    asset: Asset,
+) -> (String, Option<Vec<u8>>) {
     let mut h = Sha256::new();
-    match render::render(s, node, asset, &Redacted) {
-        Ok(bytes) => h.update(&bytes),
+    let bytes = match render::render(s, node, asset, &Redacted) {
+        Ok(bytes) => {
+            h.update(&bytes);
+            Some(bytes)
+        }
         // Deterministic too: a plan whose asset cannot render digests the reason.
-        Err(e) => h.update(format!("unrenderable: {e}").as_bytes()),
-    }
+        Err(e) => {
+            h.update(format!("unrenderable: {e}").as_bytes());
+            None
+        }
+    };
     if let Some(spec) = carried_spec(s, node, asset) {
         h.update(b"\0spec ");
         h.update(spec.as_bytes());
     }
-    hex(&h.finalize())
+    (hex(&h.finalize()), bytes)
 }
 
 /// The fingerprint of the certificate spec a secret file carries, if any:
@@ -141,6 +157,7 @@ pub fn fingerprint(s: &Scenario, plan: &Plan) -> String {
     fingerprint_of(&super::to_json(plan), &file_digests(s, plan))
 }
 
+/// `sha256:<hex>` of a digest's bytes.
 pub(crate) fn hex(digest: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(7 + 2 * digest.len());

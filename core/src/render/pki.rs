@@ -61,13 +61,7 @@ impl CertSpec {
     /// `sha256:<hex>` of the spec's canonical JSON: equal specs, equal fingerprints.
     pub fn fingerprint(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
-        let digest = Sha256::digest(&json);
-        let mut out = String::with_capacity(71);
-        out.push_str("sha256:");
-        for b in digest {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out
+        crate::plan::digest::hex(&Sha256::digest(&json))
     }
 
     /// What changed from `old` to `self`, one line each, e.g. `SANs changed: +10.1.0.100`.
