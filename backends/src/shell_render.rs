@@ -957,12 +957,30 @@ fn delete_neighbors(entries: &[Neighbor]) -> R<StepScripts> {
     })
 }
 
+/// Stops the process group a supervisor leads (`$old` holds its PID, which
+/// is also its group's ID: `setsid` made it so), TERM first, KILL after 10 s.
+/// The daemon is a child in that group, so signalling the group is what stops
+/// it: signalling only the supervisor would orphan a daemon that still holds
+/// its port. `kill -TERM "-$old"`, not `kill -TERM -- "-$old"`: dash's `kill`
+/// takes no `--` ("Illegal number: -"). `indent` is the lines' leading spaces.
+fn stop_process_group(indent: &str) -> String {
+    [
+        "kill -TERM \"-$old\" 2>/dev/null || kill -TERM \"$old\" 2>/dev/null || true",
+        "i=0; while kill -0 \"-$old\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done",
+        "kill -KILL \"-$old\" 2>/dev/null || true",
+    ]
+    .iter()
+    .map(|l| format!("{indent}{l}\n"))
+    .collect()
+}
+
 /// Stops the service under systemd, or the supervisor [`start_service`]
 /// started (its whole process group). The rules it programmed stay.
 fn stop_service(name: &str) -> R<StepScripts> {
     let u = q(&format!("{name}.service"))?;
     let dir = RUN_DIR;
     let pid = q(&format!("{dir}/{name}.pid"))?;
+    let stop = stop_process_group("  ");
     Ok(StepScripts {
         check: Script::new(format!(
             "if [ -d /run/systemd/system ]; then\n\
@@ -970,7 +988,8 @@ fn stop_service(name: &str) -> R<StepScripts> {
              \x20 exit 0\n\
              fi\n\
              [ -f {pid} ] || exit 0\n\
-             if kill -0 \"$(cat {pid})\" 2>/dev/null; then exit 1; fi\n\
+             # The group: a daemon outliving its supervisor still runs.\n\
+             if kill -0 \"-$(cat {pid})\" 2>/dev/null; then exit 1; fi\n\
              exit 0\n"
         )),
         apply: Script::new(format!(
@@ -981,9 +1000,7 @@ fn stop_service(name: &str) -> R<StepScripts> {
              fi\n\
              if [ -f {pid} ]; then\n\
              \x20 old=$(cat {pid})\n\
-             \x20 kill -TERM -- \"-$old\" 2>/dev/null || kill -TERM \"$old\" 2>/dev/null || true\n\
-             \x20 i=0; while kill -0 \"$old\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
-             \x20 kill -KILL -- \"-$old\" 2>/dev/null || true\n\
+             {stop}\
              \x20 rm -f {pid}\n\
              fi\n"
         )),
@@ -1132,6 +1149,7 @@ fn start_service(s: &Scenario, node: usize, service: Service) -> R<StepScripts> 
         format!("command -v {p} >/dev/null 2>&1")
     };
     let run_sum = q(&format!("{run_sha}  {dir}/{name}.run"))?;
+    let stop = stop_process_group("    ");
     let check = format!(
         "{installed} || {{ echo {absent}; exit {EXIT_NOT_APPLICABLE}; }}\n\
          if [ -d /run/systemd/system ]; then\n\
@@ -1160,9 +1178,7 @@ fn start_service(s: &Scenario, node: usize, service: Service) -> R<StepScripts> 
          if [ -f {dir}/{name}.pid ]; then\n\
          \x20 old=$(cat {dir}/{name}.pid)\n\
          \x20 if kill -0 \"$old\" 2>/dev/null; then\n\
-         \x20   kill -TERM -- \"-$old\" 2>/dev/null || kill -TERM \"$old\" 2>/dev/null || true\n\
-         \x20   i=0; while kill -0 \"$old\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
-         \x20   kill -KILL -- \"-$old\" 2>/dev/null || true\n\
+         {stop}\
          \x20 fi\n\
          \x20 rm -f {dir}/{name}.pid\n\
          fi\n\
@@ -1356,6 +1372,47 @@ mod tests {
             out.status.success(),
             "sh -n failed: {}\n{script}",
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The stop a restart runs ends the supervisor's whole process group in
+    /// the node's `sh` (dash on Debian, whose `kill` takes no `--`): a daemon
+    /// left behind would hold its port and the new one would crash-loop.
+    #[test]
+    fn stopping_a_supervisor_ends_its_daemon_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("svc.pid");
+        // A supervisor (its group's leader) with a daemon child, as start_service runs them.
+        let start = format!(
+            "setsid sh -c 'echo $$ > \"$1\"; sleep 300 & wait' sup {} </dev/null >/dev/null 2>&1 &\n\
+             i=0; while [ ! -s {p} ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
+             old=$(cat {p}); sleep 0.2; pgrep -g \"$old\" | wc -l\n",
+            pidfile.display(),
+            p = pidfile.display()
+        );
+        let out = Command::new("sh").arg("-c").arg(&start).output().unwrap();
+        let members: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert_eq!(members, 2, "the supervisor and its daemon run");
+        let stop = format!(
+            "old=$(cat {})\n{}pgrep -g \"$old\" | wc -l\n",
+            pidfile.display(),
+            stop_process_group("")
+        );
+        let out = Command::new("sh").arg("-c").arg(&stop).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0",
+            "every process of the group ended"
         );
     }
 
