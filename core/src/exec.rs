@@ -8,6 +8,7 @@
 //! per-step timeouts belong to the backend, which knows what a step costs.
 
 use crate::plan::{Plan, Step, StepRef, Target};
+use crate::rollout::Rollout;
 use crate::scenario::Scenario;
 use async_trait::async_trait;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -154,6 +155,11 @@ pub struct ExecOptions {
     /// journal, on `--resume`): they count as changed for restarts, so a
     /// kill between writing a config and restarting its service is healed.
     pub changed_earlier: BTreeSet<StepRef>,
+    /// Run the plan as a rollout over a running cluster: a wave's steps
+    /// start only when every earlier wave has finished, and the first wave
+    /// with a failed step stops the rollout ([`crate::rollout`]). `None`
+    /// brings every node up at once (a first apply).
+    pub rollout: Option<Rollout>,
 }
 
 impl Default for ExecOptions {
@@ -165,6 +171,7 @@ impl Default for ExecOptions {
             dry_run: false,
             verify: true,
             changed_earlier: BTreeSet::new(),
+            rollout: None,
         }
     }
 }
@@ -185,6 +192,19 @@ impl ExecOptions {
 pub trait Observer: Send {
     fn started(&mut self, _plan: &Plan, _step: StepRef) {}
     fn finished(&mut self, _plan: &Plan, _step: StepRef, _outcome: &Outcome) {}
+    /// A rollout's wave `wave` (1-based) is about to start: every earlier
+    /// wave has finished, and no step of this one has started.
+    fn wave_started(&mut self, _plan: &Plan, _rollout: &Rollout, _wave: u32) {}
+    /// Every step of wave `wave` has finished; `failed` names the first
+    /// step of it that failed (which stops the rollout).
+    fn wave_finished(
+        &mut self,
+        _plan: &Plan,
+        _rollout: &Rollout,
+        _wave: u32,
+        _failed: Option<StepRef>,
+    ) {
+    }
 }
 
 /// An observer that does nothing.
@@ -229,9 +249,9 @@ pub async fn execute(
     // Dependents in one flat array (CSR), like the plan's own dependency pool.
     let mut pending = vec![0u32; n];
     let mut counts = vec![0u32; n + 1];
-    for (i, s) in plan.steps.iter().enumerate() {
-        pending[i] = plan.deps(s).len() as u32;
-        for &d in plan.deps(s) {
+    for i in 0..n {
+        for d in deps_of(plan, opts, i as StepRef) {
+            pending[i] += 1;
             counts[d as usize + 1] += 1;
         }
     }
@@ -239,9 +259,9 @@ pub async fn execute(
         counts[i + 1] += counts[i];
     }
     let mut fill = counts.clone();
-    let mut dependents = vec![0 as StepRef; plan.dep_pool.len()];
-    for (i, s) in plan.steps.iter().enumerate() {
-        for &d in plan.deps(s) {
+    let mut dependents = vec![0 as StepRef; counts[n] as usize];
+    for i in 0..n {
+        for d in deps_of(plan, opts, i as StepRef) {
             dependents[fill[d as usize] as usize] = i as StepRef;
             fill[d as usize] += 1;
         }
@@ -255,14 +275,19 @@ pub async fn execute(
     let mut on_target: BTreeMap<Target, usize> = BTreeMap::new();
     let max_parallel = opts.max_parallel.max(1);
     let per_target = opts.per_target.max(1);
+    let mut gate = opts.rollout.as_ref().map(|r| Gate::new(r, n));
     let mut done = 0usize;
 
     while done < n {
-        // Start the lowest-numbered ready steps that fit the limits.
+        // Start the lowest-numbered ready steps that fit the limits (and, in
+        // a rollout, whose wave is open).
         let mut started = Vec::new();
         for &i in &ready {
             if running.len() + started.len() >= max_parallel {
                 break;
+            }
+            if gate.as_ref().is_some_and(|g| !g.may_start(i)) {
+                continue;
             }
             let step = &plan.steps[i as usize];
             let busy = on_target.get(&step.target).copied().unwrap_or(0)
@@ -274,12 +299,22 @@ pub async fn execute(
                 started.push(i);
             }
         }
+        let progress = !started.is_empty();
         for i in started {
             ready.remove(&i);
             let step = &plan.steps[i as usize];
-            // A step whose dependency did not succeed is skipped, not run.
-            if let Some(o) = skipped_by_deps(plan, step, |d| outcomes[d as usize].as_ref()) {
+            // A step whose dependency did not succeed is skipped, not run; so
+            // is a wave's step after the rollout stopped.
+            let skipped = gate.as_ref().and_then(|g| g.stopped(plan, i)).or_else(|| {
+                skipped_by_deps(plan, deps_of(plan, opts, i), |d| {
+                    outcomes[d as usize].as_ref()
+                })
+            });
+            if let Some(o) = skipped {
                 observer.finished(plan, i, &o);
+                if let Some(g) = &mut gate {
+                    g.finished(plan, i, &o, observer);
+                }
                 finish(
                     i,
                     o,
@@ -293,6 +328,9 @@ pub async fn execute(
                 continue;
             }
             *on_target.entry(step.target).or_default() += 1;
+            if let Some(g) = &mut gate {
+                g.announce(plan, i, observer);
+            }
             observer.started(plan, i);
             let cx = StepCx {
                 plan,
@@ -307,8 +345,9 @@ pub async fn execute(
             });
         }
         if running.is_empty() {
-            if ready.is_empty() && done < n {
-                // Unreachable for a valid plan (every dependency is earlier), but never hang.
+            if !progress && done < n {
+                // Unreachable for a valid plan (every dependency is earlier,
+                // every wave's dependencies are in it or before it), but never hang.
                 break;
             }
             continue;
@@ -319,6 +358,9 @@ pub async fn execute(
                 *c -= 1;
             }
             observer.finished(plan, i, &o);
+            if let Some(g) = &mut gate {
+                g.finished(plan, i, &o, observer);
+            }
             finish(
                 i,
                 o,
@@ -343,8 +385,9 @@ pub async fn execute(
     }
 }
 
-/// One step at a time in plan order (which is topological): the same
-/// semantics as the scheduler below without its bookkeeping.
+/// One step at a time in plan order (which is topological), or in a
+/// rollout wave by wave, each wave's steps in plan order: the same
+/// semantics as the scheduler above without its bookkeeping.
 async fn execute_in_order(
     plan: &Plan,
     scenario: &Scenario,
@@ -352,10 +395,26 @@ async fn execute_in_order(
     opts: &ExecOptions,
     observer: &mut dyn Observer,
 ) -> Report {
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(plan.steps.len());
-    for (i, step) in plan.steps.iter().enumerate() {
-        let i = i as StepRef;
-        let o = match skipped_by_deps(plan, step, |d| outcomes.get(d as usize)) {
+    let n = plan.steps.len();
+    let mut order: Vec<StepRef> = (0..n as StepRef).collect();
+    if let Some(r) = &opts.rollout {
+        // Stable: within a wave, plan order. Every dependency that is not
+        // relaxed is in an earlier or the same wave, so this is topological.
+        order.sort_by_key(|&i| r.wave_of[i as usize]);
+    }
+    let mut gate = opts.rollout.as_ref().map(|r| Gate::new(r, n));
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    for i in order {
+        let step = &plan.steps[i as usize];
+        if let Some(g) = &mut gate {
+            g.announce(plan, i, observer);
+        }
+        let skipped = gate.as_ref().and_then(|g| g.stopped(plan, i)).or_else(|| {
+            skipped_by_deps(plan, deps_of(plan, opts, i), |d| {
+                outcomes[d as usize].as_ref()
+            })
+        });
+        let o = match skipped {
             Some(skipped) => skipped,
             None => {
                 observer.started(plan, i);
@@ -365,26 +424,153 @@ async fn execute_in_order(
                     index: i,
                     step,
                 };
-                let restart = inputs_changed(plan, step, opts, |d| outcomes.get(d as usize));
+                let restart = inputs_changed(plan, step, opts, |d| outcomes[d as usize].as_ref());
                 run_step(backend, &cx, opts, restart).await
             }
         };
         observer.finished(plan, i, &o);
-        outcomes.push(o);
+        if let Some(g) = &mut gate {
+            g.finished(plan, i, &o, observer);
+        }
+        outcomes[i as usize] = Some(o);
     }
-    Report { outcomes }
+    Report {
+        outcomes: outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(Outcome::Skipped {
+                    reason: "not reached".into(),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The dependencies a step waits for: all of them, less those a rollout
+/// relaxes (a later wave's step; see [`crate::rollout`]).
+fn deps_of<'p>(
+    plan: &'p Plan,
+    opts: &'p ExecOptions,
+    i: StepRef,
+) -> impl Iterator<Item = StepRef> + 'p {
+    plan.deps(&plan.steps[i as usize])
+        .iter()
+        .copied()
+        .filter(move |&d| !opts.rollout.as_ref().is_some_and(|r| r.relaxed(i, d)))
+}
+
+/// A rollout's progress during a run.
+struct Gate<'r> {
+    rollout: &'r Rollout,
+    /// Steps of each wave not finished yet; index = wave number, `[0]` unused.
+    left: Vec<u32>,
+    /// The first failed step of each wave.
+    failed: Vec<Option<StepRef>>,
+    /// The lowest wave with steps left (`waves.len() + 1` when all are done).
+    open: u32,
+    /// Whether the observer was told that `open` started.
+    announced: bool,
+    /// The wave that stopped the rollout, and its first failed step.
+    stop: Option<(u32, StepRef)>,
+}
+
+impl<'r> Gate<'r> {
+    fn new(rollout: &'r Rollout, n: usize) -> Gate<'r> {
+        let waves = rollout.waves.len();
+        let mut left = vec![0u32; waves + 1];
+        for &w in &rollout.wave_of[..n] {
+            if w > 0 {
+                left[w as usize] += 1;
+            }
+        }
+        let mut g = Gate {
+            rollout,
+            left,
+            failed: vec![None; waves + 1],
+            open: 1,
+            announced: false,
+            stop: None,
+        };
+        g.advance(None);
+        g
+    }
+
+    fn last(&self) -> u32 {
+        self.rollout.waves.len() as u32
+    }
+
+    /// A wave's step may start once every earlier wave has finished.
+    fn may_start(&self, i: StepRef) -> bool {
+        self.rollout.wave_of[i as usize] <= self.open
+    }
+
+    /// Before step `i` starts: tells the observer that the open wave starts
+    /// if `i` is its first step, unless the rollout stopped.
+    fn announce(&mut self, plan: &Plan, i: StepRef, observer: &mut dyn Observer) {
+        if !self.announced && self.rollout.wave_of[i as usize] == self.open && self.stop.is_none() {
+            self.announced = true;
+            observer.wave_started(plan, self.rollout, self.open);
+        }
+    }
+
+    /// `Skipped` for a step of a wave after the one that stopped the rollout.
+    fn stopped(&self, plan: &Plan, i: StepRef) -> Option<Outcome> {
+        let (wave, failed) = self.stop?;
+        if self.rollout.wave_of[i as usize] <= wave {
+            return None;
+        }
+        Some(Outcome::Skipped {
+            reason: format!(
+                "the rollout stopped at wave {wave}/{} ({}): {} failed",
+                self.last(),
+                self.rollout.waves[wave as usize - 1],
+                plan.step_id(&plan.steps[failed as usize])
+            ),
+        })
+    }
+
+    fn finished(&mut self, plan: &Plan, i: StepRef, o: &Outcome, observer: &mut dyn Observer) {
+        let w = self.rollout.wave_of[i as usize];
+        if w == 0 {
+            return;
+        }
+        if matches!(o, Outcome::Failed { .. }) {
+            self.failed[w as usize].get_or_insert(i);
+            if self.stop.is_none_or(|(s, _)| w < s) {
+                self.stop = Some((w, i));
+            }
+        }
+        self.left[w as usize] -= 1;
+        self.advance(Some((plan, observer)));
+    }
+
+    /// Moves `open` past every finished wave, telling the observer about
+    /// each wave that ran.
+    fn advance(&mut self, mut observer: Option<(&Plan, &mut dyn Observer)>) {
+        while self.open <= self.last() && self.left[self.open as usize] == 0 {
+            if let Some((plan, o)) = &mut observer {
+                if self.announced {
+                    o.wave_finished(
+                        plan,
+                        self.rollout,
+                        self.open,
+                        self.failed[self.open as usize],
+                    );
+                }
+            }
+            self.open += 1;
+            self.announced = false;
+        }
+    }
 }
 
 /// `Skipped` naming the first dependency that did not succeed, if any.
 fn skipped_by_deps<'o>(
     plan: &Plan,
-    step: &Step,
+    mut deps: impl Iterator<Item = StepRef>,
     outcome: impl Fn(StepRef) -> Option<&'o Outcome>,
 ) -> Option<Outcome> {
-    let bad = *plan
-        .deps(step)
-        .iter()
-        .find(|&&d| !outcome(d).is_some_and(Outcome::succeeded))?;
+    let bad = deps.find(|&d| !outcome(d).is_some_and(Outcome::succeeded))?;
     let dep = plan.step_id(&plan.steps[bad as usize]);
     let reason = match outcome(bad) {
         Some(Outcome::Skipped { .. }) => format!("dependency {dep} was skipped"),
@@ -653,5 +839,135 @@ mod tests {
         };
         run(&p, &s, &b, &opts);
         assert_eq!(*b.log.lock().unwrap(), [id("b/service/kube-proxy")]);
+    }
+
+    fn ha() -> (Scenario, Plan) {
+        let text = "cluster: {name: t, kubernetesVersion: \"1.30.0\"}\nnodes:\n  - {name: cp-1, ip: 192.168.0.1, roles: [control-plane, etcd]}\n  - {name: cp-2, ip: 192.168.0.2, roles: [control-plane, etcd]}\n  - {name: cp-3, ip: 192.168.0.3, roles: [control-plane, etcd]}\n  - {name: w-1, ip: 192.168.0.4}\n  - {name: w-2, ip: 192.168.0.5}\n  - {name: w-3, ip: 192.168.0.6}\netcd:\n  members: [cp-1, cp-2, cp-3]\n";
+        let s = crate::load("t.yaml", text, None).unwrap().scenario;
+        let p = crate::plan::plan(&s);
+        (s, p)
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Event {
+        Start(StepRef),
+        Finish(StepRef),
+        WaveStart(u32),
+        WaveEnd(u32, bool),
+    }
+
+    #[derive(Default)]
+    struct Events(Vec<Event>);
+
+    impl Observer for Events {
+        fn started(&mut self, _: &Plan, step: StepRef) {
+            self.0.push(Event::Start(step));
+        }
+        fn finished(&mut self, _: &Plan, step: StepRef, _: &Outcome) {
+            self.0.push(Event::Finish(step));
+        }
+        fn wave_started(&mut self, _: &Plan, _: &Rollout, wave: u32) {
+            self.0.push(Event::WaveStart(wave));
+        }
+        fn wave_finished(&mut self, _: &Plan, _: &Rollout, wave: u32, failed: Option<StepRef>) {
+            self.0.push(Event::WaveEnd(wave, failed.is_some()));
+        }
+    }
+
+    fn run_observed(p: &Plan, s: &Scenario, b: &Fake, opts: &ExecOptions) -> (Report, Vec<Event>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut ev = Events::default();
+        let r = rt.block_on(execute(p, s, b, opts, &mut ev));
+        (r, ev.0)
+    }
+
+    #[test]
+    fn a_rollout_runs_wave_by_wave_in_either_executor() {
+        let (s, p) = ha();
+        let rollout = crate::rollout::rollout(&p, &s, 2);
+        let waves = rollout.waves.len() as u32;
+        for max_parallel in [1, 16] {
+            let b = Fake {
+                done: Mutex::default(),
+                fail: BTreeSet::new(),
+                log: Mutex::default(),
+            };
+            let opts = ExecOptions {
+                max_parallel,
+                rollout: Some(rollout.clone()),
+                ..ExecOptions::default()
+            };
+            let (r, ev) = run_observed(&p, &s, &b, &opts);
+            assert!(r.succeeded(), "{:?}", r.outcomes);
+            let mut finished = BTreeSet::new();
+            let mut announced = Vec::new();
+            for e in &ev {
+                match *e {
+                    Event::Finish(i) => {
+                        finished.insert(i);
+                    }
+                    Event::Start(i) => {
+                        let w = rollout.wave_of[i as usize];
+                        if w > 0 {
+                            assert_eq!(
+                                announced.last(),
+                                Some(&w),
+                                "{} starts in its own wave",
+                                p.step_id(&p.steps[i as usize])
+                            );
+                            for (j, &wj) in rollout.wave_of.iter().enumerate() {
+                                if wj > 0 && wj < w {
+                                    assert!(finished.contains(&(j as StepRef)), "{} started before {} (an earlier wave) finished (parallel {max_parallel})", p.step_id(&p.steps[i as usize]), p.step_id(&p.steps[j]));
+                                }
+                            }
+                        }
+                    }
+                    Event::WaveStart(w) => announced.push(w),
+                    Event::WaveEnd(w, failed) => {
+                        assert!(!failed);
+                        assert_eq!(announced.last(), Some(&w));
+                    }
+                }
+            }
+            assert_eq!(announced, (1..=waves).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_failed_wave_stops_the_rollout_and_says_where() {
+        let (s, p) = ha();
+        let rollout = crate::rollout::rollout(&p, &s, 1);
+        let id = |o: &str| p.steps.iter().position(|s| p.step_id(s) == o).unwrap();
+        for max_parallel in [1, 16] {
+            let b = Fake {
+                done: Mutex::default(),
+                fail: ["cp-1/wait/kube-apiserver".to_string()].into(),
+                log: Mutex::default(),
+            };
+            let opts = ExecOptions {
+                max_parallel,
+                rollout: Some(rollout.clone()),
+                ..ExecOptions::default()
+            };
+            let (r, ev) = run_observed(&p, &s, &b, &opts);
+            assert_eq!(r.outcomes[id("cp-1/wait/kube-apiserver")].name(), "failed");
+            // Earlier waves ran; the etcd members are all restarted.
+            assert_eq!(r.outcomes[id("cp-3/wait/etcd")].name(), "changed");
+            // The next wave never starts: cp-2's apiserver keeps running as it was.
+            let stopped = Outcome::Skipped {
+                reason: "the rollout stopped at wave 4/15 (kube-apiserver on cp-1): cp-1/wait/kube-apiserver failed".into(),
+            };
+            assert_eq!(r.outcomes[id("cp-2/manifest/kube-apiserver")], stopped);
+            assert_eq!(r.outcomes[id("w-3/service/kubelet")], stopped);
+            // What restarts nothing still converges.
+            assert_eq!(r.outcomes[id("w-3/net/bridge")].name(), "changed");
+            assert!(ev.contains(&Event::WaveEnd(4, true)));
+            assert!(
+                !ev.contains(&Event::WaveStart(5)),
+                "parallel {max_parallel}"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod ports;
 pub mod release;
 pub mod render;
+pub mod rollout;
 pub mod scenario;
 
 pub use diag::{Diagnostic, Diagnostics};
