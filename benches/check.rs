@@ -65,6 +65,7 @@ fn all_pairs_pod_reachability(c: &mut Criterion) {
                     scenario: &s,
                     prepared: &sim.prepared,
                     classes: &classes,
+                    restarting: &[],
                 })
             })
         });

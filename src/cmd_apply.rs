@@ -77,6 +77,12 @@ pub struct ApplyArgs {
     /// damage plan `kscratch check --fault` simulates. Needs --break-my-cluster.
     #[arg(long = "fault", value_name = "FAULT")]
     faults: Vec<String>,
+    /// A change to a cluster applied before (`apply` keeps its applied
+    /// record) rolls out node by node: etcd, the apiservers, the
+    /// controllers, then the node agents; control-plane and etcd nodes one
+    /// at a time, workers at most N at once.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    max_unavailable: usize,
     /// Say yes to --fault: the nodes lose routes, links, rules or services,
     /// until a plain `kscratch apply` (or more, for node-down) repairs them.
     #[arg(long)]
@@ -151,6 +157,10 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         },
     };
     check_known_hosts(&known_hosts)?;
+    let rollout = match damage {
+        true => None,
+        false => rollout(path, &scenario, &plan, args.max_unavailable)?,
+    };
     let scenario_dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -170,6 +180,7 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         max_parallel: args.parallel.max(1),
         per_target: args.per_node.max(1),
         dry_run: args.dry_run,
+        rollout,
         ..ExecOptions::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -333,6 +344,61 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     })
 }
 
+/// A change to a cluster applied before: the diff against its applied
+/// record is refused (a skipped minor version, a downgrade, a moved pod
+/// CIDR) or rolled out ([`kscratch_core::rollout`]). A first apply (no
+/// record) and a converged re-apply (the same fingerprint) bring every node
+/// up at once. Nodes the record does not have join: no wave waits for them.
+fn rollout(
+    path: &Path,
+    s: &Scenario,
+    plan: &Plan,
+    max_unavailable: usize,
+) -> Result<Option<kscratch_core::rollout::Rollout>, load::Error> {
+    let record = crate::cmd_diff::applied_path(path, &s.name);
+    let Some(old) = crate::cmd_diff::read_applied(&record)? else {
+        return Ok(None);
+    };
+    if old.fingerprint == kscratch_core::plan::fingerprint(s, plan) {
+        return Ok(None);
+    }
+    let new = kscratch_core::diff::Snapshot::of(s, plan);
+    let d = kscratch_core::diff::diff(&old, &new);
+    if d.refused {
+        let why: Vec<String> = d
+            .findings
+            .iter()
+            .filter(|f| f.severity == kscratch_core::diff::Severity::Refused)
+            .map(|f| format!("error: {}", f.what))
+            .collect();
+        return Err(load::Error::Usage(format!(
+            "{}\n  (compared with the applied record {})\nnothing was run on any node",
+            why.join("\n"),
+            record.display()
+        )));
+    }
+    let joining: Vec<String> = plan
+        .nodes
+        .iter()
+        .filter(|n| !old.pod_cidrs.contains_key(*n))
+        .cloned()
+        .collect();
+    let r = kscratch_core::rollout::rollout_joining(plan, s, max_unavailable.max(1), &joining);
+    eprintln!(
+        "rolling the change out over the running cluster (applied record {}) in {}:\n{}",
+        record.display(),
+        crate::plural(r.waves.len(), "wave", "waves"),
+        r.summary()
+    );
+    if !joining.is_empty() {
+        eprintln!(
+            "joining (brought up at once, in no wave): {}",
+            joining.join(", ")
+        );
+    }
+    Ok(Some(r))
+}
+
 /// `--fault`: the faults' damage, refused without `--break-my-cluster` and
 /// for a fault that does not apply to the scenario (exit 2 either way).
 fn damage_plan(args: &ApplyArgs, s: &Scenario) -> Result<Plan, load::Error> {
@@ -368,6 +434,14 @@ struct ApplyObserver {
 }
 
 impl ApplyObserver {
+    /// A line for people, above the bar on a terminal, else on stderr.
+    fn say(&self, line: String) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn new(plan: &Plan, fingerprint: &str, journal: Option<&Path>, resume: bool) -> ApplyObserver {
         let file = match journal {
             None => None,
@@ -440,6 +514,35 @@ impl ApplyObserver {
 }
 
 impl Observer for ApplyObserver {
+    fn wave_started(&mut self, _plan: &Plan, rollout: &kscratch_core::rollout::Rollout, wave: u32) {
+        let w = &rollout.waves[wave as usize - 1];
+        self.say(format!("wave {wave}/{}: {w}", rollout.waves.len()));
+    }
+
+    fn wave_finished(
+        &mut self,
+        plan: &Plan,
+        rollout: &kscratch_core::rollout::Rollout,
+        wave: u32,
+        failed: Option<StepRef>,
+    ) {
+        let Some(f) = failed else { return };
+        let n = rollout.waves.len();
+        let w = &rollout.waves[wave as usize - 1];
+        let mut line = format!(
+            "the rollout stopped at wave {wave}/{n} ({w}): {} failed",
+            plan.step_id(&plan.steps[f as usize])
+        );
+        if (wave as usize) < n {
+            let _ = write!(
+                line,
+                "; waves {}-{n} did not run, their components keep running with the settings they started with (fix the cause, then apply again)",
+                wave + 1
+            );
+        }
+        self.say(line);
+    }
+
     fn started(&mut self, plan: &Plan, step: StepRef) {
         self.started.insert(step, Instant::now());
         if let Some(b) = &self.bar {

@@ -24,6 +24,15 @@ pub struct CheckArgs {
     /// one self-contained HTML page.
     #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
     pub format: CheckFormat,
+    /// Prove a change instead: apply this OLD scenario to the simulated
+    /// cluster, then roll SCENARIO out over it wave by wave, as `apply` does
+    /// on a cluster applied before, and run every check while each wave's
+    /// components are down and after each wave.
+    #[arg(long, value_name = "OLD", conflicts_with = "faults")]
+    pub from: Option<std::path::PathBuf>,
+    /// With --from: workers whose node agents restart at once.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "from")]
+    pub max_unavailable: usize,
     /// Add this many synthetic Services to the test ones (scale runs).
     #[arg(long, default_value_t = 0, hide = true)]
     pub extra_services: usize,
@@ -97,6 +106,9 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, load::Error> {
     };
     crate::diag(&loaded.warnings.to_string());
     let s = &loaded.scenario;
+    if let Some(old) = &args.from {
+        return check_rollout(&args, old, s);
+    }
     let fs = faults(&args.scenario.scenario, s, &args.faults)?;
     let plan = kscratch_core::plan::plan(s);
     let report = kscratch_sim::check(
@@ -115,6 +127,54 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, load::Error> {
         CheckFormat::Html => crate::out(&crate::report_formats::html(&report)),
     }
     Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `check NEW --from OLD`: the rollout of a change, proven wave by wave.
+fn check_rollout(
+    args: &CheckArgs,
+    old_path: &std::path::Path,
+    new: &kscratch_core::Scenario,
+) -> Result<ExitCode, load::Error> {
+    if !matches!(args.format, CheckFormat::Text | CheckFormat::Json) {
+        return Err(load::Error::Usage(
+            "error: check --from prints text or JSON (--format text|json)".into(),
+        ));
+    }
+    let old_loaded = match load::scenario_read_only(old_path, args.scenario.locked) {
+        Err(e) if args.format == CheckFormat::Json => return crate::machine_error(e, false),
+        r => r?,
+    };
+    crate::diag(&old_loaded.warnings.to_string());
+    let old = &old_loaded.scenario;
+    let (old_plan, new_plan) = (
+        kscratch_core::plan::plan(old),
+        kscratch_core::plan::plan(new),
+    );
+    // What apply refuses is not simulated either.
+    let d = kscratch_core::diff::diff(
+        &kscratch_core::diff::Snapshot::of(old, &old_plan),
+        &kscratch_core::diff::Snapshot::of(new, &new_plan),
+    );
+    if d.refused {
+        let why: Vec<String> = d
+            .findings
+            .iter()
+            .filter(|f| f.severity == kscratch_core::diff::Severity::Refused)
+            .map(|f| format!("error: {}", f.what))
+            .collect();
+        return Err(load::Error::Usage(why.join("\n")));
+    }
+    let r = kscratch_sim::rollout::rollout(old, &old_plan, new, &new_plan, args.max_unavailable)
+        .map_err(|e| load::Error::Usage(format!("error: {e}")))?;
+    match args.format {
+        CheckFormat::Json => crate::out(&crate::output::json("rollout", &r)),
+        _ => crate::out(&r.to_string()),
+    }
+    Ok(if r.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

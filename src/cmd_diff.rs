@@ -46,30 +46,15 @@ pub fn run(args: DiffArgs) -> Result<ExitCode, load::Error> {
         None => {
             let new = snapshot(&args.first)?;
             let record = applied_path(&args.first, &new.cluster);
-            let text = match std::fs::read_to_string(&record) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match read_applied(&record)? {
+                Some(old) => (old, new),
+                None => {
                     return Err(load::Error::Usage(format!(
                         "error: no applied plan recorded at {}\n  hint: `kscratch apply` records it after a successful run; to compare two scenarios, pass both: kscratch diff OLD.yaml NEW.yaml",
                         record.display()
                     )))
                 }
-                Err(e) => {
-                    return Err(load::Error::Usage(format!(
-                        "error: cannot read {}: {e}",
-                        record.display()
-                    )))
-                }
-            };
-            let old: Snapshot = serde_json::from_str(&text).map_err(|e| {
-                load::Error::Usage(format!(
-                    "error: {}:{}:{}: the applied record is damaged: {e}\n  hint: it is rewritten by the next successful `kscratch apply`",
-                    record.display(),
-                    e.line(),
-                    e.column()
-                ))
-            })?;
-            (old, new)
+            }
         }
     };
     let d = diff(&old, &new);
@@ -84,6 +69,30 @@ pub fn run(args: DiffArgs) -> Result<ExitCode, load::Error> {
     } else {
         0
     }))
+}
+
+/// The applied record at `record`, `None` when there is none yet (a
+/// cluster never applied); a damaged record is an error with its line and
+/// column.
+pub fn read_applied(record: &Path) -> Result<Option<Snapshot>, load::Error> {
+    let text = match std::fs::read_to_string(record) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(load::Error::Usage(format!(
+                "error: cannot read {}: {e}",
+                record.display()
+            )))
+        }
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        load::Error::Usage(format!(
+            "error: {}:{}:{}: the applied record is damaged: {e}\n  hint: it is rewritten by the next successful `kscratch apply`",
+            record.display(),
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 /// Records `snapshot` as the applied plan: 0600, atomically (a kill never

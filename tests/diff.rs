@@ -225,3 +225,69 @@ fn walk(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// `check NEW --from OLD`: each bundled pair rolled out over guide-routed on
+/// the simulator. A kubelet setting restarts only node agents and the
+/// cluster stays whole; an upgrade of its one control-plane node takes the
+/// apiserver away while it restarts (exit 1, said per wave); what apply
+/// refuses, and a changed node set, are refused here too (exit 2). Nothing
+/// is written.
+#[test]
+fn check_from_rolls_each_pair_out_on_the_simulator() {
+    let dir = crate::support::tempdir("rollout");
+    for f in ["guide-routed.yaml", "guide-routed.ipam.lock"] {
+        std::fs::copy(root().join("scenarios").join(f), dir.join(f)).unwrap();
+    }
+    for (name, code, says) in [
+        (
+            "max-pods",
+            0,
+            "verdict: the cluster stays whole at every wave",
+        ),
+        (
+            "upgrade",
+            1,
+            "the apiserver at 192.168.1.11:443 does not answer",
+        ),
+        ("upgrade-skips-a-minor", 2, "skips 1 minor version"),
+        ("pod-cidr-move", 2, "a node's pod range cannot move"),
+        ("node-added", 2, "adding or removing nodes is not a rollout"),
+    ] {
+        let new = root().join(format!("scenarios/diff/{name}.yaml"));
+        std::fs::copy(&new, dir.join(format!("{name}.yaml"))).unwrap();
+        let out = kscratch(
+            &[
+                "check",
+                &format!("{name}.yaml"),
+                "--from",
+                "guide-routed.yaml",
+            ],
+            &dir,
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(code), "{name}: {text}");
+        assert!(text.contains(says), "{name}: {text}");
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "guide-routed.ipam.lock",
+            "guide-routed.yaml",
+            "max-pods.yaml",
+            "node-added.yaml",
+            "pod-cidr-move.yaml",
+            "upgrade-skips-a-minor.yaml",
+            "upgrade.yaml"
+        ],
+        "check --from writes nothing"
+    );
+}

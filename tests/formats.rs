@@ -1,9 +1,9 @@
 //! CI outputs: JSON against docs/schema, SARIF, JUnit against its XSD, the
 //! HTML report in a real browser, the codes list, and no side effects.
 
-use crate::support::root;
+use crate::support::{root, tempdir};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn kscratch(args: &[&str], dir: &Path) -> Output {
@@ -63,18 +63,6 @@ fn assert_schema(schema: &str, doc: &[u8], what: &str) {
 }
 
 /// A fresh directory of its own for each call (tests run in parallel).
-fn tempdir(name: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!(
-        "kscratch-formats-{}-{name}-{n}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -287,7 +275,25 @@ fn json_outputs_match_their_published_schemas() {
         "{}",
         String::from_utf8_lossy(&diff.stderr)
     );
+    let rollout = kscratch(
+        &[
+            "check",
+            "scenarios/diff/max-pods.yaml",
+            "--from",
+            "scenarios/guide-routed.yaml",
+            "--format",
+            "json",
+        ],
+        &dir,
+    );
+    assert_eq!(
+        rollout.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&rollout.stderr)
+    );
     for (doc, _) in [
+        (&rollout, ""),
         (&diff, ""),
         (&plan, ""),
         (&valid, ""),
@@ -318,6 +324,7 @@ fn json_outputs_match_their_published_schemas() {
     assert_schema("trace.schema.json", &trace.stdout, "trace");
     assert_schema("plan.schema.json", &plan.stdout, "plan");
     assert_schema("diff.schema.json", &diff.stdout, "diff");
+    assert_schema("rollout.schema.json", &rollout.stdout, "check --from");
 }
 
 #[test]

@@ -480,3 +480,69 @@ fn a_changed_kube_proxy_config_restarts_kube_proxy_and_the_new_setting_is_live()
         "the plan's setting is live"
     );
 }
+
+/// A minor upgrade of three control-plane nodes rolls out in the
+/// version-skew order (etcd, apiservers, controllers, node agents; one
+/// control-plane node at a time), and every check runs while each wave's
+/// components are down and after each wave. `https-ha` points every node at
+/// one apiserver (`masterIP`, cp-1's address): the rollout proves the
+/// cluster whole at every point but one, while cp-1's apiserver restarts,
+/// when no node reaches the apiserver. The same report twice, byte for byte.
+#[test]
+fn an_upgrade_of_three_control_plane_nodes_rolls_out_wave_by_wave_and_a_single_master_ip_is_the_one_gap(
+) {
+    let roll = || {
+        let old = load("scenarios/https-ha.yaml").unwrap().scenario;
+        let new = load("scenarios/diff/https-ha-upgrade.yaml")
+            .unwrap()
+            .scenario;
+        let (op, np) = (
+            kscratch_core::plan::plan(&old),
+            kscratch_core::plan::plan(&new),
+        );
+        kscratch_sim::rollout::rollout(&old, &op, &new, &np, 1).unwrap()
+    };
+    let r = roll();
+    assert!(r.old_problems.is_empty(), "{:?}", r.old_problems);
+    assert!(r.before.passed());
+    let names: Vec<&str> = r.waves.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(
+        names[..4],
+        [
+            "etcd on cp-1",
+            "etcd on cp-2",
+            "etcd on cp-3",
+            "kube-apiserver on cp-1"
+        ]
+    );
+    assert_eq!(names.len(), 15);
+    let mut gaps = Vec::new();
+    for w in &r.waves {
+        assert!(w.failed.is_none(), "{}: {:?}", w.name, w.failed);
+        assert!(!w.changed.is_empty(), "{} restarts something", w.name);
+        assert!(
+            w.after.passed(),
+            "{} after: {:?}",
+            w.name,
+            w.after.reasons()
+        );
+        if !w.during.passed() {
+            gaps.push((w.name.clone(), w.during.reasons()));
+        }
+    }
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0].0, "kube-apiserver on cp-1");
+    assert_eq!(gaps[0].1.len(), 1, "{gaps:?}");
+    assert!(
+        gaps[0].1[0].contains("10.1.0.11:443 does not answer"),
+        "{gaps:?}"
+    );
+    assert!(!r.passed());
+    check("sim/rollout-https-ha-upgrade.txt", &r.to_string());
+    let again = roll();
+    assert_eq!(r.to_string(), again.to_string());
+    assert_eq!(
+        serde_json::to_string(&r).unwrap(),
+        serde_json::to_string(&again).unwrap()
+    );
+}

@@ -125,3 +125,13 @@ pub fn stem(rel: &str) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// A fresh directory under the system's temp dir, unique to this process and call.
+pub fn tempdir(name: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("kscratch-test-{}-{name}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

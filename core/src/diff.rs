@@ -508,7 +508,7 @@ fn version_findings(old: &Snapshot, new: &Snapshot, out: &mut Vec<Finding>) {
         _ => out.push(Finding {
             severity: Severity::Disruptive,
             what: format!(
-                "Kubernetes {o} → {n}: a minor upgrade; the version-skew policy's order is etcd, the apiservers, controller-manager and scheduler, then kubelets and kube-proxy, and apply does not order a rollout yet: it changes every node at once"
+                "Kubernetes {o} → {n}: a minor upgrade; apply rolls it out in the version-skew policy's order (etcd, the apiservers, controller-manager and scheduler, then kubelets and kube-proxy), control-plane nodes one at a time; `kscratch check NEW --from OLD` proves every wave on the simulator first"
             ),
         }),
     }

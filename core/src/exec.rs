@@ -599,11 +599,12 @@ fn finish(
 
 /// Whether `step` starts a service one of whose inputs changed in this run
 /// (or in the interrupted run being resumed). A service's inputs are the
-/// files it depends on on its own target: its unit, config and env files,
-/// certificates, kubeconfigs (the planner makes `StartService` depend on
-/// each). Such a service is restarted even when it is running, once, after
-/// all of them are written, like an Ansible handler; a running process keeps
-/// the settings it started with otherwise.
+/// files it depends on on its own target: its binary, unit, config and env
+/// files, certificates, kubeconfigs (the planner makes `StartService`
+/// depend on each); a replaced binary runs only once restarted. Such a
+/// service is restarted even when it is running, once, after all of them
+/// are written, like an Ansible handler; a running process keeps the
+/// settings it started with otherwise.
 fn inputs_changed<'o>(
     plan: &Plan,
     step: &Step,
@@ -616,7 +617,10 @@ fn inputs_changed<'o>(
     plan.deps(step).iter().any(|&d| {
         let dep = &plan.steps[d as usize];
         dep.target == step.target
-            && matches!(dep.action, crate::plan::Action::WriteFile { .. })
+            && matches!(
+                dep.action,
+                crate::plan::Action::WriteFile { .. } | crate::plan::Action::InstallBinary { .. }
+            )
             && (opts.changed_earlier.contains(&d)
                 || matches!(outcome(d), Some(Outcome::Changed | Outcome::WouldChange)))
     })

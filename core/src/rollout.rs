@@ -124,10 +124,12 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    /// Whether the dependency `dep` of `step` is relaxed: it belongs to a
-    /// later wave than `step` (see the module documentation).
+    /// Whether the dependency `dep` of `step` is relaxed: `step` is a
+    /// wave's and `dep` belongs to a later wave (see the module
+    /// documentation).
     pub fn relaxed(&self, step: StepRef, dep: StepRef) -> bool {
-        self.wave_of[dep as usize] > self.wave_of[step as usize]
+        let own = self.wave_of[step as usize];
+        own > 0 && self.wave_of[dep as usize] > own
     }
 
     /// The wave a step belongs to, if any.
@@ -154,12 +156,25 @@ impl Rollout {
 /// `max_unavailable` (at least 1). Only stages the plan has on a node make
 /// a wave there.
 pub fn rollout(plan: &Plan, s: &Scenario, max_unavailable: usize) -> Rollout {
+    rollout_joining(plan, s, max_unavailable, &[])
+}
+
+/// [`rollout`] over a cluster that `joining` nodes (names) join in this
+/// run: they run nothing yet, so they are brought up as in a first apply,
+/// in no wave (a rollout would wait for a kubelet that is not there).
+pub fn rollout_joining(
+    plan: &Plan,
+    s: &Scenario,
+    max_unavailable: usize,
+    joining: &[String],
+) -> Rollout {
     let n_nodes = plan.nodes.len();
+    let joins = |i: u32| joining.contains(&plan.nodes[i as usize]);
     // Which stages each node has steps of.
     let mut has = vec![[false; 4]; n_nodes];
     for step in &plan.steps {
         if let (Target::Node(i), Some(st)) = (step.target, Stage::of_action(&step.action)) {
-            has[i as usize][st as usize] = true;
+            has[i as usize][st as usize] |= !joins(i);
         }
     }
     let critical = |i: usize| {
@@ -197,7 +212,7 @@ pub fn rollout(plan: &Plan, s: &Scenario, max_unavailable: usize) -> Rollout {
     let mut wave_of = vec![0u32; plan.steps.len()];
     for (k, step) in plan.steps.iter().enumerate() {
         wave_of[k] = match (step.target, Stage::of_action(&step.action)) {
-            (Target::Node(i), Some(st)) => {
+            (Target::Node(i), Some(st)) if !joins(i) => {
                 let w = index[i as usize][st as usize];
                 if !matches!(step.action, Action::WaitHealthy { .. }) {
                     waves[w as usize - 1].starts.push(k as StepRef);
@@ -292,6 +307,19 @@ mod tests {
             r.waves.len(),
             "validation comes last"
         );
+    }
+
+    #[test]
+    fn a_joining_node_is_brought_up_in_no_wave() {
+        let (s, p) = ha();
+        let r = rollout_joining(&p, &s, 1, &["w-3".to_string()]);
+        let names: Vec<String> = r.waves.iter().map(|w| w.to_string()).collect();
+        assert_eq!(names.last().map(String::as_str), Some("node agents on w-2"));
+        for (k, step) in p.steps.iter().enumerate() {
+            if step.target == Target::Node(5) {
+                assert_eq!(r.wave_of[k], 0, "{}", p.step_id(step));
+            }
+        }
     }
 
     #[test]

@@ -259,7 +259,8 @@ impl Sim {
                 }
                 Probe::Satisfied
             }
-            Action::InstallBinary { name, .. } => ok(node.binaries.contains(*name)),
+            // The same SHA-256: the same release's binary.
+            Action::InstallBinary { name, .. } => ok(node.binaries.get(*name) == Some(&cx.plan.version)),
             Action::PullImage { image } => ok(node.images.contains(image)),
             Action::WriteFile { path, mode, .. } => ok(node.fs.files.get(*path).is_some_and(|f| f.mode == *mode && Some(&f.content) == content.as_ref())),
             Action::SetSysctl { key, value } => ok(node.sysctl(key) == Some(value)),
@@ -439,7 +440,7 @@ impl Sim {
         let node = self.node_mut(cx)?;
         match &cx.step.action {
             Action::InstallBinary { name, .. } => {
-                node.binaries.insert(name.to_string());
+                node.binaries.insert(name.to_string(), cx.plan.version);
                 // The binaries come from the plan's release directory.
                 node.release = Some(cx.plan.version);
             }
@@ -685,6 +686,10 @@ impl Sim {
             }
             Action::DeleteFile { path } => {
                 node.fs.files.remove(*path);
+                // A running kubelet stops the pod whose manifest went away.
+                if components::is_manifest(path) && node.running("kubelet") {
+                    components::sync_static_pods(node);
+                }
             }
             Action::UnloadKernelModule { name } => {
                 node.modules.remove(*name);

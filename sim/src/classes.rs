@@ -323,7 +323,7 @@ fn signature(world: &World, s: &Scenario, n: NodeId) -> (String, bool) {
         );
     }
     for b in binaries {
-        let _ = writeln!(sig, "binary {b}");
+        let _ = writeln!(sig, "binary {} {}", b.0, b.1);
     }
     for i in images {
         let _ = writeln!(sig, "image {i}");

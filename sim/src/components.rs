@@ -39,7 +39,7 @@ pub fn start_service(node: &mut Node, service: Service) -> Result<(), String> {
         Service::Containerd => start_containerd(node)?,
         Service::Kubelet => {
             let argv = unit_argv(node, Service::Kubelet, "kubelet")?;
-            if !node.binaries.contains("kubelet") {
+            if !node.binaries.contains_key("kubelet") {
                 return Err(
                     "kubelet.service: /usr/local/bin/kubelet: No such file or directory".into(),
                 );
@@ -71,7 +71,7 @@ pub fn start_service(node: &mut Node, service: Service) -> Result<(), String> {
             if let Some(e) = refused_flags("kube-proxy", node.release, &argv) {
                 return Err(format!("kube-proxy.service: {e}"));
             }
-            if !node.binaries.contains("kube-proxy") {
+            if !node.binaries.contains_key("kube-proxy") {
                 return Err(
                     "kube-proxy.service: /usr/local/bin/kube-proxy: No such file or directory"
                         .into(),
@@ -358,7 +358,9 @@ fn manifest_dir(node: &Node, argv: &Argv) -> Result<Option<String>, String> {
     Ok((!kc.static_pod_path.is_empty()).then_some(kc.static_pod_path))
 }
 
-/// The kubelet (re)reads its manifest directory and starts what it finds.
+/// The kubelet (re)reads its manifest directory: it stops the pods whose
+/// manifest is gone and (re)starts what it finds. A pod that restarts
+/// first closes the sockets of the container it replaces.
 pub fn sync_static_pods(node: &mut Node) {
     let Ok(argv) = unit_argv(node, Service::Kubelet, "kubelet") else {
         return;
@@ -366,7 +368,19 @@ pub fn sync_static_pods(node: &mut Node) {
     let Ok(Some(dir)) = manifest_dir(node, &argv) else {
         return;
     };
-    for path in files::list_dir(node, &dir) {
+    let present = files::list_dir(node, &dir);
+    let prefix = format!("{}/", dir.trim_end_matches('/'));
+    let gone: Vec<String> = node
+        .static_pods
+        .iter()
+        .filter(|(_, p)| p.manifest.starts_with(&prefix) && !present.contains(&p.manifest))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in gone {
+        node.static_pods.remove(&name);
+        node.listeners.retain(|_, l| l.process != name);
+    }
+    for path in present {
         let Ok(text) = files::read(node, &path) else {
             continue;
         };
@@ -394,7 +408,9 @@ pub fn sync_static_pods(node: &mut Node) {
             Err(e) => problem = problem.or(Some(e.to_string())),
             Ok(argv) => {
                 let release = image_release(&image).or(node.release);
-                let started = run_container(node, &pod.name, component(&argv), &argv, release);
+                let what = component(&argv).to_string();
+                node.listeners.retain(|_, l| l.process != what);
+                let started = run_container(node, &pod.name, &what, &argv, release);
                 if let Err(e) = started {
                     problem = problem.or(Some(e));
                 }

@@ -76,9 +76,15 @@ pub fn resync_services(world: &mut World, prepared: &mut Prepared) {
             .retain(|(ip, _)| world.owners.contains_key(ip));
         changed |= svc.endpoints.len() != before;
     }
-    if !changed {
-        return;
+    if changed {
+        program_services(world, prepared);
     }
+}
+
+/// Every running kube-proxy programs the Services, with the settings it read
+/// at start (after endpoints changed, or after it restarted: a kube-proxy
+/// syncs every Service when it starts).
+pub fn program_services(world: &mut World, prepared: &mut Prepared) {
     let skipped: BTreeSet<String> = prepared.no_proxy.iter().map(|(n, _)| n.clone()).collect();
     // Each kube-proxy reprograms with the settings it read at start; the
     // Services the apiserver refused stay unprogrammed.

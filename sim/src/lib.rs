@@ -20,6 +20,7 @@ pub mod netfilter;
 pub mod packet;
 pub mod prepare;
 pub mod report;
+pub mod rollout;
 pub mod routes;
 pub mod trace;
 pub mod walk;
@@ -105,6 +106,7 @@ pub fn check(s: &Scenario, plan: &Plan, opts: &CheckOptions) -> Result<report::R
         scenario: s,
         prepared: &sim.prepared,
         classes: &classes,
+        restarting: &[],
     });
     Ok(report::Report::new(
         s, plan, &sim, &classes, results, matrix,

@@ -259,6 +259,40 @@ fn apiserver_endpoint(n: &Node) -> Option<(IpAddr, u16)> {
     Some((ip, port))
 }
 
+/// The `kubernetes` Service's endpoints after apiservers stopped or
+/// started gracefully: with the lease reconciler (1.11+) a stopping
+/// apiserver deletes its lease and its endpoint, and a starting one adds
+/// them back; with the master-count reconciler an endpoint stays until
+/// `--apiserver-count` apiservers overwrite it, so nothing is removed.
+/// Returns whether the endpoints changed.
+pub fn register_apiservers(world: &World, prepared: &mut Prepared, lease: bool) -> bool {
+    let running: Vec<(IpAddr, u16)> = world
+        .nodes
+        .iter()
+        .filter(|n| n.up)
+        .filter_map(apiserver_endpoint)
+        .collect();
+    let Some(svc) = prepared
+        .services
+        .iter_mut()
+        .find(|d| d.namespace == "default" && d.name == "kubernetes")
+    else {
+        return false;
+    };
+    let mut eps = running;
+    if !lease {
+        for e in &svc.endpoints {
+            if !eps.contains(e) {
+                eps.push(*e);
+            }
+        }
+        eps.sort();
+    }
+    let changed = eps != svc.endpoints;
+    svc.endpoints = eps;
+    changed
+}
+
 fn services(
     world: &World,
     api: &ApiObjects,

@@ -59,8 +59,9 @@ pub struct Node {
     pub links: BTreeMap<String, Link>,
     pub routes: RouteTable,
     pub netfilter: crate::netfilter::Netfilter,
-    /// Installed binaries (`/usr/local/bin/...`) and pulled images.
-    pub binaries: BTreeSet<String>,
+    /// Installed binaries (`/usr/local/bin/...`), each with the release it
+    /// came from (its SHA-256 is that release's), and pulled images.
+    pub binaries: BTreeMap<String, KubeVersion>,
     /// The Kubernetes release the installed binaries come from (the plan's
     /// release directory): their built-in flag defaults.
     pub release: Option<KubeVersion>,
@@ -238,7 +239,7 @@ impl Node {
             links,
             routes: RouteTable::default(),
             netfilter: crate::netfilter::Netfilter::default(),
-            binaries: BTreeSet::new(),
+            binaries: BTreeMap::new(),
             release: None,
             images: BTreeSet::new(),
             services: BTreeMap::new(),

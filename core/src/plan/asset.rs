@@ -65,6 +65,13 @@ pub const PKI_DIR: &str = "/srv/kubernetes";
 pub const MANIFEST_DIR: &str = "/etc/kubernetes/manifests";
 
 impl Component {
+    pub const ALL: [Component; 4] = [
+        Component::Etcd,
+        Component::KubeApiserver,
+        Component::KubeControllerManager,
+        Component::KubeScheduler,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Component::Etcd => "etcd",
