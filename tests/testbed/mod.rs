@@ -12,6 +12,8 @@ pub mod support;
 mod apply;
 /// The real kernel and `kscratch check` agree, with and without faults.
 mod differential;
+/// A changed input restarts its service; a converged apply restarts nothing.
+mod restart;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::ExitStatusExt;
