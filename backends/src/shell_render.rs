@@ -1250,15 +1250,44 @@ fn wait_healthy(component: Component, url: &str, timeout_secs: u32) -> R<StepScr
          \x20 fi\n\
          }}\n"
     );
-    let check = format!("{probe}if probe; then exit 0; fi\nexit 1\n");
+    let fresh = fresh_listener(Asset::StaticPod(component).path(), port)?;
+    let check = format!("{probe}{fresh}if probe && fresh; then exit 0; fi\nexit 1\n");
     let apply = format!(
-        "{probe}i=0\nwhile [ $i -lt {timeout_secs} ]; do\n  if probe; then exit 0; fi\n  sleep 1; i=$((i+1))\ndone\necho {msg} >&2\nexit 1\n",
-        msg = q(&format!("{component} is not healthy at {url} after {timeout_secs}s"))?
+        "{probe}{fresh}i=0\nwhile [ $i -lt {timeout_secs} ]; do\n  if probe && fresh; then exit 0; fi\n  sleep 1; i=$((i+1))\ndone\necho {msg} >&2\nexit 1\n",
+        msg = q(&format!(
+            "{component} is not healthy at {url} after {timeout_secs}s, or still the process from before its manifest changed"
+        ))?
     );
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(apply),
     })
+}
+
+/// `fresh`: whether the process listening on `port` started after the
+/// static pod manifest at `manifest` was last written. Right after a
+/// manifest changes, the old pod still answers its health URL until the
+/// kubelet replaces it; a wait that took that answer would let a rollout's
+/// next wave start while this one's component is about to go down
+/// (kubeadm waits for the mirror pod's hash to change; without the API,
+/// the listener's start time says the same). No manifest (a component run
+/// as a service, restarted by its own step): always fresh. Without `ss` or
+/// `ps` the listener cannot be told apart: fresh, as the probe alone was.
+/// Times are whole seconds, so a process started within the second before
+/// the write counts as fresh; the pod it replaces ran for far longer.
+fn fresh_listener(manifest: &str, port: u16) -> R<String> {
+    let m = q(manifest)?;
+    Ok(format!(
+        "fresh() {{\n\
+         \x20 [ -f {m} ] || return 0\n\
+         \x20 command -v ss >/dev/null 2>&1 && command -v ps >/dev/null 2>&1 || return 0\n\
+         \x20 pid=$(ss -Hltnp \"sport = :{port}\" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2)\n\
+         \x20 [ -n \"$pid\" ] || return 1\n\
+         \x20 up=$(ps -o etimes= -p \"$pid\" | tr -d ' ')\n\
+         \x20 [ -n \"$up\" ] || return 1\n\
+         \x20 [ $(( $(date +%s) - up )) -ge $(( $(stat -c %Y {m}) - 1 )) ]\n\
+         }}\n"
+    ))
 }
 
 fn kubectl_guard() -> String {
@@ -1414,6 +1443,75 @@ mod tests {
             "0",
             "every process of the group ended"
         );
+    }
+
+    /// A health wait after a manifest change takes only the process that
+    /// started after it: the listener from before is the old pod.
+    #[test]
+    fn a_health_wait_takes_only_a_listener_started_after_its_manifest() {
+        if Command::new("ss").arg("-V").output().is_err()
+            || Command::new("socat").arg("-V").output().is_err()
+        {
+            assert!(
+                !std::env::var_os("CI").is_some_and(|v| v == "true" || v == "1"),
+                "ss and socat are missing, and under CI=true this test must run"
+            );
+            eprintln!("skipping: ss or socat is not installed (apt-get install iproute2 socat)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("kube-apiserver.yaml");
+        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        let fresh = fresh_listener(manifest.to_str().unwrap(), port).unwrap();
+        let listen = || {
+            Command::new("socat")
+                .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+                .arg("/dev/null")
+                .spawn()
+                .unwrap()
+        };
+        let is_fresh = || {
+            Command::new("bash")
+                .arg("-c")
+                .arg(format!("{fresh}fresh"))
+                .status()
+                .unwrap()
+                .success()
+        };
+        let wait_listening = || {
+            for _ in 0..50 {
+                let out = Command::new("ss")
+                    .args(["-Hltn", &format!("sport = :{port}")])
+                    .output()
+                    .unwrap();
+                if !out.stdout.is_empty() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            panic!("socat did not listen on {port}");
+        };
+        assert!(is_fresh(), "no manifest: nothing to tell apart");
+        let mut old = listen();
+        wait_listening();
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        std::fs::write(&manifest, "changed").unwrap();
+        assert!(
+            !is_fresh(),
+            "the listener from before the manifest is the old pod"
+        );
+        old.kill().unwrap();
+        old.wait().unwrap();
+        let mut new = listen();
+        wait_listening();
+        let fresh_now = is_fresh();
+        new.kill().unwrap();
+        new.wait().unwrap();
+        assert!(
+            fresh_now,
+            "the listener started after the manifest is the new pod"
+        );
+        assert!(!is_fresh(), "nothing listens");
     }
 
     #[test]
