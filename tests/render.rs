@@ -247,7 +247,11 @@ fn render_openssl_verifies_every_leaf_and_shows_the_specs_names() {
     let Some(openssl) = tool("openssl") else {
         return;
     };
-    for rel in ["scenarios/guide-routed.yaml", "scenarios/https-ha.yaml"] {
+    for rel in [
+        "scenarios/guide-routed.yaml",
+        "scenarios/https-ha.yaml",
+        "scenarios/ha-local-proxy.yaml",
+    ] {
         let s = scenario(rel);
         let dir = TempDir::new(&format!("openssl-{}", stem(rel)));
         rendered(&s, dir.path());
@@ -312,6 +316,10 @@ fn render_openssl_verifies_every_leaf_and_shows_the_specs_names() {
                 api.ips.contains(&n.ip.to_string()) && api.dns.contains(&n.name),
                 "{api:?}"
             );
+        }
+        // The control-plane endpoint, which clients dial (TLS passes the local proxy).
+        if let Some(e) = &s.control_plane_endpoint {
+            assert!(api.ips.contains(&e.host_text()), "{api:?}");
         }
         for name in [
             "kubernetes",

@@ -9,6 +9,8 @@ mod diff;
 mod faults;
 /// CI outputs: JSON schemas, SARIF, JUnit, the HTML report in a browser, no side effects.
 mod formats;
+/// Node lifecycle: the control-plane endpoint that survives a node.
+mod lifecycle;
 /// The planner on the bundled scenarios: goldens, determinism, structure.
 mod plan;
 /// Random and mutated scenarios never panic.

@@ -22,6 +22,10 @@ fn invalid_scenarios_report_every_problem_with_its_position() {
 /// Each broken scenario must fail with these messages (a substring each) among others.
 const EXPECTED: &[(&str, &[&str])] = &[
     (
+        "control-plane-endpoint",
+        &["cluster.controlPlaneEndpoint: 10.33.0.1 is a Service address"],
+    ),
+    (
         "overlapping-ranges",
         &[
             "network.serviceCIDR: 10.10.0.0/16 overlaps network.clusterCIDR 10.10.0.0/23",

@@ -502,9 +502,9 @@ fn preflight(checks: &[PreflightCheck]) -> R<StepScripts> {
                     msg = q(&format!("swap is on (see /proc/swaps): {source}"))?
                 ));
             }
-            PreflightCheck::PortFree { port } => {
+            PreflightCheck::PortFree { port, held_by } => {
                 let listeners = format!("$(ss -Htlnp 'sport = :{port}' 2>/dev/null)");
-                match ports::owner(*port).map(ports::Daemon::name) {
+                match held_by.or_else(|| ports::owner(*port)).map(ports::Daemon::name) {
                     Some(owner) => s.push_str(&format!(
                         "l=\"{listeners}\"; [ -z \"$l\" ] || case \"$l\" in *'\"{owner}\"'*) ;; *) fail {msg} ;; esac\n",
                         msg = q(&format!("TCP port {port} is in use by another program than {owner}"))?

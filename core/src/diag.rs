@@ -100,6 +100,7 @@ codes! {
     San = "KS2023", "an extra SAN that is neither an IP address nor a DNS name";
     Advice = "KS2024", "a setting that works but is risky (warning)";
     Gateway = "KS2025", "an underlay gateway that is missing or not on the underlay";
+    Endpoint = "KS2026", "a control-plane endpoint that cannot reach the apiserver";
     // KS29xx: what validation did not do.
     NotChecked = "KS2901", "a check that was skipped because a field it needs is invalid (note)";
     // KS30xx: the IPAM lock.

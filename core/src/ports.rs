@@ -20,12 +20,16 @@ pub const APISERVER_INSECURE: u16 = 8080;
 
 /// A daemon that listens on one of the ports above, by its process name
 /// (what `ss -p` shows and what the simulator records per listener).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Daemon {
     Kubelet,
     KubeProxy,
     Etcd,
     KubeApiserver,
+    /// The local apiserver proxy (`cluster.controlPlaneEndpoint` on
+    /// loopback), on the port the scenario gives it.
+    ApiserverProxy,
 }
 
 impl Daemon {
@@ -35,6 +39,7 @@ impl Daemon {
             Daemon::KubeProxy => "kube-proxy",
             Daemon::Etcd => "etcd",
             Daemon::KubeApiserver => "kube-apiserver",
+            Daemon::ApiserverProxy => "haproxy",
         }
     }
 }

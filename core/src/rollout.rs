@@ -74,9 +74,11 @@ impl Stage {
     fn of_service(s: Service) -> Stage {
         match s {
             Service::Etcd => Stage::Etcd,
-            Service::Kubelet | Service::KubeProxy | Service::Docker | Service::Containerd => {
-                Stage::NodeAgents
-            }
+            Service::Kubelet
+            | Service::KubeProxy
+            | Service::Docker
+            | Service::Containerd
+            | Service::ApiserverProxy => Stage::NodeAgents,
         }
     }
 

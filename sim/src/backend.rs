@@ -682,7 +682,8 @@ impl Sim {
                 };
                 state.running = false;
                 // Its sockets close; what it programmed (iptables rules) stays.
-                node.listeners.retain(|_, l| l.process != name.name());
+                let process = components::process_of(*name);
+                node.listeners.retain(|_, l| l.process != process);
             }
             Action::DeleteFile { path } => {
                 node.fs.files.remove(*path);
@@ -849,9 +850,11 @@ fn preflight(node: &Node, c: &PreflightCheck) -> Result<(), String> {
         // The simulated machines are cgroup v2 hosts without swap: a release's
         // host requirements are checked on real machines only (shell preflight).
         PreflightCheck::CgroupV2 { .. } | PreflightCheck::SwapOff { .. } => Ok(()),
-        PreflightCheck::PortFree { port } => {
+        PreflightCheck::PortFree { port, held_by } => {
             // On a re-apply the port is held by the daemon kscratch started.
-            let owner = kscratch_core::ports::owner(*port).map(|d| d.name());
+            let owner = held_by
+                .or_else(|| kscratch_core::ports::owner(*port))
+                .map(|d| d.name());
             match node.listeners.get(&(crate::packet::Proto::Tcp, *port)) {
                 Some(l) if Some(l.process.as_str()) != owner => {
                     Err(format!("port {port} is already in use by {}", l.process))

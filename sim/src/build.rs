@@ -5,7 +5,9 @@
 //! the underlay's gateway (`network.gateway`): nothing the scenario does not
 //! say exists is invented. The gateway is the underlay's router; beyond it
 //! sits one outside host for egress checks. Without a gateway there is no
-//! router and nothing outside the underlay.
+//! router and nothing outside the underlay. A control-plane endpoint that
+//! is not a loopback address is the operator's load balancer
+//! ([`LoadBalancer`]).
 
 use crate::backend::add_connected;
 use crate::world::*;
@@ -72,6 +74,18 @@ pub fn world(s: &Scenario) -> World {
             router_ip,
             fabric_routes: BTreeMap::new(),
             outside_ip,
+            load_balancer: s
+                .control_plane_endpoint
+                .as_ref()
+                .filter(|e| e.local_proxy_port().is_none())
+                .map(|e| LoadBalancer {
+                    host: e.host_text(),
+                    port: e.port,
+                    backends: s
+                        .control_plane_nodes()
+                        .map(|(_, n)| (n.name.clone(), n.ip, s.security.model.apiserver_port()))
+                        .collect(),
+                }),
         },
         owners,
     }

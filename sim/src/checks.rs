@@ -846,28 +846,35 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
     let world = inp.world;
     let s = inp.scenario;
     let mut c = Collector::default();
-    let port = s.security.model.apiserver_port();
-    let master = s.master_ip;
+    let (master, port) = match &s.control_plane_endpoint {
+        Some(e) => (e.host_text(), e.port),
+        None => (s.master_ip.to_string(), s.security.model.apiserver_port()),
+    };
+    let down: Vec<&str> = world
+        .nodes
+        .iter()
+        .filter(|n| !n.up)
+        .map(|n| n.name.as_str())
+        .collect();
+    if !down.is_empty() {
+        c.notes.push(format!(
+            "{} down: not a client, and its components are not judged; the other nodes must carry the cluster",
+            down.join(", ")
+        ));
+    }
+    if world.underlay.load_balancer.is_some() {
+        c.notes.push(format!(
+            "the load balancer at {master}:{port} is outside the simulated machines: each node's connections to its backends, every control-plane node's apiserver, are walked instead"
+        ));
+    }
     for (n, weight) in inp.classes.nodes() {
-        let pkt = Packet::tcp(IpAddr::from([0, 0, 0, 0]), 43000, master, port);
-        let r = probe(world, Place::Node(n), &pkt, |w, c| {
-            let answered = c.established().is_some_and(|(to, _)| {
-                matches!(to, Place::Node(m)
-                    if world.nodes[m].ip == master
-                        && world.nodes[m]
-                            .listeners
-                            .get(&(Proto::Tcp, port))
-                            .is_some_and(|l| l.process == "kube-apiserver"))
-            });
-            if answered {
-                Ok(())
-            } else {
-                let _ = w;
-                Err(format!(
-                    "the apiserver at {master}:{port} does not answer: {c}"
-                ))
-            }
-        });
+        if !world.nodes[n].up {
+            continue;
+        }
+        let r = match &s.control_plane_endpoint {
+            Some(e) => endpoint_probe(world, n, e),
+            None => master_probe(world, n, s.master_ip, port),
+        };
         match r {
             Ok(()) => c.pass(weight),
             Err(e) => {
@@ -888,6 +895,9 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
         trace: vec![],
     };
     for (i, node) in s.control_plane_nodes() {
+        if !world.nodes[i].up {
+            continue;
+        }
         let checks: [(&str, Result<(), String>); 3] = [
             (
                 "kube-apiserver",
@@ -922,6 +932,9 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
         }
     }
     for &m in &s.etcd.members {
+        if !world.nodes[m].up {
+            continue;
+        }
         let name = world.nodes[m].name.clone();
         if inp.restarting.contains(&(m, "etcd")) {
             c.notes.push(format!(
@@ -940,4 +953,123 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
         }
     }
     c.finish(CheckKind::Apiserver)
+}
+
+/// A connection from node `n` to the apiserver at `MASTER_IP`: the node
+/// holding that address answers with its kube-apiserver.
+fn master_probe(world: &World, n: NodeId, master: IpAddr, port: u16) -> Result<(), ProbeError> {
+    let pkt = Packet::tcp(IpAddr::from([0, 0, 0, 0]), 43000, master, port);
+    probe(world, Place::Node(n), &pkt, |_, c| {
+        let answered = c.established().is_some_and(|(to, _)| {
+            matches!(to, Place::Node(m)
+                if world.nodes[m].ip == master
+                    && world.nodes[m]
+                        .listeners
+                        .get(&(Proto::Tcp, port))
+                        .is_some_and(|l| l.process == "kube-apiserver"))
+        });
+        if answered {
+            Ok(())
+        } else {
+            Err(format!(
+                "the apiserver at {master}:{port} does not answer: {c}"
+            ))
+        }
+    })
+}
+
+/// Node `n` reaches a healthy apiserver through the control-plane endpoint.
+/// A local proxy: the connection to it on loopback, then the proxy's own
+/// connections to the servers of its rendered configuration, each walked
+/// from the node. The operator's load balancer: its backends, walked from
+/// the node (the balancer itself is not a simulated machine). Some server
+/// must answer with a kube-apiserver that is healthy (what the health check
+/// asks); a server the proxy does not health-check must answer too, since it
+/// still gets connections.
+fn endpoint_probe(
+    world: &World,
+    n: NodeId,
+    e: &kscratch_core::scenario::ControlPlaneEndpoint,
+) -> Result<(), ProbeError> {
+    let plain = |reason: String| ProbeError {
+        reason,
+        leg: None,
+        trace: vec![],
+    };
+    let servers: Vec<(String, IpAddr, u16, bool)> = match e.host {
+        kscratch_core::scenario::EndpointHost::Ip(ip) if ip.is_loopback() => {
+            let pkt = Packet::tcp(IpAddr::from([0, 0, 0, 0]), 43000, ip, e.port);
+            probe(world, Place::Node(n), &pkt, |w, c| {
+                established_with(w, c, Place::Node(n), |_| Ok(()))?;
+                match world.nodes[n].listeners.get(&(Proto::Tcp, e.port)) {
+                    Some(l) if l.process == crate::components::HAPROXY => Ok(()),
+                    Some(l) => Err(format!(
+                        "{} answers at {e} on {} instead of the apiserver proxy",
+                        l.process, world.nodes[n].name
+                    )),
+                    None => Err(format!("nothing listens at {e} on {}", world.nodes[n].name)),
+                }
+            })?;
+            let config =
+                crate::components::apiserver_proxy_config(&world.nodes[n]).map_err(plain)?;
+            let backend = config.route(ip, e.port).ok_or_else(|| {
+                plain(format!(
+                    "haproxy on {}: no frontend binds {e}",
+                    world.nodes[n].name
+                ))
+            })?;
+            backend
+                .servers
+                .iter()
+                .map(|s| (s.name.clone(), s.addr, s.port, s.check))
+                .collect()
+        }
+        _ => world
+            .underlay
+            .load_balancer
+            .iter()
+            .flat_map(|lb| lb.backends.iter())
+            .map(|(name, ip, port)| (name.clone(), *ip, *port, true))
+            .collect(),
+    };
+    let mut failures: Vec<(String, ProbeError)> = Vec::new();
+    let mut served = false;
+    for (name, ip, port, check) in servers {
+        let r = master_probe(world, n, ip, port).and_then(|()| {
+            let m = world.nodes.iter().position(|x| x.ip == ip);
+            m.map_or(Err(format!("no node holds {ip}")), |m| {
+                crate::components::apiserver_health(world, m)
+            })
+            .map_err(|reason| plain(format!("its apiserver is not healthy: {reason}")))
+        });
+        match r {
+            Ok(()) => served = true,
+            Err(err) if !check => {
+                return Err(ProbeError {
+                    reason: format!(
+                        "server {name} ({ip}:{port}) is not health-checked and gets connections, but {}",
+                        err.reason
+                    ),
+                    ..err
+                })
+            }
+            Err(err) => failures.push((name, err)),
+        }
+    }
+    if served {
+        return Ok(());
+    }
+    let reasons: Vec<String> = failures
+        .iter()
+        .map(|(name, err)| format!("{name}: {}", err.reason))
+        .collect();
+    let reason = if reasons.is_empty() {
+        format!("the endpoint {e} has no servers")
+    } else {
+        format!("no healthy apiserver behind {e}: {}", reasons.join("; "))
+    };
+    Err(match failures.into_iter().next() {
+        Some((_, first)) => ProbeError { reason, ..first },
+        None => plain(reason),
+    })
 }

@@ -87,6 +87,32 @@ pub fn start_service(node: &mut Node, service: Service) -> Result<(), String> {
                 None,
             );
         }
+        Service::ApiserverProxy => {
+            // haproxy binds each frontend of the file its unit's `-f` names.
+            // The distribution's package is taken as installed, like
+            // iptables (preflight checks it on real machines).
+            let config = apiserver_proxy_config(node)?;
+            for f in &config.frontends {
+                let (ip, port) = f.bind;
+                if let Some(l) = node
+                    .listeners
+                    .get(&(Proto::Tcp, port))
+                    .filter(|l| l.process != HAPROXY)
+                {
+                    return Err(format!(
+                        "haproxy: Starting frontend {}: cannot bind socket (Address already in use) [{ip}:{port}], held by {}",
+                        f.name, l.process
+                    ));
+                }
+                listen(
+                    node,
+                    Proto::Tcp,
+                    port,
+                    HAPROXY,
+                    (!ip.is_unspecified()).then_some(ip),
+                );
+            }
+        }
         Service::Etcd => {
             let argv = unit_argv(node, Service::Etcd, "etcd")?;
             let unit = Asset::Unit(Service::Etcd).path();
@@ -104,6 +130,86 @@ pub fn start_service(node: &mut Node, service: Service) -> Result<(), String> {
     node.services
         .insert(service.name().into(), ServiceState { running: true });
     Ok(())
+}
+
+/// The local apiserver proxy's process, as `ss -p` names it.
+pub const HAPROXY: &str = "haproxy";
+
+/// The process that holds a service's sockets: what a stop closes.
+pub fn process_of(service: Service) -> &'static str {
+    match service {
+        Service::ApiserverProxy => HAPROXY,
+        other => other.name(),
+    }
+}
+
+/// The local apiserver proxy's configuration on `node`: the file its
+/// unit's `-f` names, through the one haproxy parser. The simulator reads it
+/// when it routes a connection, not only at start: a file changed without
+/// a restart is followed at once, where real haproxy would keep the old one.
+pub fn apiserver_proxy_config(node: &Node) -> Result<r::HaproxyConfig, String> {
+    let unit = Asset::Unit(Service::ApiserverProxy).path();
+    let text = files::read(node, unit).map_err(|_| {
+        format!("Unit kscratch-apiserver-proxy.service not found ({unit} is missing)")
+    })?;
+    let words = r::unit_exec_start(text).map_err(|e| format!("{unit}: {e}"))?;
+    let path = words
+        .windows(2)
+        .find(|w| w[0] == "-f")
+        .map(|w| w[1].clone())
+        .ok_or_else(|| format!("{unit}: haproxy is given no configuration file (-f)"))?;
+    let text = files::read(node, &path).map_err(|e| format!("haproxy: {path}: {e}"))?;
+    r::HaproxyConfig::parse(text).map_err(|e| format!("haproxy: {path}: {e}"))
+}
+
+/// The apiserver a connection to the proxy listening at `ip:port` on
+/// `node` ends at: haproxy skips a server that fails its health check
+/// (`GET /healthz`: a healthy apiserver answers, modelled by
+/// [`apiserver_health`]) and sends connections round-robin over the
+/// others, so one server without `check` that does not answer fails some
+/// of them: the first such server is the verdict. What is not modelled:
+/// timing (check intervals, `rise`/`fall`), TLS of the check, and balance
+/// beyond "any healthy server".
+pub fn via_apiserver_proxy(
+    world: &World,
+    node: usize,
+    ip: IpAddr,
+    port: u16,
+) -> Result<usize, String> {
+    let n = &world.nodes[node];
+    if !n.running(Service::ApiserverProxy.name()) {
+        return Err(format!(
+            "dial {ip}:{port}: the apiserver proxy on {} is not running",
+            n.name
+        ));
+    }
+    let config = apiserver_proxy_config(n)?;
+    let backend = config
+        .route(ip, port)
+        .ok_or_else(|| format!("haproxy on {}: no frontend binds {ip}:{port}", n.name))?;
+    let mut down = Vec::new();
+    let mut chosen = None;
+    for s in &backend.servers {
+        let url = format!("tcp://{}:{}", s.addr, s.port);
+        match apiserver_direct(world, node, &url) {
+            Ok(t) => chosen = chosen.or(Some(t)),
+            Err(e) if !s.check => {
+                return Err(format!(
+                    "haproxy on {}: server {} is not health-checked and gets connections, but {e}",
+                    n.name, s.name
+                ))
+            }
+            Err(e) => down.push(format!("{} ({e})", s.name)),
+        }
+    }
+    chosen.ok_or_else(|| {
+        format!(
+            "haproxy on {}: backend {} has no server available: {}",
+            n.name,
+            backend.name,
+            down.join("; ")
+        )
+    })
 }
 
 /// The command line systemd runs for `service`: its unit's `ExecStart=`
@@ -898,8 +1004,58 @@ fn etcd_members(world: &World, node: usize) -> Vec<Option<usize>> {
 }
 
 /// The healthy apiserver that answers at `server` for a client on `from`:
-/// `kubectl --kubeconfig`, kube-proxy, the kubelet.
+/// `kubectl --kubeconfig`, kube-proxy, the kubelet; through the local
+/// apiserver proxy when that is what listens there.
 pub fn apiserver_at(world: &World, from: usize, server: &str) -> Result<usize, String> {
+    if let Some(lb) = load_balancer_at(world, server) {
+        let mut down = Vec::new();
+        for (name, ip, port) in &lb.backends {
+            match apiserver_direct(world, from, &format!("tcp://{ip}:{port}")) {
+                Ok(t) => return Ok(t),
+                Err(e) => down.push(format!("{name} ({e})")),
+            }
+        }
+        return Err(format!(
+            "the load balancer at {}:{} has no healthy apiserver: {}",
+            lb.host,
+            lb.port,
+            down.join("; ")
+        ));
+    }
+    let (ip, port) = r::url_host_port(server)
+        .ok_or_else(|| format!("cannot read the apiserver URL `{server}`"))?;
+    let local = ip.is_loopback() || world.nodes[from].is_local(ip);
+    let proxied = world.nodes[from]
+        .listeners
+        .get(&(Proto::Tcp, port))
+        .is_some_and(|l| l.process == HAPROXY && l.addr.is_none_or(|a| a == ip));
+    if local && proxied && world.nodes[from].up {
+        return via_apiserver_proxy(world, from, ip, port);
+    }
+    apiserver_direct(world, from, server)
+}
+
+/// The operator's load balancer when `server` (`scheme://host[:port]`) names it.
+fn load_balancer_at<'w>(world: &'w World, server: &str) -> Option<&'w LoadBalancer> {
+    let lb = world.underlay.load_balancer.as_ref()?;
+    let (scheme, rest) = server.split_once("://")?;
+    let hostport = rest.split('/').next()?;
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()?),
+        None => (
+            hostport,
+            match scheme {
+                "https" => 443,
+                "http" => 80,
+                _ => return None,
+            },
+        ),
+    };
+    (host == lb.host && port == lb.port).then_some(lb)
+}
+
+/// [`apiserver_at`] without a proxy: the apiserver itself must answer.
+fn apiserver_direct(world: &World, from: usize, server: &str) -> Result<usize, String> {
     let (ip, port) = r::url_host_port(server)
         .ok_or_else(|| format!("cannot read the apiserver URL `{server}`"))?;
     let target = if ip.is_loopback() || world.nodes[from].is_local(ip) {

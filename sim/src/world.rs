@@ -44,6 +44,24 @@ pub struct Underlay {
     /// A host outside the cluster, behind the router, for egress checks; it
     /// listens on every port. It exists only when there is a router.
     pub outside_ip: IpAddr,
+    /// The operator's load balancer at `cluster.controlPlaneEndpoint` (one
+    /// that is not a loopback address): part of the machines as handed over.
+    pub load_balancer: Option<LoadBalancer>,
+}
+
+/// A TCP load balancer the operator provides in front of the apiservers, as
+/// the scenario declares it: `host:port`, forwarding to every control-plane
+/// node's apiserver port and skipping a backend whose apiserver is not
+/// healthy. What is not modelled: its own address as a packet destination
+/// (the apiserver check walks each node's connection to the backends
+/// instead), its own failures, and DNS for a name.
+#[derive(Debug, Clone)]
+pub struct LoadBalancer {
+    /// The address or DNS name clients dial.
+    pub host: String,
+    pub port: u16,
+    /// The apiservers behind it: node name, address, port.
+    pub backends: Vec<(String, IpAddr, u16)>,
 }
 
 #[derive(Debug, Clone)]

@@ -151,9 +151,13 @@ pub enum PreflightCheck {
     SwapOff {
         source: &'static str,
     },
-    /// Nothing listens on this TCP port yet.
+    /// Nothing listens on this TCP port yet, except, on a re-apply, the
+    /// daemon kscratch started there: `held_by`, else the one
+    /// [`crate::ports::owner`] names for the port.
     PortFree {
         port: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        held_by: Option<crate::ports::Daemon>,
     },
     /// The node's address is configured on the named interface.
     NodeAddress {

@@ -27,6 +27,8 @@ pub enum Asset {
     /// `kubeadm:cluster-admins` → `cluster-admin` (1.29+).
     ClusterAdminsBinding,
     LogRotate,
+    /// The local apiserver proxy's haproxy configuration.
+    ApiserverProxyConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -57,6 +59,8 @@ pub enum Service {
     Docker,
     Containerd,
     Etcd,
+    /// The local apiserver proxy (haproxy from the distribution).
+    ApiserverProxy,
 }
 
 /// The guide keeps certs and credentials in /srv/kubernetes.
@@ -90,6 +94,7 @@ impl Service {
             Service::Docker => "docker",
             Service::Containerd => "containerd",
             Service::Etcd => "etcd",
+            Service::ApiserverProxy => "kscratch-apiserver-proxy",
         }
     }
 }
@@ -188,6 +193,10 @@ impl Asset {
             Asset::Unit(Service::Docker) => "/etc/systemd/system/docker.service.d/10-kscratch.conf",
             Asset::Unit(Service::Containerd) => "/etc/systemd/system/containerd.service",
             Asset::Unit(Service::Etcd) => "/etc/systemd/system/etcd.service",
+            Asset::Unit(Service::ApiserverProxy) => {
+                "/etc/systemd/system/kscratch-apiserver-proxy.service"
+            }
+            Asset::ApiserverProxyConfig => "/etc/kubernetes/apiserver-proxy.cfg",
             Asset::DockerDefaults => "/etc/default/docker",
             Asset::ContainerdConfig => "/etc/containerd/config.toml",
             Asset::CniConfig => "/etc/cni/net.d/10-kscratch.conflist",

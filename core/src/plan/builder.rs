@@ -223,6 +223,8 @@ pub(super) fn asset_key(asset: Asset) -> &'static str {
         Asset::Unit(Service::Docker) => "file/docker-unit",
         Asset::Unit(Service::Containerd) => "file/containerd-unit",
         Asset::Unit(Service::Etcd) => "file/etcd-unit",
+        Asset::Unit(Service::ApiserverProxy) => "file/apiserver-proxy-unit",
+        Asset::ApiserverProxyConfig => "file/apiserver-proxy-config",
         Asset::DockerDefaults => "file/docker-defaults",
         Asset::ContainerdConfig => "file/containerd-config",
         Asset::CniConfig => "file/cni-config",
@@ -240,6 +242,7 @@ fn service_key(s: Service) -> &'static str {
         Service::Docker => "service/docker",
         Service::Containerd => "service/containerd",
         Service::Etcd => "service/etcd",
+        Service::ApiserverProxy => "service/apiserver-proxy",
     }
 }
 

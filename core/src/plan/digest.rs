@@ -55,7 +55,8 @@ pub fn is_secret(asset: Asset) -> bool {
         | Asset::CniConfig
         | Asset::DnsAddon
         | Asset::ClusterAdminsBinding
-        | Asset::LogRotate => false,
+        | Asset::LogRotate
+        | Asset::ApiserverProxyConfig => false,
     }
 }
 
@@ -136,7 +137,8 @@ fn carried_spec(s: &Scenario, node: Option<usize>, asset: Asset) -> Option<Strin
         | Asset::CniConfig
         | Asset::DnsAddon
         | Asset::ClusterAdminsBinding
-        | Asset::LogRotate => None,
+        | Asset::LogRotate
+        | Asset::ApiserverProxyConfig => None,
     }
 }
 

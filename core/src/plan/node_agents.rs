@@ -1,5 +1,6 @@
 //! Node agents: kubelet and kube-proxy on every node (control-plane nodes
-//! too: consistency is easier), with their credentials, configs and units.
+//! too: consistency is easier), with their credentials, configs and units,
+//! and the local apiserver proxy they dial when the scenario has one.
 
 use super::builder::Builder;
 use super::context::{Agents, Binaries, Cluster, NodeCx};
@@ -41,6 +42,25 @@ pub(super) fn node(
     }
     if cx.fx.kube_proxy_config_file {
         proxy_deps.push(b.write(t, Phase::NodeAgents, Asset::KubeProxyConfig, &[pre]));
+    }
+    // The local apiserver proxy (a loopback `cluster.controlPlaneEndpoint`),
+    // started before the agents that dial it.
+    if cx.s.local_apiserver_proxy().is_some() {
+        let config = b.write(t, Phase::NodeAgents, Asset::ApiserverProxyConfig, &[pre]);
+        let unit = b.write(
+            t,
+            Phase::NodeAgents,
+            Asset::Unit(Service::ApiserverProxy),
+            &[pre],
+        );
+        let proxy = b.start(
+            t,
+            Phase::NodeAgents,
+            Service::ApiserverProxy,
+            &[config, unit],
+        );
+        kubelet_deps.push(proxy);
+        proxy_deps.push(proxy);
     }
     kubelet_deps.push(b.write(t, Phase::NodeAgents, Asset::Unit(Service::Kubelet), &[pre]));
     proxy_deps.push(b.write(

@@ -133,13 +133,32 @@ impl std::fmt::Display for Summary<'_> {
             s.network.dns_ip,
             s.network.dns_domain
         )?;
-        writeln!(
-            f,
-            "apiserver: {}://{}:{}",
-            s.security.model.scheme(),
-            s.master_ip,
-            s.security.model.apiserver_port()
-        )?;
+        match &s.control_plane_endpoint {
+            None => writeln!(
+                f,
+                "apiserver: {}://{}:{}",
+                s.security.model.scheme(),
+                s.master_ip,
+                s.security.model.apiserver_port()
+            )?,
+            Some(e) => {
+                let cps: Vec<&str> = s
+                    .control_plane_nodes()
+                    .map(|(_, n)| n.name.as_str())
+                    .collect();
+                let via = if e.local_proxy_port().is_some() {
+                    "a local proxy on every node"
+                } else {
+                    "the control-plane endpoint"
+                };
+                writeln!(
+                    f,
+                    "apiserver: {}://{e} ({via}, over {})",
+                    s.security.model.scheme(),
+                    cps.join(", ")
+                )?
+            }
+        }
         writeln!(f)?;
         let w = s
             .nodes

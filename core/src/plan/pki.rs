@@ -64,7 +64,8 @@ impl Pki {
             | Asset::CniConfig
             | Asset::DnsAddon
             | Asset::ClusterAdminsBinding
-            | Asset::LogRotate => None,
+            | Asset::LogRotate
+            | Asset::ApiserverProxyConfig => None,
         }
     }
 }

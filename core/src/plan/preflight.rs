@@ -25,6 +25,7 @@ pub(super) fn node(b: &mut Builder<'_>, cx: &Cluster<'_>, n: &NodeCx<'_>) -> Ste
         PreflightCheck::Command { name: "conntrack" },
         PreflightCheck::PortFree {
             port: ports::KUBELET,
+            held_by: None,
         },
     ];
     checks.push(PreflightCheck::Command {
@@ -54,14 +55,25 @@ pub(super) fn node(b: &mut Builder<'_>, cx: &Cluster<'_>, n: &NodeCx<'_>) -> Ste
     if n.control_plane {
         checks.push(PreflightCheck::PortFree {
             port: s.security.model.apiserver_port(),
+            held_by: None,
         });
     }
     if n.etcd {
         checks.push(PreflightCheck::PortFree {
             port: ports::ETCD_CLIENT,
+            held_by: None,
         });
         checks.push(PreflightCheck::PortFree {
             port: ports::ETCD_PEER,
+            held_by: None,
+        });
+    }
+    // The local apiserver proxy: Debian's haproxy, on the endpoint's port.
+    if let Some(port) = s.local_apiserver_proxy() {
+        checks.push(PreflightCheck::Command { name: "haproxy" });
+        checks.push(PreflightCheck::PortFree {
+            port,
+            held_by: Some(ports::Daemon::ApiserverProxy),
         });
     }
     b.push(

@@ -445,12 +445,10 @@ pub fn kube_proxy(s: &Scenario, node: usize) -> Vec<Flag> {
     t.done()
 }
 
-/// The guide's `--master` for node agents: `https://$MASTER_IP` or `http://$MASTER_IP:8080`.
+/// The guide's `--master` for node agents: `https://$MASTER_IP` or
+/// `http://$MASTER_IP:8080`, or the control-plane endpoint when there is one.
 pub fn apiserver_url(s: &Scenario) -> String {
-    match s.security.model {
-        SecurityModel::Https => format!("https://{}", url_host(s.master_ip)),
-        SecurityModel::HttpFirewall => format!("http://{}:{INSECURE_PORT}", url_host(s.master_ip)),
-    }
+    s.apiserver_url()
 }
 
 /// etcd's metrics listener for health probes (`--listen-metrics-urls`, etcd 3.3+).

@@ -91,7 +91,8 @@ pub struct KubeconfigIdentity {
 
 /// The identity and server of a kubeconfig for `node`.
 ///
-/// Node agents and the admin use `MASTER_IP`; the controller-manager and the
+/// Node agents and the admin use `MASTER_IP`, or `cluster.controlPlaneEndpoint`
+/// when the scenario declares one; the controller-manager and the
 /// scheduler on a control-plane node use that node's own address (a SAN of the
 /// apiserver certificate), so each control-plane node keeps working alone.
 pub fn kubeconfig_identity(
@@ -120,14 +121,16 @@ pub fn kubeconfig_identity(
     let local_cp = node
         .and_then(|i| s.nodes.get(i))
         .filter(|n| n.roles.control_plane);
-    let host = match (user, local_cp) {
-        (KubeconfigUser::ControllerManager | KubeconfigUser::Scheduler, Some(n)) => n.ip,
-        _ => s.master_ip,
-    };
-    let server = match s.security.model {
-        // 443 is https's default port: the guide's `https://$MASTER_IP`.
-        SecurityModel::Https => format!("https://{}", url_host(host)),
-        SecurityModel::HttpFirewall => format!("http://{}:8080", url_host(host)),
+    let server = match (user, local_cp) {
+        (KubeconfigUser::ControllerManager | KubeconfigUser::Scheduler, Some(n)) => {
+            match s.security.model {
+                // 443 is https's default port: the guide's `https://$MASTER_IP`.
+                SecurityModel::Https => format!("https://{}", url_host(n.ip)),
+                SecurityModel::HttpFirewall => format!("http://{}:8080", url_host(n.ip)),
+            }
+        }
+        // MASTER_IP, or the control-plane endpoint when the scenario has one.
+        _ => s.apiserver_url(),
     };
     KubeconfigIdentity {
         user: name,

@@ -25,6 +25,7 @@ mod cni;
 mod credentials;
 mod dns;
 pub mod flags;
+mod haproxy;
 mod kubeconfig;
 mod kubelet;
 mod parse;
@@ -42,6 +43,7 @@ pub use credentials::{
     CredentialLine, TokenUser,
 };
 pub use dns::dns_addon_documents;
+pub use haproxy::{Backend, Frontend, HaproxyConfig, HealthCheck, Server, HEALTH_PATH};
 pub use kubeconfig::{
     kubeconfig, kubeconfig_identity, Kubeconfig, KubeconfigIdentity, NamedCluster, NamedContext,
     NamedUser,
@@ -57,7 +59,7 @@ pub use parse::{
 };
 pub use pki::{ca_spec, cas, cert_spec, issued_certs, CertSpec, ExtKeyUsage, KeyUsage};
 pub use pods::static_pod;
-pub use units::{containerd_config, docker_defaults, logrotate, unit};
+pub use units::{containerd_config, docker_defaults, logrotate, unit, HAPROXY};
 
 /// The Kubernetes API types the manifests are built with, re-exported so that
 /// consumers parse them with the same version.
@@ -237,6 +239,13 @@ pub fn render(
         Asset::DnsAddon => dns::render(s)?,
         Asset::ClusterAdminsBinding => rbac::cluster_admins_binding()?,
         Asset::LogRotate => logrotate(s),
+        Asset::ApiserverProxyConfig => match HaproxyConfig::local_apiserver_proxy(s) {
+            Some(c) => c.emit(),
+            None => return Err(not_applicable(
+                asset,
+                "cluster.controlPlaneEndpoint is not a loopback address: no local apiserver proxy",
+            )),
+        },
     };
     Ok(text.into_bytes())
 }

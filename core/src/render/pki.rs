@@ -8,7 +8,7 @@
 
 use super::RenderError;
 use crate::plan::{Ca, Cert};
-use crate::scenario::{Scenario, SecurityModel};
+use crate::scenario::{EndpointHost, Scenario, SecurityModel};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr};
@@ -254,10 +254,17 @@ pub fn cert_spec(s: &Scenario, cert: Cert, node: Option<usize>) -> Result<CertSp
     let mut ips: Vec<IpAddr> = Vec::new();
     let (cn, orgs, (ku, eku)): (String, Vec<&str>, _) = match cert {
         Cert::Apiserver => {
-            // Every name a client may use for the apiserver: MASTER_IP, each
+            // Every name a client may use for the apiserver: MASTER_IP, the
+            // control-plane endpoint (the local proxy's 127.0.0.1 too: TLS
+            // passes through it), each
             // control-plane node, the `kubernetes` Service (first IP of the
             // service range) and its DNS names, plus the scenario's extras.
             ips.push(s.master_ip);
+            match s.control_plane_endpoint.as_ref().map(|e| &e.host) {
+                Some(EndpointHost::Ip(ip)) if !ips.contains(ip) => ips.push(*ip),
+                Some(EndpointHost::Name(n)) => dns.push(n.clone()),
+                Some(EndpointHost::Ip(_)) | None => {}
+            }
             for (_, n) in s.control_plane_nodes() {
                 ips.push(n.ip);
             }

@@ -10,6 +10,9 @@ use super::{not_applicable, RenderError};
 use crate::plan::{Asset, Service};
 use crate::scenario::{EtcdRunAs, Runtime, Scenario};
 
+/// Debian's haproxy binary: the local apiserver proxy comes from the distribution.
+pub const HAPROXY: &str = "/usr/sbin/haproxy";
+
 /// The systemd unit (or, for docker, the drop-in) of `service` on `node`.
 pub fn unit(s: &Scenario, node: Option<usize>, service: Service) -> Result<String, RenderError> {
     let asset = Asset::Unit(service);
@@ -71,6 +74,29 @@ pub fn unit(s: &Scenario, node: Option<usize>, service: Service) -> Result<Strin
                 "/usr/local/bin/etcd",
                 &flags::etcd(s, i, false),
                 &["Type=notify"],
+            )
+        }
+        Service::ApiserverProxy => {
+            if s.local_apiserver_proxy().is_none() {
+                return Err(not_applicable(
+                    asset,
+                    "cluster.controlPlaneEndpoint is not a loopback address: no local apiserver proxy",
+                ));
+            }
+            // haproxy in the foreground (`-db`), reading only kscratch's file:
+            // the distribution's own haproxy.service and its
+            // /etc/haproxy/haproxy.cfg are left alone. It starts before the
+            // node agents that dial it.
+            format!(
+                "# Written by kscratch.\n[Unit]\n\
+                 Description=kscratch-apiserver-proxy: the local apiserver load balancer\n\
+                 After=network-online.target\nWants=network-online.target\n\
+                 Before=kubelet.service kube-proxy.service\n\n\
+                 [Service]\n\
+                 ExecStart={HAPROXY} -db -f {cfg}\n\
+                 Restart=always\nRestartSec=5\n\n\
+                 [Install]\nWantedBy=multi-user.target\n",
+                cfg = Asset::ApiserverProxyConfig.path(),
             )
         }
         Service::Docker => match &s.runtime {

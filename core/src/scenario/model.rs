@@ -12,8 +12,12 @@ pub struct Scenario {
     /// `CLUSTER_NAME`: a DNS-1123 label.
     pub name: String,
     pub version: KubeVersion,
-    /// `MASTER_IP`: the address every node uses to reach the apiserver.
+    /// `MASTER_IP`: the address every node uses to reach the apiserver,
+    /// unless the scenario declares a [`ControlPlaneEndpoint`].
     pub master_ip: IpAddr,
+    /// `cluster.controlPlaneEndpoint`: where node agents and kubeconfigs
+    /// reach the apiserver instead of one node's `MASTER_IP`.
+    pub control_plane_endpoint: Option<ControlPlaneEndpoint>,
     pub nodes: Vec<Node>,
     pub network: Network,
     pub security: Security,
@@ -28,6 +32,48 @@ pub struct Scenario {
     pub kubelet: KubeletOptions,
     pub faults: Vec<Fault>,
     pub alloc: Allocation,
+}
+
+/// `cluster.controlPlaneEndpoint`: an address or DNS name with a port that
+/// survives losing a control-plane node. A loopback address means the
+/// local proxy on every node (kubespray's localhost load balancer): kscratch
+/// installs an haproxy there that balances over every apiserver with health
+/// checks. Any other address or name is a load balancer or VIP the operator
+/// provides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ControlPlaneEndpoint {
+    pub host: EndpointHost,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointHost {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl ControlPlaneEndpoint {
+    /// The local proxy's port when the endpoint is a loopback address.
+    pub fn local_proxy_port(&self) -> Option<u16> {
+        match self.host {
+            EndpointHost::Ip(ip) if ip.is_loopback() => Some(self.port),
+            _ => None,
+        }
+    }
+    /// The host as a URL writes it.
+    pub fn host_text(&self) -> String {
+        match &self.host {
+            EndpointHost::Ip(ip) => ip.to_string(),
+            EndpointHost::Name(n) => n.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ControlPlaneEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host_text(), self.port)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -241,6 +287,33 @@ impl Scenario {
             .iter()
             .enumerate()
             .filter(|(_, n)| n.roles.control_plane)
+    }
+    /// The apiserver URL node agents and kubeconfigs use: the control-plane
+    /// endpoint when there is one, else the guide's `https://$MASTER_IP`
+    /// (`http://$MASTER_IP:8080` with http-firewall). The scheme's default
+    /// port (443, 80) is left out.
+    pub fn apiserver_url(&self) -> String {
+        let scheme = self.security.model.scheme();
+        let (host, port) = match &self.control_plane_endpoint {
+            Some(e) => (e.host_text(), e.port),
+            None => (
+                self.master_ip.to_string(),
+                self.security.model.apiserver_port(),
+            ),
+        };
+        match (self.security.model, port) {
+            (SecurityModel::Https, 443) | (SecurityModel::HttpFirewall, 80) => {
+                format!("{scheme}://{host}")
+            }
+            _ => format!("{scheme}://{host}:{port}"),
+        }
+    }
+    /// The port of the local apiserver proxy every node runs, when the
+    /// control-plane endpoint is a loopback address.
+    pub fn local_apiserver_proxy(&self) -> Option<u16> {
+        self.control_plane_endpoint
+            .as_ref()
+            .and_then(ControlPlaneEndpoint::local_proxy_port)
     }
     pub fn vxlan(&self) -> Option<&Vxlan> {
         match &self.network.pod_traffic {

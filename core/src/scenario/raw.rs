@@ -35,6 +35,7 @@ pub struct RawCluster {
     pub name: Option<String>,
     pub kubernetes_version: Option<String>,
     pub master_ip: Option<String>,
+    pub control_plane_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -237,7 +238,16 @@ pub fn decode(root: &Node, r: &mut Reporter<'_>) -> RawScenario {
             "cluster:\n  name: my-cluster\n  kubernetesVersion: \"1.30.4\"",
         ),
         Some(n) => {
-            if let Some(c) = d.map(n, "cluster", &["name", "kubernetesVersion", "masterIP"]) {
+            if let Some(c) = d.map(
+                n,
+                "cluster",
+                &[
+                    "name",
+                    "kubernetesVersion",
+                    "masterIP",
+                    "controlPlaneEndpoint",
+                ],
+            ) {
                 s.cluster.name = d.required_text(&c, "cluster", "name", "name: my-cluster");
                 s.cluster.kubernetes_version = match c.get("kubernetesVersion") {
                     None => {
@@ -251,6 +261,11 @@ pub fn decode(root: &Node, r: &mut Reporter<'_>) -> RawScenario {
                     Some(v) => d.version(v, "cluster.kubernetesVersion"),
                 };
                 s.cluster.master_ip = d.text(c.get("masterIP"), "cluster.masterIP", "masterIP");
+                s.cluster.control_plane_endpoint = d.text(
+                    c.get("controlPlaneEndpoint"),
+                    "cluster.controlPlaneEndpoint",
+                    "controlPlaneEndpoint",
+                );
             }
         }
     }

@@ -94,6 +94,8 @@ pub(super) fn validate(
     let cps = control_plane::nodes(&nodes.list, &mut r);
     let master_ip = control_plane::master_ip(raw, &nodes.list, &cps, &mut r);
     let security = security::security(raw, &ver, &mut r);
+    let control_plane_endpoint =
+        control_plane::endpoint(raw, &nodes.list, &cps, &net, security.model, &mut r);
     let runtime = runtime::runtime(raw, &ver, net.mode, &mut r);
     let etcd = etcd::etcd(raw, &ver, &mut nodes.list, &cps, &mut r);
     let extras = extras::extras(raw, &ver, &runtime, &nodes.list, &mut r);
@@ -124,6 +126,7 @@ pub(super) fn validate(
                 name: raw.cluster.name.clone().unwrap_or_default(),
                 version,
                 master_ip,
+                control_plane_endpoint,
                 nodes: nodes.list,
                 network: Network {
                     node_cidr: net.node_cidr,
