@@ -546,3 +546,36 @@ fn an_upgrade_of_three_control_plane_nodes_rolls_out_wave_by_wave_and_a_single_m
         serde_json::to_string(&again).unwrap()
     );
 }
+
+/// The same upgrade behind every node's local apiserver proxy
+/// (`controlPlaneEndpoint: 127.0.0.1:6443`, health-checking all three
+/// apiservers): every check passes while each wave's components are down
+/// and after each wave, the apiserver from every node included.
+#[test]
+fn an_upgrade_of_three_control_plane_nodes_behind_a_local_proxy_passes_every_check_at_every_wave() {
+    let old = load("scenarios/ha-local-proxy.yaml").unwrap().scenario;
+    let new = load("scenarios/diff/ha-local-proxy-upgrade.yaml")
+        .unwrap()
+        .scenario;
+    assert_ne!(old.version, new.version);
+    let (op, np) = (
+        kscratch_core::plan::plan(&old),
+        kscratch_core::plan::plan(&new),
+    );
+    let r = kscratch_sim::rollout::rollout(&old, &op, &new, &np, 1).unwrap();
+    assert!(r.old_problems.is_empty(), "{:?}", r.old_problems);
+    assert_eq!(r.waves.len(), 15);
+    for w in &r.waves {
+        assert!(!w.changed.is_empty(), "{} restarts something", w.name);
+        // Every node asked the apiserver, every time.
+        let api = w
+            .during
+            .results
+            .iter()
+            .find(|c| c.kind == CheckKind::Apiserver)
+            .expect("the apiserver check ran");
+        assert!(api.probes >= 6, "{}: {} probes", w.name, api.probes);
+    }
+    assert!(r.passed(), "{r}");
+    check("sim/rollout-ha-local-proxy-upgrade.txt", &r.to_string());
+}

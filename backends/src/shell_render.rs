@@ -1270,22 +1270,25 @@ fn wait_healthy(component: Component, url: &str, timeout_secs: u32) -> R<StepScr
 /// kubelet replaces it; a wait that took that answer would let a rollout's
 /// next wave start while this one's component is about to go down
 /// (kubeadm waits for the mirror pod's hash to change; without the API,
-/// the listener's start time says the same). No manifest (a component run
-/// as a service, restarted by its own step): always fresh. Without `ss` or
-/// `ps` the listener cannot be told apart: fresh, as the probe alone was.
-/// Times are whole seconds, so a process started within the second before
-/// the write counts as fresh; the pod it replaces ran for far longer.
+/// the listener's start time says the same). The start time is the
+/// kernel's own (`/proc/PID/stat` ticks after `btime`), not "now minus
+/// its age", which a slow shell would skew. No manifest (a component run
+/// as a service, restarted by its own step): always fresh. Without `ss`
+/// the listener cannot be found: fresh, as the probe alone was. Times are
+/// whole seconds, so a process started within the second before the write
+/// counts as fresh; the pod it replaces ran for far longer.
 fn fresh_listener(manifest: &str, port: u16) -> R<String> {
     let m = q(manifest)?;
     Ok(format!(
         "fresh() {{\n\
          \x20 [ -f {m} ] || return 0\n\
-         \x20 command -v ss >/dev/null 2>&1 && command -v ps >/dev/null 2>&1 || return 0\n\
+         \x20 command -v ss >/dev/null 2>&1 || return 0\n\
          \x20 pid=$(ss -Hltnp \"sport = :{port}\" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2)\n\
          \x20 [ -n \"$pid\" ] || return 1\n\
-         \x20 up=$(ps -o etimes= -p \"$pid\" | tr -d ' ')\n\
-         \x20 [ -n \"$up\" ] || return 1\n\
-         \x20 [ $(( $(date +%s) - up )) -ge $(( $(stat -c %Y {m}) - 1 )) ]\n\
+         \x20 ticks=$(awk '{{sub(/^.*\\) /, \"\"); print $20}}' /proc/\"$pid\"/stat 2>/dev/null)\n\
+         \x20 boot=$(awk '/^btime/ {{print $2}}' /proc/stat)\n\
+         \x20 [ -n \"$ticks\" ] && [ -n \"$boot\" ] || return 1\n\
+         \x20 [ $(( boot + ticks / $(getconf CLK_TCK) )) -ge $(( $(stat -c %Y {m}) - 1 )) ]\n\
          }}\n"
     ))
 }
@@ -1463,12 +1466,22 @@ mod tests {
         let manifest = dir.path().join("kube-apiserver.yaml");
         let port = 20_000 + (std::process::id() % 20_000) as u16;
         let fresh = fresh_listener(manifest.to_str().unwrap(), port).unwrap();
+        // Ended on drop, so a failed assertion leaves no listener behind.
+        struct Listener(std::process::Child);
+        impl Drop for Listener {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
         let listen = || {
-            Command::new("socat")
-                .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
-                .arg("/dev/null")
-                .spawn()
-                .unwrap()
+            Listener(
+                Command::new("socat")
+                    .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+                    .arg("/dev/null")
+                    .spawn()
+                    .unwrap(),
+            )
         };
         let is_fresh = || {
             Command::new("bash")
@@ -1492,7 +1505,7 @@ mod tests {
             panic!("socat did not listen on {port}");
         };
         assert!(is_fresh(), "no manifest: nothing to tell apart");
-        let mut old = listen();
+        let old = listen();
         wait_listening();
         std::thread::sleep(std::time::Duration::from_millis(2100));
         std::fs::write(&manifest, "changed").unwrap();
@@ -1500,13 +1513,11 @@ mod tests {
             !is_fresh(),
             "the listener from before the manifest is the old pod"
         );
-        old.kill().unwrap();
-        old.wait().unwrap();
-        let mut new = listen();
+        drop(old);
+        let new = listen();
         wait_listening();
         let fresh_now = is_fresh();
-        new.kill().unwrap();
-        new.wait().unwrap();
+        drop(new);
         assert!(
             fresh_now,
             "the listener started after the manifest is the new pod"
