@@ -57,7 +57,7 @@ pub use parse::{
 };
 pub use pki::{ca_spec, cas, cert_spec, issued_certs, CertSpec, ExtKeyUsage, KeyUsage};
 pub use pods::static_pod;
-pub use units::{containerd_config, docker_defaults, logrotate, unit};
+pub use units::{containerd_config, docker_defaults, logrotate, unit, unit_command, UnitCommand};
 
 /// The Kubernetes API types the manifests are built with, re-exported so that
 /// consumers parse them with the same version.
