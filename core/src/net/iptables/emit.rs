@@ -17,17 +17,7 @@ impl fmt::Display for Table {
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Protocol::Tcp => f.write_str("tcp"),
-            Protocol::Udp => f.write_str("udp"),
-            Protocol::Sctp => f.write_str("sctp"),
-            Protocol::Icmp => f.write_str("icmp"),
-            Protocol::Icmpv6 => f.write_str("ipv6-icmp"),
-            Protocol::Other(n) => match PROTOCOL_NAMES.iter().find(|(num, _)| num == n) {
-                Some((_, name)) => f.write_str(name),
-                None => write!(f, "{n}"),
-            },
-        }
+        f.write_str(self.name())
     }
 }
 
@@ -57,37 +47,13 @@ impl fmt::Display for Probability {
     }
 }
 
-impl RecentCommand {
-    fn option(self) -> &'static str {
-        match self {
-            RecentCommand::Set => "--set",
-            RecentCommand::Rcheck => "--rcheck",
-            RecentCommand::Update => "--update",
-            RecentCommand::Remove => "--remove",
-        }
-    }
-}
-
-impl fmt::Display for NatRange {
+impl fmt::Display for NatTo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.addr, self.ports.is_some()) {
-            (IpAddr::V6(a), true) => {
-                write!(f, "[{a}]")?;
-                if let Some(b) = self.addr_last {
-                    write!(f, "-[{b}]")?;
-                }
-            }
-            (a, _) => {
-                write!(f, "{a}")?;
-                if let Some(b) = self.addr_last {
-                    write!(f, "-{b}")?;
-                }
-            }
+        match (self.addr, self.port) {
+            (IpAddr::V6(a), Some(p)) => write!(f, "[{a}]:{p}"),
+            (a, Some(p)) => write!(f, "{a}:{p}"),
+            (a, None) => write!(f, "{a}"),
         }
-        if let Some(p) = self.ports {
-            write!(f, ":{}", p.fmt_with('-'))?;
-        }
-        Ok(())
     }
 }
 
@@ -282,7 +248,7 @@ fn emit_ports(a: &mut Args, p: &PortMatch) {
 
 fn emit_match(m: &Match, a: &mut Args) {
     match m {
-        Match::Tcp(p) | Match::Udp(p) | Match::Sctp(p) => emit_ports(a, p),
+        Match::Tcp(p) | Match::Udp(p) => emit_ports(a, p),
         Match::AddrType(t) => {
             if let Some(s) = &t.src_type {
                 a.neg(s.negated)
@@ -293,12 +259,6 @@ fn emit_match(m: &Match, a: &mut Args) {
                 a.neg(d.negated)
                     .push("--dst-type")
                     .push(join_set(&d.value, AddrType::name));
-            }
-            if t.limit_iface_in {
-                a.push("--limit-iface-in");
-            }
-            if t.limit_iface_out {
-                a.push("--limit-iface-out");
             }
         }
         Match::Mark {
@@ -312,123 +272,28 @@ fn emit_match(m: &Match, a: &mut Args) {
         Match::Comment(c) => {
             a.push("--comment").push_string(c);
         }
-        Match::Statistic(s) => match &s.mode {
-            StatisticMode::Random { probability } => {
-                a.push("--mode").push("random");
-                a.neg(s.negated)
-                    .push("--probability")
-                    .push(probability.as_str());
-            }
-            StatisticMode::Nth { every, packet } => {
-                a.push("--mode").push("nth");
-                a.neg(s.negated).push("--every").push(every.to_string());
-                // iptables-save always prints --packet, and restore requires it.
-                a.push("--packet").push(packet.to_string());
-            }
-        },
+        Match::Statistic(probability) => {
+            a.push("--mode").push("random");
+            a.push("--probability").push(probability.as_str());
+        }
         Match::Conntrack { ctstate } => {
             a.neg(ctstate.negated)
                 .push("--ctstate")
                 .push(join_set(&ctstate.value, CtState::name));
         }
-        Match::State(states) => {
-            a.neg(states.negated)
-                .push("--state")
-                .push(join_set(&states.value, CtState::name));
-        }
-        Match::Recent(r) => {
-            a.neg(r.command.negated).push(r.command.value.option());
-            if let Some(s) = r.seconds {
-                a.push("--seconds").push(s.to_string());
-            }
-            if r.reap {
-                a.push("--reap");
-            }
-            if let Some(h) = r.hitcount {
-                a.push("--hitcount").push(h.to_string());
-            }
-            if r.rttl {
-                a.push("--rttl");
-            }
-            a.push("--name").push(r.name.as_str());
-            a.push("--mask").push(r.mask.to_string());
-            a.push(match r.side {
-                RecentSide::Source => "--rsource",
-                RecentSide::Dest => "--rdest",
-            });
-        }
-        Match::Multiport { kind, ports } => {
-            let opt = match kind {
-                MultiportKind::Source => "--sports",
-                MultiportKind::Destination => "--dports",
-                MultiportKind::Either => "--ports",
-            };
-            let list = ports
-                .value
-                .iter()
-                .map(|p| p.fmt_with(':'))
-                .collect::<Vec<_>>()
-                .join(",");
-            a.neg(ports.negated).push(opt).push(list);
-        }
     }
 }
 
 fn emit_target(t: &Jump, a: &mut Args) {
-    match t {
-        Jump::Goto(c) => {
-            a.push("-g").push(c.as_str());
-            return;
-        }
-        other => {
-            a.push("-j").push(other.name());
-        }
-    }
+    a.push("-j").push(t.name());
     match t {
         Jump::Reject { with } => {
             a.push("--reject-with").push(with.name());
         }
-        Jump::Dnat {
-            to,
-            random,
-            persistent,
-        } => {
+        Jump::Dnat { to } => {
             a.push("--to-destination").push(to.to_string());
-            if *random {
-                a.push("--random");
-            }
-            if *persistent {
-                a.push("--persistent");
-            }
         }
-        Jump::Snat {
-            to,
-            random,
-            random_fully,
-            persistent,
-        } => {
-            a.push("--to-source").push(to.to_string());
-            if *random {
-                a.push("--random");
-            }
-            if *random_fully {
-                a.push("--random-fully");
-            }
-            if *persistent {
-                a.push("--persistent");
-            }
-        }
-        Jump::Masquerade {
-            to_ports,
-            random,
-            random_fully,
-        } => {
-            if let Some(p) = to_ports {
-                a.push("--to-ports").push(p.fmt_with('-'));
-            }
-            if *random {
-                a.push("--random");
-            }
+        Jump::Masquerade { random_fully } => {
             if *random_fully {
                 a.push("--random-fully");
             }
@@ -436,21 +301,11 @@ fn emit_target(t: &Jump, a: &mut Args) {
         Jump::Mark(action) => {
             let (opt, text) = match *action {
                 MarkAction::SetXmark { value, mask } => ("--set-xmark", mark_text(value, mask)),
-                MarkAction::SetMark { value, mask } => ("--set-mark", mark_text(value, mask)),
-                MarkAction::AndMark(v) => ("--and-mark", hex(v)),
                 MarkAction::OrMark(v) => ("--or-mark", hex(v)),
                 MarkAction::XorMark(v) => ("--xor-mark", hex(v)),
             };
             a.push(opt).push(text);
         }
-        Jump::Log { prefix, level } => {
-            if let Some(p) = prefix {
-                a.push("--log-prefix").push_string(p);
-            }
-            if let Some(l) = level {
-                a.push("--log-level").push(l.to_string());
-            }
-        }
-        Jump::Accept | Jump::Drop | Jump::Return | Jump::Chain(_) | Jump::Goto(_) => {}
+        Jump::Accept | Jump::Drop | Jump::Return | Jump::Chain(_) => {}
     }
 }

@@ -2,7 +2,7 @@
 //! to be one the kernel accepts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -75,18 +75,14 @@ impl<T> Negatable<T> {
     }
 }
 
-/// A layer-4 protocol for `-p`. `-p all` (protocol 0) is no protocol match at
-/// all and is represented by `None` in [`Rule::protocol`].
+/// A layer-4 protocol for `-p`: the ones kube-proxy, docker and the plan
+/// write and the simulator's packets carry. `-p all` (protocol 0) is no
+/// protocol match at all and is represented by `None` in [`Rule::protocol`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     Tcp,
     Udp,
-    Sctp,
     Icmp,
-    Icmpv6,
-    /// Any other protocol number (never 0, 1, 6, 17, 58 or 132, which have
-    /// variants); printed by name when `/etc/protocols` has one (`gre`).
-    Other(u8),
 }
 
 impl Protocol {
@@ -96,85 +92,18 @@ impl Protocol {
             Protocol::Icmp => 1,
             Protocol::Tcp => 6,
             Protocol::Udp => 17,
-            Protocol::Icmpv6 => 58,
-            Protocol::Sctp => 132,
-            Protocol::Other(n) => n,
         }
     }
 
-    /// The protocol for a number; `None` for 0 (`all`).
-    pub fn from_number(n: u8) -> Option<Protocol> {
-        Some(match n {
-            0 => return None,
-            1 => Protocol::Icmp,
-            6 => Protocol::Tcp,
-            17 => Protocol::Udp,
-            58 => Protocol::Icmpv6,
-            132 => Protocol::Sctp,
-            n => Protocol::Other(n),
-        })
+    /// The name `iptables-save` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        }
     }
 }
-
-/// Protocol names as `iptables-save` prints them: its own table for the
-/// common ones, then `/etc/protocols` (Debian's netbase list, embedded so
-/// output does not depend on the host).
-pub(super) const PROTOCOL_NAMES: &[(u8, &str)] = &[
-    (1, "icmp"),
-    (2, "igmp"),
-    (3, "ggp"),
-    (4, "ipencap"),
-    (5, "st"),
-    (6, "tcp"),
-    (8, "egp"),
-    (9, "igp"),
-    (12, "pup"),
-    (17, "udp"),
-    (20, "hmp"),
-    (22, "xns-idp"),
-    (27, "rdp"),
-    (29, "iso-tp4"),
-    (33, "dccp"),
-    (36, "xtp"),
-    (37, "ddp"),
-    (38, "idpr-cmtp"),
-    (41, "ipv6"),
-    (43, "ipv6-route"),
-    (44, "ipv6-frag"),
-    (45, "idrp"),
-    (46, "rsvp"),
-    (47, "gre"),
-    (50, "esp"),
-    (51, "ah"),
-    (57, "skip"),
-    (58, "ipv6-icmp"),
-    (59, "ipv6-nonxt"),
-    (60, "ipv6-opts"),
-    (73, "rspf"),
-    (81, "vmtp"),
-    (88, "eigrp"),
-    (89, "ospf"),
-    (93, "ax.25"),
-    (94, "ipip"),
-    (97, "etherip"),
-    (98, "encap"),
-    (103, "pim"),
-    (108, "ipcomp"),
-    (112, "vrrp"),
-    (115, "l2tp"),
-    (124, "isis"),
-    (132, "sctp"),
-    (133, "fc"),
-    (135, "mobility-header"),
-    (136, "udplite"),
-    (137, "mpls-in-ip"),
-    (138, "manet"),
-    (139, "hip"),
-    (140, "shim6"),
-    (141, "wesp"),
-    (142, "rohc"),
-    (143, "ethernet"),
-];
 
 /// An interface for `-i`/`-o`: a name, or a prefix when it ends in `+`
 /// (`veth+` matches every `veth*`; a lone `+` matches any interface).
@@ -220,7 +149,7 @@ impl PortRange {
     }
 }
 
-/// Port options of the `tcp`, `udp` and `sctp` matches.
+/// Port options of the `tcp` and `udp` matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PortMatch {
     /// `--sport`
@@ -229,54 +158,33 @@ pub struct PortMatch {
     pub dport: Option<Negatable<PortRange>>,
 }
 
-/// An address type of the `addrtype` match (the kernel's route types).
+/// An address type of the `addrtype` match: the kernel's route types an
+/// address can have on a node without policy routing (the simulator's
+/// [`AddrType`]s; kube-proxy and docker only ask for `LOCAL`). The
+/// declaration order is the kernel's, which `iptables-save` prints a set in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AddrType {
-    Unspec,
     Unicast,
     Local,
     Broadcast,
-    Anycast,
     Multicast,
-    Blackhole,
-    Unreachable,
-    Prohibit,
-    Throw,
-    Nat,
-    Xresolve,
 }
 
 impl AddrType {
-    pub(super) const ALL: [AddrType; 12] = [
-        AddrType::Unspec,
+    pub(super) const ALL: [AddrType; 4] = [
         AddrType::Unicast,
         AddrType::Local,
         AddrType::Broadcast,
-        AddrType::Anycast,
         AddrType::Multicast,
-        AddrType::Blackhole,
-        AddrType::Unreachable,
-        AddrType::Prohibit,
-        AddrType::Throw,
-        AddrType::Nat,
-        AddrType::Xresolve,
     ];
 
     /// The upper-case name `iptables-save` prints.
     pub fn name(self) -> &'static str {
         match self {
-            AddrType::Unspec => "UNSPEC",
             AddrType::Unicast => "UNICAST",
             AddrType::Local => "LOCAL",
             AddrType::Broadcast => "BROADCAST",
-            AddrType::Anycast => "ANYCAST",
             AddrType::Multicast => "MULTICAST",
-            AddrType::Blackhole => "BLACKHOLE",
-            AddrType::Unreachable => "UNREACHABLE",
-            AddrType::Prohibit => "PROHIBIT",
-            AddrType::Throw => "THROW",
-            AddrType::Nat => "NAT",
-            AddrType::Xresolve => "XRESOLVE",
         }
     }
 }
@@ -288,35 +196,27 @@ pub struct AddrTypeMatch {
     pub src_type: Option<Negatable<BTreeSet<AddrType>>>,
     /// `--dst-type`
     pub dst_type: Option<Negatable<BTreeSet<AddrType>>>,
-    /// `--limit-iface-in`
-    pub limit_iface_in: bool,
-    /// `--limit-iface-out`
-    pub limit_iface_out: bool,
 }
 
-/// A connection tracking state, for `-m conntrack --ctstate` and `-m state --state`.
-/// The declaration order is the order `iptables-save` prints a set in.
+/// A connection tracking state for `-m conntrack --ctstate`, as kube-proxy
+/// and docker ask for them. The declaration order is the order
+/// `iptables-save` prints a set in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CtState {
     Invalid,
     New,
     Related,
     Established,
-    Untracked,
-    /// Only for `--ctstate`: the connection is source-NATed.
-    Snat,
-    /// Only for `--ctstate`: the connection is destination-NATed.
+    /// The connection is destination-NATed.
     Dnat,
 }
 
 impl CtState {
-    pub(super) const ALL: [CtState; 7] = [
+    pub(super) const ALL: [CtState; 5] = [
         CtState::Invalid,
         CtState::New,
         CtState::Related,
         CtState::Established,
-        CtState::Untracked,
-        CtState::Snat,
         CtState::Dnat,
     ];
 
@@ -327,31 +227,9 @@ impl CtState {
             CtState::New => "NEW",
             CtState::Related => "RELATED",
             CtState::Established => "ESTABLISHED",
-            CtState::Untracked => "UNTRACKED",
-            CtState::Snat => "SNAT",
             CtState::Dnat => "DNAT",
         }
     }
-}
-
-/// Which ports `-m multiport` compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum MultiportKind {
-    /// `--sports`
-    Source,
-    /// `--dports`
-    Destination,
-    /// `--ports`: source or destination.
-    Either,
-}
-
-/// The `statistic` match's mode.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum StatisticMode {
-    /// `--mode random --probability P`
-    Random { probability: Probability },
-    /// `--mode nth --every N --packet P` (`packet` is 0-based, below `every`).
-    Nth { every: u32, packet: u32 },
 }
 
 /// The probability of `-m statistic --mode random`, kept as its decimal text
@@ -430,109 +308,15 @@ impl Probability {
     }
 }
 
-/// Options of the `statistic` match.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StatisticMatch {
-    pub mode: StatisticMode,
-    /// `! --probability` / `! --every`
-    pub negated: bool,
-}
-
-impl StatisticMatch {
-    /// The probability this match matches a packet: `P` for random mode,
-    /// `1/every` for nth mode (inverted when negated).
-    pub fn probability(&self) -> f64 {
-        let p = match &self.mode {
-            StatisticMode::Random { probability } => probability.probability(),
-            StatisticMode::Nth { every, .. } => 1.0 / f64::from((*every).max(1)),
-        };
-        if self.negated {
-            1.0 - p
-        } else {
-            p
-        }
-    }
-}
-
-/// What `-m recent` does with its address list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RecentCommand {
-    /// `--set`: add the address, always matches.
-    Set,
-    /// `--rcheck`: is the address in the list?
-    Rcheck,
-    /// `--update`: like `--rcheck`, and refresh the last-seen time.
-    Update,
-    /// `--remove`: remove the address if present.
-    Remove,
-}
-
-/// Which address `-m recent` records: `--rsource` (the default) or `--rdest`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub enum RecentSide {
-    #[default]
-    Source,
-    Dest,
-}
-
-/// Options of the `recent` match, which kube-proxy uses for
-/// `sessionAffinity: ClientIP`. `iptables-save` always prints the name,
-/// mask and side, so they are stored with their defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RecentMatch {
-    /// The command; negated as `! --rcheck`.
-    pub command: Negatable<RecentCommand>,
-    /// `--seconds`: only entries seen within this many seconds (never `Some(0)`).
-    pub seconds: Option<u32>,
-    /// `--reap`: purge older entries (needs `seconds`).
-    pub reap: bool,
-    /// `--hitcount`: at least this many hits (1 to 255).
-    pub hitcount: Option<u32>,
-    /// `--rttl`
-    pub rttl: bool,
-    /// `--name` (default `DEFAULT`).
-    pub name: String,
-    /// `--mask` (default `255.255.255.255`).
-    pub mask: IpAddr,
-    pub side: RecentSide,
-}
-
-impl RecentMatch {
-    /// `-m recent --set --name NAME --mask 255.255.255.255 --rsource`
-    pub fn set(name: impl Into<String>) -> RecentMatch {
-        RecentMatch {
-            command: Negatable::is(RecentCommand::Set),
-            seconds: None,
-            reap: false,
-            hitcount: None,
-            rttl: false,
-            name: name.into(),
-            mask: IpAddr::V4(Ipv4Addr::BROADCAST),
-            side: RecentSide::Source,
-        }
-    }
-
-    /// `-m recent --rcheck --seconds S --reap --name NAME ...`, as kube-proxy
-    /// writes for session affinity.
-    pub fn rcheck(name: impl Into<String>, seconds: u32) -> RecentMatch {
-        RecentMatch {
-            command: Negatable::is(RecentCommand::Rcheck),
-            seconds: Some(seconds),
-            reap: true,
-            ..RecentMatch::set(name)
-        }
-    }
-}
-
-/// An extension match (`-m NAME --options`).
+/// An extension match (`-m NAME --options`): the modules kube-proxy,
+/// docker and the plan write. Any other module is a parse error, never a
+/// match the simulator would have to guess at.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Match {
     /// `-m tcp` (needs `-p tcp`).
     Tcp(PortMatch),
     /// `-m udp` (needs `-p udp`).
     Udp(PortMatch),
-    /// `-m sctp` (needs `-p sctp`).
-    Sctp(PortMatch),
     /// `-m addrtype`
     AddrType(AddrTypeMatch),
     /// `-m mark [!] --mark value[/mask]`; the mask is `0xffffffff` when not written.
@@ -543,21 +327,13 @@ pub enum Match {
     },
     /// `-m comment --comment TEXT`
     Comment(String),
-    /// `-m statistic`
-    Statistic(StatisticMatch),
+    /// `-m statistic --mode random --probability P`: kube-proxy's spread
+    /// over endpoints.
+    Statistic(Probability),
     /// `-m conntrack [!] --ctstate STATES`
     Conntrack {
         ctstate: Negatable<BTreeSet<CtState>>,
     },
-    /// `-m state [!] --state STATES`
-    State(Negatable<BTreeSet<CtState>>),
-    /// `-m multiport [!] --dports|--sports|--ports P,P:P,...` (needs `-p tcp|udp|sctp`).
-    Multiport {
-        kind: MultiportKind,
-        ports: Negatable<Vec<PortRange>>,
-    },
-    /// `-m recent`
-    Recent(RecentMatch),
 }
 
 impl Match {
@@ -615,10 +391,7 @@ impl Match {
 
     /// `-m statistic --mode random --probability P`
     pub fn random(probability: Probability) -> Match {
-        Match::Statistic(StatisticMatch {
-            mode: StatisticMode::Random { probability },
-            negated: false,
-        })
+        Match::Statistic(probability)
     }
 
     /// `-m conntrack --ctstate S1,S2`, negated when `negated`.
@@ -636,15 +409,11 @@ impl Match {
         match self {
             Match::Tcp(_) => "tcp",
             Match::Udp(_) => "udp",
-            Match::Sctp(_) => "sctp",
             Match::AddrType(_) => "addrtype",
             Match::Mark { .. } => "mark",
             Match::Comment(_) => "comment",
             Match::Statistic(_) => "statistic",
             Match::Conntrack { .. } => "conntrack",
-            Match::State(_) => "state",
-            Match::Multiport { .. } => "multiport",
-            Match::Recent(_) => "recent",
         }
     }
 }
@@ -691,36 +460,22 @@ impl RejectWith {
     }
 }
 
-/// A NAT address (range) with an optional port (range), as in
-/// `--to-destination 10.180.0.1:80` or `--to-source 10.0.0.1-10.0.0.9:1024-2048`.
+/// Where DNAT sends a connection: an address with an optional port, as in
+/// `--to-destination 10.180.0.1:80` (kube-proxy's and docker's only form;
+/// iptables' address and port ranges are not modelled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NatRange {
+pub struct NatTo {
     pub addr: IpAddr,
-    /// Last address of a range (same family as `addr`, not below it).
-    pub addr_last: Option<IpAddr>,
-    pub ports: Option<PortRange>,
+    pub port: Option<u16>,
 }
 
-impl NatRange {
-    /// One address, optionally with one port.
-    pub fn new(addr: IpAddr, port: Option<u16>) -> NatRange {
-        NatRange {
-            addr,
-            addr_last: None,
-            ports: port.map(PortRange::port),
-        }
-    }
-}
-
-/// How a `MARK` target changes the packet mark, kept as written.
+/// How a `MARK` target changes the packet mark, kept as written:
+/// kube-proxy writes `--or-mark`/`--xor-mark`, `iptables-save` prints
+/// `--set-xmark`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MarkAction {
     /// `--set-xmark value[/mask]`: zero the mask bits, then XOR the value.
     SetXmark { value: u32, mask: Option<u32> },
-    /// `--set-mark value[/mask]`: zero the mask bits, then OR the value.
-    SetMark { value: u32, mask: Option<u32> },
-    /// `--and-mark bits`
-    AndMark(u32),
     /// `--or-mark bits`
     OrMark(u32),
     /// `--xor-mark bits`
@@ -733,18 +488,14 @@ impl MarkAction {
     pub fn as_xmark(self) -> (u32, u32) {
         match self {
             MarkAction::SetXmark { value, mask } => (value, mask.unwrap_or(u32::MAX)),
-            MarkAction::SetMark { value, mask } => {
-                let mask = mask.unwrap_or(u32::MAX);
-                (value, mask | value)
-            }
-            MarkAction::AndMark(bits) => (0, !bits),
             MarkAction::OrMark(bits) => (bits, bits),
             MarkAction::XorMark(bits) => (bits, 0),
         }
     }
 }
 
-/// What a rule does with a matching packet (`-j` or `-g`).
+/// What a rule does with a matching packet (`-j`): the targets kube-proxy,
+/// docker and the plan write.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Jump {
     Accept,
@@ -756,61 +507,29 @@ pub enum Jump {
     },
     /// `-j CHAIN`: a user-defined chain; `RETURN` comes back here.
     Chain(String),
-    /// `-g CHAIN`: continue in CHAIN; `RETURN` goes back to our caller.
-    Goto(String),
-    /// `-j DNAT --to-destination ADDR[:PORT] [--random] [--persistent]`
+    /// `-j DNAT --to-destination ADDR[:PORT]`
     Dnat {
-        to: NatRange,
-        random: bool,
-        persistent: bool,
+        to: NatTo,
     },
-    /// `-j SNAT --to-source ADDR[:PORT] [--random] [--random-fully] [--persistent]`
-    Snat {
-        to: NatRange,
-        random: bool,
-        random_fully: bool,
-        persistent: bool,
-    },
-    /// `-j MASQUERADE [--to-ports P[-Q]] [--random] [--random-fully]`
+    /// `-j MASQUERADE [--random-fully]`
     Masquerade {
-        to_ports: Option<PortRange>,
-        random: bool,
         random_fully: bool,
     },
-    /// `-j MARK --set-xmark|--set-mark|--and-mark|--or-mark|--xor-mark ...`
+    /// `-j MARK --set-xmark|--or-mark|--xor-mark ...`
     Mark(MarkAction),
-    /// `-j LOG [--log-prefix TEXT] [--log-level N]`
-    Log {
-        prefix: Option<String>,
-        level: Option<u8>,
-    },
 }
 
 impl Jump {
     /// `-j DNAT --to-destination addr[:port]`
     pub fn dnat(addr: IpAddr, port: Option<u16>) -> Jump {
         Jump::Dnat {
-            to: NatRange::new(addr, port),
-            random: false,
-            persistent: false,
-        }
-    }
-
-    /// `-j SNAT --to-source addr[:port]`
-    pub fn snat(addr: IpAddr, port: Option<u16>) -> Jump {
-        Jump::Snat {
-            to: NatRange::new(addr, port),
-            random: false,
-            random_fully: false,
-            persistent: false,
+            to: NatTo { addr, port },
         }
     }
 
     /// `-j MASQUERADE`
     pub fn masquerade() -> Jump {
         Jump::Masquerade {
-            to_ports: None,
-            random: false,
             random_fully: false,
         }
     }
@@ -827,24 +546,22 @@ impl Jump {
         Jump::Chain(chain.into())
     }
 
-    /// The name after `-j`/`-g`.
+    /// The name after `-j`.
     pub fn name(&self) -> &str {
         match self {
             Jump::Accept => "ACCEPT",
             Jump::Drop => "DROP",
             Jump::Return => "RETURN",
             Jump::Reject { .. } => "REJECT",
-            Jump::Chain(c) | Jump::Goto(c) => c,
+            Jump::Chain(c) => c,
             Jump::Dnat { .. } => "DNAT",
-            Jump::Snat { .. } => "SNAT",
             Jump::Masquerade { .. } => "MASQUERADE",
             Jump::Mark(_) => "MARK",
-            Jump::Log { .. } => "LOG",
         }
     }
 }
 
-/// One iptables rule: `-A CHAIN [header] [matches...] [-j|-g target]`.
+/// One iptables rule: `-A CHAIN [header] [matches...] [-j target]`.
 ///
 /// The header options are fields because the kernel keeps them in the fixed
 /// IP header part of a rule (and `iptables-save` prints them in the fixed
@@ -865,7 +582,7 @@ pub struct Rule {
     pub protocol: Option<Negatable<Protocol>>,
     /// `-m ...` matches, in order.
     pub matches: Vec<Match>,
-    /// `-j`/`-g`; `None` only counts packets.
+    /// `-j`; `None` only counts packets.
     pub target: Option<Jump>,
 }
 
@@ -909,31 +626,22 @@ impl Rule {
     }
 
     /// The rule as `iptables-save` prints it back once the kernel holds it:
-    /// `--probability` quantised to the kernel's 31-bit fraction, every
-    /// MARK target as `--set-xmark value/mask`, and LOG's default level 4
-    /// left out. Compare `desired.to_saved()` with parsed `iptables-save`
+    /// `--probability` quantised to the kernel's 31-bit fraction, and every
+    /// MARK target as `--set-xmark value/mask`. Compare `desired.to_saved()` with parsed `iptables-save`
     /// output to tell whether a rule is already in place.
     pub fn to_saved(&self) -> Rule {
         let mut r = self.clone();
         for m in &mut r.matches {
-            if let Match::Statistic(StatisticMatch {
-                mode: StatisticMode::Random { probability },
-                ..
-            }) = m
-            {
+            if let Match::Statistic(probability) = m {
                 *probability = probability.to_saved();
             }
         }
-        match &mut r.target {
-            Some(Jump::Mark(action)) => {
-                let (value, mask) = action.as_xmark();
-                *action = MarkAction::SetXmark {
-                    value,
-                    mask: Some(mask),
-                };
-            }
-            Some(Jump::Log { level, .. }) if *level == Some(4) => *level = None,
-            _ => {}
+        if let Some(Jump::Mark(action)) = &mut r.target {
+            let (value, mask) = action.as_xmark();
+            *action = MarkAction::SetXmark {
+                value,
+                mask: Some(mask),
+            };
         }
         r
     }
@@ -990,11 +698,6 @@ impl Rule {
         self.target(Jump::Chain(chain.into()))
     }
 
-    /// `-g CHAIN`
-    pub fn goto(self, chain: impl Into<String>) -> Rule {
-        self.target(Jump::Goto(chain.into()))
-    }
-
     /// Check what iptables itself would refuse: an invalid chain or jump
     /// name, or a protocol match without its `-p` (the kernel only runs
     /// `-m tcp` on rules with `-p tcp`). Parsing always validates.
@@ -1014,20 +717,11 @@ impl Rule {
             }
         }
         match &self.target {
-            Some(Jump::Chain(c)) | Some(Jump::Goto(c)) => {
+            Some(Jump::Chain(c)) => {
                 check_chain_name(c).map_err(|m| ParseError::new(m, c.as_str(), 0))?;
             }
-            Some(Jump::Log {
-                prefix: Some(p), ..
-            }) => {
-                check_save_string(p, 29).map_err(|m| ParseError::new(m, p.as_str(), 0))?;
-            }
             Some(t) if target_sets_ports(t) && !protocol_has_ports(proto) => {
-                return Err(ParseError::new(
-                    "NAT ports need -p tcp, udp, sctp or dccp",
-                    t.name(),
-                    0,
-                ));
+                return Err(ParseError::new("NAT ports need -p tcp or udp", t.name(), 0));
             }
             Some(Jump::Reject {
                 with: RejectWith::TcpReset,
@@ -1219,20 +913,6 @@ pub(super) fn check_save_string(s: &str, max_len: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// `-m recent --name`: printed bare by iptables-save, so no blanks or quotes.
-pub(super) fn check_recent_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 200 {
-        return Err("recent list name must be 1 to 200 characters");
-    }
-    if name
-        .chars()
-        .any(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\'' | '\\' | '/'))
-    {
-        return Err("recent list name must be printable ASCII without blanks, quotes or /");
-    }
-    Ok(())
-}
-
 /// Chain names as iptables accepts them (and as they survive a dump).
 pub(super) fn check_chain_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
@@ -1264,32 +944,34 @@ pub(super) fn addr_match(negated: bool, net: IpNet) -> Option<Negatable<IpNet>> 
     })
 }
 
-/// NAT port ranges need a protocol with ports: TCP, UDP, SCTP or DCCP (33).
+/// A NAT port needs a protocol with ports (of the modelled ones, TCP and UDP).
 pub(super) fn protocol_has_ports(proto: Option<Protocol>) -> bool {
-    matches!(
-        proto,
-        Some(Protocol::Tcp | Protocol::Udp | Protocol::Sctp | Protocol::Other(33))
-    )
+    matches!(proto, Some(Protocol::Tcp | Protocol::Udp))
 }
 
-/// Whether a target sets NAT ports (which needs `protocol_has_ports`).
+/// Whether a target sets a NAT port (which needs `protocol_has_ports`).
 pub(super) fn target_sets_ports(t: &Jump) -> bool {
     match t {
-        Jump::Dnat { to, .. } | Jump::Snat { to, .. } => to.ports.is_some(),
-        Jump::Masquerade { to_ports, .. } => to_ports.is_some(),
-        _ => false,
+        Jump::Dnat { to } => to.port.is_some(),
+        Jump::Accept
+        | Jump::Drop
+        | Jump::Return
+        | Jump::Reject { .. }
+        | Jump::Chain(_)
+        | Jump::Masquerade { .. }
+        | Jump::Mark(_) => false,
     }
 }
 
-/// The kernel runs `-m tcp` only on rules with `-p tcp` (and so on).
+/// The kernel runs `-m tcp` only on rules with `-p tcp` (and `udp` likewise).
 pub(super) fn protocol_allows(proto: Option<Protocol>, m: &Match) -> bool {
     match m {
         Match::Tcp(_) => proto == Some(Protocol::Tcp),
         Match::Udp(_) => proto == Some(Protocol::Udp),
-        Match::Sctp(_) => proto == Some(Protocol::Sctp),
-        Match::Multiport { .. } => {
-            matches!(proto, Some(Protocol::Tcp | Protocol::Udp | Protocol::Sctp))
-        }
-        _ => true,
+        Match::AddrType(_)
+        | Match::Mark { .. }
+        | Match::Comment(_)
+        | Match::Statistic(_)
+        | Match::Conntrack { .. } => true,
     }
 }

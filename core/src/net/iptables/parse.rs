@@ -78,17 +78,21 @@ impl Protocol {
     /// Parse a `-p` value (name, case-insensitive, or number). `Ok(None)` is `all`.
     pub(super) fn parse(s: &str) -> Result<Option<Protocol>, &'static str> {
         let lower = s.to_ascii_lowercase();
-        let number = match lower.as_str() {
+        let number: u8 = match lower.as_str() {
             "all" | "ip" | "hopopt" => 0,
-            "icmpv6" => 58,
-            "ipv6-mh" | "mh" => 135,
-            name => match PROTOCOL_NAMES.iter().find(|(_, n)| *n == name) {
-                Some((num, _)) => *num,
-                None if is_decimal(name) => name.parse().map_err(|_| "unknown protocol")?,
-                None => return Err("unknown protocol"),
-            },
+            "tcp" => 6,
+            "udp" => 17,
+            "icmp" => 1,
+            n if is_decimal(n) => n.parse().map_err(|_| "unknown protocol")?,
+            _ => return Err("unknown or unsupported protocol (tcp, udp, icmp or all)"),
         };
-        Ok(Protocol::from_number(number))
+        match number {
+            0 => Ok(None),
+            1 => Ok(Some(Protocol::Icmp)),
+            6 => Ok(Some(Protocol::Tcp)),
+            17 => Ok(Some(Protocol::Udp)),
+            _ => Err("unknown or unsupported protocol (tcp, udp, icmp or all)"),
+        }
     }
 }
 
@@ -134,15 +138,6 @@ impl PortRange {
                 };
                 PortRange::range(first, last).ok_or("invalid port range: first port above last")
             }
-        }
-    }
-
-    /// Parse `p` or `a-b` (NAT target syntax, as `--to-ports`).
-    pub(super) fn parse_nat(s: &str) -> Result<PortRange, &'static str> {
-        match s.split_once('-') {
-            None => parse_port(s).map(PortRange::port),
-            Some((a, b)) => PortRange::range(parse_port(a)?, parse_port(b)?)
-                .ok_or("invalid port range: first port above last"),
         }
     }
 }
@@ -205,66 +200,28 @@ impl RejectWith {
     }
 }
 
-impl NatRange {
-    pub(super) fn parse(s: &str) -> Result<NatRange, &'static str> {
-        const BAD: &str = "invalid address[:port] for NAT";
-        let (addrs, ports) = if let Some(rest) = s.strip_prefix('[') {
-            // IPv6 with ports: [a]:p or [a]-[b]:p-q
+impl NatTo {
+    /// `a.b.c.d[:port]`, `[v6]:port` or a bare IPv6 address.
+    pub(super) fn parse(s: &str) -> Result<NatTo, &'static str> {
+        const BAD: &str = "invalid address[:port] for NAT (ranges are not supported)";
+        let (addr, port) = if let Some(rest) = s.strip_prefix('[') {
             let (a, rest) = rest.split_once(']').ok_or(BAD)?;
-            let (b, rest) = match rest.strip_prefix("-[") {
-                Some(r) => {
-                    let (b, r) = r.split_once(']').ok_or(BAD)?;
-                    (Some(b), r)
-                }
-                None => (None, rest),
-            };
-            let ports = match rest {
+            let port = match rest {
                 "" => None,
                 r => Some(r.strip_prefix(':').ok_or(BAD)?),
             };
-            let a: Ipv6Addr = a.parse().map_err(|_| BAD)?;
-            let b = b
-                .map(|b| b.parse::<Ipv6Addr>().map_err(|_| BAD))
-                .transpose()?;
-            ((IpAddr::V6(a), b.map(IpAddr::V6)), ports)
+            (IpAddr::V6(a.parse::<Ipv6Addr>().map_err(|_| BAD)?), port)
         } else if s.matches(':').count() > 1 {
-            // Bare IPv6, no ports: a or a-b
-            let (a, b) = match s.split_once('-') {
-                Some((a, b)) => (a, Some(b)),
-                None => (s, None),
-            };
-            let a: Ipv6Addr = a.parse().map_err(|_| BAD)?;
-            let b = b
-                .map(|b| b.parse::<Ipv6Addr>().map_err(|_| BAD))
-                .transpose()?;
-            ((IpAddr::V6(a), b.map(IpAddr::V6)), None)
+            (IpAddr::V6(s.parse::<Ipv6Addr>().map_err(|_| BAD)?), None)
         } else {
-            let (addrs, ports) = match s.split_once(':') {
+            let (a, port) = match s.split_once(':') {
                 Some((a, p)) => (a, Some(p)),
                 None => (s, None),
             };
-            let (a, b) = match addrs.split_once('-') {
-                Some((a, b)) => (a, Some(b)),
-                None => (addrs, None),
-            };
-            let a: Ipv4Addr = a.parse().map_err(|_| BAD)?;
-            let b = b
-                .map(|b| b.parse::<Ipv4Addr>().map_err(|_| BAD))
-                .transpose()?;
-            ((IpAddr::V4(a), b.map(IpAddr::V4)), ports)
+            (IpAddr::V4(a.parse::<Ipv4Addr>().map_err(|_| BAD)?), port)
         };
-        let (addr, addr_last) = addrs;
-        if let Some(last) = addr_last {
-            if last < addr {
-                return Err("invalid NAT address range: first address above last");
-            }
-        }
-        let ports = ports.map(PortRange::parse_nat).transpose()?;
-        Ok(NatRange {
-            addr,
-            addr_last,
-            ports,
-        })
+        let port = port.map(parse_port).transpose()?;
+        Ok(NatTo { addr, port })
     }
 }
 
@@ -594,30 +551,21 @@ enum PendingMatch {
     AddrType(AddrTypeMatch),
     Mark(Option<(bool, u32, u32)>),
     Comment(Option<String>),
+    /// `--mode` seen, and `--probability`.
     Statistic {
-        mode: Option<String>,
+        mode: bool,
         probability: Option<Probability>,
-        every: Option<u32>,
-        packet: Option<u32>,
-        negated: bool,
     },
     Conntrack(Option<Negatable<BTreeSet<CtState>>>),
-    State(Option<Negatable<BTreeSet<CtState>>>),
-    Multiport(Option<(MultiportKind, Negatable<Vec<PortRange>>)>),
-    Recent(Box<PendingRecent>),
 }
 
-#[derive(Default)]
-struct PendingRecent {
-    command: Option<Negatable<RecentCommand>>,
-    seconds: Option<u32>,
-    reap: bool,
-    hitcount: Option<u32>,
-    rttl: bool,
-    name: Option<String>,
-    mask: Option<IpAddr>,
-    side: Option<RecentSide>,
-}
+/// Targets of iptables' standard extensions that nothing here writes: a
+/// rule naming one is refused rather than read as a jump to a chain of
+/// that name.
+pub(super) const UNMODELLED_TARGETS: &[&str] = &[
+    "SNAT", "LOG", "NFLOG", "REDIRECT", "NETMAP", "CT", "NOTRACK", "TRACE", "CONNMARK", "TPROXY",
+    "NFQUEUE", "TCPMSS", "CHECKSUM", "CLASSIFY", "SET",
+];
 
 /// A target while its options are being read.
 struct PendingTarget {
@@ -625,7 +573,7 @@ struct PendingTarget {
     /// Token index of the target name, for errors.
     at: usize,
     /// Whether the target's required option was seen (`--to-destination`,
-    /// `--to-source`, a MARK operation; for REJECT: `--reject-with`).
+    /// a MARK operation; for REJECT: `--reject-with`).
     has_action: bool,
 }
 
@@ -714,81 +662,52 @@ fn parse_spec(chain: &str, toks: &[String], base: usize) -> Result<Rule, ParseEr
                 let m = match name {
                     "tcp" => PendingMatch::Ports(Protocol::Tcp, PortMatch::default()),
                     "udp" => PendingMatch::Ports(Protocol::Udp, PortMatch::default()),
-                    "sctp" => PendingMatch::Ports(Protocol::Sctp, PortMatch::default()),
                     "addrtype" => PendingMatch::AddrType(AddrTypeMatch::default()),
                     "mark" => PendingMatch::Mark(None),
                     "comment" => PendingMatch::Comment(None),
                     "statistic" => PendingMatch::Statistic {
-                        mode: None,
+                        mode: false,
                         probability: None,
-                        every: None,
-                        packet: None,
-                        negated: false,
                     },
                     "conntrack" => PendingMatch::Conntrack(None),
-                    "state" => PendingMatch::State(None),
-                    "multiport" => PendingMatch::Multiport(None),
-                    "recent" => PendingMatch::Recent(Box::default()),
                     _ => return Err(cur.err(vi, "unknown or unsupported match module")),
                 };
                 pending.push((vi, m));
             }
-            "-j" | "--jump" | "-g" | "--goto" => {
+            "-g" | "--goto" => {
+                return Err(cur.err(
+                    i,
+                    "goto (-g) is not supported: kube-proxy, docker and kscratch only jump (-j)",
+                ));
+            }
+            "-j" | "--jump" => {
                 if negated {
                     return Err(cur.err(i, format!("! is not allowed before {tok}")));
                 }
                 if target.is_some() {
-                    return Err(cur.err(i, "multiple -j/-g flags not allowed"));
+                    return Err(cur.err(i, "multiple -j flags not allowed"));
                 }
-                let goto = matches!(tok, "-g" | "--goto");
                 let (vi, name) = cur.value(i)?;
-                let t = if goto {
-                    check_chain_name(name).map_err(|m| cur.err(vi, m))?;
-                    if matches!(
-                        name,
-                        "ACCEPT"
-                            | "DROP"
-                            | "RETURN"
-                            | "REJECT"
-                            | "DNAT"
-                            | "SNAT"
-                            | "MASQUERADE"
-                            | "MARK"
-                            | "LOG"
-                    ) {
-                        return Err(cur.err(vi, "-g needs a user-defined chain"));
+                let t = match name {
+                    "ACCEPT" => Jump::Accept,
+                    "DROP" => Jump::Drop,
+                    "RETURN" => Jump::Return,
+                    "REJECT" => Jump::Reject {
+                        with: RejectWith::default(),
+                    },
+                    // The address is a placeholder until --to-destination.
+                    "DNAT" => Jump::dnat(IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
+                    "MASQUERADE" => Jump::masquerade(),
+                    "MARK" => Jump::Mark(MarkAction::OrMark(0)),
+                    t if UNMODELLED_TARGETS.contains(&t) => {
+                        return Err(cur.err(
+                            vi,
+                            "unsupported target (kscratch models ACCEPT, DROP, RETURN, REJECT, DNAT, MASQUERADE, MARK and jumps to chains)",
+                        ));
                     }
-                    Jump::Goto(name.to_string())
-                } else {
-                    match name {
-                        "ACCEPT" => Jump::Accept,
-                        "DROP" => Jump::Drop,
-                        "RETURN" => Jump::Return,
-                        "REJECT" => Jump::Reject {
-                            with: RejectWith::default(),
-                        },
-                        // The address is a placeholder until --to-destination.
-                        "DNAT" => Jump::Dnat {
-                            to: NatRange::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
-                            random: false,
-                            persistent: false,
-                        },
-                        "SNAT" => Jump::Snat {
-                            to: NatRange::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
-                            random: false,
-                            random_fully: false,
-                            persistent: false,
-                        },
-                        "MASQUERADE" => Jump::masquerade(),
-                        "MARK" => Jump::Mark(MarkAction::OrMark(0)),
-                        "LOG" => Jump::Log {
-                            prefix: None,
-                            level: None,
-                        },
-                        chain => {
-                            check_chain_name(chain).map_err(|m| cur.err(vi, m))?;
-                            Jump::Chain(chain.to_string())
-                        }
+                    chain => {
+                        check_chain_name(chain).map_err(|m| cur.err(vi, m))?;
+                        Jump::Chain(chain.to_string())
                     }
                 };
                 target = Some(PendingTarget {
@@ -831,10 +750,7 @@ fn parse_spec(chain: &str, toks: &[String], base: usize) -> Result<Rule, ParseEr
                         }) if matches!(
                             opt,
                             "--dport" | "--sport" | "--destination-port" | "--source-port"
-                        ) && matches!(
-                            value,
-                            Protocol::Tcp | Protocol::Udp | Protocol::Sctp
-                        ) =>
+                        ) && matches!(value, Protocol::Tcp | Protocol::Udp) =>
                         {
                             Some(*value)
                         }
@@ -871,7 +787,7 @@ fn parse_spec(chain: &str, toks: &[String], base: usize) -> Result<Rule, ParseEr
         if matches!(t.target, Jump::Mark(_)) && !t.has_action {
             return Err(cur.err(
                 t.at,
-                "MARK target needs --set-xmark, --set-mark, --and-mark, --or-mark or --xor-mark",
+                "MARK target needs --set-xmark, --or-mark or --xor-mark",
             ));
         }
         let tcp = rule.positive_protocol() == Some(Protocol::Tcp);
@@ -885,16 +801,10 @@ fn parse_spec(chain: &str, toks: &[String], base: usize) -> Result<Rule, ParseEr
             return Err(cur.err(t.at, "REJECT --reject-with tcp-reset needs -p tcp"));
         }
         if target_sets_ports(&t.target) && !protocol_has_ports(rule.positive_protocol()) {
-            return Err(cur.err(t.at, "NAT ports need -p tcp, udp, sctp or dccp"));
+            return Err(cur.err(t.at, "NAT ports need -p tcp or udp"));
         }
-        if !t.has_action {
-            match t.target {
-                Jump::Dnat { .. } => {
-                    return Err(cur.err(t.at, "DNAT target needs --to-destination"))
-                }
-                Jump::Snat { .. } => return Err(cur.err(t.at, "SNAT target needs --to-source")),
-                _ => {}
-            }
+        if matches!(t.target, Jump::Dnat { .. }) && !t.has_action {
+            return Err(cur.err(t.at, "DNAT target needs --to-destination"));
         }
         rule.target = Some(t.target);
     }
@@ -931,38 +841,23 @@ fn offer_match(
             let r = PortRange::parse_match(v).map_err(|e| cur.err(vi, e))?;
             *slot = Some(Negatable { negated, value: r });
         }
-        PendingMatch::AddrType(t) => match opt {
-            "--src-type" | "--dst-type" => {
-                let slot = if opt == "--src-type" {
-                    &mut t.src_type
-                } else {
-                    &mut t.dst_type
-                };
-                if slot.is_some() {
-                    return Err(dup(cur));
-                }
-                let (vi, v) = cur.value(i)?;
-                let set = parse_set(v, AddrType::parse, "unknown address type")
-                    .map_err(|e| cur.err(vi, e))?;
-                *slot = Some(Negatable {
-                    negated,
-                    value: set,
-                });
+        PendingMatch::AddrType(t) => {
+            let slot = match opt {
+                "--src-type" => &mut t.src_type,
+                "--dst-type" => &mut t.dst_type,
+                _ => return Ok(Offer::NotMine),
+            };
+            if slot.is_some() {
+                return Err(dup(cur));
             }
-            "--limit-iface-in" | "--limit-iface-out" => {
-                no_neg(cur)?;
-                let flag = if opt == "--limit-iface-in" {
-                    &mut t.limit_iface_in
-                } else {
-                    &mut t.limit_iface_out
-                };
-                if *flag {
-                    return Err(dup(cur));
-                }
-                *flag = true;
-            }
-            _ => return Ok(Offer::NotMine),
-        },
+            let (vi, v) = cur.value(i)?;
+            let set = parse_set(v, AddrType::parse, "unknown or unsupported address type")
+                .map_err(|e| cur.err(vi, e))?;
+            *slot = Some(Negatable {
+                negated,
+                value: set,
+            });
+        }
         PendingMatch::Mark(slot) => {
             if opt != "--mark" {
                 return Ok(Offer::NotMine);
@@ -986,194 +881,42 @@ fn offer_match(
             check_save_string(v, 255).map_err(|e| cur.err(vi, e))?;
             *slot = Some(v.to_string());
         }
-        PendingMatch::Statistic {
-            mode,
-            probability,
-            every,
-            packet,
-            negated: neg,
-        } => match opt {
+        PendingMatch::Statistic { mode, probability } => match opt {
             "--mode" => {
                 no_neg(cur)?;
-                if mode.is_some() {
+                if *mode {
                     return Err(dup(cur));
                 }
                 let (vi, v) = cur.value(i)?;
-                if v != "random" && v != "nth" {
-                    return Err(cur.err(vi, "unknown statistic mode (random or nth)"));
+                if v != "random" {
+                    return Err(cur.err(vi, "unsupported statistic mode (only random)"));
                 }
-                *mode = Some(v.to_string());
+                *mode = true;
             }
             "--probability" => {
+                no_neg(cur)?;
                 if probability.is_some() {
                     return Err(dup(cur));
                 }
                 let (vi, v) = cur.value(i)?;
                 *probability = Some(Probability::parse(v).map_err(|e| cur.err(vi, e))?);
-                *neg |= negated;
-            }
-            "--every" => {
-                if every.is_some() {
-                    return Err(dup(cur));
-                }
-                let (vi, v) = cur.value(i)?;
-                let n = parse_u32(v).map_err(|e| cur.err(vi, e))?;
-                if n == 0 {
-                    return Err(cur.err(vi, "--every must be at least 1"));
-                }
-                *every = Some(n);
-                *neg |= negated;
-            }
-            "--packet" => {
-                no_neg(cur)?;
-                if packet.is_some() {
-                    return Err(dup(cur));
-                }
-                let (vi, v) = cur.value(i)?;
-                *packet = Some(parse_u32(v).map_err(|e| cur.err(vi, e))?);
             }
             _ => return Ok(Offer::NotMine),
         },
-        PendingMatch::Conntrack(_) | PendingMatch::State(_) => {
-            let want = if matches!(m, PendingMatch::Conntrack(_)) {
-                "--ctstate"
-            } else {
-                "--state"
-            };
-            if opt != want {
+        PendingMatch::Conntrack(slot) => {
+            if opt != "--ctstate" {
                 return Ok(Offer::NotMine);
             }
-            let is_state = want == "--state";
-            let slot = match m {
-                PendingMatch::Conntrack(s) | PendingMatch::State(s) => s,
-                _ => return Ok(Offer::NotMine),
-            };
             if slot.is_some() {
                 return Err(dup(cur));
             }
             let (vi, v) = cur.value(i)?;
-            let set = parse_set(
-                v,
-                |s| {
-                    CtState::parse(s)
-                        .filter(|c| !is_state || !matches!(c, CtState::Snat | CtState::Dnat))
-                },
-                "unknown connection state",
-            )
-            .map_err(|e| cur.err(vi, e))?;
+            let set = parse_set(v, CtState::parse, "unknown or unsupported connection state")
+                .map_err(|e| cur.err(vi, e))?;
             *slot = Some(Negatable {
                 negated,
                 value: set,
             });
-        }
-        PendingMatch::Recent(r) => {
-            let command = match opt {
-                "--set" => Some(RecentCommand::Set),
-                "--rcheck" => Some(RecentCommand::Rcheck),
-                "--update" => Some(RecentCommand::Update),
-                "--remove" => Some(RecentCommand::Remove),
-                _ => None,
-            };
-            if let Some(c) = command {
-                if r.command.is_some() {
-                    return Err(cur.err(
-                        i,
-                        "recent takes only one of --set, --rcheck, --update, --remove",
-                    ));
-                }
-                r.command = Some(Negatable { negated, value: c });
-                return Ok(Offer::Taken);
-            }
-            match opt {
-                "--seconds" | "--hitcount" => {
-                    no_neg(cur)?;
-                    let slot = if opt == "--seconds" {
-                        &mut r.seconds
-                    } else {
-                        &mut r.hitcount
-                    };
-                    if slot.is_some() {
-                        return Err(dup(cur));
-                    }
-                    let (vi, v) = cur.value(i)?;
-                    *slot = Some(parse_u32(v).map_err(|e| cur.err(vi, e))?);
-                }
-                "--reap" | "--rttl" => {
-                    no_neg(cur)?;
-                    let flag = if opt == "--reap" {
-                        &mut r.reap
-                    } else {
-                        &mut r.rttl
-                    };
-                    if *flag {
-                        return Err(dup(cur));
-                    }
-                    *flag = true;
-                }
-                "--name" => {
-                    no_neg(cur)?;
-                    if r.name.is_some() {
-                        return Err(dup(cur));
-                    }
-                    let (vi, v) = cur.value(i)?;
-                    check_recent_name(v).map_err(|e| cur.err(vi, e))?;
-                    r.name = Some(v.to_string());
-                }
-                "--mask" => {
-                    no_neg(cur)?;
-                    if r.mask.is_some() {
-                        return Err(dup(cur));
-                    }
-                    let (vi, v) = cur.value(i)?;
-                    r.mask = Some(
-                        v.parse()
-                            .map_err(|_| cur.err(vi, "invalid --mask address"))?,
-                    );
-                }
-                "--rsource" | "--rdest" => {
-                    no_neg(cur)?;
-                    if r.side.is_some() {
-                        return Err(cur.err(i, "recent takes only one of --rsource, --rdest"));
-                    }
-                    r.side = Some(if opt == "--rsource" {
-                        RecentSide::Source
-                    } else {
-                        RecentSide::Dest
-                    });
-                }
-                _ => return Ok(Offer::NotMine),
-            }
-        }
-        PendingMatch::Multiport(slot) => {
-            let kind = match opt {
-                "--sports" | "--source-ports" => MultiportKind::Source,
-                "--dports" | "--destination-ports" => MultiportKind::Destination,
-                "--ports" => MultiportKind::Either,
-                _ => return Ok(Offer::NotMine),
-            };
-            if slot.is_some() {
-                return Err(cur.err(i, "multiport takes only one of --sports, --dports, --ports"));
-            }
-            let (vi, v) = cur.value(i)?;
-            let mut ports = Vec::new();
-            for p in v.split(',') {
-                ports.push(PortRange::parse_match(p).map_err(|e| cur.err(vi, e))?);
-            }
-            // The kernel's xt_multiport holds 15 slots; a range takes two.
-            let slots: usize = ports
-                .iter()
-                .map(|p| if p.first == p.last { 1 } else { 2 })
-                .sum();
-            if slots > 15 {
-                return Err(cur.err(vi, "too many ports specified (at most 15)"));
-            }
-            *slot = Some((
-                kind,
-                Negatable {
-                    negated,
-                    value: ports,
-                },
-            ));
         }
     }
     Ok(Offer::Taken)
@@ -1181,15 +924,11 @@ fn offer_match(
 
 fn finish_match(m: PendingMatch) -> Result<Match, &'static str> {
     Ok(match m {
-        PendingMatch::Ports(Protocol::Tcp, p) => Match::Tcp(p),
         PendingMatch::Ports(Protocol::Udp, p) => Match::Udp(p),
-        PendingMatch::Ports(_, p) => Match::Sctp(p),
+        PendingMatch::Ports(_, p) => Match::Tcp(p),
         PendingMatch::AddrType(t) => {
             if t.src_type.is_none() && t.dst_type.is_none() {
                 return Err("addrtype needs --src-type or --dst-type");
-            }
-            if t.limit_iface_in && t.limit_iface_out {
-                return Err("addrtype takes only one of --limit-iface-in, --limit-iface-out");
             }
             Match::AddrType(t)
         }
@@ -1202,78 +941,14 @@ fn finish_match(m: PendingMatch) -> Result<Match, &'static str> {
         PendingMatch::Comment(Some(c)) => Match::Comment(c),
         PendingMatch::Comment(None) => return Err("comment match needs --comment"),
         PendingMatch::Statistic {
-            mode,
-            probability,
-            every,
-            packet,
-            negated,
-        } => {
-            let mode = match (mode.as_deref(), probability, every) {
-                (Some("random"), Some(probability), None) if packet.is_none() => {
-                    StatisticMode::Random { probability }
-                }
-                (Some("random"), _, _) => {
-                    return Err(
-                        "statistic --mode random needs --probability (and no --every/--packet)",
-                    )
-                }
-                (Some("nth"), None, Some(every)) => {
-                    let Some(packet) = packet else {
-                        return Err("statistic --every needs --packet");
-                    };
-                    if packet >= every {
-                        return Err("statistic --packet must be below --every");
-                    }
-                    StatisticMode::Nth { every, packet }
-                }
-                (Some("nth"), _, _) => {
-                    return Err("statistic --mode nth needs --every (and no --probability)")
-                }
-                _ => return Err("statistic match needs --mode"),
-            };
-            Match::Statistic(StatisticMatch { mode, negated })
+            mode: true,
+            probability: Some(p),
+        } => Match::Statistic(p),
+        PendingMatch::Statistic { .. } => {
+            return Err("statistic needs --mode random --probability P")
         }
         PendingMatch::Conntrack(Some(ctstate)) => Match::Conntrack { ctstate },
         PendingMatch::Conntrack(None) => return Err("conntrack match needs --ctstate"),
-        PendingMatch::State(Some(s)) => Match::State(s),
-        PendingMatch::State(None) => return Err("state match needs --state"),
-        PendingMatch::Multiport(Some((kind, ports))) => Match::Multiport { kind, ports },
-        PendingMatch::Recent(r) => {
-            let Some(command) = r.command else {
-                return Err("recent needs one of --set, --rcheck, --update, --remove");
-            };
-            // iptables-save leaves out a zero --seconds or --hitcount.
-            let seconds = r.seconds.filter(|s| *s != 0);
-            let hitcount = r.hitcount.filter(|h| *h != 0);
-            if r.reap && seconds.is_none() {
-                return Err("recent --reap needs --seconds");
-            }
-            // iptables prints --seconds as a signed int.
-            if seconds.is_some_and(|s| s > i32::MAX as u32) {
-                return Err("recent --seconds above 2147483647");
-            }
-            // The kernel keeps at most ip_pkt_list_tot (<= 255) timestamps.
-            if hitcount.is_some_and(|h| h > 255) {
-                return Err("recent --hitcount above 255");
-            }
-            let checks = matches!(command.value, RecentCommand::Rcheck | RecentCommand::Update);
-            if !checks && (seconds.is_some() || hitcount.is_some() || r.rttl) {
-                return Err("recent --seconds, --hitcount and --rttl need --rcheck or --update");
-            }
-            Match::Recent(RecentMatch {
-                command,
-                seconds,
-                reap: r.reap,
-                hitcount,
-                rttl: r.rttl,
-                name: r.name.unwrap_or_else(|| "DEFAULT".to_string()),
-                mask: r.mask.unwrap_or(IpAddr::V4(Ipv4Addr::BROADCAST)),
-                side: r.side.unwrap_or_default(),
-            })
-        }
-        PendingMatch::Multiport(None) => {
-            return Err("multiport needs --sports, --dports or --ports")
-        }
     })
 }
 
@@ -1306,78 +981,25 @@ fn offer_target(
                 RejectWith::parse(v).ok_or_else(|| cur.err(vi, "unknown --reject-with type"))?;
             t.has_action = true;
         }
-        Jump::Dnat {
-            to,
-            random,
-            persistent,
-        } => match opt {
-            "--to-destination" | "--to" => {
-                check(cur, has_action)?;
-                let (vi, v) = cur.value(i)?;
-                *to = NatRange::parse(v).map_err(|e| cur.err(vi, e))?;
-                t.has_action = true;
+        Jump::Dnat { to } => {
+            if !matches!(opt, "--to-destination" | "--to") {
+                return Ok(Offer::NotMine);
             }
-            "--random" => {
-                check(cur, *random)?;
-                *random = true;
+            check(cur, has_action)?;
+            let (vi, v) = cur.value(i)?;
+            *to = NatTo::parse(v).map_err(|e| cur.err(vi, e))?;
+            t.has_action = true;
+        }
+        Jump::Masquerade { random_fully } => {
+            if opt != "--random-fully" {
+                return Ok(Offer::NotMine);
             }
-            "--persistent" => {
-                check(cur, *persistent)?;
-                *persistent = true;
-            }
-            _ => return Ok(Offer::NotMine),
-        },
-        Jump::Snat {
-            to,
-            random,
-            random_fully,
-            persistent,
-        } => match opt {
-            "--to-source" | "--to" => {
-                check(cur, has_action)?;
-                let (vi, v) = cur.value(i)?;
-                *to = NatRange::parse(v).map_err(|e| cur.err(vi, e))?;
-                t.has_action = true;
-            }
-            "--random" => {
-                check(cur, *random)?;
-                *random = true;
-            }
-            "--random-fully" => {
-                check(cur, *random_fully)?;
-                *random_fully = true;
-            }
-            "--persistent" => {
-                check(cur, *persistent)?;
-                *persistent = true;
-            }
-            _ => return Ok(Offer::NotMine),
-        },
-        Jump::Masquerade {
-            to_ports,
-            random,
-            random_fully,
-        } => match opt {
-            "--to-ports" => {
-                check(cur, to_ports.is_some())?;
-                let (vi, v) = cur.value(i)?;
-                *to_ports = Some(PortRange::parse_nat(v).map_err(|e| cur.err(vi, e))?);
-            }
-            "--random" => {
-                check(cur, *random)?;
-                *random = true;
-            }
-            "--random-fully" => {
-                check(cur, *random_fully)?;
-                *random_fully = true;
-            }
-            _ => return Ok(Offer::NotMine),
-        },
+            check(cur, *random_fully)?;
+            *random_fully = true;
+        }
         Jump::Mark(action) => {
             let make: fn(u32, Option<u32>) -> Option<MarkAction> = match opt {
                 "--set-xmark" => |v, m| Some(MarkAction::SetXmark { value: v, mask: m }),
-                "--set-mark" => |v, m| Some(MarkAction::SetMark { value: v, mask: m }),
-                "--and-mark" => |v, m| m.is_none().then_some(MarkAction::AndMark(v)),
                 "--or-mark" => |v, m| m.is_none().then_some(MarkAction::OrMark(v)),
                 "--xor-mark" => |v, m| m.is_none().then_some(MarkAction::XorMark(v)),
                 _ => return Ok(Offer::NotMine),
@@ -1386,7 +1008,10 @@ fn offer_target(
                 return Err(cur.err(i, format!("! is not allowed before {opt}")));
             }
             if has_action {
-                return Err(cur.err(i, "MARK target takes only one of --set-xmark, --set-mark, --and-mark, --or-mark, --xor-mark"));
+                return Err(cur.err(
+                    i,
+                    "MARK target takes only one of --set-xmark, --or-mark, --xor-mark",
+                ));
             }
             let (vi, v) = cur.value(i)?;
             let (value, mask) = parse_mark(v).map_err(|e| cur.err(vi, e))?;
@@ -1394,40 +1019,11 @@ fn offer_target(
                 make(value, mask).ok_or_else(|| cur.err(vi, format!("{opt} takes no mask")))?;
             t.has_action = true;
         }
-        Jump::Log { prefix, level } => match opt {
-            "--log-prefix" => {
-                check(cur, prefix.is_some())?;
-                let (vi, v) = cur.value(i)?;
-                check_save_string(v, 29).map_err(|e| cur.err(vi, e))?;
-                *prefix = Some(v.to_string());
-            }
-            "--log-level" => {
-                check(cur, level.is_some())?;
-                let (vi, v) = cur.value(i)?;
-                *level = Some(parse_log_level(v).ok_or_else(|| cur.err(vi, "unknown log level"))?);
-            }
-            _ => return Ok(Offer::NotMine),
-        },
-        Jump::Accept | Jump::Drop | Jump::Return | Jump::Chain(_) | Jump::Goto(_) => {
+        Jump::Accept | Jump::Drop | Jump::Return | Jump::Chain(_) => {
             return Ok(Offer::NotMine);
         }
     }
     Ok(Offer::Taken)
-}
-
-fn parse_log_level(s: &str) -> Option<u8> {
-    const NAMES: [&str; 8] = [
-        "emerg", "alert", "crit", "error", "warning", "notice", "info", "debug",
-    ];
-    if is_decimal(s) {
-        return s.parse::<u8>().ok().filter(|l| *l <= 7);
-    }
-    match s {
-        "err" => Some(3),
-        "warn" => Some(4),
-        "panic" => Some(0),
-        _ => NAMES.iter().position(|n| *n == s).map(|p| p as u8),
-    }
 }
 
 /// `NAME POLICY [packets:bytes]` after the `:`.

@@ -2,6 +2,7 @@
 //! and the real-iptables agreement test.
 
 use super::model::{addr_match, protocol_has_ports};
+use super::parse::UNMODELLED_TARGETS;
 use super::*;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
@@ -261,31 +262,69 @@ fn kube_proxy_restore_input_normalises_to_iptables_save_form() {
         rule("-A X -s 10.1.0.0/255.255.0.0 -j ACCEPT").emit(),
         "-A X -s 10.1.0.0/16 -j ACCEPT"
     );
-    assert_eq!(
-        rule("-A X -p tcp -m multiport --dports 80,443,8000:8080 -j ACCEPT").emit(),
-        "-A X -p tcp -m multiport --dports 80,443,8000:8080 -j ACCEPT"
-    );
-    assert_eq!(
-        rule("-A X -m state --state ESTABLISHED,NEW -j ACCEPT").emit(),
-        "-A X -m state --state NEW,ESTABLISHED -j ACCEPT"
-    );
 }
 
+/// What no node's rules are made of is refused, naming the token, rather
+/// than carried as a value the simulator could not evaluate.
 #[test]
-fn session_affinity_rules_round_trip() {
-    let set = "-A KUBE-SEP-AAAAAAAAAAAAAAAA -p tcp -m comment --comment \"default/svc:http\" -m recent --set --name KUBE-SEP-AAAAAAAAAAAAAAAA --mask 255.255.255.255 --rsource -m tcp -j DNAT --to-destination 10.10.1.5:8080";
-    let check = "-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment \"default/svc:http\" -m recent --rcheck --seconds 10800 --reap --name KUBE-SEP-AAAAAAAAAAAAAAAA --mask 255.255.255.255 --rsource -j KUBE-SEP-AAAAAAAAAAAAAAAA";
-    assert_eq!(rule(set).emit(), set);
-    assert_eq!(rule(check).emit(), check);
-    assert_eq!(
-        rule(check).matches[1],
-        Match::Recent(RecentMatch::rcheck("KUBE-SEP-AAAAAAAAAAAAAAAA", 10800))
-    );
-    // kube-proxy's input form leaves out the defaults iptables-save prints.
-    let short = rule("-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment default/svc:http -m recent --name KUBE-SEP-AAAAAAAAAAAAAAAA --rcheck --seconds 10800 --reap -j KUBE-SEP-AAAAAAAAAAAAAAAA");
-    assert_eq!(short.emit(), check);
-    let e = Rule::parse("-A X -m recent --name A --reap").unwrap_err();
-    assert_eq!((e.token.as_str(), e.index), ("recent", 3));
+fn what_no_node_writes_is_refused_with_its_token() {
+    let cases: &[(&str, &str, usize)] = &[
+        ("-A X -m recent --set --name A", "recent", 3),
+        (
+            "-A X -p tcp -m multiport --dports 80,443 -j ACCEPT",
+            "multiport",
+            5,
+        ),
+        ("-A X -m state --state NEW -j ACCEPT", "state", 3),
+        ("-A X -p sctp -j ACCEPT", "sctp", 3),
+        ("-A X -p gre -j ACCEPT", "gre", 3),
+        ("-A X -g KUBE-SEP-A", "-g", 2),
+        ("-A X -j SNAT --to-source 10.0.0.1", "SNAT", 3),
+        ("-A X -j LOG --log-prefix x", "LOG", 3),
+        (
+            "-A X -j DNAT --to-destination 10.0.0.1-10.0.0.9",
+            "10.0.0.1-10.0.0.9",
+            5,
+        ),
+        (
+            "-A X -p tcp -j DNAT --to-destination 10.0.0.1:80-90",
+            "10.0.0.1:80-90",
+            7,
+        ),
+        (
+            "-A X -j DNAT --to-destination 10.0.0.1 --random",
+            "--random",
+            6,
+        ),
+        (
+            "-A X -p tcp -j MASQUERADE --to-ports 1024-2048",
+            "--to-ports",
+            6,
+        ),
+        ("-A X -j MARK --set-mark 0x1", "--set-mark", 4),
+        ("-A X -j MARK --and-mark 0x1", "--and-mark", 4),
+        (
+            "-A X -m statistic --mode nth --every 2 --packet 0",
+            "nth",
+            5,
+        ),
+        (
+            "-A X -m statistic --mode random ! --probability 0.5",
+            "--probability",
+            7,
+        ),
+        ("-A X -m addrtype --dst-type BLACKHOLE", "BLACKHOLE", 5),
+        (
+            "-A X -m addrtype --dst-type LOCAL --limit-iface-in",
+            "--limit-iface-in",
+            6,
+        ),
+        ("-A X -m conntrack --ctstate UNTRACKED", "UNTRACKED", 5),
+    ];
+    for (line, token, index) in cases {
+        let e = Rule::parse(line).expect_err(line);
+        assert_eq!((e.token.as_str(), e.index), (*token, *index), "{line}: {e}");
+    }
 }
 
 #[test]
@@ -295,23 +334,19 @@ fn targets_round_trip() {
         "-A X -j DROP",
         "-A X -j RETURN",
         "-A X -p tcp -j REJECT --reject-with tcp-reset",
-        "-A X -g KUBE-SEP-A",
         "-A X -p tcp -m tcp -j DNAT --to-destination 10.180.0.1:80",
-        "-A X -p udp -j DNAT --to-destination 10.0.0.1-10.0.0.9:1024-2048 --random --persistent",
+        "-A X -p udp -j DNAT --to-destination 10.0.0.1:1024",
         "-A X -p tcp -j DNAT --to-destination [fd00::1]:80",
         "-A X -j DNAT --to-destination fd00::1",
-        "-A X -j SNAT --to-source 192.168.1.10 --random-fully",
-        "-A X -p tcp -j MASQUERADE --to-ports 1024-65535 --random",
+        "-A X -j MASQUERADE --random-fully",
         "-A X -j MARK --set-xmark 0x4000/0xffffffff",
-        "-A X -j MARK --set-mark 0x1",
-        "-A X -j MARK --and-mark 0xffffbfff",
+        "-A X -j MARK --or-mark 0x4000",
         "-A X -j MARK --xor-mark 0x4000",
-        "-A X -j LOG --log-prefix \"dropped: \" --log-level 6",
         "-A X -m comment --comment \"say \\\"hi\\\" \\\\ it\\'s\" -j ACCEPT",
         "-A X -m comment --comment \"\"",
         "-A X",
-        "-A X -p udp -m udp ! --sport 1:1023 -m statistic --mode nth ! --every 3 --packet 1",
-        "-A X -m addrtype --src-type UNICAST,LOCAL --limit-iface-in -j ACCEPT",
+        "-A X -p udp -m udp ! --sport 1:1023 -m statistic --mode random --probability 0.25",
+        "-A X -m addrtype --src-type UNICAST,LOCAL -j ACCEPT",
     ] {
         let r = rule(line);
         assert_eq!(r.emit(), line);
@@ -443,22 +478,9 @@ fn arb_generic_match() -> impl Strategy<Value = Match> {
         (
             proptest::option::of(arb_neg(arb_set(&AddrType::ALL))),
             proptest::option::of(arb_neg(arb_set(&AddrType::ALL))),
-            any::<bool>(),
-            any::<bool>()
         )
-            .prop_filter("one type, one limit", |(s, d, i, o)| {
-                (s.is_some() || d.is_some()) && !(*i && *o)
-            })
-            .prop_map(
-                |(src_type, dst_type, limit_iface_in, limit_iface_out)| Match::AddrType(
-                    AddrTypeMatch {
-                        src_type,
-                        dst_type,
-                        limit_iface_in,
-                        limit_iface_out
-                    }
-                )
-            ),
+            .prop_filter("one type", |(s, d)| s.is_some() || d.is_some())
+            .prop_map(|(src_type, dst_type)| Match::AddrType(AddrTypeMatch { src_type, dst_type })),
         (
             any::<bool>(),
             any::<u32>(),
@@ -470,95 +492,22 @@ fn arb_generic_match() -> impl Strategy<Value = Match> {
                 mask
             }),
         arb_text(255).prop_map(Match::Comment),
-        (any::<bool>(), 0u32..=1_000_000_000u32).prop_map(|(negated, n)| Match::Statistic(
-            StatisticMatch {
-                mode: StatisticMode::Random {
-                    probability: Probability::from_f64(f64::from(n) / 1e9).unwrap()
-                },
-                negated,
-            }
-        )),
-        (any::<bool>(), 1u32..100, 0u32..100).prop_map(|(negated, every, p)| Match::Statistic(
-            StatisticMatch {
-                mode: StatisticMode::Nth {
-                    every,
-                    packet: p % every
-                },
-                negated,
-            }
-        )),
+        (0u32..=1_000_000_000u32)
+            .prop_map(|n| Match::Statistic(Probability::from_f64(f64::from(n) / 1e9).unwrap())),
         arb_neg(arb_set(&CtState::ALL)).prop_map(|ctstate| Match::Conntrack { ctstate }),
-        arb_neg(arb_set(&CtState::ALL[..5])).prop_map(Match::State),
-        (
-            arb_neg(proptest::sample::select(vec![
-                RecentCommand::Set,
-                RecentCommand::Rcheck,
-                RecentCommand::Update,
-                RecentCommand::Remove
-            ])),
-            proptest::option::of(1u32..=i32::MAX as u32),
-            any::<[bool; 3]>(),
-            proptest::option::of(1u32..=20),
-            "[A-Za-z0-9_.-]{1,30}",
-            prop_oneof![
-                any::<u32>().prop_map(|a| IpAddr::V4(a.into())),
-                any::<u128>().prop_map(|a| IpAddr::V6(a.into()))
-            ],
-        )
-            .prop_map(
-                |(command, seconds, [reap, rttl, dest], hitcount, name, mask)| {
-                    // --seconds, --hitcount, --rttl only make sense when checking.
-                    let checks =
-                        matches!(command.value, RecentCommand::Rcheck | RecentCommand::Update);
-                    let (seconds, hitcount, rttl) = if checks {
-                        (seconds, hitcount, rttl)
-                    } else {
-                        (None, None, false)
-                    };
-                    let side = if dest {
-                        RecentSide::Dest
-                    } else {
-                        RecentSide::Source
-                    };
-                    Match::Recent(RecentMatch {
-                        command,
-                        reap: reap && seconds.is_some(),
-                        seconds,
-                        hitcount,
-                        rttl,
-                        name,
-                        mask,
-                        side,
-                    })
-                }
-            ),
     ]
 }
 
-fn arb_nat_range() -> impl Strategy<Value = NatRange> {
+fn arb_nat_to() -> impl Strategy<Value = NatTo> {
     prop_oneof![
-        (
-            any::<u32>(),
-            proptest::option::of(any::<u16>()),
-            proptest::option::of(arb_range())
-        )
-            .prop_map(|(a, extra, ports)| NatRange {
-                addr: IpAddr::V4(a.into()),
-                addr_last: extra
-                    .map(|e| IpAddr::V4(Ipv4Addr::from(a.saturating_add(u32::from(e))))),
-                ports,
-            }),
-        (
-            any::<u128>(),
-            proptest::option::of(any::<u16>()),
-            proptest::option::of(arb_range())
-        )
-            .prop_map(|(a, extra, ports)| NatRange {
-                addr: IpAddr::V6(a.into()),
-                addr_last: extra
-                    .map(|e| IpAddr::V6(Ipv6Addr::from(a.saturating_add(u128::from(e))))),
-                ports,
-            }),
+        (any::<u32>(), proptest::option::of(any::<u16>())).prop_map(|(a, port)| NatTo {
+            addr: IpAddr::V4(a.into()),
+            port,
+        }),
+        (any::<u128>(), proptest::option::of(any::<u16>())).prop_map(|(a, port)| NatTo {
+            addr: IpAddr::V6(a.into()),
+            port,
+        }),
     ]
 }
 
@@ -566,16 +515,8 @@ fn arb_chain() -> impl Strategy<Value = String> {
     "[A-Z][A-Z0-9_-]{0,27}".prop_filter("not a target name", |c| {
         !matches!(
             c.as_str(),
-            "ACCEPT"
-                | "DROP"
-                | "RETURN"
-                | "REJECT"
-                | "DNAT"
-                | "SNAT"
-                | "MASQUERADE"
-                | "MARK"
-                | "LOG"
-        )
+            "ACCEPT" | "DROP" | "RETURN" | "REJECT" | "DNAT" | "MASQUERADE" | "MARK"
+        ) && !UNMODELLED_TARGETS.contains(&c.as_str())
     })
 }
 
@@ -583,9 +524,6 @@ fn arb_target() -> impl Strategy<Value = Jump> {
     let mark = prop_oneof![
         (any::<u32>(), proptest::option::of(any::<u32>()))
             .prop_map(|(value, mask)| MarkAction::SetXmark { value, mask }),
-        (any::<u32>(), proptest::option::of(any::<u32>()))
-            .prop_map(|(value, mask)| MarkAction::SetMark { value, mask }),
-        any::<u32>().prop_map(MarkAction::AndMark),
         any::<u32>().prop_map(MarkAction::OrMark),
         any::<u32>().prop_map(MarkAction::XorMark),
     ];
@@ -595,38 +533,9 @@ fn arb_target() -> impl Strategy<Value = Jump> {
         Just(Jump::Return),
         proptest::sample::select(RejectWith::ALL.to_vec()).prop_map(|with| Jump::Reject { with }),
         arb_chain().prop_map(Jump::Chain),
-        arb_chain().prop_map(Jump::Goto),
-        (arb_nat_range(), any::<bool>(), any::<bool>()).prop_map(|(to, random, persistent)| {
-            Jump::Dnat {
-                to,
-                random,
-                persistent,
-            }
-        }),
-        (arb_nat_range(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-            |(to, random, random_fully, persistent)| Jump::Snat {
-                to,
-                random,
-                random_fully,
-                persistent
-            }
-        ),
-        (
-            proptest::option::of(arb_range()),
-            any::<bool>(),
-            any::<bool>()
-        )
-            .prop_map(|(to_ports, random, random_fully)| Jump::Masquerade {
-                to_ports,
-                random,
-                random_fully
-            }),
+        arb_nat_to().prop_map(|to| Jump::Dnat { to }),
+        any::<bool>().prop_map(|random_fully| Jump::Masquerade { random_fully }),
         mark.prop_map(Jump::Mark),
-        (
-            proptest::option::of(arb_text(29)),
-            proptest::option::of(0u8..=7)
-        )
-            .prop_map(|(prefix, level)| Jump::Log { prefix, level }),
     ]
 }
 
@@ -638,15 +547,10 @@ prop_compose! {
         in_interface in proptest::option::of(arb_neg(arb_iface())),
         out_interface in proptest::option::of(arb_neg(arb_iface())),
         proto in proptest::option::of((any::<bool>(), prop_oneof![
-            Just(Protocol::Tcp), Just(Protocol::Udp), Just(Protocol::Sctp), Just(Protocol::Icmp),
-            Just(Protocol::Icmpv6), any::<u8>().prop_filter_map("named variant", |n| match Protocol::from_number(n) {
-                Some(Protocol::Other(n)) => Some(Protocol::Other(n)),
-                _ => None,
-            }),
+            Just(Protocol::Tcp), Just(Protocol::Udp), Just(Protocol::Icmp),
         ])),
         generic in proptest::collection::vec(arb_generic_match(), 0..4),
         ports in proptest::collection::vec(arb_ports(), 0..2),
-        multi in proptest::option::of((prop_oneof![Just(MultiportKind::Source), Just(MultiportKind::Destination), Just(MultiportKind::Either)], arb_neg(proptest::collection::vec(arb_range(), 1..7)))),
         target in proptest::option::of(arb_target()),
     ) -> Rule {
         let protocol = proto.map(|(negated, value)| Negatable { negated, value });
@@ -660,12 +564,8 @@ prop_compose! {
                 match value {
                     Protocol::Tcp => matches.insert(0, Match::Tcp(p)),
                     Protocol::Udp => matches.push(Match::Udp(p)),
-                    Protocol::Sctp => matches.push(Match::Sctp(p)),
-                    _ => {}
+                    Protocol::Icmp => {}
                 }
-            }
-            if let (Some((kind, ports)), Protocol::Tcp | Protocol::Udp) = (multi, value) {
-                matches.push(Match::Multiport { kind, ports });
             }
         }
         // The kernel sends a TCP reset only for TCP.
@@ -673,16 +573,9 @@ prop_compose! {
         let ports_ok = protocol_has_ports(protocol.as_ref().filter(|p| !p.negated).map(|p| p.value));
         let target = match target {
             Some(Jump::Reject { with: RejectWith::TcpReset }) if !tcp => Some(Jump::reject()),
-            Some(Jump::Dnat { mut to, random, persistent }) if !ports_ok => {
-                to.ports = None;
-                Some(Jump::Dnat { to, random, persistent })
-            }
-            Some(Jump::Snat { mut to, random, random_fully, persistent }) if !ports_ok => {
-                to.ports = None;
-                Some(Jump::Snat { to, random, random_fully, persistent })
-            }
-            Some(Jump::Masquerade { random, random_fully, .. }) if !ports_ok => {
-                Some(Jump::Masquerade { to_ports: None, random, random_fully })
+            Some(Jump::Dnat { mut to }) if !ports_ok => {
+                to.port = None;
+                Some(Jump::Dnat { to })
             }
             t => t,
         };
@@ -705,20 +598,10 @@ fn real_iptables_accepts(r: &Rule) -> bool {
         }) => value.prefix_len() != 0,
         _ => true,
     };
-    let nat_v4 = |t: &NatRange| t.addr.is_ipv4();
     v4(&r.source)
         && v4(&r.destination)
-        && r.matches.iter().all(|m| {
-            !matches!(
-                m,
-                Match::Recent(RecentMatch {
-                    mask: IpAddr::V6(_),
-                    ..
-                })
-            )
-        })
         && match &r.target {
-            Some(Jump::Dnat { to, .. }) | Some(Jump::Snat { to, .. }) => nat_v4(to),
+            Some(Jump::Dnat { to }) => to.addr.is_ipv4(),
             _ => true,
         }
 }
@@ -754,7 +637,7 @@ fn real_iptables_agrees_with_generated_rules() {
             continue;
         }
         let table = match r.target {
-            Some(Jump::Dnat { .. } | Jump::Snat { .. } | Jump::Masquerade { .. }) => Table::Nat,
+            Some(Jump::Dnat { .. } | Jump::Masquerade { .. }) => Table::Nat,
             _ => Table::Filter,
         };
         wanted.push((table, r));
@@ -765,7 +648,7 @@ fn real_iptables_agrees_with_generated_rules() {
             for name in [
                 Some(&r.chain),
                 match &r.target {
-                    Some(Jump::Chain(c) | Jump::Goto(c)) => Some(c),
+                    Some(Jump::Chain(c)) => Some(c),
                     _ => None,
                 },
             ]
