@@ -388,17 +388,8 @@ impl Walker<'_, '_> {
             let Some(rule) = chain.rules.get(i) else {
                 continue;
             };
-            match self.matches(rule, pkt, view) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    return TableOutcome::Stop(Verdict::Error(format!(
-                        "{table}/{} rule {}: {e}: {}",
-                        chain.name,
-                        i + 1,
-                        rule.emit()
-                    )));
-                }
+            if !self.matches(rule, pkt, view) {
+                continue;
             }
             let hook = self.hook;
             self.record(|| TraceEntry::Rule {
@@ -534,48 +525,45 @@ impl Walker<'_, '_> {
     /// Whether the rule matches: the fixed header part first, then the
     /// extension matches in order (a failing one stops the evaluation, so a
     /// statistic match is only asked when everything before it matched).
-    fn matches(&mut self, rule: &Rule, pkt: &Packet, ct: CtView) -> Result<bool, String> {
+    /// Every match the rule model holds is evaluated: the model refuses
+    /// what this cannot evaluate when a rule is read.
+    fn matches(&mut self, rule: &Rule, pkt: &Packet, ct: CtView) -> bool {
         if let Some(n) = &rule.source {
             if net_contains(&n.value, pkt.src) == n.negated {
-                return Ok(false);
+                return false;
             }
         }
         if let Some(n) = &rule.destination {
             if net_contains(&n.value, pkt.dst) == n.negated {
-                return Ok(false);
+                return false;
             }
         }
         if let Some(i) = &rule.in_interface {
             if iface_matches(&i.value, self.cx.in_iface) == i.negated {
-                return Ok(false);
+                return false;
             }
         }
         if let Some(o) = &rule.out_interface {
             if iface_matches(&o.value, self.cx.out_iface) == o.negated {
-                return Ok(false);
+                return false;
             }
         }
         if let Some(p) = &rule.protocol {
             if (p.value.number() == proto_number(pkt.proto)) == p.negated {
-                return Ok(false);
+                return false;
             }
         }
-        for m in &rule.matches {
-            if !self.match_one(m, pkt, ct)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        rule.matches.iter().all(|m| self.match_one(m, pkt, ct))
     }
 
-    fn match_one(&mut self, m: &Match, pkt: &Packet, ct: CtView) -> Result<bool, String> {
-        Ok(match m {
+    fn match_one(&mut self, m: &Match, pkt: &Packet, ct: CtView) -> bool {
+        match m {
             Match::Tcp(pm) => pkt.proto == Proto::Tcp && ports_match(pm, pkt),
             Match::Udp(pm) => pkt.proto == Proto::Udp && ports_match(pm, pkt),
             Match::AddrType(a) => {
                 let addrs = self.cx.addrs;
                 let type_ok = |want: &Option<Negatable<BTreeSet<_>>>, ip: IpAddr| match want {
-                    Some(n) => n.value.contains(&addrs.addr_type(ip, None)) != n.negated,
+                    Some(n) => n.value.contains(&addrs.addr_type(ip)) != n.negated,
                     None => true,
                 };
                 type_ok(&a.src_type, pkt.src) && type_ok(&a.dst_type, pkt.dst)
@@ -588,7 +576,7 @@ impl Walker<'_, '_> {
             Match::Comment(_) => true,
             Match::Statistic(p) => self.branches.choose(p.probability()),
             Match::Conntrack { ctstate } => states_match(&ctstate.value, ct) != ctstate.negated,
-        })
+        }
     }
 }
 

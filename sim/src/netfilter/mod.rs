@@ -331,11 +331,10 @@ pub trait LocalAddresses {
         ip.is_loopback() || self.addresses().any(|(_, n)| n.addr() == ip)
     }
 
-    /// The address type the kernel gives `ip` (`inet_addr_type`), optionally
-    /// restricted to one device (`--limit-iface-in/out`). An IPv4 address on
+    /// The address type the kernel gives `ip` (`inet_addr_type`). An IPv4 address on
     /// a subnet of more than two addresses makes the subnet's broadcast
     /// address BROADCAST, as the kernel's local routing table does.
-    fn addr_type(&self, ip: IpAddr, dev: Option<&str>) -> AddrType {
+    fn addr_type(&self, ip: IpAddr) -> AddrType {
         match ip {
             IpAddr::V4(v4) => {
                 if v4.octets()[0] == 0 || v4.is_broadcast() {
@@ -351,14 +350,11 @@ pub trait LocalAddresses {
                 }
             }
         }
-        if ip.is_loopback() && (dev.is_none() || dev == Some("lo")) {
+        if ip.is_loopback() {
             return AddrType::Local;
         }
         let mut broadcast = false;
-        for (iface, net) in self.addresses() {
-            if dev.is_some_and(|d| d != iface) {
-                continue;
-            }
+        for (_, net) in self.addresses() {
             if net.addr() == ip {
                 return AddrType::Local;
             }

@@ -658,21 +658,12 @@ fn mark_targets_follow_the_kernel_arithmetic() {
 #[test]
 fn addrtype_classifies_like_the_kernel() {
     let a = node_addrs();
-    assert_eq!(a.addr_type(ip("192.168.0.11"), None), AddrType::Local);
-    assert_eq!(a.addr_type(ip("127.0.0.53"), None), AddrType::Local);
-    assert_eq!(a.addr_type(ip("10.10.1.255"), None), AddrType::Broadcast);
-    assert_eq!(
-        a.addr_type(ip("255.255.255.255"), None),
-        AddrType::Broadcast
-    );
-    assert_eq!(a.addr_type(ip("224.0.0.1"), None), AddrType::Multicast);
-    assert_eq!(a.addr_type(ip("10.10.2.7"), None), AddrType::Unicast);
-    // Limited to a device, another device's address is not local.
-    assert_eq!(
-        a.addr_type(ip("192.168.0.11"), Some("cbr0")),
-        AddrType::Unicast
-    );
-    assert_eq!(a.addr_type(ip("10.10.1.1"), Some("cbr0")), AddrType::Local);
+    assert_eq!(a.addr_type(ip("192.168.0.11")), AddrType::Local);
+    assert_eq!(a.addr_type(ip("127.0.0.53")), AddrType::Local);
+    assert_eq!(a.addr_type(ip("10.10.1.255")), AddrType::Broadcast);
+    assert_eq!(a.addr_type(ip("255.255.255.255")), AddrType::Broadcast);
+    assert_eq!(a.addr_type(ip("224.0.0.1")), AddrType::Multicast);
+    assert_eq!(a.addr_type(ip("10.10.2.7")), AddrType::Unicast);
     assert_eq!(
         a.masquerade_source("eth0", ip("10.10.1.5"), None),
         Some(ip("192.168.0.11"))

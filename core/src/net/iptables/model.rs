@@ -158,10 +158,10 @@ pub struct PortMatch {
     pub dport: Option<Negatable<PortRange>>,
 }
 
-/// An address type of the `addrtype` match: the kernel's route types an
-/// address can have on a node without policy routing (the simulator's
-/// [`AddrType`]s; kube-proxy and docker only ask for `LOCAL`). The
-/// declaration order is the kernel's, which `iptables-save` prints a set in.
+/// An address type of the `addrtype` match: the route types the simulator
+/// classifies a node's addresses into (kube-proxy and docker only ask for
+/// `LOCAL`). The declaration order is the kernel's, which `iptables-save`
+/// prints a set in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AddrType {
     Unicast,
