@@ -115,13 +115,6 @@ pub struct Interface {
     pub wildcard: bool,
 }
 
-impl Interface {
-    /// An exact interface name such as `docker0`, or a prefix if it ends in `+`.
-    pub fn new(name: &str) -> Result<Interface, ParseError> {
-        Interface::parse(name).map_err(|m| ParseError::new(m, name, 0))
-    }
-}
-
 /// A port or an inclusive port range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortRange {
@@ -541,11 +534,6 @@ impl Jump {
         }
     }
 
-    /// `-j CHAIN`
-    pub fn chain(chain: impl Into<String>) -> Jump {
-        Jump::Chain(chain.into())
-    }
-
     /// The name after `-j`.
     pub fn name(&self) -> &str {
         match self {
@@ -644,30 +632,6 @@ impl Rule {
             };
         }
         r
-    }
-
-    /// `-i name` (`name+` for a prefix).
-    pub fn in_interface(mut self, iface: Interface) -> Rule {
-        self.in_interface = Some(Negatable::is(iface));
-        self
-    }
-
-    /// `! -i name`
-    pub fn not_in_interface(mut self, iface: Interface) -> Rule {
-        self.in_interface = Some(Negatable::not(iface));
-        self
-    }
-
-    /// `-o name`
-    pub fn out_interface(mut self, iface: Interface) -> Rule {
-        self.out_interface = Some(Negatable::is(iface));
-        self
-    }
-
-    /// `! -o name`
-    pub fn not_out_interface(mut self, iface: Interface) -> Rule {
-        self.out_interface = Some(Negatable::not(iface));
-        self
     }
 
     /// `-p proto`
@@ -894,11 +858,6 @@ impl Ruleset {
     /// The dump of one table.
     pub fn table(&self, table: Table) -> Option<&TableDump> {
         self.tables.iter().find(|t| t.table == table)
-    }
-
-    /// The dump of one table, mutable.
-    pub fn table_mut(&mut self, table: Table) -> Option<&mut TableDump> {
-        self.tables.iter_mut().find(|t| t.table == table)
     }
 }
 

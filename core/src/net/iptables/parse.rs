@@ -246,14 +246,6 @@ impl Rule {
         parse_spec(chain, &toks[2..], 2)
     }
 
-    /// Parse the rule text after the chain (`! -d 10.0.0.0/8 -j MASQUERADE`),
-    /// as given to `iptables -A CHAIN ...` in a shell.
-    pub fn parse_in_chain(chain: &str, spec: &str) -> Result<Rule, ParseError> {
-        check_chain_name(chain).map_err(|m| ParseError::new(m, chain, 0))?;
-        let toks = tokenize(spec)?;
-        parse_spec(chain, &toks, 0)
-    }
-
     /// Build a rule from an argv after the chain (no quoting: each element is
     /// one argument), the inverse of [`Rule::to_args`].
     pub fn from_args<S: AsRef<str>>(chain: &str, args: &[S]) -> Result<Rule, ParseError> {
