@@ -170,11 +170,27 @@ fn every_agent_and_kubeconfig_dials_the_endpoint_and_the_proxy_balances_over_eve
             .as_ref()
             .is_some_and(|h| h.tls && h.path == "/healthz"));
         let unit = text_of(&s, Some(i), Asset::Unit(Service::ApiserverProxy));
-        assert!(
-            unit.contains(
-                "ExecStart=/usr/sbin/haproxy -db -f /etc/kubernetes/apiserver-proxy.cfg\n"
-            ),
+        let words = r::unit_exec_start(&unit).expect("an ExecStart");
+        assert_eq!(
+            words,
+            [
+                "/usr/sbin/haproxy",
+                "-db",
+                "-f",
+                "/etc/kubernetes/apiserver-proxy.cfg"
+            ],
             "{unit}"
+        );
+        assert!(
+            unit.contains("\nBefore=kubelet.service kube-proxy.service\n"),
+            "{unit}"
+        );
+        assert_eq!(
+            r::unit_command(&s, Some(i), Service::ApiserverProxy)
+                .expect("a command")
+                .argv,
+            words,
+            "the supervisor runs what the unit says"
         );
     }
     // The admin dials the endpoint too; the controller-manager keeps its own

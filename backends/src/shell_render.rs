@@ -25,7 +25,7 @@ use kscratch_core::plan::{
     Action, Asset, Component, PodRouteVia, PreflightCheck, Service, VxlanDevice, PKI_DIR,
 };
 use kscratch_core::ports;
-use kscratch_core::render::{self as krender, Redacted};
+use kscratch_core::render as krender;
 use kscratch_core::scenario::{Runtime, Scenario};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -179,8 +179,6 @@ pub enum ShellRenderError {
     MissingInput { what: String, missing: &'static str },
     #[error("{0}")]
     Render(#[from] krender::RenderError),
-    #[error("the unit of {service}: {message}")]
-    Unit { service: String, message: String },
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
 }
@@ -1071,20 +1069,8 @@ const HEREDOC: &str = "KSCRATCH_EOF";
 
 /// The argv of a service's unit and the environment files it reads.
 fn service_argv(s: &Scenario, node: usize, svc: Service) -> R<(Vec<String>, Vec<String>)> {
-    let name = svc.name();
-    // Units hold no secrets: placeholders are fine for reading ExecStart.
-    let unit = krender::render(s, Some(node), Asset::Unit(svc), &Redacted)?;
-    let text = String::from_utf8_lossy(&unit).into_owned();
-    let argv = krender::unit_exec_start(&text).map_err(|e| ShellRenderError::Unit {
-        service: name.into(),
-        message: e.to_string(),
-    })?;
-    let env_files = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("EnvironmentFile="))
-        .map(|f| f.trim_start_matches('-').to_string())
-        .collect();
-    Ok((argv, env_files))
+    let c = krender::unit_command(s, Some(node), svc)?;
+    Ok((c.argv, c.environment_files))
 }
 
 /// `/usr/bin/env containerd ...` runs `containerd`; otherwise argv[0].

@@ -394,8 +394,6 @@ pub fn sync(
         Rule::new(KUBE_POSTROUTING)
             .comment("kubernetes service traffic requiring SNAT")
             .target(Jump::Masquerade {
-                to_ports: None,
-                random: false,
                 random_fully: config.random_fully,
             }),
     )?;

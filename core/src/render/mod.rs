@@ -59,7 +59,9 @@ pub use parse::{
 };
 pub use pki::{ca_spec, cas, cert_spec, issued_certs, CertSpec, ExtKeyUsage, KeyUsage};
 pub use pods::static_pod;
-pub use units::{containerd_config, docker_defaults, logrotate, unit, HAPROXY};
+pub use units::{
+    containerd_config, docker_defaults, logrotate, unit, unit_command, UnitCommand, HAPROXY,
+};
 
 /// The Kubernetes API types the manifests are built with, re-exported so that
 /// consumers parse them with the same version.

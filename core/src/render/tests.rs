@@ -825,6 +825,49 @@ fn render_every_planned_file_for_every_bundled_scenario() {
     }
 }
 
+/// The typed command of every unit is exactly what its `ExecStart=` and
+/// `EnvironmentFile=` lines say when read back as systemd does, so the
+/// shell backend's supervisor (which runs the typed words) and systemd
+/// (which runs the text) start the same daemon.
+#[test]
+fn every_unit_command_is_what_its_unit_text_says() {
+    let mut checked = 0;
+    for yaml in [
+        include_str!("../../../scenarios/guide-routed.yaml"),
+        include_str!("../../../scenarios/https-ha.yaml"),
+        include_str!("../../../scenarios/quickstart.yaml"),
+        include_str!("../../../scenarios/seed-era.yaml"),
+        include_str!("../../../scenarios/vxlan-overlay.yaml"),
+    ] {
+        let s = scenario(yaml);
+        for node in 0..s.nodes.len() {
+            for svc in [
+                Service::Kubelet,
+                Service::KubeProxy,
+                Service::Docker,
+                Service::Containerd,
+                Service::Etcd,
+            ] {
+                let Ok(text) = unit(&s, Some(node), svc) else {
+                    assert!(unit_command(&s, Some(node), svc).is_err());
+                    continue;
+                };
+                let cmd = unit_command(&s, Some(node), svc).expect("a unit has a command");
+                let read = parse_unit(&text).expect("the unit parses");
+                assert_eq!(Some(&cmd.argv), read.exec_start.as_ref(), "{svc:?}");
+                let files: Vec<(String, bool)> = cmd
+                    .environment_files
+                    .iter()
+                    .map(|f| (f.clone(), true))
+                    .collect();
+                assert_eq!(files, read.environment_files, "{svc:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} units");
+}
+
 #[test]
 fn render_rejects_bad_nodes_without_panicking() {
     let s = guide();

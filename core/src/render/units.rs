@@ -2,8 +2,10 @@
 //!
 //! Every unit restarts its daemon when it dies (`Restart=always`): the
 //! guide's "liveness-monitoring", done by the init system. ExecStart lines
-//! are continued with `\`, one flag per line; [`super::unit_exec_start`]
-//! reads them back.
+//! are continued with `\`, one flag per line. [`unit_command`] gives the
+//! same words typed (for the shell backend's supervisor); the simulator,
+//! which follows the node's files, reads them back with
+//! [`super::unit_exec_start`].
 
 use super::flags::{self, Flag};
 use super::{not_applicable, RenderError};
@@ -13,8 +15,84 @@ use crate::scenario::{EtcdRunAs, Runtime, Scenario};
 /// Debian's haproxy binary: the local apiserver proxy comes from the distribution.
 pub const HAPROXY: &str = "/usr/sbin/haproxy";
 
+/// What a service's unit runs, as words before they are written into its
+/// `ExecStart=`: the program (behind `/usr/bin/env` when the unit finds it
+/// on the PATH) and its arguments, `$VAR` references as written, and the
+/// environment files the unit reads (each optional: `EnvironmentFile=-`).
+/// [`unit`] writes these words; the shell backend's supervisor runs the
+/// same words where there is no systemd, so nothing parses the unit back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitCommand {
+    pub argv: Vec<String>,
+    pub environment_files: Vec<String>,
+}
+
+/// The command of `service`'s unit on `node` (see [`UnitCommand`]).
+pub fn unit_command(
+    s: &Scenario,
+    node: Option<usize>,
+    service: Service,
+) -> Result<UnitCommand, RenderError> {
+    Ok(spec(s, node, service)?.command())
+}
+
 /// The systemd unit (or, for docker, the drop-in) of `service` on `node`.
 pub fn unit(s: &Scenario, node: Option<usize>, service: Service) -> Result<String, RenderError> {
+    let spec = spec(s, node, service)?;
+    if let (Service::Docker, Runtime::Docker(d)) = (service, &s.runtime) {
+        // docker's packaged unit stays; the drop-in resets its ExecStart.
+        let env = spec
+            .environment_files
+            .iter()
+            .map(|f| format!("EnvironmentFile=-{f}\n"))
+            .collect::<String>();
+        return Ok(format!(
+            "# Written by kscratch: docker reads its options from /etc/default/docker.\n\
+             [Service]\n\
+             {env}\
+             ExecStart=\n\
+             ExecStart={exec}\n\
+             LimitNOFILE={nofile}\n\
+             Restart=always\n\
+             RestartSec=5\n",
+            exec = spec.command().argv.join(" "),
+            nofile = d.nofile,
+        ));
+    }
+    Ok(service_unit(&spec))
+}
+
+/// A unit before it is text.
+struct Spec {
+    /// `[Unit]` settings (a drop-in such as docker's keeps the packaged ones).
+    description: &'static str,
+    after: Vec<&'static str>,
+    /// Units this one starts before (`Before=`).
+    before: &'static [&'static str],
+    /// The program's words: `/usr/local/bin/kubelet`, `/usr/bin/env containerd`.
+    program: &'static [&'static str],
+    /// Arguments after the program, one per continuation line in the unit.
+    args: Vec<String>,
+    /// `[Service]` settings before `ExecStart=`.
+    extra: &'static [&'static str],
+    environment_files: Vec<String>,
+}
+
+impl Spec {
+    fn command(&self) -> UnitCommand {
+        UnitCommand {
+            argv: self
+                .program
+                .iter()
+                .map(|w| w.to_string())
+                .chain(self.args.iter().cloned())
+                .collect(),
+            environment_files: self.environment_files.clone(),
+        }
+    }
+}
+
+fn spec(s: &Scenario, node: Option<usize>, service: Service) -> Result<Spec, RenderError> {
     let asset = Asset::Unit(service);
     let need = || -> Result<usize, RenderError> {
         let i = node.ok_or_else(|| RenderError::NodeRequired {
@@ -32,26 +110,31 @@ pub fn unit(s: &Scenario, node: Option<usize>, service: Service) -> Result<Strin
         Runtime::Docker(_) => "docker.service",
         Runtime::Containerd => "containerd.service",
     };
+    let args = |f: &[Flag]| f.iter().map(Flag::arg).collect::<Vec<_>>();
     Ok(match service {
         Service::Kubelet => {
             let i = need()?;
-            service_unit(
-                "kubelet: the Kubernetes node agent",
-                &[runtime_unit],
-                "/usr/local/bin/kubelet",
-                &flags::kubelet(s, i),
-                &[],
-            )
+            Spec {
+                description: "kubelet: the Kubernetes node agent",
+                before: &[],
+                after: vec![runtime_unit],
+                program: &["/usr/local/bin/kubelet"],
+                args: args(&flags::kubelet(s, i)),
+                extra: &[],
+                environment_files: Vec::new(),
+            }
         }
         Service::KubeProxy => {
             let i = need()?;
-            service_unit(
-                "kube-proxy: Kubernetes Service rules",
-                &["network-online.target"],
-                "/usr/local/bin/kube-proxy",
-                &flags::kube_proxy(s, i),
-                &[],
-            )
+            Spec {
+                description: "kube-proxy: Kubernetes Service rules",
+                before: &[],
+                after: vec!["network-online.target"],
+                program: &["/usr/local/bin/kube-proxy"],
+                args: args(&flags::kube_proxy(s, i)),
+                extra: &[],
+                environment_files: Vec::new(),
+            }
         }
         Service::Etcd => {
             let i = need()?;
@@ -68,13 +151,15 @@ pub fn unit(s: &Scenario, node: Option<usize>, service: Service) -> Result<Strin
                 ));
             }
             // The release binary's version is unknown here: no metrics listener.
-            service_unit(
-                "etcd: the cluster's key-value store",
-                &["network-online.target"],
-                "/usr/local/bin/etcd",
-                &flags::etcd(s, i, false),
-                &["Type=notify"],
-            )
+            Spec {
+                description: "etcd: the cluster's key-value store",
+                before: &[],
+                after: vec!["network-online.target"],
+                program: &["/usr/local/bin/etcd"],
+                args: args(&flags::etcd(s, i, false)),
+                extra: &["Type=notify"],
+                environment_files: Vec::new(),
+            }
         }
         Service::ApiserverProxy => {
             if s.local_apiserver_proxy().is_none() {
@@ -87,57 +172,55 @@ pub fn unit(s: &Scenario, node: Option<usize>, service: Service) -> Result<Strin
             // the distribution's own haproxy.service and its
             // /etc/haproxy/haproxy.cfg are left alone. It starts before the
             // node agents that dial it.
-            format!(
-                "# Written by kscratch.\n[Unit]\n\
-                 Description=kscratch-apiserver-proxy: the local apiserver load balancer\n\
-                 After=network-online.target\nWants=network-online.target\n\
-                 Before=kubelet.service kube-proxy.service\n\n\
-                 [Service]\n\
-                 ExecStart={HAPROXY} -db -f {cfg}\n\
-                 Restart=always\nRestartSec=5\n\n\
-                 [Install]\nWantedBy=multi-user.target\n",
-                cfg = Asset::ApiserverProxyConfig.path(),
-            )
+            Spec {
+                description: "kscratch-apiserver-proxy: the local apiserver load balancer",
+                after: vec!["network-online.target"],
+                before: &["kubelet.service", "kube-proxy.service"],
+                program: &[HAPROXY],
+                args: vec![
+                    "-db".into(),
+                    "-f".into(),
+                    Asset::ApiserverProxyConfig.path().into(),
+                ],
+                extra: &[],
+                environment_files: Vec::new(),
+            }
         }
         Service::Docker => match &s.runtime {
-            Runtime::Docker(d) => format!(
-                "# Written by kscratch: docker reads its options from /etc/default/docker.\n\
-                 [Service]\n\
-                 EnvironmentFile=-{defaults}\n\
-                 ExecStart=\n\
-                 ExecStart=/usr/bin/env dockerd $DOCKER_OPTS\n\
-                 LimitNOFILE={nofile}\n\
-                 Restart=always\n\
-                 RestartSec=5\n",
-                defaults = Asset::DockerDefaults.path(),
-                nofile = d.nofile,
-            ),
+            Runtime::Docker(_) => Spec {
+                description: "",
+                before: &[],
+                after: Vec::new(),
+                program: &["/usr/bin/env", "dockerd"],
+                args: vec!["$DOCKER_OPTS".into()],
+                extra: &[],
+                environment_files: vec![Asset::DockerDefaults.path().into()],
+            },
             Runtime::Containerd => {
                 return Err(not_applicable(asset, "the container runtime is containerd"))
             }
         },
         Service::Containerd => match &s.runtime {
-            Runtime::Containerd => {
-                let f = [Flag {
+            Runtime::Containerd => Spec {
+                description: "containerd: the container runtime",
+                before: &[],
+                after: vec!["network.target", "local-fs.target"],
+                program: &["/usr/bin/env", "containerd"],
+                args: args(&[Flag {
                     name: "config",
                     value: Asset::ContainerdConfig.path().into(),
-                }];
-                service_unit(
-                    "containerd: the container runtime",
-                    &["network.target", "local-fs.target"],
-                    "/usr/bin/env containerd",
-                    &f,
-                    &[
-                        "Type=notify",
-                        "Delegate=yes",
-                        "KillMode=process",
-                        "LimitNOFILE=infinity",
-                        "LimitNPROC=infinity",
-                        "TasksMax=infinity",
-                        "OOMScoreAdjust=-999",
-                    ],
-                )
-            }
+                }]),
+                extra: &[
+                    "Type=notify",
+                    "Delegate=yes",
+                    "KillMode=process",
+                    "LimitNOFILE=infinity",
+                    "LimitNPROC=infinity",
+                    "TasksMax=infinity",
+                    "OOMScoreAdjust=-999",
+                ],
+                environment_files: Vec::new(),
+            },
             Runtime::Docker(_) => {
                 return Err(not_applicable(asset, "the container runtime is docker"))
             }
@@ -145,29 +228,29 @@ pub fn unit(s: &Scenario, node: Option<usize>, service: Service) -> Result<Strin
     })
 }
 
-fn service_unit(
-    description: &str,
-    after: &[&str],
-    program: &str,
-    flags: &[Flag],
-    extra: &[&str],
-) -> String {
+fn service_unit(spec: &Spec) -> String {
     let mut out = String::new();
     out.push_str("# Written by kscratch.\n[Unit]\n");
-    out.push_str(&format!("Description={description}\n"));
-    for a in after {
+    out.push_str(&format!("Description={}\n", spec.description));
+    for a in &spec.after {
         out.push_str(&format!("After={a}\nWants={a}\n"));
     }
+    if !spec.before.is_empty() {
+        out.push_str(&format!("Before={}\n", spec.before.join(" ")));
+    }
     out.push_str("\n[Service]\n");
-    for e in extra {
+    for e in spec.extra {
         out.push_str(e);
         out.push('\n');
     }
+    for f in &spec.environment_files {
+        out.push_str(&format!("EnvironmentFile=-{f}\n"));
+    }
     out.push_str("ExecStart=");
-    out.push_str(program);
-    for f in flags {
+    out.push_str(&spec.program.join(" "));
+    for a in &spec.args {
         out.push_str(" \\\n  ");
-        out.push_str(&f.arg());
+        out.push_str(a);
     }
     out.push('\n');
     out.push_str("Restart=always\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n");

@@ -61,11 +61,6 @@ impl Conn {
     pub fn is_dnat(&self) -> bool {
         self.original.dst != self.reply.src || self.original.dport != self.reply.sport
     }
-
-    /// The source was translated (SNAT or MASQUERADE, IPS_SRC_NAT).
-    pub fn is_snat(&self) -> bool {
-        self.original.src != self.reply.dst || self.original.sport != self.reply.dport
-    }
 }
 
 /// A node's connection tracking table. Deterministic: entries are kept in

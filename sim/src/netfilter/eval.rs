@@ -10,8 +10,8 @@ use super::{
 use crate::packet::{Packet, Proto, Tuple};
 use ipnet::IpNet;
 use kscratch_core::net::iptables::{
-    CtState, Interface, Jump, Match, MultiportKind, NatRange, Negatable, Policy, PortMatch,
-    PortRange, Protocol, Rule, Table,
+    CtState, Interface, Jump, Match, NatTo, Negatable, Policy, PortMatch, PortRange, Protocol,
+    Rule, Table,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -100,16 +100,14 @@ enum TableOutcome {
 }
 
 enum NatTarget {
-    Dnat(NatRange),
-    Snat(NatRange),
-    Masquerade(Option<PortRange>),
+    Dnat(NatTo),
+    Masquerade,
 }
 
 /// The conntrack facts `--ctstate` sees.
 #[derive(Clone, Copy)]
 struct CtView {
     state: CtState,
-    snat: bool,
     dnat: bool,
 }
 
@@ -118,7 +116,6 @@ impl CtView {
     fn untracked() -> CtView {
         CtView {
             state: CtState::Invalid,
-            snat: false,
             dnat: false,
         }
     }
@@ -127,7 +124,6 @@ impl CtView {
         match ct.current() {
             Some(a) => CtView {
                 state: a.state(),
-                snat: a.conn.is_snat(),
                 dnat: a.conn.is_dnat(),
             },
             None => CtView::untracked(),
@@ -222,7 +218,7 @@ impl Walker<'_, '_> {
                         )));
                     }
                     let port = if has_ports(pkt.proto) {
-                        range.ports.map_or(pkt.dport, |p| p.first)
+                        range.port.unwrap_or(pkt.dport)
                     } else {
                         0
                     };
@@ -304,18 +300,17 @@ impl Walker<'_, '_> {
             }
             return None;
         }
-        let (new_src, ports, by) = match self.run_table(Table::Nat, pkt, CtView::of(ct)) {
-            TableOutcome::Accept => (pkt.src, None, None),
+        let (new_src, by) = match self.run_table(Table::Nat, pkt, CtView::of(ct)) {
+            TableOutcome::Accept => (pkt.src, None),
             TableOutcome::Stop(v) => return Some(v),
-            TableOutcome::Nat(NatTarget::Snat(range), by) => (range.addr, range.ports, Some(by)),
-            TableOutcome::Nat(NatTarget::Masquerade(ports), by) => {
+            TableOutcome::Nat(NatTarget::Masquerade, by) => {
                 let src = self.cx.out_iface.and_then(|out| {
                     self.cx
                         .addrs
                         .masquerade_source(out, pkt.src, self.cx.next_hop)
                 });
                 match src {
-                    Some(src) => (src, ports, Some(by)),
+                    Some(src) => (src, Some(by)),
                     // The kernel drops what it cannot masquerade (no address on the device).
                     None => return Some(Verdict::Drop { by }),
                 }
@@ -331,11 +326,7 @@ impl Walker<'_, '_> {
             )));
         }
         let a = ct.current()?;
-        let preferred = match ports {
-            Some(r) if !r.contains(pkt.sport) => r.first,
-            _ => pkt.sport,
-        };
-        let Some(port) = unique_source_port(ct, a, new_src, preferred, ports) else {
+        let Some(port) = unique_source_port(ct, a, new_src, pkt.sport) else {
             return Some(match by {
                 Some(by) => Verdict::Drop { by },
                 None => {
@@ -397,17 +388,8 @@ impl Walker<'_, '_> {
             let Some(rule) = chain.rules.get(i) else {
                 continue;
             };
-            match self.matches(rule, pkt, view) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    return TableOutcome::Stop(Verdict::Error(format!(
-                        "{table}/{} rule {}: {e}: {}",
-                        chain.name,
-                        i + 1,
-                        rule.emit()
-                    )));
-                }
+            if !self.matches(rule, pkt, view) {
+                continue;
             }
             let hook = self.hook;
             self.record(|| TraceEntry::Rule {
@@ -452,7 +434,7 @@ impl Walker<'_, '_> {
                 Jump::Return => {
                     stack.pop();
                 }
-                Jump::Chain(name) | Jump::Goto(name) => {
+                Jump::Chain(name) => {
                     let Some(next) = nf.chain(table, name) else {
                         return TableOutcome::Stop(Verdict::Error(format!(
                             "{}: jump to {name}, which is no chain in table {table} (an unsupported target?)",
@@ -464,9 +446,6 @@ impl Walker<'_, '_> {
                             "{}: jump to built-in chain {name}",
                             by()
                         )));
-                    }
-                    if matches!(target, Jump::Goto(_)) {
-                        stack.pop();
                     }
                     if stack.len() >= MAX_DEPTH {
                         return TableOutcome::Stop(Verdict::Error(format!(
@@ -487,18 +466,7 @@ impl Walker<'_, '_> {
                     }
                     return TableOutcome::Nat(NatTarget::Dnat(*to), by());
                 }
-                Jump::Snat { to, .. } => {
-                    if table != Table::Nat || !matches!(hook, Hook::Postrouting | Hook::Input) {
-                        return self.misplaced(
-                            "SNAT",
-                            "the nat table's POSTROUTING and INPUT",
-                            table,
-                            by(),
-                        );
-                    }
-                    return TableOutcome::Nat(NatTarget::Snat(*to), by());
-                }
-                Jump::Masquerade { to_ports, .. } => {
+                Jump::Masquerade { .. } => {
                     if table != Table::Nat || hook != Hook::Postrouting {
                         return self.misplaced(
                             "MASQUERADE",
@@ -507,14 +475,12 @@ impl Walker<'_, '_> {
                             by(),
                         );
                     }
-                    return TableOutcome::Nat(NatTarget::Masquerade(*to_ports), by());
+                    return TableOutcome::Nat(NatTarget::Masquerade, by());
                 }
                 Jump::Mark(action) => {
                     let (value, mask) = action.as_xmark();
                     pkt.mark = (pkt.mark & !mask) ^ value;
                 }
-                // LOG only writes to the kernel log; the trace has the rule.
-                Jump::Log { .. } => {}
             }
         }
     }
@@ -559,69 +525,45 @@ impl Walker<'_, '_> {
     /// Whether the rule matches: the fixed header part first, then the
     /// extension matches in order (a failing one stops the evaluation, so a
     /// statistic match is only asked when everything before it matched).
-    fn matches(&mut self, rule: &Rule, pkt: &Packet, ct: CtView) -> Result<bool, String> {
+    /// Every match the rule model holds is evaluated: the model refuses
+    /// what this cannot evaluate when a rule is read.
+    fn matches(&mut self, rule: &Rule, pkt: &Packet, ct: CtView) -> bool {
         if let Some(n) = &rule.source {
             if net_contains(&n.value, pkt.src) == n.negated {
-                return Ok(false);
+                return false;
             }
         }
         if let Some(n) = &rule.destination {
             if net_contains(&n.value, pkt.dst) == n.negated {
-                return Ok(false);
+                return false;
             }
         }
         if let Some(i) = &rule.in_interface {
             if iface_matches(&i.value, self.cx.in_iface) == i.negated {
-                return Ok(false);
+                return false;
             }
         }
         if let Some(o) = &rule.out_interface {
             if iface_matches(&o.value, self.cx.out_iface) == o.negated {
-                return Ok(false);
+                return false;
             }
         }
         if let Some(p) = &rule.protocol {
             if (p.value.number() == proto_number(pkt.proto)) == p.negated {
-                return Ok(false);
+                return false;
             }
         }
-        for m in &rule.matches {
-            if !self.match_one(m, pkt, ct)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        rule.matches.iter().all(|m| self.match_one(m, pkt, ct))
     }
 
-    fn match_one(&mut self, m: &Match, pkt: &Packet, ct: CtView) -> Result<bool, String> {
-        Ok(match m {
+    fn match_one(&mut self, m: &Match, pkt: &Packet, ct: CtView) -> bool {
+        match m {
             Match::Tcp(pm) => pkt.proto == Proto::Tcp && ports_match(pm, pkt),
             Match::Udp(pm) => pkt.proto == Proto::Udp && ports_match(pm, pkt),
-            // The simulator's packets are never SCTP.
-            Match::Sctp(_) => false,
             Match::AddrType(a) => {
-                let dev = if a.limit_iface_in {
-                    if matches!(self.hook, Hook::Output | Hook::Postrouting) {
-                        return Err(format!(
-                            "-m addrtype --limit-iface-in is not valid at {}",
-                            self.hook
-                        ));
-                    }
-                    self.cx.in_iface
-                } else if a.limit_iface_out {
-                    if matches!(self.hook, Hook::Prerouting | Hook::Input) {
-                        return Err(format!(
-                            "-m addrtype --limit-iface-out is not valid at {}",
-                            self.hook
-                        ));
-                    }
-                    self.cx.out_iface
-                } else {
-                    None
-                };
                 let addrs = self.cx.addrs;
                 let type_ok = |want: &Option<Negatable<BTreeSet<_>>>, ip: IpAddr| match want {
-                    Some(n) => n.value.contains(&addrs.addr_type(ip, dev)) != n.negated,
+                    Some(n) => n.value.contains(&addrs.addr_type(ip)) != n.negated,
                     None => true,
                 };
                 type_ok(&a.src_type, pkt.src) && type_ok(&a.dst_type, pkt.dst)
@@ -632,30 +574,9 @@ impl Walker<'_, '_> {
                 mask,
             } => ((pkt.mark & mask) == *value) != *negated,
             Match::Comment(_) => true,
-            Match::Statistic(s) => self.branches.choose(s.probability()),
-            Match::Conntrack { ctstate } => {
-                states_match(&ctstate.value, ct, true) != ctstate.negated
-            }
-            Match::State(states) => states_match(&states.value, ct, false) != states.negated,
-            Match::Multiport { kind, ports } => {
-                if !has_ports(pkt.proto) {
-                    false
-                } else {
-                    let any = |port: u16| ports.value.iter().any(|r| r.contains(port));
-                    let hit = match kind {
-                        MultiportKind::Source => any(pkt.sport),
-                        MultiportKind::Destination => any(pkt.dport),
-                        MultiportKind::Either => any(pkt.sport) || any(pkt.dport),
-                    };
-                    hit != ports.negated
-                }
-            }
-            // Session affinity lists are state the simulator does not keep;
-            // an unmodelled match must not silently match or fail.
-            Match::Recent(_) => {
-                return Err("-m recent is not supported by the simulator".to_string())
-            }
-        })
+            Match::Statistic(p) => self.branches.choose(p.probability()),
+            Match::Conntrack { ctstate } => states_match(&ctstate.value, ct) != ctstate.negated,
+        }
     }
 }
 
@@ -814,9 +735,7 @@ fn index_key(rule: &Rule) -> Option<IndexKey> {
     };
     let dport = rule.matches.iter().find_map(|m| {
         let pm = match (m, proto) {
-            (Match::Tcp(pm), Protocol::Tcp)
-            | (Match::Udp(pm), Protocol::Udp)
-            | (Match::Sctp(pm), Protocol::Sctp) => pm,
+            (Match::Tcp(pm), Protocol::Tcp) | (Match::Udp(pm), Protocol::Udp) => pm,
             _ => return None,
         };
         match &pm.dport {
@@ -872,13 +791,9 @@ fn ports_match(pm: &PortMatch, pkt: &Packet) -> bool {
 }
 
 /// `--ctstate` is a set: it matches when the connection's state is in it,
-/// or (conntrack match only) when the set has SNAT/DNAT and the connection
-/// is source/destination translated.
-fn states_match(set: &BTreeSet<CtState>, ct: CtView, nat_states: bool) -> bool {
-    set.contains(&ct.state)
-        || (nat_states
-            && ((ct.snat && set.contains(&CtState::Snat))
-                || (ct.dnat && set.contains(&CtState::Dnat))))
+/// or when the set has DNAT and the connection is destination-translated.
+fn states_match(set: &BTreeSet<CtState>, ct: CtView) -> bool {
+    set.contains(&ct.state) || (ct.dnat && set.contains(&CtState::Dnat))
 }
 
 /// `addr:port` (`[addr]:port` for IPv6), or the address alone without ports.
@@ -892,14 +807,13 @@ fn endpoint(addr: IpAddr, port: u16, proto: Proto) -> String {
 
 /// A source port that keeps the connection's reply tuple unique, as the
 /// kernel's `get_unique_tuple`: the preferred port if free, else the next
-/// free one in the given range (or in 1-1023 / 1024-65535, the class of the
-/// preferred port). Protocols without ports cannot move.
+/// free one in 1-1023 or 1024-65535, the class of the preferred port.
+/// Protocols without ports cannot move.
 fn unique_source_port(
     ct: &Conntrack,
     a: &Attachment,
     new_src: IpAddr,
     preferred: u16,
-    range: Option<PortRange>,
 ) -> Option<u16> {
     let reply = |port: u16| Tuple {
         proto: a.conn.reply.proto,
@@ -911,10 +825,10 @@ fn unique_source_port(
     if !has_ports(a.conn.original.proto) || !ct.tuple_taken(&reply(preferred)) {
         return Some(preferred);
     }
-    let (lo, hi) = match range {
-        Some(r) => (r.first, r.last),
-        None if preferred < 1024 => (1, 1023),
-        None => (1024, u16::MAX),
+    let (lo, hi) = if preferred < 1024 {
+        (1, 1023)
+    } else {
+        (1024, u16::MAX)
     };
     let span = u32::from(hi - lo) + 1;
     let start = u32::from(preferred.clamp(lo, hi) - lo);

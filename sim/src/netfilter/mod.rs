@@ -56,17 +56,18 @@
 //! does. A source NAT whose reply tuple would clash with an existing
 //! connection moves the source port, as the kernel does.
 //!
-//! Matches: `-s/-d` (with `!`), `-p`, `-i/-o` (`+` wildcards), `-m tcp|udp|sctp`
-//! ports and ranges, `-m multiport`, `-m addrtype --src-type/--dst-type` (with
-//! `--limit-iface-in/out`; LOCAL, BROADCAST, MULTICAST and UNICAST as the
+//! Matches: every one [`kscratch_core::net::iptables`] models, which is what
+//! kube-proxy, docker and the plan write: `-s/-d` (with `!`), `-p`, `-i/-o`
+//! (`+` wildcards), `-m tcp|udp` ports and ranges, `-m addrtype
+//! --src-type/--dst-type` (LOCAL, BROADCAST, MULTICAST and UNICAST as the
 //! kernel classifies against the node's addresses, [`LocalAddresses`]),
-//! `-m mark`, `-m comment`, `-m statistic` (random; `nth` is treated as a
-//! random choice of probability `1/every`), `-m conntrack --ctstate` (with
-//! the SNAT/DNAT pseudo-states) and `-m state`. Targets: ACCEPT, DROP,
-//! REJECT, RETURN, jumps and gotos, DNAT, SNAT, MASQUERADE (the source
-//! becomes the primary address of the output interface, preferring the one
-//! whose subnet holds the next hop), MARK and LOG (recorded in the trace
-//! only). A target used where the kernel refuses it (DNAT outside nat
+//! `-m mark`, `-m comment`, `-m statistic --mode random` and `-m conntrack
+//! --ctstate` (with the DNAT pseudo-state). Targets: ACCEPT, DROP, REJECT,
+//! RETURN, jumps, DNAT, MASQUERADE (the source becomes the primary address
+//! of the output interface, preferring the one whose subnet holds the next
+//! hop) and MARK. The matches over `Match` and `Jump` in `eval.rs` are
+//! exhaustive, so a variant added to the model does not compile until it
+//! is evaluated here. A target used where the kernel refuses it (DNAT outside nat
 //! PREROUTING/OUTPUT, REJECT outside filter) or a jump to a chain that does
 //! not exist gives [`Verdict::Error`] naming it: nothing unknown silently
 //! matches.
@@ -330,11 +331,10 @@ pub trait LocalAddresses {
         ip.is_loopback() || self.addresses().any(|(_, n)| n.addr() == ip)
     }
 
-    /// The address type the kernel gives `ip` (`inet_addr_type`), optionally
-    /// restricted to one device (`--limit-iface-in/out`). An IPv4 address on
+    /// The address type the kernel gives `ip` (`inet_addr_type`). An IPv4 address on
     /// a subnet of more than two addresses makes the subnet's broadcast
     /// address BROADCAST, as the kernel's local routing table does.
-    fn addr_type(&self, ip: IpAddr, dev: Option<&str>) -> AddrType {
+    fn addr_type(&self, ip: IpAddr) -> AddrType {
         match ip {
             IpAddr::V4(v4) => {
                 if v4.octets()[0] == 0 || v4.is_broadcast() {
@@ -350,14 +350,11 @@ pub trait LocalAddresses {
                 }
             }
         }
-        if ip.is_loopback() && (dev.is_none() || dev == Some("lo")) {
+        if ip.is_loopback() {
             return AddrType::Local;
         }
         let mut broadcast = false;
-        for (iface, net) in self.addresses() {
-            if dev.is_some_and(|d| d != iface) {
-                continue;
-            }
+        for (_, net) in self.addresses() {
             if net.addr() == ip {
                 return AddrType::Local;
             }
@@ -596,7 +593,7 @@ impl Chain {
     fn references(&self, target: &str) -> bool {
         self.rules
             .iter()
-            .any(|r| matches!(&r.target, Some(Jump::Chain(c) | Jump::Goto(c)) if c == target))
+            .any(|r| matches!(&r.target, Some(Jump::Chain(c)) if c == target))
     }
 }
 
@@ -697,7 +694,7 @@ impl ChainSet {
                 let chains = &self.tables[tix(t)];
                 let mut out = BTreeSet::new();
                 for rule in chains.values().flat_map(|c| c.rules.iter()) {
-                    if let Some(Jump::Chain(c) | Jump::Goto(c)) = &rule.target {
+                    if let Some(Jump::Chain(c)) = &rule.target {
                         if !chains.contains_key(c) {
                             out.insert(c.clone());
                         }
@@ -1242,7 +1239,7 @@ impl Netfilter {
 
     /// iptables refuses a jump to a chain that does not exist or is built in.
     fn check_target(&self, table: Table, rule: &Rule) -> Result<(), NetfilterError> {
-        if let Some(Jump::Chain(c) | Jump::Goto(c)) = &rule.target {
+        if let Some(Jump::Chain(c)) = &rule.target {
             if table.is_builtin(c) {
                 return Err(NetfilterError::JumpToBuiltin {
                     table,
@@ -1319,7 +1316,5 @@ fn check_chain_name(name: &str) -> Result<(), NetfilterError> {
 /// node only splits classes further, which is safe.
 fn rule_has_addresses(r: &Rule) -> bool {
     use kscratch_core::net::iptables::Jump;
-    r.source.is_some()
-        || r.destination.is_some()
-        || matches!(r.target, Some(Jump::Dnat { .. }) | Some(Jump::Snat { .. }))
+    r.source.is_some() || r.destination.is_some() || matches!(r.target, Some(Jump::Dnat { .. }))
 }

@@ -573,86 +573,26 @@ fn misplaced_targets_and_unmodelled_matches_are_errors() {
     nf.append(Table::Nat, rule("-A PREROUTING -j REJECT"))
         .expect("append");
     assert!(matches!(run(&nf), Verdict::Error(e) if e.contains("REJECT")));
-    let mut nf = Netfilter::new();
-    nf.append(
-        Table::Filter,
-        rule("-A FORWARD -m recent --rcheck --name x -j DROP"),
-    )
-    .expect("append");
-    assert!(matches!(run(&nf), Verdict::Error(e) if e.contains("-m recent")));
+    // A match the simulator cannot evaluate never reaches it: the rule
+    // model refuses it when the rule is read.
+    assert!(Rule::parse("-A FORWARD -m recent --rcheck --name x -j DROP").is_err());
     // iptables itself refuses a jump to something that is neither a chain
     // nor a target it knows.
     let mut nf = Netfilter::new();
     let err = nf
-        .append(Table::Filter, rule("-A FORWARD -j CT"))
+        .append(Table::Filter, rule("-A FORWARD -j NOWHERE"))
         .expect_err("unknown target");
     assert_eq!(
         err,
         NetfilterError::NoSuchChain {
             table: Table::Filter,
-            chain: "CT".to_string()
+            chain: "NOWHERE".to_string()
         }
     );
     assert!(matches!(
         nf.append(Table::Filter, rule("-A FORWARD -j INPUT")),
         Err(NetfilterError::JumpToBuiltin { .. })
     ));
-}
-
-#[test]
-fn goto_returns_to_the_caller_of_the_chain_that_jumped() {
-    let mut nf = Netfilter::new();
-    for c in ["A", "B"] {
-        nf.new_chain(Table::Filter, c).expect("chain");
-    }
-    nf.append(Table::Filter, rule("-A B -j RETURN"))
-        .expect("append");
-    nf.append(Table::Filter, rule("-A A -g B")).expect("append");
-    nf.append(Table::Filter, rule("-A A -j DROP"))
-        .expect("append");
-    nf.append(Table::Filter, rule("-A INPUT -j A"))
-        .expect("append");
-    nf.append(Table::Filter, rule("-A INPUT -j LOG --log-prefix after"))
-        .expect("append");
-    nf.set_policy(Table::Filter, "INPUT", Policy::Drop)
-        .expect("policy");
-    nf.append(Table::Filter, rule("-A INPUT -j ACCEPT"))
-        .expect("append");
-    let addrs = node_addrs();
-    let mut pkt = Packet::tcp(ip("10.10.1.5"), 40000, ip("192.168.0.11"), 22);
-    let mut trace = Vec::new();
-    let v = walk(
-        &nf,
-        &addrs,
-        &mut pkt,
-        "cbr0",
-        &mut Conntrack::new(),
-        &mut TakeFirst,
-        &mut trace,
-    );
-    assert_eq!(v, Verdict::Accept);
-    let steps: Vec<String> = trace
-        .iter()
-        .filter_map(|e| match e {
-            TraceEntry::Rule {
-                chain,
-                index,
-                target,
-                ..
-            } => Some(format!("{chain}#{index}->{target}")),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        steps,
-        [
-            "INPUT#1->A",
-            "A#1->B",
-            "B#1->RETURN",
-            "INPUT#2->LOG",
-            "INPUT#3->ACCEPT"
-        ]
-    );
 }
 
 #[test]
@@ -669,7 +609,7 @@ fn ensure_rule_adds_once() {
         nf.rules(Table::Nat, "POSTROUTING").map(<[Rule]>::len),
         Some(1)
     );
-    let first = rule("-A POSTROUTING -j LOG");
+    let first = rule("-A POSTROUTING -m comment --comment first");
     nf.ensure_rule(Table::Nat, first.clone(), Position::Prepend)
         .expect("ensure");
     assert_eq!(
@@ -693,7 +633,7 @@ fn mark_targets_follow_the_kernel_arithmetic() {
         "-A PREROUTING -j MARK --set-xmark 0xff/0xf0",
         "-A PREROUTING -j MARK --or-mark 0x4000",
         "-A PREROUTING -j MARK --xor-mark 0x1",
-        "-A PREROUTING -j MARK --and-mark 0xfffffff0",
+        "-A PREROUTING -j MARK --set-xmark 0x0/0xf",
         "-A PREROUTING -m mark --mark 0x40f0 -j ACCEPT",
         "-A PREROUTING -j DROP",
     ] {
@@ -702,7 +642,7 @@ fn mark_targets_follow_the_kernel_arithmetic() {
     let addrs = node_addrs();
     let mut pkt = Packet::tcp(ip("10.10.1.5"), 1, ip("10.10.1.6"), 2);
     pkt.mark = 0x0a;
-    // (0x0a & !0xf0) ^ 0xff = 0xf5; | 0x4000 = 0x40f5; ^ 1 = 0x40f4; & !0xf... = 0x40f0
+    // (0x0a & !0xf0) ^ 0xff = 0xf5; | 0x4000 = 0x40f5; ^ 1 = 0x40f4; & !0xf = 0x40f0
     let v = nf.hook(
         Hook::Prerouting,
         &mut pkt,
@@ -718,21 +658,12 @@ fn mark_targets_follow_the_kernel_arithmetic() {
 #[test]
 fn addrtype_classifies_like_the_kernel() {
     let a = node_addrs();
-    assert_eq!(a.addr_type(ip("192.168.0.11"), None), AddrType::Local);
-    assert_eq!(a.addr_type(ip("127.0.0.53"), None), AddrType::Local);
-    assert_eq!(a.addr_type(ip("10.10.1.255"), None), AddrType::Broadcast);
-    assert_eq!(
-        a.addr_type(ip("255.255.255.255"), None),
-        AddrType::Broadcast
-    );
-    assert_eq!(a.addr_type(ip("224.0.0.1"), None), AddrType::Multicast);
-    assert_eq!(a.addr_type(ip("10.10.2.7"), None), AddrType::Unicast);
-    // Limited to a device, another device's address is not local.
-    assert_eq!(
-        a.addr_type(ip("192.168.0.11"), Some("cbr0")),
-        AddrType::Unicast
-    );
-    assert_eq!(a.addr_type(ip("10.10.1.1"), Some("cbr0")), AddrType::Local);
+    assert_eq!(a.addr_type(ip("192.168.0.11")), AddrType::Local);
+    assert_eq!(a.addr_type(ip("127.0.0.53")), AddrType::Local);
+    assert_eq!(a.addr_type(ip("10.10.1.255")), AddrType::Broadcast);
+    assert_eq!(a.addr_type(ip("255.255.255.255")), AddrType::Broadcast);
+    assert_eq!(a.addr_type(ip("224.0.0.1")), AddrType::Multicast);
+    assert_eq!(a.addr_type(ip("10.10.2.7")), AddrType::Unicast);
     assert_eq!(
         a.masquerade_source("eth0", ip("10.10.1.5"), None),
         Some(ip("192.168.0.11"))
@@ -900,18 +831,27 @@ fn the_index_gives_the_same_answers_as_a_linear_scan() {
         let vip = format!("10.0.{}.{}", i / 50, i % 50);
         let port = 80 + (i % 3);
         let r = match i % 10 {
-            3 => format!("-A SVC -s 10.10.0.0/16 -j MARK --or-mark 0x{:x}", 1 << (i % 16)),
-            5 => format!("-A SVC -p tcp -m tcp --dport {port} -j LOG --log-prefix np{i}"),
-            7 => format!("-A SVC -d {vip}/32 -p udp -m udp --dport {port} -j LOG --log-prefix u{i}"),
-            9 => format!("-A SVC -d 10.0.0.0/24 -p tcp -m tcp --dport {port} -j LOG --log-prefix net{i}"),
-            _ => format!("-A SVC -d {vip}/32 -p tcp -m comment --comment \"svc {i}\" -m tcp --dport {port} -j LOG --log-prefix s{i}"),
+            3 => format!(
+                "-A SVC -s 10.10.0.0/16 -j MARK --or-mark 0x{:x}",
+                1 << (i % 16)
+            ),
+            5 => format!("-A SVC -p tcp -m tcp --dport {port} -m comment --comment np{i}"),
+            7 => {
+                format!("-A SVC -d {vip}/32 -p udp -m udp --dport {port} -m comment --comment u{i}")
+            }
+            9 => format!(
+                "-A SVC -d 10.0.0.0/24 -p tcp -m tcp --dport {port} -m comment --comment net{i}"
+            ),
+            _ => format!(
+                "-A SVC -d {vip}/32 -p tcp -m comment --comment \"svc {i}\" -m tcp --dport {port}"
+            ),
         };
         nf.append(Table::Mangle, rule(&r)).expect("append");
         if i == 60 {
             // A duplicate key later in the chain must come in order too.
             nf.append(
                 Table::Mangle,
-                rule("-A SVC -d 10.0.0.0/32 -p tcp -m tcp --dport 80 -j LOG --log-prefix dup"),
+                rule("-A SVC -d 10.0.0.0/32 -p tcp -m tcp --dport 80 -m comment --comment dup"),
             )
             .expect("append");
         }
