@@ -93,7 +93,39 @@ impl Stage {
                 ..
             } => Some(Stage::of_component(*c)),
             Action::WaitHealthy { component, .. } => Some(Stage::of_component(*component)),
-            _ => None,
+            // Nothing else (re)starts a component: a new action that does
+            // must say its stage here (no wildcard, so it cannot be missed).
+            Action::WriteFile { .. }
+            | Action::Preflight { .. }
+            | Action::InstallBinary { .. }
+            | Action::PullImage { .. }
+            | Action::GenerateCa { .. }
+            | Action::IssueCert { .. }
+            | Action::GenerateServiceAccountKey
+            | Action::GenerateTokens { .. }
+            | Action::SetSysctl { .. }
+            | Action::LoadKernelModule { .. }
+            | Action::DeleteLink { .. }
+            | Action::DeleteIptablesRules { .. }
+            | Action::CreateBridge { .. }
+            | Action::CreateVxlan(_)
+            | Action::InstallPodRoutes { .. }
+            | Action::InstallFabricRoutes { .. }
+            | Action::EnsureIptablesRule { .. }
+            | Action::ApplyManifest { .. }
+            | Action::ValidateCluster { .. }
+            | Action::DeleteRoutes { .. }
+            | Action::InsertIptablesRule { .. }
+            | Action::SetLinkDown { .. }
+            | Action::SetLinkMtu { .. }
+            | Action::DeleteFdbEntries { .. }
+            | Action::DeleteNeighbors { .. }
+            | Action::StopService { .. }
+            | Action::DeleteFile { .. }
+            | Action::UnloadKernelModule { .. }
+            | Action::WriteText { .. }
+            | Action::ScaleDeployment { .. }
+            | Action::PowerOff => None,
         }
     }
 }
