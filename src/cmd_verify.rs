@@ -1,0 +1,499 @@
+//! `kscratch verify SCENARIO`: measure the real cluster and hold it against
+//! the simulator's prediction for the same scenario and faults.
+//!
+//! Over SSH, with apply's connection rules (host keys verified against
+//! known_hosts, `--accept-new-host-keys`, `sudo -n`), on every node that
+//! runs pods: probes attached by the node's own CNI config and plugins,
+//! real TCP connections with one line each way between every pair of
+//! probes (the same node and a probe to itself included) and from each node
+//! to its own probes, then cleanup (CNI DEL, namespaces, listeners, files),
+//! also when a step failed. The node side is `kscratch_backends::verify`,
+//! the comparison `kscratch_sim::verify`.
+//!
+//! Exit status: 0 every cell agrees and the prediction passes `check`; 1 a
+//! cell disagrees, the prediction fails a check, or cleanup left something;
+//! 2 invalid input, a node that cannot be reached or measured (nothing is
+//! created on any node before every node answered).
+
+use crate::load;
+use kscratch_backends::ssh::{Endpoint, Output, SshConfig, SshError};
+use kscratch_backends::ssh_backend::{state_dir, SshBackend, SshBackendOptions};
+use kscratch_backends::verify::{self as remote, Connect, Observed, Run};
+use kscratch_sim::verify::{self as cmp, CellResult, Client, RealProbe, Seen, VerifyReport};
+use kscratch_sim::CheckOptions;
+use std::net::{IpAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    scenario: crate::ScenarioArgs,
+    /// Predict with this what-if fault (repeatable; the forms of `kscratch
+    /// check --fault`): after `kscratch apply --fault F --break-my-cluster`,
+    /// `verify --fault F` must agree cell by cell.
+    #[arg(long = "fault", value_name = "FAULT")]
+    faults: Vec<String>,
+    /// Output: a readable report, or JSON with both verdicts of every cell.
+    #[arg(long, value_enum, default_value_t = crate::Format::Text)]
+    format: crate::Format,
+    /// Probe endpoints per node (1-8).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    probes_per_node: usize,
+    /// Nodes worked on at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    parallel: usize,
+    /// Also measure egress from every probe to this operator-given TCP
+    /// endpoint (IP:PORT); verify sends nothing anywhere else outside the
+    /// cluster.
+    #[arg(long, value_name = "IP:PORT")]
+    egress_target: Option<String>,
+    /// Trust an unknown host key on first use and record it (hashed) in known_hosts.
+    #[arg(long)]
+    accept_new_host_keys: bool,
+    /// The OpenSSH known_hosts file host keys are verified against [default: ~/.ssh/known_hosts].
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+    /// Seconds to connect to a node, authenticate and start its session.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    connect_timeout: u64,
+}
+
+/// Seconds each remote phase may take on a node.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let json = matches!(args.format, crate::Format::Json);
+    let path = &args.scenario.scenario;
+    let loaded = match load::scenario_read_only(path, args.scenario.locked) {
+        Err(e) if json => return crate::machine_error(e, false),
+        r => r?,
+    };
+    crate::diag(&loaded.warnings.to_string());
+    let s = &loaded.scenario;
+    let faults = crate::cmd_check::faults(path, s, &args.faults)?;
+    if !(1..=8).contains(&args.probes_per_node) {
+        return Err(load::Error::Usage(format!(
+            "error: --probes-per-node {}: use 1 to 8",
+            args.probes_per_node
+        )));
+    }
+    let egress = match &args.egress_target {
+        None => None,
+        Some(t) => Some(t.parse::<SocketAddrV4>().map_err(|_| {
+            load::Error::Usage(format!(
+                "error: --egress-target {t:?} is not IP:PORT (an IPv4 address and a TCP port, e.g. 203.0.113.10:443)"
+            ))
+        })?),
+    };
+    let known_hosts = match &args.known_hosts {
+        Some(p) => p.clone(),
+        None => match std::env::var_os("HOME") {
+            Some(h) => PathBuf::from(h).join(".ssh/known_hosts"),
+            None => {
+                return Err(load::Error::Usage(
+                    "error: HOME is not set: pass --known-hosts FILE".into(),
+                ))
+            }
+        },
+    };
+    if known_hosts.is_dir() {
+        return Err(load::Error::Usage(format!(
+            "error: the known_hosts file {} is a directory: pass the file itself",
+            known_hosts.display()
+        )));
+    }
+
+    // The prediction first: it needs no machine.
+    let plan = kscratch_core::plan::plan(s);
+    let opts = CheckOptions {
+        faults,
+        extra_services: 0,
+    };
+    let sim = kscratch_sim::simulate(s, &plan, &opts)
+        .map_err(|e| load::Error::Usage(format!("error: {e}")))?;
+    let check = kscratch_sim::check(s, &plan, &opts)
+        .map_err(|e| load::Error::Usage(format!("error: {e}")))?;
+    let nodes: Vec<(String, IpAddr)> = s.nodes.iter().map(|n| (n.name.clone(), n.ip)).collect();
+    let mut not_measured = Vec::new();
+    let measured: Vec<usize> = (0..s.nodes.len())
+        .filter(|&i| {
+            let ok = cmp::predicts_pods_on(&sim, &s.nodes[i].name);
+            if !ok {
+                not_measured.push(format!(
+                    "{}: no pods run there in the plan, so no probe either",
+                    s.nodes[i].name
+                ));
+            }
+            ok
+        })
+        .collect();
+
+    let mut ssh = SshConfig::new(known_hosts);
+    ssh.accept_new_host_keys = args.accept_new_host_keys;
+    ssh.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
+    let backend = SshBackend::new(
+        s,
+        &plan,
+        SshBackendOptions {
+            ssh,
+            scenario_dir: path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            state_dir: state_dir(path, &s.name),
+            step_timeout: PHASE_TIMEOUT,
+            dry_run: true,
+        },
+    );
+    let eps: Vec<&Endpoint> = measured
+        .iter()
+        .filter_map(|&i| backend.endpoint(i))
+        .collect();
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let run = Run::new(seed, args.probes_per_node, kscratch_sim::prepare::POD_PORT);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| load::Error::Usage(format!("error: cannot start the async runtime: {e}")))?;
+    let started = Instant::now();
+    let measured_run = rt.block_on(async {
+        let r = measure(&backend, &eps, &run, args.parallel, egress, &nodes).await;
+        backend.pool().disconnect_all().await;
+        r
+    });
+    let wall = started.elapsed();
+    let m = match measured_run {
+        Ok(m) => m,
+        Err(Stop { messages, created }) => {
+            for l in messages {
+                eprintln!("error: {l}");
+            }
+            if !created {
+                eprintln!("nothing was created on any node");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for l in &m.leftovers {
+        eprintln!("error: cleanup left {l}");
+    }
+
+    // Real against predicted, cell by cell.
+    let mut cells = Vec::new();
+    for (from, to, seen) in &m.cells {
+        let client = match from {
+            Some(p) => Client::Probe(&m.probes[*p]),
+            None => Client::Node(&m.probes[*to].node),
+        };
+        let to = &m.probes[*to];
+        let Some((predicted, tf, tt)) = cmp::predict(&sim, client, to, &nodes) else {
+            continue;
+        };
+        let agrees = seen.agrees(&predicted);
+        cells.push(CellResult {
+            from: match client {
+                Client::Probe(p) => p.name.clone(),
+                Client::Node(n) => n.to_string(),
+            },
+            to: to.name.clone(),
+            real: seen.clone(),
+            predicted,
+            agrees,
+            trace: (!agrees).then(|| cmp::trace_text(&sim, &tf, &tt)),
+        });
+    }
+    not_measured.extend(m.proxy_notes);
+    match (egress, &m.egress) {
+        (None, _) => not_measured.push(
+            "egress: no --egress-target given (verify sends nothing outside the cluster unasked)"
+                .into(),
+        ),
+        (Some(t), e) => {
+            for (p, ok) in e {
+                not_measured.push(format!(
+                    "egress {} → {t}: real: {} (not compared: the simulator's outside host stands for no real address)",
+                    m.probes[*p].name,
+                    if *ok { "connects" } else { "fails" }
+                ));
+            }
+        }
+    }
+    let disagreements = cells.iter().filter(|c| !c.agrees).count();
+    let report = VerifyReport {
+        cluster: s.name.clone(),
+        faults: opts.faults.iter().map(|f| f.to_string()).collect(),
+        probes_per_node: args.probes_per_node,
+        probes: m.probes.clone(),
+        cells,
+        disagreements,
+        not_measured,
+        prediction_passed: check.passed,
+        prediction_failures: check
+            .checks
+            .iter()
+            .filter(|c| !c.passed())
+            .map(|c| format!("{} ({} of {} probes fail)", c.title, c.failed, c.probes))
+            .collect(),
+        passed: disagreements == 0 && check.passed && m.leftovers.is_empty(),
+    };
+    if json {
+        crate::out(&crate::output::json("verify", &report));
+    } else {
+        crate::out(&report.to_string());
+        crate::out(&format!(
+            "measured in {:.2} s on {} nodes\n",
+            wall.as_secs_f64(),
+            eps.len()
+        ));
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// What the run measured on the real nodes.
+struct Measured {
+    probes: Vec<RealProbe>,
+    /// From a probe (`Some`) or from the target probe's node (`None`), to a probe; what it saw.
+    cells: Vec<(Option<usize>, usize, Seen)>,
+    /// From each probe to `--egress-target`: did it connect.
+    egress: Vec<(usize, bool)>,
+    proxy_notes: Vec<String>,
+    leftovers: Vec<String>,
+}
+
+/// Why the run stopped before measuring; `created` when probes were made
+/// (and then removed again) on some node.
+struct Stop {
+    messages: Vec<String>,
+    created: bool,
+}
+
+fn failed(ep: &Endpoint, what: &str, r: Result<Output, SshError>) -> Result<String, String> {
+    match r {
+        Ok(o) if o.status == Some(0) => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => Err(format!(
+            "{}: {what}: {}{}",
+            ep.node,
+            String::from_utf8_lossy(&o.stdout).trim(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
+}
+
+async fn measure(
+    backend: &SshBackend,
+    eps: &[&Endpoint],
+    run: &Run,
+    parallel: usize,
+    egress: Option<SocketAddrV4>,
+    nodes: &[(String, IpAddr)],
+) -> Result<Measured, Stop> {
+    let pool = backend.pool();
+    // Every node first: host key, login, sudo; a node that cannot be used stops the run.
+    let refused: Vec<String> = backend
+        .connect_all()
+        .await
+        .into_iter()
+        .map(|(_, e)| e.to_string())
+        .collect();
+    if !refused.is_empty() {
+        return Err(Stop {
+            messages: refused,
+            created: false,
+        });
+    }
+    let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |_| {
+        remote::prepare_script()
+    })
+    .await;
+    let mut prepared = Vec::new();
+    let mut problems = Vec::new();
+    for (ep, a) in eps.iter().zip(answers) {
+        match failed(ep, "cannot measure", a)
+            .and_then(|out| remote::parse_prepare(&out).map_err(|e| format!("{}: {e}", ep.node)))
+        {
+            Ok(p) => prepared.push(p),
+            Err(e) => problems.push(e),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Stop {
+            messages: problems,
+            created: false,
+        });
+    }
+
+    // From here on, cleanup runs whatever happens.
+    let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |k| {
+        remote::up_script(run, &prepared[k].cni_bin, &prepared[k].network)
+    })
+    .await;
+    let mut probes = Vec::new();
+    for (ep, a) in eps.iter().zip(answers) {
+        match failed(ep, "cannot create the probes", a)
+            .and_then(|out| remote::parse_up(run, &out).map_err(|e| format!("{}: {e}", ep.node)))
+        {
+            Ok(ips) => probes.extend(ips.into_iter().enumerate().map(|(i, ip)| RealProbe {
+                name: format!("{}/p{i}", ep.node),
+                node: ep.node.clone(),
+                index: i,
+                ip: IpAddr::V4(ip),
+            })),
+            Err(e) => problems.push(e),
+        }
+    }
+    let mut result = Measured {
+        probes,
+        cells: Vec::new(),
+        egress: Vec::new(),
+        proxy_notes: prepared
+            .iter()
+            .zip(eps)
+            .map(|(p, ep)| {
+                if p.kube_proxy_running {
+                    format!("Service VIPs from {}: kube-proxy runs there, but this version of verify does not probe Services", ep.node)
+                } else {
+                    format!("Service VIPs from {}: not measurable here: kube-proxy not running", ep.node)
+                }
+            })
+            .collect(),
+        leftovers: Vec::new(),
+    };
+    if problems.is_empty() {
+        // Per node: its probes to every probe, the node to its own probes, egress.
+        type Plan = Vec<(Connect, Option<usize>, Option<usize>)>;
+        let plans: Vec<Plan> = eps
+            .iter()
+            .map(|ep| {
+                let mine: Vec<usize> = (0..result.probes.len())
+                    .filter(|&p| result.probes[p].node == ep.node)
+                    .collect();
+                let mut v: Plan = Vec::new();
+                for &p in &mine {
+                    for (q, to) in result.probes.iter().enumerate() {
+                        v.push((
+                            Connect {
+                                from: Some(result.probes[p].index),
+                                to: to.ip,
+                                port: run.port,
+                            },
+                            Some(p),
+                            Some(q),
+                        ));
+                    }
+                    if let Some(t) = egress {
+                        v.push((
+                            Connect {
+                                from: Some(result.probes[p].index),
+                                to: IpAddr::V4(*t.ip()),
+                                port: t.port(),
+                            },
+                            Some(p),
+                            None,
+                        ));
+                    }
+                }
+                for &q in &mine {
+                    v.push((
+                        Connect {
+                            from: None,
+                            to: result.probes[q].ip,
+                            port: run.port,
+                        },
+                        None,
+                        Some(q),
+                    ));
+                }
+                v
+            })
+            .collect();
+        let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |k| {
+            let conns: Vec<Connect> = plans[k].iter().map(|c| c.0.clone()).collect();
+            remote::measure_script(run, &conns)
+        })
+        .await;
+        for ((ep, a), plan) in eps.iter().zip(answers).zip(&plans) {
+            let conns: Vec<Connect> = plan.iter().map(|c| c.0.clone()).collect();
+            match failed(ep, "cannot measure", a).and_then(|out| {
+                remote::parse_measure(&conns, &out).map_err(|e| format!("{}: {e}", ep.node))
+            }) {
+                Ok(seen) => {
+                    for ((_, from, to), o) in plan.iter().zip(seen) {
+                        let Some(to) = to else {
+                            if let Some(p) = from {
+                                result
+                                    .egress
+                                    .push((*p, !matches!(o, Observed::Failed { .. })));
+                            }
+                            continue;
+                        };
+                        let sender = from.map(|p| result.probes[p].ip);
+                        let seen = match o {
+                            Observed::Reached { peer } => Seen::Reaches {
+                                peer: cmp::peer_name(peer, sender, nodes),
+                            },
+                            Observed::Connected => Seen::Fails {
+                                detail: Some("connected, but no answer came back".into()),
+                            },
+                            Observed::Failed { detail } => Seen::Fails {
+                                detail: Some(detail),
+                            },
+                        };
+                        result.cells.push((*from, *to, seen));
+                    }
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+    }
+
+    // Cleanup on every node, then proof that nothing is left.
+    let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |_| {
+        remote::cleanup_script(run)
+    })
+    .await;
+    for (ep, a) in eps.iter().zip(answers) {
+        if let Err(e) = failed(ep, "cleanup", a) {
+            problems.push(e);
+        }
+    }
+    let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |_| {
+        remote::leftovers_script(run)
+    })
+    .await;
+    for (ep, a) in eps.iter().zip(answers) {
+        match failed(ep, "checking for leftovers", a) {
+            Ok(out) => result
+                .leftovers
+                .extend(out.lines().map(|l| format!("{} on {}", l.trim(), ep.node))),
+            Err(e) => problems.push(e),
+        }
+    }
+    if !problems.is_empty() {
+        problems.extend(result.leftovers.iter().map(|l| format!("cleanup left {l}")));
+        return Err(Stop {
+            messages: problems,
+            created: true,
+        });
+    }
+    Ok(result)
+}
