@@ -19,7 +19,9 @@ use crate::load;
 use kscratch_backends::ssh::{Endpoint, Output, SshConfig, SshError};
 use kscratch_backends::ssh_backend::{state_dir, SshBackend, SshBackendOptions};
 use kscratch_backends::verify::{self as remote, Connect, Observed, Run};
-use kscratch_sim::verify::{self as cmp, CellResult, Client, RealProbe, Seen, VerifyReport};
+use kscratch_sim::verify::{
+    self as cmp, CellResult, Client, Egress, RealProbe, Seen, VerifyReport,
+};
 use kscratch_sim::CheckOptions;
 use std::net::{IpAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -172,7 +174,8 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
         .map_err(|e| load::Error::Usage(format!("error: cannot start the async runtime: {e}")))?;
     let started = Instant::now();
     let measured_run = rt.block_on(async {
-        let r = measure(&backend, &eps, &run, args.parallel, egress, &nodes).await;
+        let runs: Vec<Run> = measured.iter().map(|&i| run.on_node(i)).collect();
+        let r = measure(&backend, &eps, &runs, args.parallel, egress, &nodes).await;
         backend.pool().disconnect_all().await;
         r
     });
@@ -218,21 +221,24 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
         });
     }
     not_measured.extend(m.proxy_notes);
-    match (egress, &m.egress) {
-        (None, _) => not_measured.push(
+    if egress.is_none() {
+        not_measured.push(
             "egress: no --egress-target given (verify sends nothing outside the cluster unasked)"
                 .into(),
-        ),
-        (Some(t), e) => {
-            for (p, ok) in e {
-                not_measured.push(format!(
-                    "egress {} → {t}: real: {} (not compared: the simulator's outside host stands for no real address)",
-                    m.probes[*p].name,
-                    if *ok { "connects" } else { "fails" }
-                ));
-            }
-        }
+        );
     }
+    let egress_cells: Vec<Egress> = egress
+        .map(|t| {
+            m.egress
+                .iter()
+                .map(|(p, ok)| Egress {
+                    from: m.probes[*p].name.clone(),
+                    target: t.to_string(),
+                    connects: *ok,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let disagreements = cells.iter().filter(|c| !c.agrees).count();
     let report = VerifyReport {
         cluster: s.name.clone(),
@@ -241,6 +247,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
         probes: m.probes.clone(),
         cells,
         disagreements,
+        egress: egress_cells,
         not_measured,
         prediction_passed: check.passed,
         prediction_failures: check
@@ -302,7 +309,7 @@ fn failed(ep: &Endpoint, what: &str, r: Result<Output, SshError>) -> Result<Stri
 async fn measure(
     backend: &SshBackend,
     eps: &[&Endpoint],
-    run: &Run,
+    runs: &[Run],
     parallel: usize,
     egress: Option<SocketAddrV4>,
     nodes: &[(String, IpAddr)],
@@ -344,11 +351,11 @@ async fn measure(
 
     // From here on, cleanup runs whatever happens.
     let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |k| {
-        remote::up_script(run, &prepared[k].cni_bin, &prepared[k].network)
+        remote::up_script(&runs[k], &prepared[k].cni_bin, &prepared[k].network)
     })
     .await;
     let mut probes = Vec::new();
-    for (ep, a) in eps.iter().zip(answers) {
+    for ((ep, a), run) in eps.iter().zip(answers).zip(runs) {
         match failed(ep, "cannot create the probes", a)
             .and_then(|out| remote::parse_up(run, &out).map_err(|e| format!("{}: {e}", ep.node)))
         {
@@ -394,7 +401,7 @@ async fn measure(
                             Connect {
                                 from: Some(result.probes[p].index),
                                 to: to.ip,
-                                port: run.port,
+                                port: runs[0].port,
                             },
                             Some(p),
                             Some(q),
@@ -417,7 +424,7 @@ async fn measure(
                         Connect {
                             from: None,
                             to: result.probes[q].ip,
-                            port: run.port,
+                            port: runs[0].port,
                         },
                         None,
                         Some(q),
@@ -428,7 +435,7 @@ async fn measure(
             .collect();
         let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |k| {
             let conns: Vec<Connect> = plans[k].iter().map(|c| c.0.clone()).collect();
-            remote::measure_script(run, &conns)
+            remote::measure_script(&runs[k], &conns)
         })
         .await;
         for ((ep, a), plan) in eps.iter().zip(answers).zip(&plans) {
@@ -467,8 +474,8 @@ async fn measure(
     }
 
     // Cleanup on every node, then proof that nothing is left.
-    let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |_| {
-        remote::cleanup_script(run)
+    let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |k| {
+        remote::cleanup_script(&runs[k])
     })
     .await;
     for (ep, a) in eps.iter().zip(answers) {
@@ -476,8 +483,8 @@ async fn measure(
             problems.push(e);
         }
     }
-    let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |_| {
-        remote::leftovers_script(run)
+    let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |k| {
+        remote::leftovers_script(&runs[k])
     })
     .await;
     for (ep, a) in eps.iter().zip(answers) {

@@ -17,13 +17,17 @@
 //! the node, and `socat` does what a probe needs with one command each way.
 //! Each probe runs one listener (`TCP-LISTEN` with `fork`) that reads the
 //! client's line and answers `peer=ADDRESS`, the source address it saw
-//! (`SOCAT_PEERADDR`); a connector sends one line and reads the answer, so a
+//! (`SOCAT_PEERADDR`; a backlog of 256, since every probe of the cluster
+//! connects at once and a full accept queue drops the handshake's last ACK,
+//! which the client takes for a connection that never answers); a
+//! connector sends one line and reads the answer, so a
 //! cell reaches only when the handshake, the request line and the reply line
 //! all went through. `verify` checks for `socat` and `ip` first and says how
 //! to install them; it creates nothing on any node before every node passed.
 //!
-//! Everything a run creates is named after its run id: namespaces
-//! `ksv-RUN-I`, the state directory `/run/kscratch-verify/RUN` (the network
+//! Everything a run creates is named after its run id and the node's index
+//! in the scenario: namespaces `ksv-RUN-NODE-I`, the state directory
+//! `/run/kscratch-verify/RUN-NODE` (the network
 //! config, the namespaces and listener PIDs, cleanup reads them), and each
 //! listener carries `#ksv-RUN` in its command line, so [`leftovers_script`]
 //! can prove nothing is left.
@@ -48,7 +52,12 @@ pub const CNI_CONFLIST: &str = "/etc/cni/net.d/10-kscratch.conflist";
 /// Where the CNI plugins are looked for, in order.
 pub const CNI_BIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
 
-/// Seconds a connector waits for the TCP handshake.
+/// Seconds a connector waits for the TCP handshake. Once connected, both
+/// sides wait up to 10 s for the answer after the client's line (socat's
+/// `-t`): the listener forks a shell per connection, and every probe of the
+/// cluster connects at once. With socat's default of 0.5 s the listener
+/// closed before its shell answered on the loaded testbed, and the client
+/// saw a connection that never answered.
 pub const CONNECT_TIMEOUT_SECS: u32 = 2;
 
 /// One verify run on one node: its id (names everything it creates), how
@@ -57,6 +66,9 @@ pub const CONNECT_TIMEOUT_SECS: u32 = 2;
 pub struct Run {
     /// Lowercase letters and digits only (it lands in names and scripts).
     pub id: String,
+    /// The node's index in the scenario: part of every name, so that nodes
+    /// sharing a `/run` (containers, the testbed) never collide.
+    pub node: usize,
     pub probes: usize,
     pub port: u16,
 }
@@ -75,18 +87,27 @@ impl Run {
     pub fn new(seed: u64, probes: usize, port: u16) -> Run {
         Run {
             id: format!("{:08x}", seed & 0xffff_ffff),
+            node: 0,
             probes,
             port,
         }
     }
 
+    /// The same run on the scenario's node `node`.
+    pub fn on_node(&self, node: usize) -> Run {
+        Run {
+            node,
+            ..self.clone()
+        }
+    }
+
     pub fn dir(&self) -> String {
-        format!("{STATE_ROOT}/{}", self.id)
+        format!("{STATE_ROOT}/{}-{}", self.id, self.node)
     }
 
     /// The namespace (and CNI container id) of probe `i`.
     pub fn netns(&self, i: usize) -> String {
-        format!("ksv-{}-{i}", self.id)
+        format!("ksv-{}-{}-{i}", self.id, self.node)
     }
 
     /// The mark each listener carries in its command line.
@@ -200,7 +221,7 @@ pub fn up_script(run: &Run, cni_bin: &str, network: &str) -> Script {
         );
         let _ = writeln!(
             s,
-            "ip netns exec \"$ns\" socat -T5 TCP-LISTEN:{port},fork,reuseaddr 'SYSTEM:read l; echo peer=$SOCAT_PEERADDR {mark}' </dev/null >/dev/null 2>&1 &\necho $! >> \"$dir/pids\"",
+            "ip netns exec \"$ns\" socat -t10 -T10 TCP-LISTEN:{port},fork,reuseaddr,backlog=256 'SYSTEM:read l; echo peer=$SOCAT_PEERADDR {mark}' </dev/null >/dev/null 2>&1 &\necho $! >> \"$dir/pids\"",
             port = run.port,
             mark = run.mark()
         );
@@ -281,7 +302,7 @@ pub fn measure_script(run: &Run, conns: &[Connect]) -> Script {
     let _ = writeln!(s, "m={}/m; rm -rf \"$m\"; mkdir -p \"$m\"", run.dir());
     let _ = writeln!(
         s,
-        "probe() {{\n  k=$1; shift\n  o=$(printf 'kscratch-verify\\n' | \"$@\" socat -t2 -T3 - \"TCP4:$ADDR:$PORT,connect-timeout={CONNECT_TIMEOUT_SECS}\" 2>&1)\n  rc=$?\n  printf 'cell %s rc=%s %s\\n' \"$k\" \"$rc\" \"$(printf '%s' \"$o\" | tr '\\n' ' ')\" > \"$m/$k\"\n}}"
+        "probe() {{\n  k=$1; shift\n  o=$(printf 'kscratch-verify\\n' | \"$@\" socat -t10 -T10 - \"TCP4:$ADDR:$PORT,connect-timeout={CONNECT_TIMEOUT_SECS}\" 2>&1)\n  rc=$?\n  printf 'cell %s rc=%s %s\\n' \"$k\" \"$rc\" \"$(printf '%s' \"$o\" | tr '\\n' ' ')\" > \"$m/$k\"\n}}"
     );
     for (k, c) in conns.iter().enumerate() {
         let prefix = match c.from {
@@ -370,13 +391,15 @@ pub fn leftovers_script(run: &Run) -> Script {
     let _ = writeln!(s, "[ -e {dir} ] && echo 'directory {dir}'", dir = run.dir());
     let _ = writeln!(
         s,
-        "ip netns list 2>/dev/null | grep 'ksv-{id}-' | sed 's/^/namespace /'",
-        id = run.id
+        "ip netns list 2>/dev/null | grep 'ksv-{id}-{node}-' | sed 's/^/namespace /'",
+        id = run.id,
+        node = run.node
     );
     let _ = writeln!(
         s,
-        "grep -rl 'ksv-{id}-' /var/lib/cni/networks 2>/dev/null | sed 's/^/allocation /'",
-        id = run.id
+        "grep -rl 'ksv-{id}-{node}-' /var/lib/cni/networks 2>/dev/null | sed 's/^/allocation /'",
+        id = run.id,
+        node = run.node
     );
     let _ = writeln!(
         s,
@@ -432,7 +455,7 @@ mod tests {
 "#;
 
     fn run() -> Run {
-        Run::new(0xabc, 2, 8080)
+        Run::new(0xabc, 2, 8080).on_node(3)
     }
 
     #[test]
@@ -472,7 +495,7 @@ mod tests {
     fn everything_a_run_makes_is_named_after_it_and_recorded_before_it_is_made() {
         let r = run();
         assert_eq!(r.id, "00000abc");
-        assert_eq!(r.netns(1), "ksv-00000abc-1");
+        assert_eq!(r.netns(1), "ksv-00000abc-3-1");
         let up = up_script(&r, "/usr/lib/cni", "{}");
         let t = &up.text;
         // The namespace is recorded before it exists, the listener's PID as it starts.
@@ -480,21 +503,24 @@ mod tests {
         let add = t.find("ip netns add \"$ns\"").unwrap();
         assert!(record < add, "{t}");
         assert!(t.contains("CNI_COMMAND=ADD CNI_CONTAINERID=\"$ns\""), "{t}");
-        assert!(t.contains("TCP-LISTEN:8080,fork,reuseaddr"), "{t}");
+        assert!(
+            t.contains("TCP-LISTEN:8080,fork,reuseaddr,backlog=256"),
+            "{t}"
+        );
         assert!(t.contains("#ksv-00000abc'"), "{t}");
         assert!(
-            t.contains("ip netns exec ksv-00000abc-1 ss -Hltn 'sport = :8080'"),
+            t.contains("ip netns exec ksv-00000abc-3-1 ss -Hltn 'sport = :8080'"),
             "{t}"
         );
         assert!(matches!(up.stdin, Stdin::Bytes { secret: false, .. }));
         let c = cleanup_script(&r).text;
-        assert!(c.contains("dir=/run/kscratch-verify/00000abc"), "{c}");
+        assert!(c.contains("dir=/run/kscratch-verify/00000abc-3\n"), "{c}");
         assert!(c.contains("CNI_COMMAND=DEL"), "{c}");
         assert!(c.contains("ip netns del \"$ns\""), "{c}");
         assert!(c.contains("rm -rf \"$dir\""), "{c}");
         let l = leftovers_script(&r).text;
         assert!(
-            l.contains("grep -rl 'ksv-00000abc-' /var/lib/cni/networks"),
+            l.contains("grep -rl 'ksv-00000abc-3-' /var/lib/cni/networks"),
             "{l}"
         );
     }
@@ -533,12 +559,12 @@ mod tests {
         ];
         let t = measure_script(&r, &conns).text;
         assert!(
-            t.contains("ADDR=10.10.2.2 PORT=8080 probe 0 ip netns exec ksv-00000abc-1 &"),
+            t.contains("ADDR=10.10.2.2 PORT=8080 probe 0 ip netns exec ksv-00000abc-3-1 &"),
             "{t}"
         );
         assert!(t.contains("ADDR=10.10.1.2 PORT=8080 probe 1 env &"), "{t}");
         assert!(
-            t.contains("ADDR=203.0.113.10 PORT=443 probe 2 ip netns exec ksv-00000abc-0 &"),
+            t.contains("ADDR=203.0.113.10 PORT=443 probe 2 ip netns exec ksv-00000abc-3-0 &"),
             "{t}"
         );
         assert!(t.contains("TCP4:$ADDR:$PORT,connect-timeout=2"), "{t}");

@@ -191,6 +191,15 @@ pub fn trace_text(sim: &Simulated, from: &str, to: &str) -> String {
     }
 }
 
+/// One probe's connection to the operator's egress target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Egress {
+    pub from: String,
+    pub target: String,
+    /// The TCP handshake completed.
+    pub connects: bool,
+}
+
 /// Everything `kscratch verify` reports.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -204,6 +213,9 @@ pub struct VerifyReport {
     pub cells: Vec<CellResult>,
     /// The cells that disagree (also in `cells`, with `agrees: false`).
     pub disagreements: usize,
+    /// Each probe to the operator's `--egress-target`: measured, not
+    /// compared (the simulator's outside host stands for no real address).
+    pub egress: Vec<Egress>,
     /// What this run could not measure, and why (never counted as a pass).
     pub not_measured: Vec<String>,
     /// `kscratch check` on the same scenario and faults.
@@ -266,6 +278,17 @@ impl fmt::Display for VerifyReport {
         for c in self.cells.iter().filter(|c| !c.from.contains('/')) {
             let mark = if c.agrees { " " } else { "!" };
             writeln!(f, "  {mark} {} → {}: real {}", c.from, c.to, c.real)?;
+        }
+        if let Some(e) = self.egress.first() {
+            writeln!(
+                f,
+                "\negress to {} (measured, not compared: the simulator's outside host stands for no real address):",
+                e.target
+            )?;
+            for e in &self.egress {
+                let v = if e.connects { "connects" } else { "fails" };
+                writeln!(f, "  {} → {}: {v}", e.from, e.target)?;
+            }
         }
         for n in &self.not_measured {
             writeln!(f, "not measured: {n}")?;

@@ -78,7 +78,7 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
     assert!(report.contains("verdict: PASS"), "{report}");
     nothing_left(&tb)?;
     let v = verify_json(&scenario, &kh, &[])?;
-    assert_eq!(v.code, Some(0), "{}", v.stderr);
+    assert_eq!(v.code, Some(0), "{}\n{}", v.stderr, v.wrong());
     assert_eq!(v.doc["schemaVersion"], 1);
     assert_eq!(v.doc["kind"], "verify");
     // 16 probes: every probe to every probe, and each node to its 2 probes.
@@ -112,7 +112,7 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
             expected.insert((format!("node3/p{j}"), format!("node1/p{i}")));
         }
     }
-    assert_eq!(broken, expected, "the cells the fault breaks");
+    assert_eq!(broken, expected, "the cells the fault breaks:\n{}", v.wrong());
     for c in v.cells().iter().filter(|c| c["agrees"] == false) {
         assert_eq!(c["real"]["verdict"], "fails", "{c}");
         assert_eq!(c["predicted"]["verdict"], "reaches", "{c}");
@@ -171,7 +171,7 @@ fn verify_vxlan_agrees_with_and_without_a_fault() -> Result<()> {
     let scenario = path.display().to_string();
     apply(&scenario, &kh, &[])?;
     let v = verify_json(&scenario, &kh, &[])?;
-    assert_eq!(v.code, Some(0), "{}\n{}", v.stderr, v.doc);
+    assert_eq!(v.code, Some(0), "{}\n{}", v.stderr, v.wrong());
     assert_eq!(v.cells().len(), 8 * 8 + 8);
     nothing_left(&tb)?;
 
@@ -204,6 +204,15 @@ struct VerifyRun {
 impl VerifyRun {
     fn cells(&self) -> Vec<serde_json::Value> {
         self.doc["cells"].as_array().cloned().unwrap_or_default()
+    }
+    /// The cells that disagree, whole, for failure messages.
+    fn wrong(&self) -> String {
+        self.cells()
+            .iter()
+            .filter(|c| c["agrees"] == false)
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
     fn disagreeing(&self) -> Vec<(String, String)> {
         self.cells()
