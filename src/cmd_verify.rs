@@ -13,7 +13,8 @@
 //! Exit status: 0 every cell agrees and the prediction passes `check`; 1 a
 //! cell disagrees, the prediction fails a check, or cleanup left something;
 //! 2 invalid input, a node that cannot be reached or measured (nothing is
-//! created on any node before every node answered).
+//! created on any node before every node answered); 130 interrupted
+//! (Ctrl-C), after removing what it made.
 
 use crate::load;
 use kscratch_backends::ssh::{Endpoint, Output, SshConfig, SshError};
@@ -175,21 +176,38 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
     let started = Instant::now();
     let measured_run = rt.block_on(async {
         let runs: Vec<Run> = measured.iter().map(|&i| run.on_node(i)).collect();
-        let r = measure(&backend, &eps, &runs, args.parallel, egress, &nodes).await;
+        // Ctrl-C stops the measuring where it is; what was made is removed all the same.
+        let r = tokio::select! {
+            r = measure(&backend, &eps, &runs, args.parallel, egress, &nodes) => r,
+            () = interrupted() => {
+                eprintln!("interrupted: removing what verify made on the nodes");
+                let (mut messages, leftovers) =
+                    cleanup(backend.pool(), &eps, &runs, args.parallel).await;
+                messages.extend(leftovers.iter().map(|l| format!("cleanup left {l}")));
+                Err(Stop { messages, created: true, interrupted: true })
+            }
+        };
         backend.pool().disconnect_all().await;
         r
     });
     let wall = started.elapsed();
     let m = match measured_run {
         Ok(m) => m,
-        Err(Stop { messages, created }) => {
-            for l in messages {
+        Err(Stop {
+            messages,
+            created,
+            interrupted,
+        }) => {
+            for l in &messages {
                 eprintln!("error: {l}");
             }
             if !created {
                 eprintln!("nothing was created on any node");
+            } else if messages.is_empty() {
+                eprintln!("everything verify made on the nodes was removed");
             }
-            return Ok(ExitCode::from(2));
+            // 130: the shell's status for a command ended by SIGINT.
+            return Ok(ExitCode::from(if interrupted { 130 } else { 2 }));
         }
     };
     for l in &m.leftovers {
@@ -291,6 +309,7 @@ struct Measured {
 struct Stop {
     messages: Vec<String>,
     created: bool,
+    interrupted: bool,
 }
 
 fn failed(ep: &Endpoint, what: &str, r: Result<Output, SshError>) -> Result<String, String> {
@@ -326,6 +345,7 @@ async fn measure(
         return Err(Stop {
             messages: refused,
             created: false,
+            interrupted: false,
         });
     }
     let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |_| {
@@ -346,6 +366,7 @@ async fn measure(
         return Err(Stop {
             messages: problems,
             created: false,
+            interrupted: false,
         });
     }
 
@@ -474,6 +495,30 @@ async fn measure(
     }
 
     // Cleanup on every node, then proof that nothing is left.
+    let (more, leftovers) = cleanup(pool, eps, runs, parallel).await;
+    problems.extend(more);
+    result.leftovers = leftovers;
+    if !problems.is_empty() {
+        problems.extend(result.leftovers.iter().map(|l| format!("cleanup left {l}")));
+        return Err(Stop {
+            messages: problems,
+            created: true,
+            interrupted: false,
+        });
+    }
+    Ok(result)
+}
+
+/// Removes what the run made on every node (safe where nothing was made),
+/// then lists what is still there: (problems, leftovers).
+async fn cleanup(
+    pool: &kscratch_backends::ssh::SshPool,
+    eps: &[&Endpoint],
+    runs: &[Run],
+    parallel: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut leftovers = Vec::new();
     let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |k| {
         remote::cleanup_script(&runs[k])
     })
@@ -489,18 +534,18 @@ async fn measure(
     .await;
     for (ep, a) in eps.iter().zip(answers) {
         match failed(ep, "checking for leftovers", a) {
-            Ok(out) => result
-                .leftovers
-                .extend(out.lines().map(|l| format!("{} on {}", l.trim(), ep.node))),
+            Ok(out) => {
+                leftovers.extend(out.lines().map(|l| format!("{} on {}", l.trim(), ep.node)))
+            }
             Err(e) => problems.push(e),
         }
     }
-    if !problems.is_empty() {
-        problems.extend(result.leftovers.iter().map(|l| format!("cleanup left {l}")));
-        return Err(Stop {
-            messages: problems,
-            created: true,
-        });
+    (problems, leftovers)
+}
+
+/// Resolves on Ctrl-C (SIGINT); never, when the handler cannot be installed.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
     }
-    Ok(result)
 }

@@ -15,7 +15,8 @@
 use super::apply::{check_tools, scenario_copy};
 use super::support::{self, Error, Result, Testbed};
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -81,6 +82,7 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
     assert_eq!(v.code, Some(0), "{}\n{}", v.stderr, v.wrong());
     assert_eq!(v.doc["schemaVersion"], 1);
     assert_eq!(v.doc["kind"], "verify");
+    matches_schema(&tb, &v.doc)?;
     // 16 probes: every probe to every probe, and each node to its 2 probes.
     assert_eq!(v.cells().len(), 16 * 16 + 16, "{}", v.doc);
     assert!(v.disagreeing().is_empty(), "{:?}", v.disagreeing());
@@ -104,6 +106,7 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
     apply(&scenario, &kh, &["--fault", fault, "--break-my-cluster"])?;
     let v = verify_json(&scenario, &kh, &[])?;
     assert_eq!(v.code, Some(1), "{}", v.stderr);
+    matches_schema(&tb, &v.doc)?;
     let broken: BTreeSet<(String, String)> = v.disagreeing().into_iter().collect();
     let mut expected = BTreeSet::new();
     for i in 0..2 {
@@ -112,7 +115,12 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
             expected.insert((format!("node3/p{j}"), format!("node1/p{i}")));
         }
     }
-    assert_eq!(broken, expected, "the cells the fault breaks:\n{}", v.wrong());
+    assert_eq!(
+        broken,
+        expected,
+        "the cells the fault breaks:\n{}",
+        v.wrong()
+    );
     for c in v.cells().iter().filter(|c| c["agrees"] == false) {
         assert_eq!(c["real"]["verdict"], "fails", "{c}");
         assert_eq!(c["predicted"]["verdict"], "reaches", "{c}");
@@ -182,6 +190,10 @@ fn verify_vxlan_agrees_with_and_without_a_fault() -> Result<()> {
     let broken = verify_json(&scenario, &kh, &[])?;
     assert_eq!(broken.code, Some(1), "{}", broken.stderr);
     let cells = broken.disagreeing();
+    println!(
+        "[verify, vxlan-4, {fault}] {} cells disagree without --fault: {cells:?}",
+        cells.len()
+    );
     assert!(!cells.is_empty());
     assert!(
         cells
@@ -191,6 +203,39 @@ fn verify_vxlan_agrees_with_and_without_a_fault() -> Result<()> {
     );
     let v = verify_json(&scenario, &kh, &["--fault", fault])?;
     assert!(v.disagreeing().is_empty(), "{:?}", v.disagreeing());
+    nothing_left(&tb)?;
+
+    // Ctrl-C while the probes are being made: everything is removed, exit 130.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kscratch"))
+        .args(["verify", &scenario, "--known-hosts", &kh])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::new(e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !Path::new("/run/kscratch-verify")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some())
+    {
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            return Err(Error::new("verify made no probe within 30 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .map_err(|e| Error::new(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::new(e.to_string()))?;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted: removing what verify made"),
+        "{err}"
+    );
     nothing_left(&tb)?;
     tb.down()
 }
@@ -285,6 +330,37 @@ fn nothing_left(tb: &Testbed) -> Result<()> {
         Ok(())
     } else {
         Err(Error::new(format!("verify left:\n{}", left.join("\n"))))
+    }
+}
+
+/// `doc` matches `docs/schema/verify.schema.json` (python3-jsonschema, which
+/// `.ci/run` installs; missing, it is an error here, never a skip).
+fn matches_schema(tb: &Testbed, doc: &serde_json::Value) -> Result<()> {
+    let file = tb.description.dir.join("verify.json");
+    std::fs::write(&file, doc.to_string()).map_err(|e| Error::new(e.to_string()))?;
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema/verify.schema.json");
+    let script = "import json,sys,jsonschema\n\
+        s=json.load(open(sys.argv[1])); d=json.load(open(sys.argv[2]))\n\
+        v=jsonschema.validators.validator_for(s)(s)\n\
+        errs=list(v.iter_errors(d))\n\
+        [print(list(e.path), e.message) for e in errs]\n\
+        sys.exit(1 if errs else 0)";
+    let out = support::run_bounded(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(&schema)
+            .arg(&file),
+        Duration::from_secs(30),
+    )?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::new(format!(
+            "verify --format json does not match {}:\n{}{}",
+            schema.display(),
+            text(&out.stdout),
+            text(&out.stderr)
+        )))
     }
 }
 
