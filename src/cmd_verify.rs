@@ -239,6 +239,22 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
         });
     }
     not_measured.extend(m.proxy_notes);
+    let mut mtu_cells = Vec::new();
+    for (p, q, seen) in &m.mtu {
+        let (from, to) = (&m.probes[*p], &m.probes[*q]);
+        let Some((predicted, tf, tt)) = cmp::predict_mtu(&sim, from, to) else {
+            continue;
+        };
+        let agrees = seen.agrees(&predicted);
+        mtu_cells.push(CellResult {
+            from: from.name.clone(),
+            to: to.name.clone(),
+            real: seen.clone(),
+            predicted,
+            agrees,
+            trace: (!agrees).then(|| cmp::trace_text(&sim, &tf, &tt)),
+        });
+    }
     if egress.is_none() {
         not_measured.push(
             "egress: no --egress-target given (verify sends nothing outside the cluster unasked)"
@@ -257,13 +273,14 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
                 .collect()
         })
         .unwrap_or_default();
-    let disagreements = cells.iter().filter(|c| !c.agrees).count();
+    let disagreements = cells.iter().chain(&mtu_cells).filter(|c| !c.agrees).count();
     let report = VerifyReport {
         cluster: s.name.clone(),
         faults: opts.faults.iter().map(|f| f.to_string()).collect(),
         probes_per_node: args.probes_per_node,
         probes: m.probes.clone(),
         cells,
+        mtu: mtu_cells,
         disagreements,
         egress: egress_cells,
         not_measured,
@@ -293,6 +310,17 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
     })
 }
 
+/// What one measured connection stands for.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// From a probe (or, `None`, its node) to a probe.
+    Pod(Option<usize>, usize),
+    /// A DF datagram of the pod MTU, from a probe to a probe on another node.
+    Mtu(usize, usize),
+    /// From a probe to `--egress-target`.
+    Egress(usize),
+}
+
 /// What the run measured on the real nodes.
 struct Measured {
     probes: Vec<RealProbe>,
@@ -300,6 +328,8 @@ struct Measured {
     cells: Vec<(Option<usize>, usize, Seen)>,
     /// From each probe to `--egress-target`: did it connect.
     egress: Vec<(usize, bool)>,
+    /// Pod-MTU datagrams between nodes: from, to, what came back.
+    mtu: Vec<(usize, usize, Seen)>,
     proxy_notes: Vec<String>,
     leftovers: Vec<String>,
 }
@@ -393,6 +423,7 @@ async fn measure(
         probes,
         cells: Vec::new(),
         egress: Vec::new(),
+        mtu: Vec::new(),
         proxy_notes: prepared
             .iter()
             .zip(eps)
@@ -407,49 +438,52 @@ async fn measure(
         leftovers: Vec::new(),
     };
     if problems.is_empty() {
-        // Per node: its probes to every probe, the node to its own probes, egress.
-        type Plan = Vec<(Connect, Option<usize>, Option<usize>)>;
-        let plans: Vec<Plan> = eps
+        // Per node: its probes to every probe, the node to its own probes,
+        // its first probe's DF datagram to every other node's first probe,
+        // and egress.
+        let plans: Vec<Vec<(Connect, Kind)>> = eps
             .iter()
-            .map(|ep| {
-                let mine: Vec<usize> = (0..result.probes.len())
-                    .filter(|&p| result.probes[p].node == ep.node)
+            .zip(&prepared)
+            .map(|(ep, prep)| {
+                let port = runs[0].port;
+                let probes = &result.probes;
+                let mine: Vec<usize> = (0..probes.len())
+                    .filter(|&p| probes[p].node == ep.node)
                     .collect();
-                let mut v: Plan = Vec::new();
+                let conn = |from: Option<usize>, to: IpAddr| Connect {
+                    from: from.map(|p| probes[p].index),
+                    to,
+                    port,
+                    df_payload: None,
+                };
+                let mut v = Vec::new();
                 for &p in &mine {
-                    for (q, to) in result.probes.iter().enumerate() {
-                        v.push((
-                            Connect {
-                                from: Some(result.probes[p].index),
-                                to: to.ip,
-                                port: runs[0].port,
-                            },
-                            Some(p),
-                            Some(q),
-                        ));
+                    for (q, to) in probes.iter().enumerate() {
+                        v.push((conn(Some(p), to.ip), Kind::Pod(Some(p), q)));
                     }
                     if let Some(t) = egress {
-                        v.push((
-                            Connect {
-                                from: Some(result.probes[p].index),
-                                to: IpAddr::V4(*t.ip()),
-                                port: t.port(),
-                            },
-                            Some(p),
-                            None,
-                        ));
+                        let c = Connect {
+                            port: t.port(),
+                            ..conn(Some(p), IpAddr::V4(*t.ip()))
+                        };
+                        v.push((c, Kind::Egress(p)));
                     }
                 }
                 for &q in &mine {
-                    v.push((
-                        Connect {
-                            from: None,
-                            to: result.probes[q].ip,
-                            port: runs[0].port,
-                        },
-                        None,
-                        Some(q),
-                    ));
+                    v.push((conn(None, probes[q].ip), Kind::Pod(None, q)));
+                }
+                if let Some(&p) = mine.first() {
+                    // IPv4 and UDP headers: the datagram is one pod-MTU packet.
+                    let size = prep.mtu.saturating_sub(28);
+                    for (q, to) in probes.iter().enumerate() {
+                        if to.index == 0 && to.node != ep.node {
+                            let c = Connect {
+                                df_payload: Some(size),
+                                ..conn(Some(p), to.ip)
+                            };
+                            v.push((c, Kind::Mtu(p, q)));
+                        }
+                    }
                 }
                 v
             })
@@ -461,35 +495,48 @@ async fn measure(
         .await;
         for ((ep, a), plan) in eps.iter().zip(answers).zip(&plans) {
             let conns: Vec<Connect> = plan.iter().map(|c| c.0.clone()).collect();
-            match failed(ep, "cannot measure", a).and_then(|out| {
+            let seen = match failed(ep, "cannot measure", a).and_then(|out| {
                 remote::parse_measure(&conns, &out).map_err(|e| format!("{}: {e}", ep.node))
             }) {
-                Ok(seen) => {
-                    for ((_, from, to), o) in plan.iter().zip(seen) {
-                        let Some(to) = to else {
-                            if let Some(p) = from {
-                                result
-                                    .egress
-                                    .push((*p, !matches!(o, Observed::Failed { .. })));
-                            }
-                            continue;
-                        };
+                Ok(seen) => seen,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            for ((_, kind), o) in plan.iter().zip(seen) {
+                let fails = |detail: String| Seen::Fails {
+                    detail: Some(detail),
+                };
+                match *kind {
+                    Kind::Egress(p) => result
+                        .egress
+                        .push((p, !matches!(o, Observed::Failed { .. }))),
+                    Kind::Mtu(p, q) => result.mtu.push((
+                        p,
+                        q,
+                        match o {
+                            Observed::Echoed => Seen::Reaches {
+                                peer: cmp::ECHOED.into(),
+                            },
+                            Observed::Failed { detail } => fails(detail),
+                            other => fails(format!("{other:?}")),
+                        },
+                    )),
+                    Kind::Pod(from, to) => {
                         let sender = from.map(|p| result.probes[p].ip);
                         let seen = match o {
                             Observed::Reached { peer } => Seen::Reaches {
                                 peer: cmp::peer_name(peer, sender, nodes),
                             },
-                            Observed::Connected => Seen::Fails {
-                                detail: Some("connected, but no answer came back".into()),
-                            },
-                            Observed::Failed { detail } => Seen::Fails {
-                                detail: Some(detail),
-                            },
+                            Observed::Failed { detail } => fails(detail),
+                            Observed::Connected | Observed::Echoed => {
+                                fails("connected, but no answer came back".into())
+                            }
                         };
-                        result.cells.push((*from, *to, seen));
+                        result.cells.push((from, to, seen));
                     }
                 }
-                Err(e) => problems.push(e),
             }
         }
     }

@@ -22,7 +22,12 @@
 //! which the client takes for a connection that never answers); a
 //! connector sends one line and reads the answer, so a
 //! cell reaches only when the handshake, the request line and the reply line
-//! all went through. `verify` checks for `socat` and `ip` first and says how
+//! all went through. Pod-MTU packets are measured with one UDP datagram of
+//! the pod MTU (the MTU the node's own conflist gives its pods) with DF set
+//! (`mtudiscover=2`), which the other probe echoes back the same way: it
+//! reaches only when both full-size packets crossed unfragmented (UDP may
+//! lose a datagram on a busy node: up to three tries, 2 s each).
+//! `verify` checks for `socat` and `ip` first and says how
 //! to install them; it creates nothing on any node before every node passed.
 //!
 //! Everything a run creates is named after its run id and the node's index
@@ -158,6 +163,8 @@ pub struct Prepared {
     pub kube_proxy_running: bool,
     /// The bridge plugin's network config, as libcni hands it to the plugin.
     pub network: String,
+    /// The pod MTU the node's CNI config gives its pods.
+    pub mtu: u32,
 }
 
 pub fn parse_prepare(stdout: &str) -> Result<Prepared, VerifyError> {
@@ -171,18 +178,20 @@ pub fn parse_prepare(stdout: &str) -> Result<Prepared, VerifyError> {
         .and_then(|l| l.strip_prefix("kube-proxy "))
         .ok_or_else(|| VerifyError::Node(format!("unexpected answer: {stdout}")))?;
     let conflist = lines.next().unwrap_or("");
+    let (network, mtu) = plugin_network(conflist)?;
     Ok(Prepared {
         cni_bin: bin.trim().to_string(),
         kube_proxy_running: proxy.trim() == "running",
-        network: plugin_network(conflist)?,
+        network,
+        mtu,
     })
 }
 
 /// The first plugin of a conflist as its own network config (with the
 /// list's `name` and `cniVersion`), which is what libcni passes to it.
 /// Refuses a conflist whose first plugin is not `bridge`: kscratch wrote
-/// another one, or someone else did.
-pub fn plugin_network(conflist: &str) -> Result<String, VerifyError> {
+/// another one, or someone else did. Also returns the pod MTU it sets.
+pub fn plugin_network(conflist: &str) -> Result<(String, u32), VerifyError> {
     let bad = |message: String| VerifyError::Conflist {
         path: CNI_CONFLIST.into(),
         message,
@@ -197,7 +206,7 @@ pub fn plugin_network(conflist: &str) -> Result<String, VerifyError> {
         serde_json::to_value(CniPlugin::Bridge(bridge.clone())).map_err(|e| bad(e.to_string()))?;
     v["cniVersion"] = list.cni_version.into();
     v["name"] = list.name.into();
-    Ok(v.to_string())
+    Ok((v.to_string(), bridge.mtu))
 }
 
 /// Creates the probes (namespace, CNI ADD, a listener each) and waits until
@@ -225,11 +234,20 @@ pub fn up_script(run: &Run, cni_bin: &str, network: &str) -> Script {
             port = run.port,
             mark = run.mark()
         );
+        // The DF echo: each datagram back to its sender, as large, DF set.
+        // RECVFROM keeps one socket and forks per datagram (LISTEN hands
+        // its socket to the child and loses what arrives meanwhile).
+        let _ = writeln!(
+            s,
+            "ip netns exec \"$ns\" socat -T10 UDP4-RECVFROM:{port},fork,reuseaddr,mtudiscover=2 'SYSTEM:cat {mark}' </dev/null >/dev/null 2>&1 &\necho $! >> \"$dir/pids\"",
+            port = run.port,
+            mark = run.mark()
+        );
     }
     for i in 0..run.probes {
         let _ = writeln!(
             s,
-            "n=0; until ip netns exec {ns} ss -Hltn 'sport = :{port}' | grep -q .; do n=$((n + 1)); [ $n -lt 100 ] || {{ echo 'the listener in {ns} did not start'; exit 4; }}; sleep 0.05; done",
+            "n=0; until ip netns exec {ns} ss -Hltn 'sport = :{port}' | grep -q . && ip netns exec {ns} ss -Hlun 'sport = :{port}' | grep -q .; do n=$((n + 1)); [ $n -lt 100 ] || {{ echo 'the listeners in {ns} did not start'; exit 4; }}; sleep 0.05; done",
             ns = run.netns(i),
             port = run.port
         );
@@ -280,6 +298,9 @@ pub struct Connect {
     pub from: Option<usize>,
     pub to: IpAddr,
     pub port: u16,
+    /// `Some(bytes)`: instead of a TCP connection, one UDP datagram of this
+    /// many bytes of payload with DF set, which the probe echoes back the same way.
+    pub df_payload: Option<u32>,
 }
 
 /// What a connector saw.
@@ -291,6 +312,8 @@ pub enum Observed {
     /// Connected and sent its line, but nothing answered with a peer (a
     /// target that is not a probe, such as an operator's egress target).
     Connected,
+    /// The DF datagram came back whole.
+    Echoed,
     /// No connection: the client's complaint (timeout, refused, reset).
     Failed { detail: String },
 }
@@ -302,14 +325,25 @@ pub fn measure_script(run: &Run, conns: &[Connect]) -> Script {
     let _ = writeln!(s, "m={}/m; rm -rf \"$m\"; mkdir -p \"$m\"", run.dir());
     let _ = writeln!(
         s,
-        "probe() {{\n  k=$1; shift\n  o=$(printf 'kscratch-verify\\n' | \"$@\" socat -t10 -T10 - \"TCP4:$ADDR:$PORT,connect-timeout={CONNECT_TIMEOUT_SECS}\" 2>&1)\n  rc=$?\n  printf 'cell %s rc=%s %s\\n' \"$k\" \"$rc\" \"$(printf '%s' \"$o\" | tr '\\n' ' ')\" > \"$m/$k\"\n}}"
+        "probe() {{\n  k=$1; shift\n  o=$(printf 'kscratch-verify\\n' | \"$@\" socat -t10 -T10 - \"TCP4:$ADDR:$PORT,connect-timeout={CONNECT_TIMEOUT_SECS}\" 2>&1)\n  rc=$?\n  printf 'cell %s rc=%s %s\\n' \"$k\" \"$rc\" \"$(printf '%s' \"$o\" | tr '\\n' ' ')\" > \"$m/$k\"\n}}\ndf() {{\n  k=$1; shift\n  for t in 1 2 3; do\n    n=$(head -c \"$SIZE\" /dev/zero | \"$@\" socat -t2 -T3 - \"UDP4:$ADDR:$PORT,mtudiscover=2\" 2>/dev/null | wc -c)\n    [ \"$n\" = \"$SIZE\" ] && break\n  done\n  printf 'cell %s rc=0 echoed=%s of=%s\\n' \"$k\" \"$n\" \"$SIZE\" > \"$m/$k\"\n}}"
     );
     for (k, c) in conns.iter().enumerate() {
         let prefix = match c.from {
             Some(i) => format!("ip netns exec {}", run.netns(i)),
             None => "env".into(),
         };
-        let _ = writeln!(s, "ADDR={} PORT={} probe {k} {prefix} &", c.to, c.port);
+        match c.df_payload {
+            None => {
+                let _ = writeln!(s, "ADDR={} PORT={} probe {k} {prefix} &", c.to, c.port);
+            }
+            Some(size) => {
+                let _ = writeln!(
+                    s,
+                    "ADDR={} PORT={} SIZE={size} df {k} {prefix} &",
+                    c.to, c.port
+                );
+            }
+        }
     }
     s.push_str("wait\nfor f in \"$m\"/*; do [ -e \"$f\" ] && cat \"$f\"; done\nrm -rf \"$m\"\n");
     script(s)
@@ -331,6 +365,24 @@ pub fn parse_measure(conns: &[Connect], stdout: &str) -> Result<Vec<Observed>, V
             .find_map(|w| w.strip_prefix("peer="))
             .and_then(|p| p.parse().ok());
         let (rc, out) = out.split_once(' ').unwrap_or((out, ""));
+        let word = |key: &str| {
+            out.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let (Some(n), Some(of)) = (word("echoed="), word("of=")) {
+            found.insert(
+                k,
+                if n == of {
+                    Observed::Echoed
+                } else {
+                    Observed::Failed {
+                        detail: format!("{n} of {of} bytes came back"),
+                    }
+                },
+            );
+            continue;
+        }
         found.insert(
             k,
             match (peer, rc) {
@@ -460,8 +512,9 @@ mod tests {
 
     #[test]
     fn the_bridge_plugin_gets_the_lists_name_and_version() {
-        let net: serde_json::Value =
-            serde_json::from_str(&plugin_network(CONFLIST).unwrap()).unwrap();
+        let (net, mtu) = plugin_network(CONFLIST).unwrap();
+        assert_eq!(mtu, 1500);
+        let net: serde_json::Value = serde_json::from_str(&net).unwrap();
         assert_eq!(net["type"], "bridge");
         assert_eq!(net["name"], "kscratch");
         assert_eq!(net["cniVersion"], "0.4.0");
@@ -482,6 +535,7 @@ mod tests {
         assert_eq!(p.cni_bin, "/usr/lib/cni");
         assert!(!p.kube_proxy_running);
         assert!(p.network.contains("\"cbr0\""));
+        assert_eq!(p.mtu, 1500);
         assert!(parse_prepare("verify needs socat").is_err());
         let text = prepare_script().text;
         assert!(text.contains("for t in ip socat"), "{text}");
@@ -508,6 +562,12 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("#ksv-00000abc'"), "{t}");
+        assert!(
+            t.contains(
+                "UDP4-RECVFROM:8080,fork,reuseaddr,mtudiscover=2 'SYSTEM:cat #ksv-00000abc'"
+            ),
+            "{t}"
+        );
         assert!(
             t.contains("ip netns exec ksv-00000abc-3-1 ss -Hltn 'sport = :8080'"),
             "{t}"
@@ -545,16 +605,25 @@ mod tests {
                 from: Some(1),
                 to: "10.10.2.2".parse().unwrap(),
                 port: 8080,
+                df_payload: None,
             },
             Connect {
                 from: None,
                 to: "10.10.1.2".parse().unwrap(),
                 port: 8080,
+                df_payload: None,
             },
             Connect {
                 from: Some(0),
                 to: "203.0.113.10".parse().unwrap(),
                 port: 443,
+                df_payload: None,
+            },
+            Connect {
+                from: Some(0),
+                to: "10.10.2.2".parse().unwrap(),
+                port: 8080,
+                df_payload: Some(1472),
             },
         ];
         let t = measure_script(&r, &conns).text;
@@ -568,9 +637,14 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("TCP4:$ADDR:$PORT,connect-timeout=2"), "{t}");
+        assert!(
+            t.contains("ADDR=10.10.2.2 PORT=8080 SIZE=1472 df 3 ip netns exec ksv-00000abc-3-0 &"),
+            "{t}"
+        );
+        assert!(t.contains("UDP4:$ADDR:$PORT,mtudiscover=2"), "{t}");
         let seen = parse_measure(
             &conns,
-            "cell 1 rc=1 2026/12/06 15:00:00 socat[12] E connect(5, AF=2 10.10.1.2:8080, 16): Connection timed out \ncell 0 rc=0 peer=10.10.1.2 #ksv-00000abc \ncell 2 rc=0 \n",
+            "cell 1 rc=1 2026/12/06 15:00:00 socat[12] E connect(5, AF=2 10.10.1.2:8080, 16): Connection timed out \ncell 0 rc=0 peer=10.10.1.2 #ksv-00000abc \ncell 2 rc=0 \ncell 3 rc=0 echoed=1472 of=1472\n",
         )
         .unwrap();
         assert_eq!(
@@ -586,6 +660,14 @@ mod tests {
             }
         );
         assert_eq!(seen[2], Observed::Connected);
+        assert_eq!(seen[3], Observed::Echoed);
+        let short = parse_measure(&conns[3..], "cell 0 rc=0 echoed=0 of=1472\n").unwrap();
+        assert_eq!(
+            short[0],
+            Observed::Failed {
+                detail: "0 of 1472 bytes came back".into()
+            }
+        );
         assert!(parse_measure(&conns, "cell 0 rc=0 peer=10.10.1.2\n").is_err());
     }
 }

@@ -67,6 +67,9 @@ impl Seen {
 impl fmt::Display for Seen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Seen::Reaches { peer } if peer == ECHOED => {
+                f.write_str("reaches (the full-size packet came back whole)")
+            }
             Seen::Reaches { peer } if peer == "sender" => {
                 f.write_str("reaches (the receiver saw the sender's own address)")
             }
@@ -183,6 +186,35 @@ pub fn predict(
     Some((seen, from_name, format!("{}/{}", to.node, w.pods[t].name)))
 }
 
+/// The peer of a pod-MTU cell that went through: the datagram came back whole.
+pub const ECHOED: &str = "echoed";
+
+/// The simulator's verdict for a pod-MTU packet from `from` to `to` (both
+/// ways, full size, as its MTU check sends them), with the trace's endpoints.
+pub fn predict_mtu(
+    sim: &Simulated,
+    from: &RealProbe,
+    to: &RealProbe,
+) -> Option<(Seen, String, String)> {
+    let w = &sim.world;
+    let (x, y) = (stand_in(sim, from, None)?, stand_in(sim, to, None)?);
+    let mut pkt = crate::packet::Packet::tcp(w.pods[x].ip, 46000, w.pods[y].ip, POD_PORT);
+    pkt.len = w.pods[x].mtu;
+    let mut walker = crate::walk::Walker::quiet(w);
+    let conn = crate::walk::connect(&mut walker, Place::Pod(x), pkt, &mut TakeFirst);
+    let seen = match conn.established() {
+        Some((at, _)) if at == Place::Pod(y) => Seen::Reaches {
+            peer: ECHOED.into(),
+        },
+        _ => Seen::Fails { detail: None },
+    };
+    Some((
+        seen,
+        format!("{}/{}", from.node, w.pods[x].name),
+        format!("{}/{}", to.node, w.pods[y].name),
+    ))
+}
+
 /// The simulator's trace of a predicted connection, as `kscratch trace` prints it.
 pub fn trace_text(sim: &Simulated, from: &str, to: &str) -> String {
     match crate::trace::trace(sim, from, to, Proto::Tcp) {
@@ -211,7 +243,10 @@ pub struct VerifyReport {
     /// Pod to pod (every probe to every probe, itself included), then each
     /// node to its own probes.
     pub cells: Vec<CellResult>,
-    /// The cells that disagree (also in `cells`, with `agrees: false`).
+    /// Pod-MTU packets: one DF datagram of the pod MTU from each node's
+    /// first probe to every other node's first probe, echoed back.
+    pub mtu: Vec<CellResult>,
+    /// The cells that disagree (in `cells` and `mtu`, with `agrees: false`).
     pub disagreements: usize,
     /// Each probe to the operator's `--egress-target`: measured, not
     /// compared (the simulator's outside host stands for no real address).
@@ -228,7 +263,7 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     pub fn disagreeing(&self) -> impl Iterator<Item = &CellResult> {
-        self.cells.iter().filter(|c| !c.agrees)
+        self.cells.iter().chain(&self.mtu).filter(|c| !c.agrees)
     }
 }
 
@@ -278,6 +313,22 @@ impl fmt::Display for VerifyReport {
         for c in self.cells.iter().filter(|c| !c.from.contains('/')) {
             let mark = if c.agrees { " " } else { "!" };
             writeln!(f, "  {mark} {} → {}: real {}", c.from, c.to, c.real)?;
+        }
+        if !self.mtu.is_empty() {
+            let through = self
+                .mtu
+                .iter()
+                .filter(|c| matches!(c.real, Seen::Reaches { .. }))
+                .count();
+            writeln!(
+                f,
+                "\npod-MTU packets between nodes (DF, echoed back): {through} of {} came back whole, {} as predicted",
+                self.mtu.len(),
+                self.mtu.iter().filter(|c| c.agrees).count()
+            )?;
+            for c in self.mtu.iter().filter(|c| !c.agrees) {
+                writeln!(f, "  ! {} → {}: real {}", c.from, c.to, c.real)?;
+            }
         }
         if let Some(e) = self.egress.first() {
             writeln!(

@@ -86,6 +86,9 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
     // 16 probes: every probe to every probe, and each node to its 2 probes.
     assert_eq!(v.cells().len(), 16 * 16 + 16, "{}", v.doc);
     assert!(v.disagreeing().is_empty(), "{:?}", v.disagreeing());
+    // Pod-MTU datagrams: each node's first probe to every other node's.
+    assert_eq!(v.doc["mtu"].as_array().map(Vec::len), Some(8 * 7));
+    assert!(v.mtu_disagreeing().is_empty(), "{}", v.wrong());
     for c in v.cells() {
         if c["from"].as_str().is_some_and(|f| f.contains('/')) {
             assert_eq!(
@@ -121,6 +124,13 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
         "the cells the fault breaks:\n{}",
         v.wrong()
     );
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        v.mtu_disagreeing(),
+        BTreeSet::from([pair("node1/p0", "node3/p0"), pair("node3/p0", "node1/p0")]),
+        "{}",
+        v.wrong()
+    );
     for c in v.cells().iter().filter(|c| c["agrees"] == false) {
         assert_eq!(c["real"]["verdict"], "fails", "{c}");
         assert_eq!(c["predicted"]["verdict"], "reaches", "{c}");
@@ -145,7 +155,26 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
     let v = verify_json(&scenario, &kh, &["--fault", fault])?;
     assert_eq!(v.code, Some(1), "{}", v.stderr);
     assert!(v.disagreeing().is_empty(), "{:?}", v.disagreeing());
+    assert!(v.mtu_disagreeing().is_empty(), "{}", v.wrong());
     assert_eq!(v.doc["predictionPassed"], false);
+    nothing_left(&tb)?;
+
+    // node4's NIC gets a 1400-byte MTU: small packets still pass, pod-MTU
+    // packets to and from node4 do not.
+    let mtu = "underlay-mtu:node4:1400";
+    apply(&scenario, &kh, &["--fault", mtu, "--break-my-cluster"])?;
+    let v = verify_json(&scenario, &kh, &["--fault", fault])?;
+    assert_eq!(v.code, Some(1), "{}", v.stderr);
+    assert!(v.disagreeing().is_empty(), "{}", v.wrong());
+    let mut expected = BTreeSet::new();
+    for k in [1, 2, 3, 5, 6, 7, 8] {
+        expected.insert(pair("node4/p0", &format!("node{k}/p0")));
+        expected.insert(pair(&format!("node{k}/p0"), "node4/p0"));
+    }
+    assert_eq!(v.mtu_disagreeing(), expected, "{}", v.wrong());
+    let v = verify_json(&scenario, &kh, &["--fault", fault, "--fault", mtu])?;
+    assert!(v.disagreeing().is_empty(), "{}", v.wrong());
+    assert!(v.mtu_disagreeing().is_empty(), "{}", v.wrong());
     nothing_left(&tb)?;
 
     // A node that cannot be reached: exit 2, nothing made on the others.
@@ -250,10 +279,27 @@ impl VerifyRun {
     fn cells(&self) -> Vec<serde_json::Value> {
         self.doc["cells"].as_array().cloned().unwrap_or_default()
     }
+    /// The pod-MTU cells that disagree.
+    fn mtu_disagreeing(&self) -> BTreeSet<(String, String)> {
+        self.doc["mtu"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c["agrees"] == false)
+            .map(|c| {
+                (
+                    c["from"].as_str().unwrap_or("").to_string(),
+                    c["to"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
     /// The cells that disagree, whole, for failure messages.
     fn wrong(&self) -> String {
         self.cells()
             .iter()
+            .chain(self.doc["mtu"].as_array().into_iter().flatten())
             .filter(|c| c["agrees"] == false)
             .map(|c| c.to_string())
             .collect::<Vec<_>>()
