@@ -276,7 +276,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
     let disagreements = cells.iter().chain(&mtu_cells).filter(|c| !c.agrees).count();
     let report = VerifyReport {
         cluster: s.name.clone(),
-        faults: opts.faults.iter().map(|f| f.to_string()).collect(),
+        faults: sim.faults.iter().map(|f| f.to_string()).collect(),
         probes_per_node: args.probes_per_node,
         probes: m.probes.clone(),
         cells,
