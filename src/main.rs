@@ -6,6 +6,7 @@ mod cmd_apply;
 mod cmd_check;
 mod cmd_diff;
 mod cmd_render;
+mod cmd_verify;
 mod load;
 mod output;
 mod report_formats;
@@ -100,6 +101,17 @@ enum Command {
     ///
     /// Example: kscratch apply scenarios/guide-routed.yaml --known-hosts ~/.ssh/known_hosts
     Apply(cmd_apply::ApplyArgs),
+    /// Measure the real cluster over SSH and hold it against the simulator's prediction, cell by cell.
+    ///
+    /// On every node that runs pods: probes attached by the node's own CNI
+    /// config and plugins, real TCP connections (one line each way) between
+    /// every pair of probes and from each node to its own, then everything
+    /// removed again. Exit 0 when every cell agrees and the prediction passes
+    /// `check`, 1 when a cell disagrees or a check fails, 2 for invalid input
+    /// or a node that cannot be reached or measured.
+    ///
+    /// Example: kscratch verify scenarios/guide-routed.yaml --known-hosts ~/.ssh/known_hosts
+    Verify(cmd_verify::VerifyArgs),
     /// Show what a changed scenario does before it runs: steps, files (with a unified diff), restarts, disruptive changes.
     ///
     /// No SSH: `diff OLD.yaml NEW.yaml` compares two scenarios, `diff SCENARIO`
@@ -244,6 +256,7 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
         }
         Command::Apply(args) => cmd_apply::run(args),
         Command::Diff(args) => cmd_diff::run(args),
+        Command::Verify(args) => cmd_verify::run(args),
         Command::Check(args) => cmd_check::check(args),
         Command::Trace(args) => cmd_check::trace(args),
         Command::Validate { scenario, format } => {

@@ -217,6 +217,31 @@ fn the_cli_refuses_inapplicable_faults_and_unconfirmed_damage_with_exit_2() {
     ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no VXLAN overlay"), "{err}");
+    // verify: bad input is refused before any node is contacted (the
+    // nodes of guide-routed do not exist here, and no known_hosts is read).
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "scenarios/guide-routed.yaml",
+            "--locked",
+            "--known-hosts",
+            "/nonexistent/known_hosts",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (code, err) = verify(&["--fault", "route-missing:node-9:node-1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("node-9"), "{err}");
+    let (code, err) = verify(&["--egress-target", "203.0.113.10"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--egress-target \"203.0.113.10\" is not IP:PORT"),
+        "{err}"
+    );
+    let (code, err) = verify(&["--probes-per-node", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("use 1 to 8"), "{err}");
 }
 
 #[test]

@@ -9,3 +9,4 @@ pub mod shell;
 pub mod shell_render;
 pub mod ssh;
 pub mod ssh_backend;
+pub mod verify;

@@ -23,6 +23,7 @@ pub mod report;
 pub mod rollout;
 pub mod routes;
 pub mod trace;
+pub mod verify;
 pub mod walk;
 pub mod world;
 

@@ -14,6 +14,8 @@ mod apply;
 mod differential;
 /// A changed input restarts its service; a converged apply restarts nothing.
 mod restart;
+/// `kscratch verify`: the real cluster measured and held against the prediction.
+mod verify;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::ExitStatusExt;

@@ -1,0 +1,673 @@
+//! `kscratch verify`, the node side: probe endpoints made the way the
+//! runtime makes pods, real TCP connections between them, and cleanup.
+//!
+//! A probe is a network namespace attached by the node's **own** CNI
+//! configuration and plugins: the conflist kscratch wrote
+//! (`/etc/cni/net.d/10-kscratch.conflist`) and the `bridge` and
+//! `host-local` plugins found in `/opt/cni/bin` (containerd's `bin_dir`, as
+//! the plan configures it) or else `/usr/lib/cni` (Debian's
+//! `containernetworking-plugins`). The plugin is run with the CNI
+//! environment protocol (`CNI_COMMAND=ADD`, the network config on stdin),
+//! exactly as libcni runs it for a pod; it is the chain's first plugin, the
+//! one that wires pods (`portmap` has no port mappings for a probe and is not
+//! called). At the end every probe gets `CNI_COMMAND=DEL` (which releases its
+//! host-local address) and its namespace is deleted.
+//!
+//! The probe agent is `socat`, not an uploaded helper: nothing is copied to
+//! the node, and `socat` does what a probe needs with one command each way.
+//! Each probe runs one listener (`TCP-LISTEN` with `fork`) that reads the
+//! client's line and answers `peer=ADDRESS`, the source address it saw
+//! (`SOCAT_PEERADDR`; a backlog of 256, since every probe of the cluster
+//! connects at once and a full accept queue drops the handshake's last ACK,
+//! which the client takes for a connection that never answers); a
+//! connector sends one line and reads the answer, so a
+//! cell reaches only when the handshake, the request line and the reply line
+//! all went through. Pod-MTU packets are measured with one UDP datagram of
+//! the pod MTU (the MTU the node's own conflist gives its pods) with DF set
+//! (`mtudiscover=2`), which the other probe echoes back the same way: it
+//! reaches only when both full-size packets crossed unfragmented (UDP may
+//! lose a datagram on a busy node: up to three tries, 2 s each).
+//! `verify` checks for `socat` and `ip` first and says how
+//! to install them; it creates nothing on any node before every node passed.
+//!
+//! Everything a run creates is named after its run id and the node's index
+//! in the scenario: namespaces `ksv-RUN-NODE-I`, the state directory
+//! `/run/kscratch-verify/RUN-NODE` (the network
+//! config, the namespaces and listener PIDs, cleanup reads them), and each
+//! listener carries `#ksv-RUN` in its command line, so [`leftovers_script`]
+//! can prove nothing is left.
+//!
+//! The scripts are rendered by pure functions (unit-tested here) and run by
+//! the node's agent session ([`crate::ssh::SshPool`]).
+
+use crate::shell_render::{Script, Stdin};
+use crate::ssh::{Endpoint, Output, SshError, SshPool};
+use kscratch_core::render::{parse_cni_conflist, CniPlugin};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// Where a run keeps its state on a node.
+pub const STATE_ROOT: &str = "/run/kscratch-verify";
+
+/// The CNI config kscratch writes on every node.
+pub const CNI_CONFLIST: &str = "/etc/cni/net.d/10-kscratch.conflist";
+
+/// Where the CNI plugins are looked for, in order.
+pub const CNI_BIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
+
+/// Seconds a connector waits for the TCP handshake. Once connected, both
+/// sides wait up to 10 s for the answer after the client's line (socat's
+/// `-t`): the listener forks a shell per connection, and every probe of the
+/// cluster connects at once. With socat's default of 0.5 s the listener
+/// closed before its shell answered on the loaded testbed, and the client
+/// saw a connection that never answered.
+pub const CONNECT_TIMEOUT_SECS: u32 = 2;
+
+/// One verify run on one node: its id (names everything it creates), how
+/// many probes, and the port every probe listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// Lowercase letters and digits only (it lands in names and scripts).
+    pub id: String,
+    /// The node's index in the scenario: part of every name, so that nodes
+    /// sharing a `/run` (containers, the testbed) never collide.
+    pub node: usize,
+    pub probes: usize,
+    pub port: u16,
+}
+
+/// Why a node cannot be measured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0}")]
+    Node(String),
+    #[error("{path}: {message}")]
+    Conflist { path: String, message: String },
+}
+
+impl Run {
+    /// A run id from a number (the CLI uses its PID and the time).
+    pub fn new(seed: u64, probes: usize, port: u16) -> Run {
+        Run {
+            id: format!("{:08x}", seed & 0xffff_ffff),
+            node: 0,
+            probes,
+            port,
+        }
+    }
+
+    /// The same run on the scenario's node `node`.
+    pub fn on_node(&self, node: usize) -> Run {
+        Run {
+            node,
+            ..self.clone()
+        }
+    }
+
+    pub fn dir(&self) -> String {
+        format!("{STATE_ROOT}/{}-{}", self.id, self.node)
+    }
+
+    /// The namespace (and CNI container id) of probe `i`.
+    pub fn netns(&self, i: usize) -> String {
+        format!("ksv-{}-{}-{i}", self.id, self.node)
+    }
+
+    /// The mark each listener carries in its command line.
+    pub fn mark(&self) -> String {
+        format!("#ksv-{}", self.id)
+    }
+}
+
+fn script(text: String) -> Script {
+    Script {
+        text,
+        stdin: Stdin::Empty,
+    }
+}
+
+/// Checks the tools and files a probe needs, changing nothing; prints
+/// `cni-bin DIR`, `kube-proxy running|not-running`, then the conflist.
+/// Exit 3 with the reason on stdout when the node cannot be measured.
+pub fn prepare_script() -> Script {
+    let mut s = String::from("set -u\nmissing=\n");
+    s.push_str("for t in ip socat; do command -v \"$t\" >/dev/null 2>&1 || missing=\"$missing $t\"; done\n");
+    s.push_str("[ -z \"$missing\" ] || { echo \"verify needs$missing on this node (Debian and Ubuntu: apt-get install socat iproute2)\"; exit 3; }\n");
+    let _ = writeln!(
+        s,
+        "[ -r {CNI_CONFLIST} ] || {{ echo '{CNI_CONFLIST} is missing: apply the scenario first'; exit 3; }}"
+    );
+    s.push_str("bin=\n");
+    let _ = writeln!(
+        s,
+        "for d in {}; do if [ -x \"$d/bridge\" ] && [ -x \"$d/host-local\" ]; then bin=$d; break; fi; done",
+        CNI_BIN_DIRS.join(" ")
+    );
+    let _ = writeln!(
+        s,
+        "[ -n \"$bin\" ] || {{ echo 'no CNI bridge and host-local plugins in {}'; exit 3; }}",
+        CNI_BIN_DIRS.join(" or ")
+    );
+    s.push_str("echo \"cni-bin $bin\"\n");
+    s.push_str("if [ -n \"$(ps -eo comm= 2>/dev/null | grep -x kube-proxy)\" ]; then echo 'kube-proxy running'; else echo 'kube-proxy not-running'; fi\n");
+    let _ = writeln!(s, "cat {CNI_CONFLIST}");
+    script(s)
+}
+
+/// What [`prepare_script`] found on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub cni_bin: String,
+    pub kube_proxy_running: bool,
+    /// The bridge plugin's network config, as libcni hands it to the plugin.
+    pub network: String,
+    /// The pod MTU the node's CNI config gives its pods.
+    pub mtu: u32,
+}
+
+pub fn parse_prepare(stdout: &str) -> Result<Prepared, VerifyError> {
+    let mut lines = stdout.splitn(3, '\n');
+    let bin = lines
+        .next()
+        .and_then(|l| l.strip_prefix("cni-bin "))
+        .ok_or_else(|| VerifyError::Node(format!("unexpected answer: {stdout}")))?;
+    let proxy = lines
+        .next()
+        .and_then(|l| l.strip_prefix("kube-proxy "))
+        .ok_or_else(|| VerifyError::Node(format!("unexpected answer: {stdout}")))?;
+    let conflist = lines.next().unwrap_or("");
+    let (network, mtu) = plugin_network(conflist)?;
+    Ok(Prepared {
+        cni_bin: bin.trim().to_string(),
+        kube_proxy_running: proxy.trim() == "running",
+        network,
+        mtu,
+    })
+}
+
+/// The first plugin of a conflist as its own network config (with the
+/// list's `name` and `cniVersion`), which is what libcni passes to it.
+/// Refuses a conflist whose first plugin is not `bridge`: kscratch wrote
+/// another one, or someone else did. Also returns the pod MTU it sets.
+pub fn plugin_network(conflist: &str) -> Result<(String, u32), VerifyError> {
+    let bad = |message: String| VerifyError::Conflist {
+        path: CNI_CONFLIST.into(),
+        message,
+    };
+    let list = parse_cni_conflist(conflist).map_err(|e| bad(e.to_string()))?;
+    let Some(CniPlugin::Bridge(bridge)) = list.plugins.first() else {
+        return Err(bad(
+            "its first plugin is not `bridge`: not the config kscratch writes".into(),
+        ));
+    };
+    let mut v =
+        serde_json::to_value(CniPlugin::Bridge(bridge.clone())).map_err(|e| bad(e.to_string()))?;
+    v["cniVersion"] = list.cni_version.into();
+    v["name"] = list.name.into();
+    Ok((v.to_string(), bridge.mtu))
+}
+
+/// Creates the probes (namespace, CNI ADD, a listener each) and waits until
+/// every listener listens; prints `probe I ADDRESS/PREFIX` per probe. The
+/// network config comes on stdin. Everything is recorded in the run's
+/// directory before it is made, so [`cleanup_script`] finds it whatever failed.
+pub fn up_script(run: &Run, cni_bin: &str, network: &str) -> Script {
+    let dir = run.dir();
+    let mut s = String::from("set -u\n");
+    let _ = writeln!(s, "dir={dir}\nbin={}", quote(cni_bin));
+    s.push_str("mkdir -p -m 0700 \"$dir\" || exit 4\ncat > \"$dir/net.json\"\necho \"$bin\" > \"$dir/bin\"\n");
+    for i in 0..run.probes {
+        let ns = run.netns(i);
+        let _ = writeln!(s, "ns={ns}\necho \"$ns\" >> \"$dir/netns\"");
+        s.push_str("ip netns add \"$ns\" || { echo \"ip netns add $ns failed\"; exit 4; }\n");
+        s.push_str("ip -n \"$ns\" link set lo up\n");
+        s.push_str("if ! CNI_COMMAND=ADD CNI_CONTAINERID=\"$ns\" CNI_NETNS=\"/run/netns/$ns\" CNI_IFNAME=eth0 CNI_PATH=\"$bin\" \"$bin/bridge\" < \"$dir/net.json\" > \"$dir/$ns.add\" 2>&1; then echo \"CNI ADD of $ns failed: $(cat \"$dir/$ns.add\")\"; exit 4; fi\n");
+        let _ = writeln!(
+            s,
+            "set -- $(ip -n \"$ns\" -4 -o addr show dev eth0)\necho \"probe {i} ${{4:-none}}\""
+        );
+        let _ = writeln!(
+            s,
+            "ip netns exec \"$ns\" socat -t10 -T10 TCP-LISTEN:{port},fork,reuseaddr,backlog=256 'SYSTEM:read l; echo peer=$SOCAT_PEERADDR {mark}' </dev/null >/dev/null 2>&1 &\necho $! >> \"$dir/pids\"",
+            port = run.port,
+            mark = run.mark()
+        );
+        // The DF echo: each datagram back to its sender, as large, DF set.
+        // RECVFROM keeps one socket and forks per datagram (LISTEN hands
+        // its socket to the child and loses what arrives meanwhile).
+        let _ = writeln!(
+            s,
+            "ip netns exec \"$ns\" socat -T10 UDP4-RECVFROM:{port},fork,reuseaddr,mtudiscover=2 'SYSTEM:cat {mark}' </dev/null >/dev/null 2>&1 &\necho $! >> \"$dir/pids\"",
+            port = run.port,
+            mark = run.mark()
+        );
+    }
+    for i in 0..run.probes {
+        let _ = writeln!(
+            s,
+            "n=0; until ip netns exec {ns} ss -Hltn 'sport = :{port}' | grep -q . && ip netns exec {ns} ss -Hlun 'sport = :{port}' | grep -q .; do n=$((n + 1)); [ $n -lt 100 ] || {{ echo 'the listeners in {ns} did not start'; exit 4; }}; sleep 0.05; done",
+            ns = run.netns(i),
+            port = run.port
+        );
+    }
+    Script {
+        text: s,
+        stdin: Stdin::Bytes {
+            bytes: network.as_bytes().to_vec(),
+            secret: false,
+        },
+    }
+}
+
+/// The probes' addresses from [`up_script`]'s answer, in probe order.
+pub fn parse_up(run: &Run, stdout: &str) -> Result<Vec<Ipv4Addr>, VerifyError> {
+    let mut found: BTreeMap<usize, Ipv4Addr> = BTreeMap::new();
+    for l in stdout.lines() {
+        let mut w = l.split_whitespace();
+        if w.next() != Some("probe") {
+            continue;
+        }
+        let (Some(i), Some(addr)) = (w.next().and_then(|i| i.parse().ok()), w.next()) else {
+            return Err(VerifyError::Node(format!("unexpected line: {l}")));
+        };
+        let ip = addr
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| {
+                VerifyError::Node(format!("probe {i} got no IPv4 address on eth0 ({addr})"))
+            })?;
+        found.insert(i, ip);
+    }
+    (0..run.probes)
+        .map(|i| {
+            found
+                .get(&i)
+                .copied()
+                .ok_or_else(|| VerifyError::Node(format!("probe {i} was not created")))
+        })
+        .collect()
+}
+
+/// One connection to measure: from probe `from` of this node (or the node
+/// itself, `None`) to `to:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    pub from: Option<usize>,
+    pub to: IpAddr,
+    pub port: u16,
+    /// `Some(bytes)`: instead of a TCP connection, one UDP datagram of this
+    /// many bytes of payload with DF set, which the probe echoes back the same way.
+    pub df_payload: Option<u32>,
+}
+
+/// What a connector saw.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Observed {
+    /// Connected, sent its line, and the listener answered with the source
+    /// address it saw.
+    Reached { peer: IpAddr },
+    /// Connected and sent its line, but nothing answered with a peer (a
+    /// target that is not a probe, such as an operator's egress target).
+    Connected,
+    /// The DF datagram came back whole.
+    Echoed,
+    /// No connection: the client's complaint (timeout, refused, reset).
+    Failed { detail: String },
+}
+
+/// Runs every connection of `conns` at once and prints `cell K ...` for
+/// each (K its index in `conns`).
+pub fn measure_script(run: &Run, conns: &[Connect]) -> Script {
+    let mut s = String::from("set -u\n");
+    let _ = writeln!(s, "m={}/m; rm -rf \"$m\"; mkdir -p \"$m\"", run.dir());
+    let _ = writeln!(
+        s,
+        "probe() {{\n  k=$1; shift\n  o=$(printf 'kscratch-verify\\n' | \"$@\" socat -t10 -T10 - \"TCP4:$ADDR:$PORT,connect-timeout={CONNECT_TIMEOUT_SECS}\" 2>&1)\n  rc=$?\n  printf 'cell %s rc=%s %s\\n' \"$k\" \"$rc\" \"$(printf '%s' \"$o\" | tr '\\n' ' ')\" > \"$m/$k\"\n}}\ndf() {{\n  k=$1; shift\n  for t in 1 2 3; do\n    n=$(head -c \"$SIZE\" /dev/zero | \"$@\" socat -t2 -T3 - \"UDP4:$ADDR:$PORT,mtudiscover=2\" 2>/dev/null | wc -c)\n    [ \"$n\" = \"$SIZE\" ] && break\n  done\n  printf 'cell %s rc=0 echoed=%s of=%s\\n' \"$k\" \"$n\" \"$SIZE\" > \"$m/$k\"\n}}"
+    );
+    for (k, c) in conns.iter().enumerate() {
+        let prefix = match c.from {
+            Some(i) => format!("ip netns exec {}", run.netns(i)),
+            None => "env".into(),
+        };
+        match c.df_payload {
+            None => {
+                let _ = writeln!(s, "ADDR={} PORT={} probe {k} {prefix} &", c.to, c.port);
+            }
+            Some(size) => {
+                let _ = writeln!(
+                    s,
+                    "ADDR={} PORT={} SIZE={size} df {k} {prefix} &",
+                    c.to, c.port
+                );
+            }
+        }
+    }
+    s.push_str("wait\nfor f in \"$m\"/*; do [ -e \"$f\" ] && cat \"$f\"; done\nrm -rf \"$m\"\n");
+    script(s)
+}
+
+/// Each connection's observation from [`measure_script`]'s answer.
+pub fn parse_measure(conns: &[Connect], stdout: &str) -> Result<Vec<Observed>, VerifyError> {
+    let mut found: BTreeMap<usize, Observed> = BTreeMap::new();
+    for l in stdout.lines() {
+        let Some(rest) = l.strip_prefix("cell ") else {
+            continue;
+        };
+        let (k, out) = rest.split_once(' ').unwrap_or((rest, ""));
+        let k: usize = k
+            .parse()
+            .map_err(|_| VerifyError::Node(format!("unexpected line: {l}")))?;
+        let peer = out
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("peer="))
+            .and_then(|p| p.parse().ok());
+        let (rc, out) = out.split_once(' ').unwrap_or((out, ""));
+        let word = |key: &str| {
+            out.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let (Some(n), Some(of)) = (word("echoed="), word("of=")) {
+            found.insert(
+                k,
+                if n == of {
+                    Observed::Echoed
+                } else {
+                    Observed::Failed {
+                        detail: format!("{n} of {of} bytes came back"),
+                    }
+                },
+            );
+            continue;
+        }
+        found.insert(
+            k,
+            match (peer, rc) {
+                (Some(peer), _) => Observed::Reached { peer },
+                (None, "rc=0") => Observed::Connected,
+                (None, _) => Observed::Failed {
+                    detail: short(out.trim()),
+                },
+            },
+        );
+    }
+    (0..conns.len())
+        .map(|k| {
+            found
+                .remove(&k)
+                .ok_or_else(|| VerifyError::Node(format!("connection {k} reported nothing")))
+        })
+        .collect()
+}
+
+/// socat's complaint without its timestamp and pid prefix.
+fn short(text: &str) -> String {
+    let t = text.rsplit(" E ").next().unwrap_or(text).trim();
+    if t.is_empty() {
+        "no answer".into()
+    } else {
+        t.to_string()
+    }
+}
+
+/// Removes everything the run made on the node: listeners and anything else
+/// in its namespaces stopped, CNI DEL of every probe (its address
+/// released), the namespaces deleted, the state directory removed. Safe to
+/// run on a node where nothing, or only part, was made.
+pub fn cleanup_script(run: &Run) -> Script {
+    let mut s = String::new();
+    let _ = writeln!(s, "dir={}", run.dir());
+    s.push_str("[ -d \"$dir\" ] || exit 0\n");
+    s.push_str("if [ -f \"$dir/pids\" ]; then for p in $(cat \"$dir/pids\"); do kill \"$p\" 2>/dev/null; done; fi\n");
+    s.push_str("bin=$(cat \"$dir/bin\" 2>/dev/null)\nst=0\n");
+    s.push_str("if [ -f \"$dir/netns\" ]; then\n  for ns in $(cat \"$dir/netns\"); do\n");
+    s.push_str(
+        "    for p in $(ip netns pids \"$ns\" 2>/dev/null); do kill -9 \"$p\" 2>/dev/null; done\n",
+    );
+    s.push_str("    if [ -n \"$bin\" ] && [ -f \"$dir/net.json\" ]; then\n      CNI_COMMAND=DEL CNI_CONTAINERID=\"$ns\" CNI_NETNS=\"/run/netns/$ns\" CNI_IFNAME=eth0 CNI_PATH=\"$bin\" \"$bin/bridge\" < \"$dir/net.json\" > \"$dir/del\" 2>&1 || { echo \"CNI DEL of $ns failed: $(cat \"$dir/del\")\"; st=5; }\n    fi\n");
+    s.push_str(
+        "    if [ -e \"/run/netns/$ns\" ]; then ip netns del \"$ns\" || st=5; fi\n  done\nfi\n",
+    );
+    s.push_str("rm -rf \"$dir\"\nexit $st\n");
+    script(s)
+}
+
+/// Prints one line per thing of the run still on the node (nothing when it
+/// is clean): its state directory, namespaces, host-local allocations held
+/// by its probes, listener processes.
+pub fn leftovers_script(run: &Run) -> Script {
+    let mut s = String::new();
+    let _ = writeln!(s, "[ -e {dir} ] && echo 'directory {dir}'", dir = run.dir());
+    let _ = writeln!(
+        s,
+        "ip netns list 2>/dev/null | grep 'ksv-{id}-{node}-' | sed 's/^/namespace /'",
+        id = run.id,
+        node = run.node
+    );
+    let _ = writeln!(
+        s,
+        "grep -rl 'ksv-{id}-{node}-' /var/lib/cni/networks 2>/dev/null | sed 's/^/allocation /'",
+        id = run.id,
+        node = run.node
+    );
+    let _ = writeln!(
+        s,
+        "ps -eo pid=,args= 2>/dev/null | grep -F -- '{mark}' | grep -v grep | sed 's/^/process /'",
+        mark = run.mark()
+    );
+    s.push_str("exit 0\n");
+    script(s)
+}
+
+/// Runs `script(k)` on node `eps[k]` for every `k`, at most `parallel`
+/// nodes at once; the answers in the order of `eps`.
+pub async fn on_nodes(
+    pool: &SshPool,
+    eps: &[&Endpoint],
+    parallel: usize,
+    timeout: Duration,
+    script: impl Fn(usize) -> Script,
+) -> Vec<Result<Output, SshError>> {
+    use futures::stream::StreamExt;
+    let futs: Vec<_> = eps
+        .iter()
+        .enumerate()
+        .map(|(k, ep)| {
+            let s = script(k);
+            async move { pool.run(ep, &s, timeout).await }
+        })
+        .collect();
+    futures::stream::iter(futs)
+        .buffered(parallel.max(1))
+        .collect()
+        .await
+}
+
+/// Single-quotes `s` for sh.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFLIST: &str = r#"{
+  "cniVersion": "0.4.0",
+  "name": "kscratch",
+  "plugins": [
+    {"type": "bridge", "bridge": "cbr0", "isGateway": true, "ipMasq": false, "hairpinMode": true, "mtu": 1500,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.10.1.0/24", "gateway": "10.10.1.1"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+"#;
+
+    fn run() -> Run {
+        Run::new(0xabc, 2, 8080).on_node(3)
+    }
+
+    #[test]
+    fn the_bridge_plugin_gets_the_lists_name_and_version() {
+        let (net, mtu) = plugin_network(CONFLIST).unwrap();
+        assert_eq!(mtu, 1500);
+        let net: serde_json::Value = serde_json::from_str(&net).unwrap();
+        assert_eq!(net["type"], "bridge");
+        assert_eq!(net["name"], "kscratch");
+        assert_eq!(net["cniVersion"], "0.4.0");
+        assert_eq!(net["bridge"], "cbr0");
+        assert_eq!(net["ipam"]["ranges"][0][0]["subnet"], "10.10.1.0/24");
+        let e = plugin_network("{").unwrap_err().to_string();
+        assert!(e.starts_with(CNI_CONFLIST), "{e}");
+        let other = CONFLIST.replacen("\"bridge\", \"bridge\"", "\"portmap\", \"x\"", 1);
+        assert!(plugin_network(&other).is_err());
+    }
+
+    #[test]
+    fn prepare_answers_are_parsed_and_checked() {
+        let p = parse_prepare(&format!(
+            "cni-bin /usr/lib/cni\nkube-proxy not-running\n{CONFLIST}"
+        ))
+        .unwrap();
+        assert_eq!(p.cni_bin, "/usr/lib/cni");
+        assert!(!p.kube_proxy_running);
+        assert!(p.network.contains("\"cbr0\""));
+        assert_eq!(p.mtu, 1500);
+        assert!(parse_prepare("verify needs socat").is_err());
+        let text = prepare_script().text;
+        assert!(text.contains("for t in ip socat"), "{text}");
+        assert!(
+            text.contains("for d in /opt/cni/bin /usr/lib/cni"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn everything_a_run_makes_is_named_after_it_and_recorded_before_it_is_made() {
+        let r = run();
+        assert_eq!(r.id, "00000abc");
+        assert_eq!(r.netns(1), "ksv-00000abc-3-1");
+        let up = up_script(&r, "/usr/lib/cni", "{}");
+        let t = &up.text;
+        // The namespace is recorded before it exists, the listener's PID as it starts.
+        let record = t.find("echo \"$ns\" >> \"$dir/netns\"").unwrap();
+        let add = t.find("ip netns add \"$ns\"").unwrap();
+        assert!(record < add, "{t}");
+        assert!(t.contains("CNI_COMMAND=ADD CNI_CONTAINERID=\"$ns\""), "{t}");
+        assert!(
+            t.contains("TCP-LISTEN:8080,fork,reuseaddr,backlog=256"),
+            "{t}"
+        );
+        assert!(t.contains("#ksv-00000abc'"), "{t}");
+        assert!(
+            t.contains(
+                "UDP4-RECVFROM:8080,fork,reuseaddr,mtudiscover=2 'SYSTEM:cat #ksv-00000abc'"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("ip netns exec ksv-00000abc-3-1 ss -Hltn 'sport = :8080'"),
+            "{t}"
+        );
+        assert!(matches!(up.stdin, Stdin::Bytes { secret: false, .. }));
+        let c = cleanup_script(&r).text;
+        assert!(c.contains("dir=/run/kscratch-verify/00000abc-3\n"), "{c}");
+        assert!(c.contains("CNI_COMMAND=DEL"), "{c}");
+        assert!(c.contains("ip netns del \"$ns\""), "{c}");
+        assert!(c.contains("rm -rf \"$dir\""), "{c}");
+        let l = leftovers_script(&r).text;
+        assert!(
+            l.contains("grep -rl 'ksv-00000abc-3-' /var/lib/cni/networks"),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn probe_addresses_are_read_in_order_and_a_missing_one_is_an_error() {
+        let r = run();
+        let ips = parse_up(&r, "probe 1 10.10.1.3/24\nprobe 0 10.10.1.2/24\n").unwrap();
+        assert_eq!(
+            ips,
+            vec![Ipv4Addr::new(10, 10, 1, 2), Ipv4Addr::new(10, 10, 1, 3)]
+        );
+        assert!(parse_up(&r, "probe 0 10.10.1.2/24\n").is_err());
+        assert!(parse_up(&r, "probe 0 none\nprobe 1 10.10.1.3/24\n").is_err());
+    }
+
+    #[test]
+    fn connections_run_from_the_probe_or_the_node_and_report_the_peer() {
+        let r = run();
+        let conns = vec![
+            Connect {
+                from: Some(1),
+                to: "10.10.2.2".parse().unwrap(),
+                port: 8080,
+                df_payload: None,
+            },
+            Connect {
+                from: None,
+                to: "10.10.1.2".parse().unwrap(),
+                port: 8080,
+                df_payload: None,
+            },
+            Connect {
+                from: Some(0),
+                to: "203.0.113.10".parse().unwrap(),
+                port: 443,
+                df_payload: None,
+            },
+            Connect {
+                from: Some(0),
+                to: "10.10.2.2".parse().unwrap(),
+                port: 8080,
+                df_payload: Some(1472),
+            },
+        ];
+        let t = measure_script(&r, &conns).text;
+        assert!(
+            t.contains("ADDR=10.10.2.2 PORT=8080 probe 0 ip netns exec ksv-00000abc-3-1 &"),
+            "{t}"
+        );
+        assert!(t.contains("ADDR=10.10.1.2 PORT=8080 probe 1 env &"), "{t}");
+        assert!(
+            t.contains("ADDR=203.0.113.10 PORT=443 probe 2 ip netns exec ksv-00000abc-3-0 &"),
+            "{t}"
+        );
+        assert!(t.contains("TCP4:$ADDR:$PORT,connect-timeout=2"), "{t}");
+        assert!(
+            t.contains("ADDR=10.10.2.2 PORT=8080 SIZE=1472 df 3 ip netns exec ksv-00000abc-3-0 &"),
+            "{t}"
+        );
+        assert!(t.contains("UDP4:$ADDR:$PORT,mtudiscover=2"), "{t}");
+        let seen = parse_measure(
+            &conns,
+            "cell 1 rc=1 2026/12/06 15:00:00 socat[12] E connect(5, AF=2 10.10.1.2:8080, 16): Connection timed out \ncell 0 rc=0 peer=10.10.1.2 #ksv-00000abc \ncell 2 rc=0 \ncell 3 rc=0 echoed=1472 of=1472\n",
+        )
+        .unwrap();
+        assert_eq!(
+            seen[0],
+            Observed::Reached {
+                peer: "10.10.1.2".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            seen[1],
+            Observed::Failed {
+                detail: "connect(5, AF=2 10.10.1.2:8080, 16): Connection timed out".into()
+            }
+        );
+        assert_eq!(seen[2], Observed::Connected);
+        assert_eq!(seen[3], Observed::Echoed);
+        let short = parse_measure(&conns[3..], "cell 0 rc=0 echoed=0 of=1472\n").unwrap();
+        assert_eq!(
+            short[0],
+            Observed::Failed {
+                detail: "0 of 1472 bytes came back".into()
+            }
+        );
+        assert!(parse_measure(&conns, "cell 0 rc=0 peer=10.10.1.2\n").is_err());
+    }
+}

@@ -1,0 +1,493 @@
+//! `kscratch verify`: the real cluster's measured connections held against
+//! the simulator's prediction for the same scenario and faults. Pure: the
+//! measurements come in as data (`kscratch_backends::verify` makes them).
+//!
+//! Every real probe stands for a test pod the simulator starts on the same
+//! node (its kubelet starts `probe-a` and `probe-b` on every node that runs
+//! pods): a connection between two probes on different nodes is predicted
+//! by `probe-a` to `probe-a`, between two probes of one node by `probe-a` to
+//! `probe-b`, and a probe to itself by `probe-a` to its own address. The
+//! addresses differ (host-local on a real node hands out whatever is free),
+//! so what the receiver saw is compared by meaning: the sender's own
+//! address, a node's address (masqueraded), or the same literal address
+//! (a node's bridge address, when a node reaches its own pods).
+
+use crate::netfilter::TakeFirst;
+use crate::packet::Proto;
+use crate::prepare::POD_PORT;
+use crate::walk::{tcp_connect, Place};
+use crate::Simulated;
+use serde::Serialize;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// A probe that was made on a real node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RealProbe {
+    /// `NODE/pI`.
+    pub name: String,
+    pub node: String,
+    pub index: usize,
+    pub ip: IpAddr,
+}
+
+/// What one connection did, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
+pub enum Seen {
+    /// Connected and answered; `peer` is what the receiver saw as the
+    /// source: `sender` (the client's own address), `node:NAME` (a node's
+    /// address: masqueraded), or a literal address.
+    Reaches { peer: String },
+    /// No connection (or no answer); `detail` is the real client's complaint.
+    Fails {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+}
+
+impl Seen {
+    /// Same verdict and same peer; a failure's detail does not count.
+    pub fn agrees(&self, other: &Seen) -> bool {
+        match (self, other) {
+            (Seen::Reaches { peer: a }, Seen::Reaches { peer: b }) => a == b,
+            (Seen::Fails { .. }, Seen::Fails { .. }) => true,
+            _ => false,
+        }
+    }
+
+    fn short(&self) -> &'static str {
+        match self {
+            Seen::Reaches { .. } => "reaches",
+            Seen::Fails { .. } => "fails",
+        }
+    }
+}
+
+impl fmt::Display for Seen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seen::Reaches { peer } if peer == ECHOED => {
+                f.write_str("reaches (the full-size packet came back whole)")
+            }
+            Seen::Reaches { peer } if peer == "sender" => {
+                f.write_str("reaches (the receiver saw the sender's own address)")
+            }
+            Seen::Reaches { peer } => match peer.strip_prefix("node:") {
+                Some(n) => write!(f, "reaches (the receiver saw {n}'s address)"),
+                None => write!(f, "reaches (the receiver saw {peer})"),
+            },
+            Seen::Fails { detail: Some(d) } => write!(f, "fails ({d})"),
+            Seen::Fails { detail: None } => f.write_str("fails"),
+        }
+    }
+}
+
+/// What the receiver saw, by meaning.
+pub fn peer_name(peer: IpAddr, sender: Option<IpAddr>, nodes: &[(String, IpAddr)]) -> String {
+    if Some(peer) == sender {
+        return "sender".into();
+    }
+    match nodes.iter().find(|(_, ip)| *ip == peer) {
+        Some((n, _)) => format!("node:{n}"),
+        None => peer.to_string(),
+    }
+}
+
+/// One measured cell and its prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellResult {
+    pub from: String,
+    pub to: String,
+    pub real: Seen,
+    pub predicted: Seen,
+    pub agrees: bool,
+    /// The simulator's hop-by-hop trace of the predicted connection, for a
+    /// cell that disagrees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+}
+
+/// Where a cell starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client<'a> {
+    Probe(&'a RealProbe),
+    Node(&'a str),
+}
+
+/// The simulator's test pod standing for probe `p` as the client or the
+/// server of a connection from `from`.
+fn stand_in(sim: &Simulated, p: &RealProbe, from: Option<&RealProbe>) -> Option<usize> {
+    let w = &sim.world;
+    let n = w.nodes.iter().position(|n| n.name == p.node)?;
+    let name = match from {
+        Some(f) if f.node == p.node && f.index != p.index => "probe-b",
+        _ => "probe-a",
+    };
+    w.pods.iter().position(|q| q.node == n && q.name == name)
+}
+
+/// True when the simulator has the test pods that stand for probes on `node`.
+pub fn predicts_pods_on(sim: &Simulated, node: &str) -> bool {
+    let w = &sim.world;
+    w.nodes
+        .iter()
+        .position(|n| n.name == node)
+        .is_some_and(|n| {
+            ["probe-a", "probe-b"]
+                .iter()
+                .all(|name| w.pods.iter().any(|q| q.node == n && q.name == *name))
+        })
+}
+
+/// The simulator's verdict for one cell, with the trace's endpoints.
+pub fn predict(
+    sim: &Simulated,
+    from: Client<'_>,
+    to: &RealProbe,
+    nodes: &[(String, IpAddr)],
+) -> Option<(Seen, String, String)> {
+    let w = &sim.world;
+    let (place, src, from_name, client) = match from {
+        Client::Probe(p) => {
+            let i = stand_in(sim, p, None)?;
+            (
+                Place::Pod(i),
+                w.pods[i].ip,
+                format!("{}/{}", p.node, w.pods[i].name),
+                Some(p),
+            )
+        }
+        Client::Node(n) => {
+            let i = w.nodes.iter().position(|x| x.name == n)?;
+            (
+                Place::Node(i),
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                n.to_string(),
+                None,
+            )
+        }
+    };
+    let t = stand_in(sim, to, client)?;
+    let dst = w.pods[t].ip;
+    let seen = match tcp_connect(w, place, src, dst, POD_PORT, &mut TakeFirst) {
+        Some((at, peer)) if at == Place::Pod(t) => Seen::Reaches {
+            peer: peer_name(
+                peer,
+                match place {
+                    Place::Pod(_) => Some(src),
+                    _ => None,
+                },
+                nodes,
+            ),
+        },
+        _ => Seen::Fails { detail: None },
+    };
+    Some((seen, from_name, format!("{}/{}", to.node, w.pods[t].name)))
+}
+
+/// The peer of a pod-MTU cell that went through: the datagram came back whole.
+pub const ECHOED: &str = "echoed";
+
+/// The simulator's verdict for a pod-MTU packet from `from` to `to` (both
+/// ways, full size, as its MTU check sends them), with the trace's endpoints.
+pub fn predict_mtu(
+    sim: &Simulated,
+    from: &RealProbe,
+    to: &RealProbe,
+) -> Option<(Seen, String, String)> {
+    let w = &sim.world;
+    let (x, y) = (stand_in(sim, from, None)?, stand_in(sim, to, None)?);
+    let mut pkt = crate::packet::Packet::tcp(w.pods[x].ip, 46000, w.pods[y].ip, POD_PORT);
+    pkt.len = w.pods[x].mtu;
+    let mut walker = crate::walk::Walker::quiet(w);
+    let conn = crate::walk::connect(&mut walker, Place::Pod(x), pkt, &mut TakeFirst);
+    let seen = match conn.established() {
+        Some((at, _)) if at == Place::Pod(y) => Seen::Reaches {
+            peer: ECHOED.into(),
+        },
+        _ => Seen::Fails { detail: None },
+    };
+    Some((
+        seen,
+        format!("{}/{}", from.node, w.pods[x].name),
+        format!("{}/{}", to.node, w.pods[y].name),
+    ))
+}
+
+/// The simulator's trace of a predicted connection, as `kscratch trace` prints it.
+pub fn trace_text(sim: &Simulated, from: &str, to: &str) -> String {
+    match crate::trace::trace(sim, from, to, Proto::Tcp) {
+        Ok(t) => t.to_string(),
+        Err(e) => format!("(no trace: {e})\n"),
+    }
+}
+
+/// One probe's connection to the operator's egress target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Egress {
+    pub from: String,
+    pub target: String,
+    /// The TCP handshake completed.
+    pub connects: bool,
+}
+
+/// Everything `kscratch verify` reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub cluster: String,
+    pub faults: Vec<String>,
+    pub probes_per_node: usize,
+    pub probes: Vec<RealProbe>,
+    /// Pod to pod (every probe to every probe, itself included), then each
+    /// node to its own probes.
+    pub cells: Vec<CellResult>,
+    /// Pod-MTU packets: one DF datagram of the pod MTU from each node's
+    /// first probe to every other node's first probe, echoed back.
+    pub mtu: Vec<CellResult>,
+    /// The cells that disagree (in `cells` and `mtu`, with `agrees: false`).
+    pub disagreements: usize,
+    /// Each probe to the operator's `--egress-target`: measured, not
+    /// compared (the simulator's outside host stands for no real address).
+    pub egress: Vec<Egress>,
+    /// What this run could not measure, and why (never counted as a pass).
+    pub not_measured: Vec<String>,
+    /// `kscratch check` on the same scenario and faults.
+    pub prediction_passed: bool,
+    /// The titles of the checks the prediction fails.
+    pub prediction_failures: Vec<String>,
+    /// Every cell agrees and the prediction passes.
+    pub passed: bool,
+}
+
+impl VerifyReport {
+    pub fn disagreeing(&self) -> impl Iterator<Item = &CellResult> {
+        self.cells.iter().chain(&self.mtu).filter(|c| !c.agrees)
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "kscratch verify {}: {} probes ({} per node), {} connections measured",
+            self.cluster,
+            self.probes.len(),
+            self.probes_per_node,
+            self.cells.len()
+        )?;
+        if !self.faults.is_empty() {
+            writeln!(f, "predicted with faults: {}", self.faults.join(", "))?;
+        }
+        writeln!(
+            f,
+            "\npod to pod, real against predicted (row: from, column: to; `.` both connect as predicted, `x` both fail, `!` they disagree):"
+        )?;
+        let width = self.probes.iter().map(|p| p.name.len()).max().unwrap_or(0);
+        write!(f, "  {:width$}", "")?;
+        for j in 0..self.probes.len() {
+            write!(f, " {:>2}", j + 1)?;
+        }
+        writeln!(f)?;
+        for (i, p) in self.probes.iter().enumerate() {
+            write!(f, "  {:width$}", p.name)?;
+            for q in &self.probes {
+                let c = self
+                    .cells
+                    .iter()
+                    .find(|c| c.from == p.name && c.to == q.name);
+                let sym = match c {
+                    None => "-",
+                    Some(c) if !c.agrees => "!",
+                    Some(c) => match c.real {
+                        Seen::Reaches { .. } => ".",
+                        Seen::Fails { .. } => "x",
+                    },
+                };
+                write!(f, "  {sym}")?;
+            }
+            writeln!(f, "   {}", i + 1)?;
+        }
+        writeln!(f, "\nnode to its own pods:")?;
+        for c in self.cells.iter().filter(|c| !c.from.contains('/')) {
+            let mark = if c.agrees { " " } else { "!" };
+            writeln!(f, "  {mark} {} → {}: real {}", c.from, c.to, c.real)?;
+        }
+        if !self.mtu.is_empty() {
+            let through = self
+                .mtu
+                .iter()
+                .filter(|c| matches!(c.real, Seen::Reaches { .. }))
+                .count();
+            writeln!(
+                f,
+                "\npod-MTU packets between nodes (DF, echoed back): {through} of {} came back whole, {} as predicted",
+                self.mtu.len(),
+                self.mtu.iter().filter(|c| c.agrees).count()
+            )?;
+            for c in self.mtu.iter().filter(|c| !c.agrees) {
+                writeln!(f, "  ! {} → {}: real {}", c.from, c.to, c.real)?;
+            }
+        }
+        if let Some(e) = self.egress.first() {
+            writeln!(
+                f,
+                "\negress to {} (measured, not compared: the simulator's outside host stands for no real address):",
+                e.target
+            )?;
+            for e in &self.egress {
+                let v = if e.connects { "connects" } else { "fails" };
+                writeln!(f, "  {} → {}: {v}", e.from, e.target)?;
+            }
+        }
+        for n in &self.not_measured {
+            writeln!(f, "not measured: {n}")?;
+        }
+        if self.disagreements > 0 {
+            writeln!(
+                f,
+                "\n{} cells disagree with the prediction:",
+                self.disagreements
+            )?;
+            for c in self.disagreeing() {
+                writeln!(
+                    f,
+                    "\n! {} → {}: real: {}; predicted: {}",
+                    c.from,
+                    c.to,
+                    c.real.short(),
+                    c.predicted.short()
+                )?;
+                writeln!(f, "  real: {}\n  predicted: {}", c.real, c.predicted)?;
+                if let Some(t) = &c.trace {
+                    writeln!(f, "  the prediction's trace:")?;
+                    for l in t.lines() {
+                        writeln!(f, "    {l}")?;
+                    }
+                }
+            }
+        }
+        writeln!(f)?;
+        if self.prediction_passed {
+            writeln!(f, "prediction: kscratch check passes")?;
+        } else {
+            writeln!(
+                f,
+                "prediction: kscratch check fails: {}",
+                self.prediction_failures.join("; ")
+            )?;
+        }
+        writeln!(
+            f,
+            "verdict: {}",
+            match (self.disagreements, self.prediction_passed) {
+                (0, true) => "PASS: the real cluster behaves as proven".to_string(),
+                (0, false) =>
+                    "FAIL: the real cluster behaves as predicted, and the prediction fails a check"
+                        .to_string(),
+                (n, _) => format!("FAIL: {n} cells disagree with the prediction"),
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn what_the_receiver_saw_is_named_by_meaning() {
+        let nodes = vec![("node1".to_string(), ip("198.51.100.1"))];
+        assert_eq!(
+            peer_name(ip("10.10.1.5"), Some(ip("10.10.1.5")), &nodes),
+            "sender"
+        );
+        assert_eq!(
+            peer_name(ip("198.51.100.1"), Some(ip("10.10.1.5")), &nodes),
+            "node:node1"
+        );
+        assert_eq!(peer_name(ip("10.10.1.1"), None, &nodes), "10.10.1.1");
+    }
+
+    #[test]
+    fn cells_agree_on_verdict_and_peer_not_on_the_failure_detail() {
+        let r = |p: &str| Seen::Reaches { peer: p.into() };
+        let fails = |d: Option<&str>| Seen::Fails {
+            detail: d.map(String::from),
+        };
+        assert!(r("sender").agrees(&r("sender")));
+        assert!(!r("sender").agrees(&r("node:node1")));
+        assert!(!r("sender").agrees(&fails(None)));
+        assert!(fails(Some("Connection timed out")).agrees(&fails(None)));
+        assert_eq!(
+            r("node:node2").to_string(),
+            "reaches (the receiver saw node2's address)"
+        );
+    }
+
+    #[test]
+    fn probes_stand_for_the_simulators_test_pods_and_faults_change_the_prediction() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scenarios/guide-routed.yaml"
+        ))
+        .unwrap();
+        let s = kscratch_core::load("guide-routed.yaml", &text, None)
+            .unwrap()
+            .scenario;
+        let plan = kscratch_core::plan::plan(&s);
+        let nodes: Vec<(String, IpAddr)> = s.nodes.iter().map(|n| (n.name.clone(), n.ip)).collect();
+        let probe = |node: &str, index: usize| RealProbe {
+            name: format!("{node}/p{index}"),
+            node: node.into(),
+            index,
+            ip: ip("10.99.0.1"),
+        };
+        let (a, b, c) = (probe("node-1", 0), probe("node-1", 1), probe("node-3", 0));
+        let healthy = crate::simulate(&s, &plan, &Default::default()).unwrap();
+        assert!(predicts_pods_on(&healthy, "node-1"));
+        let (seen, from, to) = predict(&healthy, Client::Probe(&a), &c, &nodes).unwrap();
+        assert_eq!(
+            seen,
+            Seen::Reaches {
+                peer: "sender".into()
+            }
+        );
+        assert_eq!(
+            (from.as_str(), to.as_str()),
+            ("node-1/probe-a", "node-3/probe-a")
+        );
+        let (_, _, to) = predict(&healthy, Client::Probe(&a), &b, &nodes).unwrap();
+        assert_eq!(to, "node-1/probe-b");
+        let (seen, from, _) = predict(&healthy, Client::Node("node-1"), &a, &nodes).unwrap();
+        assert_eq!(from, "node-1");
+        assert!(matches!(seen, Seen::Reaches { .. }), "{seen:?}");
+
+        let broken = crate::simulate(
+            &s,
+            &plan,
+            &crate::CheckOptions {
+                faults: vec![
+                    kscratch_core::scenario::Fault::parse("route-missing:node-1:node-3").unwrap(),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (seen, from, to) = predict(&broken, Client::Probe(&a), &c, &nodes).unwrap();
+        assert_eq!(seen, Seen::Fails { detail: None });
+        // The reply leg fails the other way: both directions break.
+        let (back, _, _) = predict(&broken, Client::Probe(&c), &a, &nodes).unwrap();
+        assert_eq!(back, Seen::Fails { detail: None });
+        let t = trace_text(&broken, &from, &to);
+        assert!(
+            t.starts_with("trace node-1/probe-a → node-3/probe-a"),
+            "{t}"
+        );
+    }
+}
