@@ -87,6 +87,11 @@ pub struct ApplyArgs {
     /// until a plain `kscratch apply` (or more, for node-down) repairs them.
     #[arg(long)]
     break_my_cluster: bool,
+    /// After a successful apply, run `kscratch verify` on the same nodes
+    /// (with the same --fault, if any): the real cluster measured and held
+    /// against the prediction. The exit status is then verify's.
+    #[arg(long, conflicts_with = "dry_run")]
+    verify: bool,
 }
 
 /// A node and why it could not be used.
@@ -337,11 +342,21 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
             ),
         }
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    if failed {
+        return Ok(ExitCode::from(1));
+    }
+    if args.verify && !args.dry_run {
+        crate::out("\nverify: measuring the applied cluster against the prediction\n");
+        return crate::cmd_verify::run(crate::cmd_verify::VerifyArgs::after_apply(
+            path.clone(),
+            args.faults.clone(),
+            args.known_hosts.clone(),
+            args.accept_new_host_keys,
+            args.connect_timeout,
+            args.parallel,
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A change to a cluster applied before: the diff against its applied

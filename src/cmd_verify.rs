@@ -63,6 +63,34 @@ pub struct VerifyArgs {
     connect_timeout: u64,
 }
 
+impl VerifyArgs {
+    /// `apply --verify`: verify what apply just did, with its connection
+    /// settings and faults (the IPAM lock is already written: `--locked`).
+    pub fn after_apply(
+        scenario: PathBuf,
+        faults: Vec<String>,
+        known_hosts: Option<PathBuf>,
+        accept_new_host_keys: bool,
+        connect_timeout: u64,
+        parallel: usize,
+    ) -> VerifyArgs {
+        VerifyArgs {
+            scenario: crate::ScenarioArgs {
+                scenario,
+                locked: true,
+            },
+            faults,
+            format: crate::Format::Text,
+            probes_per_node: 2,
+            parallel,
+            egress_target: None,
+            accept_new_host_keys,
+            known_hosts,
+            connect_timeout,
+        }
+    }
+}
+
 /// Seconds each remote phase may take on a node.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 

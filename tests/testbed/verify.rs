@@ -206,7 +206,8 @@ fn verify_vxlan_agrees_with_and_without_a_fault() -> Result<()> {
     let path = scenario_copy(&tb, "vxlan-4.yaml", 4)?;
     let kh = tb.description.known_hosts.display().to_string();
     let scenario = path.display().to_string();
-    apply(&scenario, &kh, &[])?;
+    // `apply --verify`: exit 0 only when verify agrees after the apply.
+    apply(&scenario, &kh, &["--verify"])?;
     let v = verify_json(&scenario, &kh, &[])?;
     assert_eq!(v.code, Some(0), "{}\n{}", v.stderr, v.wrong());
     assert_eq!(v.cells().len(), 8 * 8 + 8);
@@ -215,7 +216,24 @@ fn verify_vxlan_agrees_with_and_without_a_fault() -> Result<()> {
     // FORWARD DROP on node2: its pods lose every other node, and (bridged
     // traffic passes FORWARD with br_netfilter) each other too.
     let fault = "forward-drop:node2";
-    apply(&scenario, &kh, &["--fault", fault, "--break-my-cluster"])?;
+    // The damage, verified against the prediction with the same fault:
+    // every cell as predicted, and the prediction fails its checks (exit 1).
+    let out = kscratch(&[
+        "apply",
+        &scenario,
+        "--known-hosts",
+        &kh,
+        "--fault",
+        fault,
+        "--break-my-cluster",
+        "--verify",
+    ])?;
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}{}", text(&out.stderr));
+    assert!(
+        said.contains("verdict: FAIL: the real cluster behaves as predicted, and the prediction fails a check"),
+        "{said}"
+    );
     let broken = verify_json(&scenario, &kh, &[])?;
     assert_eq!(broken.code, Some(1), "{}", broken.stderr);
     let cells = broken.disagreeing();
