@@ -1585,6 +1585,44 @@ mod tests {
     }
 
     #[test]
+    fn the_local_apiserver_proxy_runs_haproxy_and_a_re_apply_accepts_its_port() {
+        let text = SCENARIO.replace(
+            "kubernetesVersion: \"1.30.4\"}",
+            "kubernetesVersion: \"1.30.4\", controlPlaneEndpoint: 127.0.0.1:6443}",
+        );
+        let (s, p) = load(&text);
+        let r = scripts(&s, &p, "b/service/apiserver-proxy", Inputs::default());
+        assert!(r.check.text.starts_with("[ -x /usr/sbin/haproxy ] || { echo '/usr/sbin/haproxy is not installed on this node: kscratch-apiserver-proxy cannot start'; exit 100; }\n"), "{}", r.check.text);
+        assert!(r
+            .apply
+            .text
+            .contains("systemctl restart kscratch-apiserver-proxy.service"));
+        let Stdin::Bytes { bytes, .. } = &r.apply.stdin else {
+            panic!()
+        };
+        let run = String::from_utf8_lossy(bytes);
+        assert!(
+            run.contains(
+                "while :; do\n  /usr/sbin/haproxy -db -f /etc/kubernetes/apiserver-proxy.cfg\n"
+            ),
+            "{run}"
+        );
+        parses(&run);
+        let pre = scripts(&s, &p, "b/preflight", Inputs::default());
+        assert!(pre
+            .check
+            .text
+            .contains("command -v haproxy >/dev/null 2>&1 || fail"));
+        assert!(
+            pre.check.text.contains("sport = :6443")
+                && pre.check.text.contains("*'\"haproxy\"'*) ;;"),
+            "a re-apply must accept haproxy on its own port:\n{}",
+            pre.check.text
+        );
+        parses(&pre.check.text);
+    }
+
+    #[test]
     fn preflight_failures_are_errors_and_missing_runtimes_only_notes() {
         let (s, p) = load(SCENARIO);
         let r = scripts(&s, &p, "a/preflight", Inputs::default());

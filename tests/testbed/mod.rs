@@ -12,6 +12,8 @@ pub mod support;
 mod apply;
 /// The real kernel and `kscratch check` agree, with and without faults.
 mod differential;
+/// Node lifecycle: losing a control-plane node behind the endpoint.
+mod lifecycle;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::ExitStatusExt;
