@@ -347,3 +347,83 @@ fn a_control_plane_endpoint_nothing_can_serve_is_refused_with_its_position() {
         "{err}"
     );
 }
+
+/// The plan with only the step `id`, without dependencies: what a boot runs.
+fn only_step(plan: &kscratch_core::plan::Plan, id: &str) -> kscratch_core::plan::Plan {
+    let mut p = plan.clone();
+    p.steps.retain(|st| plan.step_id(st) == id);
+    assert_eq!(p.steps.len(), 1, "no step {id}");
+    p.steps[0].deps = 0..0;
+    p
+}
+
+/// A reboot as the kernel sees it: the links kscratch made, their routes,
+/// the shared pod routes, the nat rules and `ip_forward` are gone, and so is
+/// the oneshot's state; files and the pods' records stay.
+fn reboot(world: &mut kscratch_sim::world::World, s: &Scenario, i: usize) {
+    let n = &mut world.nodes[i];
+    let mut gone = vec![s.network.bridge.clone()];
+    if let Some(v) = s.vxlan() {
+        gone.push(v.device.clone());
+    }
+    for l in &gone {
+        n.links.remove(l);
+    }
+    n.routes
+        .local
+        .retain(|r| !r.dev.as_ref().is_some_and(|d| gone.contains(d)));
+    n.routes.shared = None;
+    if let Some(rule) = kscratch_core::plan::masquerade_rule(s) {
+        n.netfilter
+            .delete_all(kscratch_core::net::iptables::Table::Nat, &rule);
+    }
+    n.sysctls.insert("net.ipv4.ip_forward".into(), "0".into());
+    n.services.remove(Service::Network.name());
+}
+
+#[test]
+fn kscratch_network_restores_a_rebooted_nodes_pod_network_on_the_simulator() {
+    for (rel, node) in [
+        ("scenarios/guide-routed.yaml", "node-2"),
+        ("scenarios/vxlan-overlay.yaml", "w2"),
+    ] {
+        let s = scenario(rel);
+        let plan = kscratch_core::plan::plan(&s);
+        let sim = kscratch_sim::simulate(&s, &plan, &CheckOptions::default()).expect("simulates");
+        let verdict = |world: &kscratch_sim::world::World| {
+            let classes = kscratch_sim::classes::Classes::compute(world, &s);
+            let (results, _) = kscratch_sim::checks::run_all(&kscratch_sim::checks::CheckInput {
+                world,
+                scenario: &s,
+                prepared: &sim.prepared,
+                classes: &classes,
+            });
+            results
+                .iter()
+                .map(|c| (c.kind, c.failed))
+                .collect::<Vec<_>>()
+        };
+        let converged = verdict(&sim.world);
+        assert!(
+            converged.iter().all(|(_, f)| *f == 0),
+            "{rel}: {converged:?}"
+        );
+        let i = s.node_index(node).expect("node");
+        let mut world = sim.world.clone();
+        reboot(&mut world, &s, i);
+        let broken = verdict(&world);
+        assert!(
+            broken
+                .iter()
+                .any(|(k, f)| *k == CheckKind::PodToPod && *f > 0),
+            "{rel}: the reboot must break pod traffic: {broken:?}"
+        );
+        // What init starts: kscratch-network, the plan's own step.
+        let boot = only_step(&plan, &format!("{node}/service/network"));
+        let world = kscratch_sim::faults::run(world, &s, &boot).expect("boots");
+        assert_eq!(verdict(&world), converged, "{rel}");
+        // It converged to the state apply leaves: every network step holds.
+        let again = kscratch_sim::faults::run(world.clone(), &s, &boot).expect("again");
+        assert_eq!(verdict(&again), converged, "{rel}: idempotent");
+    }
+}

@@ -1087,6 +1087,72 @@ fn service_argv(s: &Scenario, node: usize, svc: Service) -> R<(Vec<String>, Vec<
     Ok((argv, env_files))
 }
 
+/// Whether the service's unit is `Type=oneshot` (it runs once and is done).
+fn is_oneshot(s: &Scenario, node: usize, svc: Service) -> R<bool> {
+    let unit = krender::render(s, Some(node), Asset::Unit(svc), &Redacted)?;
+    Ok(String::from_utf8_lossy(&unit)
+        .lines()
+        .any(|l| l.trim() == "Type=oneshot"))
+}
+
+/// A oneshot service: under systemd, enabled and run (`RemainAfterExit`
+/// keeps it active); without an init system its command runs once from
+/// `{RUN_DIR}/NAME.run` (what a boot would run again), and `NAME.done`
+/// records that this very script succeeded.
+fn start_oneshot(name: &str, argv: &[String]) -> R<StepScripts> {
+    let mut words = Vec::new();
+    for w in argv {
+        words.push(q(w)?);
+    }
+    let run = format!(
+        "#!/bin/sh\n# Written by kscratch: runs {name} once (at boot, without an init system).\nexec {}\n",
+        words.join(" ")
+    );
+    let sum = q(&format!(
+        "{}  {RUN_DIR}/{name}.run",
+        sha256_hex(run.as_bytes())
+    ))?;
+    let u = q(&format!("{name}.service"))?;
+    let dir = RUN_DIR;
+    let check = format!(
+        "if [ -d /run/systemd/system ]; then\n\
+         \x20 systemctl is-enabled --quiet {u} || exit 1\n\
+         \x20 systemctl is-active --quiet {u} || exit 1\n\
+         \x20 [ \"$(systemctl show -p NeedDaemonReload --value {u})\" = no ] || exit 1\n\
+         \x20 exit 0\n\
+         fi\n\
+         [ -f {dir}/{name}.done ] || exit 1\n\
+         printf '%s\\n' {sum} | sha256sum -c --status || exit 1\n\
+         exit 0\n"
+    );
+    let apply = format!(
+        "set -e\n\
+         if [ -d /run/systemd/system ]; then\n\
+         \x20 systemctl daemon-reload\n\
+         \x20 systemctl enable --quiet {u}\n\
+         \x20 systemctl restart {u}\n\
+         \x20 exit 0\n\
+         fi\n\
+         mkdir -p {dir}\n\
+         rm -f {dir}/{name}.done\n\
+         cat > {dir}/{name}.run.tmp\n\
+         chmod 0755 {dir}/{name}.run.tmp\n\
+         mv -f {dir}/{name}.run.tmp {dir}/{name}.run\n\
+         sh {dir}/{name}.run </dev/null\n\
+         touch {dir}/{name}.done\n"
+    );
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::with_stdin(
+            apply,
+            Stdin::Bytes {
+                bytes: run.into_bytes(),
+                secret: false,
+            },
+        ),
+    })
+}
+
 /// `/usr/bin/env containerd ...` runs `containerd`; otherwise argv[0].
 fn program_of(argv: &[String]) -> &str {
     match argv {
@@ -1132,6 +1198,9 @@ fn supervisor_script(name: &str, argv: &[String], env_files: &[String]) -> R<Str
 fn start_service(s: &Scenario, node: usize, service: Service) -> R<StepScripts> {
     let name = service.name();
     let (argv, env_files) = service_argv(s, node, service)?;
+    if is_oneshot(s, node, service)? {
+        return start_oneshot(name, &argv);
+    }
     let prog = program_of(&argv).to_string();
     let n = q(name)?;
     let unit = format!("{name}.service");
@@ -1620,6 +1689,42 @@ mod tests {
             pre.check.text
         );
         parses(&pre.check.text);
+    }
+
+    #[test]
+    fn kscratch_network_runs_once_and_is_recorded_as_done() {
+        let (s, p) = load(SCENARIO);
+        let r = scripts(&s, &p, "b/service/network", Inputs::default());
+        assert!(r
+            .apply
+            .text
+            .contains("systemctl restart kscratch-network.service"));
+        assert!(
+            r.apply.text.ends_with(
+                "sh /var/lib/kscratch/run/kscratch-network.run </dev/null\ntouch /var/lib/kscratch/run/kscratch-network.done\n"
+            ),
+            "{}",
+            r.apply.text
+        );
+        let Stdin::Bytes { bytes, .. } = &r.apply.stdin else {
+            panic!()
+        };
+        let run = String::from_utf8_lossy(bytes);
+        assert!(
+            run.ends_with("exec /bin/sh /etc/kscratch/network-up /etc/kscratch/network.conf\n"),
+            "{run}"
+        );
+        assert!(
+            !run.contains("while :"),
+            "a oneshot is not restarted: {run}"
+        );
+        assert!(r
+            .check
+            .text
+            .contains("[ -f /var/lib/kscratch/run/kscratch-network.done ] || exit 1"));
+        parses(&r.check.text);
+        parses(&r.apply.text);
+        parses(&run);
     }
 
     #[test]

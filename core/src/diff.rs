@@ -88,6 +88,7 @@ impl Snapshot {
         // Per target: path → (text of a non-secret file) for the reader derivation.
         let mut node_texts: BTreeMap<String, Vec<(String, Asset, Option<String>)>> =
             BTreeMap::new();
+        let mut once: BTreeMap<Asset, (String, Option<Vec<u8>>)> = BTreeMap::new();
         for step in &plan.steps {
             let Action::WriteFile { path, asset, .. } = &step.action else {
                 continue;
@@ -98,7 +99,16 @@ impl Snapshot {
             };
             let target = plan.target_name(step.target).to_string();
             let secret = digest::is_secret(*asset);
-            let (sha, bytes) = digest::rendered_digest(s, node, *asset);
+            // Files with the same bytes on every node (some O(nodes) in
+            // size) are rendered once, and their text is kept once.
+            let shared = asset.same_on_every_node();
+            let (sha, bytes) = if shared {
+                once.entry(*asset)
+                    .or_insert_with(|| digest::rendered_digest(s, node, *asset))
+                    .clone()
+            } else {
+                digest::rendered_digest(s, node, *asset)
+            };
             let text = bytes
                 .filter(|_| !secret)
                 .and_then(|b| String::from_utf8(b).ok());
@@ -118,10 +128,11 @@ impl Snapshot {
                     secret,
                 },
             );
-            node_texts
-                .entry(target)
-                .or_default()
-                .push(((*path).to_string(), *asset, text));
+            node_texts.entry(target).or_default().push((
+                (*path).to_string(),
+                *asset,
+                text.filter(|_| !shared),
+            ));
         }
         let mut readers = service_readers(plan);
         for (t, v) in &node_texts {

@@ -616,7 +616,7 @@ impl Applied {
 /// Two pods per node, attached by the real CNI plugins with the config
 /// kscratch wrote to the node; all pairs across nodes probed with TCP; egress
 /// to the outside host probed from every pod.
-fn probe_cluster(tb: &Testbed, applied: &Applied) -> Result<Vec<support::Pod>> {
+pub(super) fn probe_cluster(tb: &Testbed, applied: &Applied) -> Result<Vec<support::Pod>> {
     let mut pods = Vec::new();
     for node in tb.nodes() {
         let conflist = tb.node_run(node, &["cat", "/etc/cni/net.d/10-kscratch.conflist"])?;

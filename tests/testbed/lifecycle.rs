@@ -1,5 +1,16 @@
 //! Node lifecycle on the real-kernel testbed (`KSCRATCH_TESTBED=1`, root):
-//! losing a control-plane node behind the control-plane endpoint.
+//! a node's pod network after a reboot, and losing a control-plane node
+//! behind the control-plane endpoint.
+//!
+//! Reboot: `scenarios/testbed/routed-4.yaml` and `vxlan-4.yaml` are applied
+//! and measured (real pods, CNI, TCP). Then node2 forgets what a reboot
+//! forgets (its bridge, VXLAN device, addresses, routes, nat rules,
+//! `ip_forward`; its pods are gone too), its underlay address and default
+//! route come back as the distribution's network configuration brings them
+//! at boot, and what its init would start runs: without systemd, the
+//! supervisor's `kscratch-network` run script. The pods are re-created (the
+//! kubelet's job) and the matrix is measured again: every cell as converged.
+//! A later apply changes nothing.
 //!
 //! `scenarios/testbed/ha-proxy-4.yaml` is applied: three etcd members (real
 //! etcd, TLS) and the local apiserver proxy (Debian's haproxy, started by
@@ -14,7 +25,7 @@
 //! 127.0.0.1:6443 must all be answered from etcd again, and the simulator's
 //! apiserver check, for the same scenario and fault, passes.
 
-use super::apply::{apply_in_process, check_tools, scenario_copy};
+use super::apply::{apply_in_process, check_tools, probe_cluster, scenario_copy};
 use super::support::{self, Error, Result, Testbed};
 use kscratch_core::scenario::Fault;
 use kscratch_sim::checks::CheckKind;
@@ -266,4 +277,120 @@ fn etcd_answers_through_the_local_apiserver_proxy_after_losing_a_member_node() -
         let _ = c.wait();
     }
     tb.down()
+}
+
+/// Runs `argv` in node `name`'s network namespace; its stdout.
+fn in_node(tb: &Testbed, name: &str, argv: &[&str]) -> Result<String> {
+    let ns = tb.node(name)?.netns.clone();
+    tb.run_in(&ns, argv)
+}
+
+fn reboot_restores_the_matrix(file: &str) -> Result<()> {
+    support::require();
+    check_tools()?;
+    let label = format!(
+        "a_rebooted_node_gets_its_pod_network_back_{}",
+        file.trim_end_matches(".yaml").replace('-', "_")
+    );
+    let tb = Testbed::up(&label, 4)?;
+    let scenario = scenario_copy(&tb, file, 4)?;
+    let kh = tb.description.known_hosts.clone();
+    let applied = apply_in_process(&scenario, &kh)?;
+    applied.assert_no_failure()?;
+    assert_eq!(applied.outcome("node2/service/network"), "changed");
+
+    // Converged: measured, every cell reached without NAT, egress masqueraded.
+    let pods = probe_cluster(&tb, &applied)?;
+    for p in &pods {
+        tb.delete_pod(p)?;
+    }
+
+    // node2 reboots: the kernel forgets what kscratch set up.
+    let vxlan = file.starts_with("vxlan");
+    let eth0 = in_node(
+        &tb,
+        "node2",
+        &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+    )?;
+    let addr = eth0
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .ok_or_else(|| Error::new(format!("no IPv4 address on node2's eth0: {eth0}")))?
+        .to_string();
+    let default = in_node(&tb, "node2", &["ip", "route", "show", "default"])?;
+    let gateway = default
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .ok_or_else(|| Error::new(format!("no default route on node2: {default}")))?
+        .to_string();
+    in_node(&tb, "node2", &["ip", "link", "del", "cbr0"])?;
+    if vxlan {
+        in_node(&tb, "node2", &["ip", "link", "del", "vxlan0"])?;
+    }
+    in_node(&tb, "node2", &["ip", "addr", "flush", "dev", "eth0"])?;
+    in_node(&tb, "node2", &["ip", "route", "flush", "table", "main"])?;
+    in_node(&tb, "node2", &["iptables", "-w", "-t", "nat", "-F"])?;
+    in_node(&tb, "node2", &["iptables", "-w", "-t", "nat", "-X"])?;
+    in_node(
+        &tb,
+        "node2",
+        &["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"],
+    )?;
+    // Boot: the distribution's network configuration brings the underlay
+    // address and the default route back, as the machine was handed over.
+    in_node(&tb, "node2", &["ip", "addr", "add", &addr, "dev", "eth0"])?;
+    in_node(
+        &tb,
+        "node2",
+        &[
+            "ip", "route", "add", "default", "via", &gateway, "dev", "eth0",
+        ],
+    )?;
+    let routes = in_node(&tb, "node2", &["ip", "route", "show"])?;
+    assert!(
+        !routes.contains("10.10.") && !routes.contains("cbr0"),
+        "the reboot left pod routes: {routes}"
+    );
+    // Init: no systemd here, so the supervisor's run script of the oneshot.
+    let node2 = tb.node("node2")?;
+    let t = Instant::now();
+    tb.node_run(node2, &["sh", "/var/lib/kscratch/run/kscratch-network.run"])?;
+    println!(
+        "[{file}] kscratch-network restored node2's pod network in {:?}",
+        t.elapsed()
+    );
+
+    // The kubelet's part: the pods come back; the matrix is as converged.
+    let pods = probe_cluster(&tb, &applied)?;
+    println!("[{file}] after node2's reboot: the matrix equals the converged one");
+    // And a later apply changes nothing.
+    let again = apply_in_process(&scenario, &kh)?;
+    again.assert_no_failure()?;
+    let changed: Vec<String> = again
+        .plan
+        .steps
+        .iter()
+        .map(|s| again.plan.step_id(s))
+        .filter(|id| again.outcome(id) == "changed")
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "[{file}] a later apply changed {changed:?}"
+    );
+    drop(pods);
+    tb.down()
+}
+
+#[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
+fn a_rebooted_routed_node_gets_its_pod_network_back() -> Result<()> {
+    reboot_restores_the_matrix("routed-4.yaml")
+}
+
+#[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
+fn a_rebooted_vxlan_node_gets_its_pod_network_back() -> Result<()> {
+    reboot_restores_the_matrix("vxlan-4.yaml")
 }

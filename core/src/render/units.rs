@@ -76,6 +76,20 @@ pub fn unit(s: &Scenario, node: Option<usize>, service: Service) -> Result<Strin
                 &["Type=notify"],
             )
         }
+        // A oneshot: the node's pod network at boot, before the runtime and
+        // the agents (see render/network.rs for why this mechanism).
+        Service::Network => format!(
+            "# Written by kscratch.\n[Unit]\n\
+             Description=kscratch-network: this node's pod network (bridge, routes, VXLAN, masquerade)\n\
+             After=network-online.target\nWants=network-online.target\n\
+             Before=containerd.service docker.service kubelet.service kube-proxy.service\n\n\
+             [Service]\n\
+             Type=oneshot\nRemainAfterExit=yes\n\
+             ExecStart=/bin/sh {up} {conf}\n\n\
+             [Install]\nWantedBy=multi-user.target\n",
+            up = Asset::NetworkUp.path(),
+            conf = Asset::NetworkDescription.path(),
+        ),
         Service::ApiserverProxy => {
             if s.local_apiserver_proxy().is_none() {
                 return Err(not_applicable(
