@@ -427,3 +427,92 @@ fn kscratch_network_restores_a_rebooted_nodes_pod_network_on_the_simulator() {
         assert_eq!(verdict(&again), converged, "{rel}: idempotent");
     }
 }
+
+fn snapshot_of(text: &str) -> kscratch_core::diff::Snapshot {
+    let s = kscratch_core::load("ha.yaml", text, None)
+        .expect("valid")
+        .scenario;
+    kscratch_core::diff::Snapshot::of(&s, &kscratch_core::plan::plan(&s))
+}
+
+/// Six nodes, three of them control-plane nodes, with etcd on `members`.
+fn ha_with_etcd(members: &[&str]) -> String {
+    let mut t = String::from(
+        "cluster: {name: ha, kubernetesVersion: \"1.31.2\", controlPlaneEndpoint: 127.0.0.1:6443}\nnodes:\n",
+    );
+    for (i, n) in ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2", "worker-3"]
+        .iter()
+        .enumerate()
+    {
+        let mut roles = Vec::new();
+        if n.starts_with("cp") {
+            roles.push("control-plane");
+        } else {
+            roles.push("worker");
+        }
+        if members.contains(n) {
+            roles.push("etcd");
+        }
+        t.push_str(&format!(
+            "  - {{name: {n}, ip: 10.1.0.{}, roles: [{}]}}\n",
+            11 + i,
+            roles.join(", ")
+        ));
+    }
+    t.push_str(&format!(
+        "network: {{gateway: 10.1.0.254, nodeCIDR: 10.1.0.0/24, clusterCIDR: 10.32.0.0/16, serviceCIDR: 10.33.0.0/16, podTraffic: fabric}}\nsecurity: {{model: https}}\netcd: {{members: [{}]}}\n",
+        members.join(", ")
+    ));
+    t
+}
+
+#[test]
+fn removing_etcd_members_beyond_quorum_is_refused_with_the_arithmetic() {
+    let three = snapshot_of(&ha_with_etcd(&["cp-1", "cp-2", "cp-3"]));
+    let five = snapshot_of(&ha_with_etcd(&[
+        "cp-1", "cp-2", "cp-3", "worker-1", "worker-2",
+    ]));
+    let one = snapshot_of(&ha_with_etcd(&["cp-1"]));
+    // 3 → 1: the one left is not a quorum of 3.
+    let d = kscratch_core::diff::diff(&three, &one);
+    assert!(d.refused, "{d}");
+    assert!(
+        d.to_string().contains("removing 2 of 3 etcd members (cp-2, cp-3) leaves 1 running, and removing a member needs a quorum of the current 3: 2 (⌊3/2⌋ + 1) must agree; remove at most 1 now"),
+        "{d}"
+    );
+    // 5 → 1: 1 of 5, a quorum is 3.
+    let d = kscratch_core::diff::diff(&five, &one);
+    assert!(
+        d.refused
+            && d.to_string().contains(
+                "removing 4 of 5 etcd members (cp-2, cp-3, worker-1, worker-2) leaves 1 running"
+            )
+            && d.to_string()
+                .contains("3 (⌊5/2⌋ + 1) must agree; remove at most 2 now"),
+        "{d}"
+    );
+    // The CLI: `kscratch diff` exits 2 for a refused change.
+    let dir = std::env::temp_dir().join(format!("kscratch-quorum-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("old.yaml"),
+        ha_with_etcd(&["cp-1", "cp-2", "cp-3"]),
+    )
+    .expect("write");
+    std::fs::write(dir.join("new.yaml"), ha_with_etcd(&["cp-1"])).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kscratch"))
+        .args(["diff", "old.yaml", "new.yaml"])
+        .current_dir(&dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run kscratch");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removing 2 of 3 etcd members"));
+    // 5 → 3: the three left are a quorum of 5: a membership change, not refused.
+    let d = kscratch_core::diff::diff(&five, &three);
+    assert!(!d.refused, "{d}");
+    assert!(d
+        .to_string()
+        .contains("etcd members [cp-1, cp-2, cp-3, worker-1, worker-2] → [cp-1, cp-2, cp-3]"));
+}

@@ -340,6 +340,9 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> PlanDiff {
             }
         }
     }
+    if let Some(f) = etcd_quorum_finding(old, new) {
+        findings.push(f);
+    }
     if old.etcd_members != new.etcd_members {
         findings.push(Finding {
             severity: Severity::Disruptive,
@@ -491,6 +494,36 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> PlanDiff {
         pod_routes,
         targets,
     }
+}
+
+/// Removing etcd members that are gone (their nodes left the scenario, or
+/// they no longer run a member) is `etcdctl member remove`, one member at a
+/// time, and each removal is itself a change the cluster must agree on: a
+/// quorum of the current membership. With N members of which R are removed,
+/// the N − R that remain must be a quorum of N (⌊N/2⌋ + 1) for the first
+/// removal; later ones need less. Refused otherwise, with the numbers.
+fn etcd_quorum_finding(old: &Snapshot, new: &Snapshot) -> Option<Finding> {
+    let n = old.etcd_members.len();
+    let removed: Vec<&String> = old
+        .etcd_members
+        .iter()
+        .filter(|m| !new.etcd_members.contains(m))
+        .collect();
+    let r = removed.len();
+    let quorum = n / 2 + 1;
+    if r == 0 || n - r >= quorum {
+        return None;
+    }
+    let names: Vec<&str> = removed.iter().map(|m| m.as_str()).collect();
+    Some(Finding {
+        severity: Severity::Refused,
+        what: format!(
+            "removing {r} of {n} etcd members ({}) leaves {} running, and removing a member needs a quorum of the current {n}: {quorum} (⌊{n}/2⌋ + 1) must agree; remove at most {} now, one at a time, and apply again after each, or restore the remaining member from a snapshot (`etcdutl snapshot restore`) into a new cluster",
+            names.join(", "),
+            n - r,
+            n - quorum
+        ),
+    })
 }
 
 fn version_findings(old: &Snapshot, new: &Snapshot, out: &mut Vec<Finding>) {
