@@ -363,3 +363,173 @@ fn a_control_plane_endpoint_nothing_can_serve_is_refused_with_its_position() {
         "{err}"
     );
 }
+
+/// The plan with only the step `id`, without dependencies: what a boot runs.
+fn only_step(plan: &kscratch_core::plan::Plan, id: &str) -> kscratch_core::plan::Plan {
+    let mut p = plan.clone();
+    p.steps.retain(|st| plan.step_id(st) == id);
+    assert_eq!(p.steps.len(), 1, "no step {id}");
+    p.steps[0].deps = 0..0;
+    p
+}
+
+/// A reboot as the kernel sees it: the links kscratch made, their routes,
+/// the shared pod routes, the nat rules and `ip_forward` are gone, and so is
+/// the oneshot's state; files and the pods' records stay.
+fn reboot(world: &mut kscratch_sim::world::World, s: &Scenario, i: usize) {
+    let n = &mut world.nodes[i];
+    let mut gone = vec![s.network.bridge.clone()];
+    if let Some(v) = s.vxlan() {
+        gone.push(v.device.clone());
+    }
+    for l in &gone {
+        n.links.remove(l);
+    }
+    n.routes
+        .local
+        .retain(|r| !r.dev.as_ref().is_some_and(|d| gone.contains(d)));
+    n.routes.shared = None;
+    if let Some(rule) = kscratch_core::plan::masquerade_rule(s) {
+        n.netfilter
+            .delete_all(kscratch_core::net::iptables::Table::Nat, &rule);
+    }
+    n.sysctls.insert("net.ipv4.ip_forward".into(), "0".into());
+    n.services.remove(Service::Network.name());
+}
+
+#[test]
+fn kscratch_network_restores_a_rebooted_nodes_pod_network_on_the_simulator() {
+    for (rel, node) in [
+        ("scenarios/guide-routed.yaml", "node-2"),
+        ("scenarios/vxlan-overlay.yaml", "w2"),
+    ] {
+        let s = scenario(rel);
+        let plan = kscratch_core::plan::plan(&s);
+        let sim = kscratch_sim::simulate(&s, &plan, &CheckOptions::default()).expect("simulates");
+        let verdict = |world: &kscratch_sim::world::World| {
+            let classes = kscratch_sim::classes::Classes::compute(world, &s);
+            let (results, _) = kscratch_sim::checks::run_all(&kscratch_sim::checks::CheckInput {
+                world,
+                scenario: &s,
+                prepared: &sim.prepared,
+                classes: &classes,
+                restarting: &[],
+            });
+            results
+                .iter()
+                .map(|c| (c.kind, c.failed))
+                .collect::<Vec<_>>()
+        };
+        let converged = verdict(&sim.world);
+        assert!(
+            converged.iter().all(|(_, f)| *f == 0),
+            "{rel}: {converged:?}"
+        );
+        let i = s.node_index(node).expect("node");
+        let mut world = sim.world.clone();
+        reboot(&mut world, &s, i);
+        let broken = verdict(&world);
+        assert!(
+            broken
+                .iter()
+                .any(|(k, f)| *k == CheckKind::PodToPod && *f > 0),
+            "{rel}: the reboot must break pod traffic: {broken:?}"
+        );
+        // What init starts: kscratch-network, the plan's own step.
+        let boot = only_step(&plan, &format!("{node}/service/network"));
+        let world = kscratch_sim::faults::run(world, &s, &boot).expect("boots");
+        assert_eq!(verdict(&world), converged, "{rel}");
+        // It converged to the state apply leaves: every network step holds.
+        let again = kscratch_sim::faults::run(world.clone(), &s, &boot).expect("again");
+        assert_eq!(verdict(&again), converged, "{rel}: idempotent");
+    }
+}
+
+fn snapshot_of(text: &str) -> kscratch_core::diff::Snapshot {
+    let s = kscratch_core::load("ha.yaml", text, None)
+        .expect("valid")
+        .scenario;
+    kscratch_core::diff::Snapshot::of(&s, &kscratch_core::plan::plan(&s))
+}
+
+/// Six nodes, three of them control-plane nodes, with etcd on `members`.
+fn ha_with_etcd(members: &[&str]) -> String {
+    let mut t = String::from(
+        "cluster: {name: ha, kubernetesVersion: \"1.31.2\", controlPlaneEndpoint: 127.0.0.1:6443}\nnodes:\n",
+    );
+    for (i, n) in ["cp-1", "cp-2", "cp-3", "worker-1", "worker-2", "worker-3"]
+        .iter()
+        .enumerate()
+    {
+        let mut roles = Vec::new();
+        if n.starts_with("cp") {
+            roles.push("control-plane");
+        } else {
+            roles.push("worker");
+        }
+        if members.contains(n) {
+            roles.push("etcd");
+        }
+        t.push_str(&format!(
+            "  - {{name: {n}, ip: 10.1.0.{}, roles: [{}]}}\n",
+            11 + i,
+            roles.join(", ")
+        ));
+    }
+    t.push_str(&format!(
+        "network: {{gateway: 10.1.0.254, nodeCIDR: 10.1.0.0/24, clusterCIDR: 10.32.0.0/16, serviceCIDR: 10.33.0.0/16, podTraffic: fabric}}\nsecurity: {{model: https}}\netcd: {{members: [{}]}}\n",
+        members.join(", ")
+    ));
+    t
+}
+
+#[test]
+fn removing_etcd_members_beyond_quorum_is_refused_with_the_arithmetic() {
+    let three = snapshot_of(&ha_with_etcd(&["cp-1", "cp-2", "cp-3"]));
+    let five = snapshot_of(&ha_with_etcd(&[
+        "cp-1", "cp-2", "cp-3", "worker-1", "worker-2",
+    ]));
+    let one = snapshot_of(&ha_with_etcd(&["cp-1"]));
+    // 3 → 1: the one left is not a quorum of 3.
+    let d = kscratch_core::diff::diff(&three, &one);
+    assert!(d.refused, "{d}");
+    assert!(
+        d.to_string().contains("removing 2 of 3 etcd members (cp-2, cp-3) leaves 1 running, and removing a member needs a quorum of the current 3: 2 (⌊3/2⌋ + 1) must agree; remove at most 1 now"),
+        "{d}"
+    );
+    // 5 → 1: 1 of 5, a quorum is 3.
+    let d = kscratch_core::diff::diff(&five, &one);
+    assert!(
+        d.refused
+            && d.to_string().contains(
+                "removing 4 of 5 etcd members (cp-2, cp-3, worker-1, worker-2) leaves 1 running"
+            )
+            && d.to_string()
+                .contains("3 (⌊5/2⌋ + 1) must agree; remove at most 2 now"),
+        "{d}"
+    );
+    // The CLI: `kscratch diff` exits 2 for a refused change.
+    let dir = std::env::temp_dir().join(format!("kscratch-quorum-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("old.yaml"),
+        ha_with_etcd(&["cp-1", "cp-2", "cp-3"]),
+    )
+    .expect("write");
+    std::fs::write(dir.join("new.yaml"), ha_with_etcd(&["cp-1"])).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kscratch"))
+        .args(["diff", "old.yaml", "new.yaml"])
+        .current_dir(&dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run kscratch");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removing 2 of 3 etcd members"));
+    // 5 → 3: the three left are a quorum of 5: a membership change, not refused.
+    let d = kscratch_core::diff::diff(&five, &three);
+    assert!(!d.refused, "{d}");
+    assert!(d
+        .to_string()
+        .contains("etcd members [cp-1, cp-2, cp-3, worker-1, worker-2] → [cp-1, cp-2, cp-3]"));
+}

@@ -1073,6 +1073,69 @@ fn service_argv(s: &Scenario, node: usize, svc: Service) -> R<(Vec<String>, Vec<
     Ok((c.argv, c.environment_files))
 }
 
+/// Whether the service's unit is `Type=oneshot` (it runs once and is done).
+fn is_oneshot(s: &Scenario, node: usize, svc: Service) -> R<bool> {
+    Ok(krender::unit_command(s, Some(node), svc)?.oneshot)
+}
+
+/// A oneshot service: under systemd, enabled and run (`RemainAfterExit`
+/// keeps it active); without an init system its command runs once from
+/// `{RUN_DIR}/NAME.run` (what a boot would run again), and `NAME.done`
+/// records that this very script succeeded.
+fn start_oneshot(name: &str, argv: &[String]) -> R<StepScripts> {
+    let mut words = Vec::new();
+    for w in argv {
+        words.push(q(w)?);
+    }
+    let run = format!(
+        "#!/bin/sh\n# Written by kscratch: runs {name} once (at boot, without an init system).\nexec {}\n",
+        words.join(" ")
+    );
+    let sum = q(&format!(
+        "{}  {RUN_DIR}/{name}.run",
+        sha256_hex(run.as_bytes())
+    ))?;
+    let u = q(&format!("{name}.service"))?;
+    let dir = RUN_DIR;
+    let check = format!(
+        "if [ -d /run/systemd/system ]; then\n\
+         \x20 systemctl is-enabled --quiet {u} || exit 1\n\
+         \x20 systemctl is-active --quiet {u} || exit 1\n\
+         \x20 [ \"$(systemctl show -p NeedDaemonReload --value {u})\" = no ] || exit 1\n\
+         \x20 exit 0\n\
+         fi\n\
+         [ -f {dir}/{name}.done ] || exit 1\n\
+         printf '%s\\n' {sum} | sha256sum -c --status || exit 1\n\
+         exit 0\n"
+    );
+    let apply = format!(
+        "set -e\n\
+         if [ -d /run/systemd/system ]; then\n\
+         \x20 systemctl daemon-reload\n\
+         \x20 systemctl enable --quiet {u}\n\
+         \x20 systemctl restart {u}\n\
+         \x20 exit 0\n\
+         fi\n\
+         mkdir -p {dir}\n\
+         rm -f {dir}/{name}.done\n\
+         cat > {dir}/{name}.run.tmp\n\
+         chmod 0755 {dir}/{name}.run.tmp\n\
+         mv -f {dir}/{name}.run.tmp {dir}/{name}.run\n\
+         sh {dir}/{name}.run </dev/null\n\
+         touch {dir}/{name}.done\n"
+    );
+    Ok(StepScripts {
+        check: Script::new(check),
+        apply: Script::with_stdin(
+            apply,
+            Stdin::Bytes {
+                bytes: run.into_bytes(),
+                secret: false,
+            },
+        ),
+    })
+}
+
 /// `/usr/bin/env containerd ...` runs `containerd`; otherwise argv[0].
 fn program_of(argv: &[String]) -> &str {
     match argv {
@@ -1118,6 +1181,9 @@ fn supervisor_script(name: &str, argv: &[String], env_files: &[String]) -> R<Str
 fn start_service(s: &Scenario, node: usize, service: Service) -> R<StepScripts> {
     let name = service.name();
     let (argv, env_files) = service_argv(s, node, service)?;
+    if is_oneshot(s, node, service)? {
+        return start_oneshot(name, &argv);
+    }
     let prog = program_of(&argv).to_string();
     let n = q(name)?;
     let unit = format!("{name}.service");
@@ -1677,6 +1743,80 @@ mod tests {
         parses(&run);
         let c = scripts(&s, &p, "b/service/containerd", Inputs::default());
         assert!(c.check.text.starts_with("command -v containerd >/dev/null 2>&1 || { echo 'containerd is not installed on this node: containerd cannot start'; exit 100; }"), "{}", c.check.text);
+    }
+
+    #[test]
+    fn the_local_apiserver_proxy_runs_haproxy_and_a_re_apply_accepts_its_port() {
+        let text = SCENARIO.replace(
+            "kubernetesVersion: \"1.30.4\"}",
+            "kubernetesVersion: \"1.30.4\", controlPlaneEndpoint: 127.0.0.1:6443}",
+        );
+        let (s, p) = load(&text);
+        let r = scripts(&s, &p, "b/service/apiserver-proxy", Inputs::default());
+        assert!(r.check.text.starts_with("[ -x /usr/sbin/haproxy ] || { echo '/usr/sbin/haproxy is not installed on this node: kscratch-apiserver-proxy cannot start'; exit 100; }\n"), "{}", r.check.text);
+        assert!(r
+            .apply
+            .text
+            .contains("systemctl restart kscratch-apiserver-proxy.service"));
+        let Stdin::Bytes { bytes, .. } = &r.apply.stdin else {
+            panic!()
+        };
+        let run = String::from_utf8_lossy(bytes);
+        assert!(
+            run.contains(
+                "while :; do\n  /usr/sbin/haproxy -db -f /etc/kubernetes/apiserver-proxy.cfg\n"
+            ),
+            "{run}"
+        );
+        parses(&run);
+        let pre = scripts(&s, &p, "b/preflight", Inputs::default());
+        assert!(pre
+            .check
+            .text
+            .contains("command -v haproxy >/dev/null 2>&1 || fail"));
+        assert!(
+            pre.check.text.contains("sport = :6443")
+                && pre.check.text.contains("*'\"haproxy\"'*) ;;"),
+            "a re-apply must accept haproxy on its own port:\n{}",
+            pre.check.text
+        );
+        parses(&pre.check.text);
+    }
+
+    #[test]
+    fn kscratch_network_runs_once_and_is_recorded_as_done() {
+        let (s, p) = load(SCENARIO);
+        let r = scripts(&s, &p, "b/service/network", Inputs::default());
+        assert!(r
+            .apply
+            .text
+            .contains("systemctl restart kscratch-network.service"));
+        assert!(
+            r.apply.text.ends_with(
+                "sh /var/lib/kscratch/run/kscratch-network.run </dev/null\ntouch /var/lib/kscratch/run/kscratch-network.done\n"
+            ),
+            "{}",
+            r.apply.text
+        );
+        let Stdin::Bytes { bytes, .. } = &r.apply.stdin else {
+            panic!()
+        };
+        let run = String::from_utf8_lossy(bytes);
+        assert!(
+            run.ends_with("exec /bin/sh /etc/kscratch/network-up /etc/kscratch/network.conf\n"),
+            "{run}"
+        );
+        assert!(
+            !run.contains("while :"),
+            "a oneshot is not restarted: {run}"
+        );
+        assert!(r
+            .check
+            .text
+            .contains("[ -f /var/lib/kscratch/run/kscratch-network.done ] || exit 1"));
+        parses(&r.check.text);
+        parses(&r.apply.text);
+        parses(&run);
     }
 
     #[test]

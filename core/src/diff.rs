@@ -88,6 +88,7 @@ impl Snapshot {
         // Per target: path → (text of a non-secret file) for the reader derivation.
         let mut node_texts: BTreeMap<String, Vec<(String, Asset, Option<String>)>> =
             BTreeMap::new();
+        let mut once: BTreeMap<Asset, (String, Option<Vec<u8>>)> = BTreeMap::new();
         for step in &plan.steps {
             let Action::WriteFile { path, asset, .. } = &step.action else {
                 continue;
@@ -98,7 +99,16 @@ impl Snapshot {
             };
             let target = plan.target_name(step.target).to_string();
             let secret = digest::is_secret(*asset);
-            let (sha, bytes) = digest::rendered_digest(s, node, *asset);
+            // Files with the same bytes on every node (some O(nodes) in
+            // size) are rendered once, and their text is kept once.
+            let shared = asset.same_on_every_node();
+            let (sha, bytes) = if shared {
+                once.entry(*asset)
+                    .or_insert_with(|| digest::rendered_digest(s, node, *asset))
+                    .clone()
+            } else {
+                digest::rendered_digest(s, node, *asset)
+            };
             let text = bytes
                 .filter(|_| !secret)
                 .and_then(|b| String::from_utf8(b).ok());
@@ -118,10 +128,11 @@ impl Snapshot {
                     secret,
                 },
             );
-            node_texts
-                .entry(target)
-                .or_default()
-                .push(((*path).to_string(), *asset, text));
+            node_texts.entry(target).or_default().push((
+                (*path).to_string(),
+                *asset,
+                text.filter(|_| !shared),
+            ));
         }
         let mut readers = service_readers(plan);
         for (t, v) in &node_texts {
@@ -329,6 +340,9 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> PlanDiff {
             }
         }
     }
+    if let Some(f) = etcd_quorum_finding(old, new) {
+        findings.push(f);
+    }
     if old.etcd_members != new.etcd_members {
         findings.push(Finding {
             severity: Severity::Disruptive,
@@ -480,6 +494,36 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> PlanDiff {
         pod_routes,
         targets,
     }
+}
+
+/// Removing etcd members that are gone (their nodes left the scenario, or
+/// they no longer run a member) is `etcdctl member remove`, one member at a
+/// time, and each removal is itself a change the cluster must agree on: a
+/// quorum of the current membership. With N members of which R are removed,
+/// the N − R that remain must be a quorum of N (⌊N/2⌋ + 1) for the first
+/// removal; later ones need less. Refused otherwise, with the numbers.
+fn etcd_quorum_finding(old: &Snapshot, new: &Snapshot) -> Option<Finding> {
+    let n = old.etcd_members.len();
+    let removed: Vec<&String> = old
+        .etcd_members
+        .iter()
+        .filter(|m| !new.etcd_members.contains(m))
+        .collect();
+    let r = removed.len();
+    let quorum = n / 2 + 1;
+    if r == 0 || n - r >= quorum {
+        return None;
+    }
+    let names: Vec<&str> = removed.iter().map(|m| m.as_str()).collect();
+    Some(Finding {
+        severity: Severity::Refused,
+        what: format!(
+            "removing {r} of {n} etcd members ({}) leaves {} running, and removing a member needs a quorum of the current {n}: {quorum} (⌊{n}/2⌋ + 1) must agree; remove at most {} now, one at a time, and apply again after each, or restore the remaining member from a snapshot (`etcdutl snapshot restore`) into a new cluster",
+            names.join(", "),
+            n - r,
+            n - quorum
+        ),
+    })
 }
 
 fn version_findings(old: &Snapshot, new: &Snapshot, out: &mut Vec<Finding>) {

@@ -78,7 +78,8 @@ impl Stage {
             | Service::KubeProxy
             | Service::Docker
             | Service::Containerd
-            | Service::ApiserverProxy => Stage::NodeAgents,
+            | Service::ApiserverProxy
+            | Service::Network => Stage::NodeAgents,
         }
     }
 

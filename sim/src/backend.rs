@@ -17,8 +17,10 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use kscratch_core::exec::{Backend, Probe, StepCx, StepError};
 use kscratch_core::net::route::{MacAddr, Route, RouteDst, RouteProto, RouteScope};
-use kscratch_core::plan::{Action, Artifact, Asset, PodRouteVia, PreflightCheck, StepRef, Target};
-use kscratch_core::render::Redacted;
+use kscratch_core::plan::{
+    Action, Artifact, Asset, PodRouteVia, PreflightCheck, Service, StepRef, Target,
+};
+use kscratch_core::render::{NetworkDescription, Redacted};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +43,11 @@ pub struct Sim {
     rendered: Option<(StepRef, Arc<[u8]>)>,
     /// Deployments scaled by hand: (namespace, name) → replicas.
     pub scaled: std::collections::BTreeMap<(String, String), u32>,
+    /// Network descriptions read by `kscratch-network`, by the address of
+    /// the shared file content: every node has the same bytes, parsed once.
+    descriptions: std::collections::HashMap<usize, Arc<NetworkDescription>>,
+    /// Files with the same bytes on every node, rendered once.
+    shared_files: std::collections::HashMap<Asset, Arc<[u8]>>,
 }
 
 impl SimBackend {
@@ -54,6 +61,8 @@ impl SimBackend {
                 blobs: HashSet::new(),
                 rendered: None,
                 scaled: Default::default(),
+                descriptions: Default::default(),
+                shared_files: Default::default(),
             }),
         }
     }
@@ -98,6 +107,79 @@ fn ok(b: bool) -> Probe {
 }
 
 impl Sim {
+    /// `kscratch-network`, as its unit runs it: the description its command
+    /// names, converged on this node action by action (what holds is left
+    /// alone, the rest applied), as the shell re-applier's converging
+    /// commands do. The actions are the plan's own node-base actions
+    /// ([`NetworkDescription::actions`]); the pod routes use the plan's
+    /// shared table when it holds the described entries.
+    fn reapply_network(&mut self, cx: &StepCx<'_>) -> Result<(), StepError> {
+        let id = cx.id();
+        let i = cx
+            .node()
+            .ok_or_else(|| StepError::failed(format!("{id}: this action runs on a node")))?;
+        self.node_mut(cx)?;
+        let desc = self
+            .network_description(i)
+            .map_err(|e| command_error(&id, format!("kscratch-network: {e}")))?;
+        let node = &self.world.nodes[i];
+        let me = desc.me(|ip| node.is_local(ip)).ok_or_else(|| {
+            command_error(
+                &id,
+                format!(
+                    "kscratch-network: no node of the description has its address on {}",
+                    desc.interface
+                ),
+            )
+        })?;
+        let table = match &self.pod_routes {
+            Some(t) if same_entries(t, &desc.nodes) => t.clone(),
+            _ => {
+                let t = Arc::new(table_from(&desc.nodes));
+                self.pod_routes.get_or_insert(t).clone()
+            }
+        };
+        let node = &mut self.world.nodes[i];
+        for a in desc.actions(me) {
+            if !net_satisfied(node, &a, Some(&table)) {
+                net_apply(node, &id, &a, Some(table.clone()))?;
+            }
+        }
+        node.services.insert(
+            Service::Network.name().into(),
+            ServiceState { running: true },
+        );
+        Ok(())
+    }
+
+    /// The description the `kscratch-network` unit on node `i` names (the
+    /// last word of its command), parsed once per distinct content.
+    fn network_description(&mut self, i: usize) -> Result<Arc<NetworkDescription>, String> {
+        let node = &self.world.nodes[i];
+        let unit = Asset::Unit(Service::Network).path();
+        let text = crate::files::read(node, unit)
+            .map_err(|_| format!("Unit kscratch-network.service not found ({unit} is missing)"))?;
+        let words =
+            kscratch_core::render::unit_exec_start(text).map_err(|e| format!("{unit}: {e}"))?;
+        let conf = words
+            .last()
+            .ok_or_else(|| format!("{unit}: no ExecStart"))?
+            .clone();
+        let file = node
+            .fs
+            .files
+            .get(&conf)
+            .ok_or_else(|| format!("{conf}: No such file or directory"))?;
+        let key = Arc::as_ptr(&file.content) as *const u8 as usize;
+        if let Some(d) = self.descriptions.get(&key) {
+            return Ok(d.clone());
+        }
+        let text = std::str::from_utf8(&file.content).map_err(|_| format!("{conf} is not text"))?;
+        let d = Arc::new(NetworkDescription::parse(text).map_err(|e| format!("{conf}: {e}"))?);
+        self.descriptions.insert(key, d.clone());
+        Ok(d)
+    }
+
     /// The bytes of a `WriteFile` step, from the one source, shared with
     /// every node that got the same bytes.
     fn file_bytes(&mut self, cx: &StepCx<'_>) -> Result<Arc<[u8]>, StepError> {
@@ -105,6 +187,15 @@ impl Sim {
             if *i == cx.index {
                 return Ok(b.clone());
             }
+        }
+        let asset = match &cx.step.action {
+            Action::WriteFile { asset, .. } if asset.same_on_every_node() => Some(*asset),
+            _ => None,
+        };
+        if let Some(b) = asset.and_then(|a| self.shared_files.get(&a)) {
+            let b = b.clone();
+            self.rendered = Some((cx.index, b.clone()));
+            return Ok(b);
         }
         let bytes = cx
             .file_bytes(&Redacted)
@@ -119,6 +210,9 @@ impl Sim {
             }
         };
         self.rendered = Some((cx.index, b.clone()));
+        if let Some(a) = asset {
+            self.shared_files.insert(a, b.clone());
+        }
         Ok(b)
     }
 
@@ -255,29 +349,37 @@ impl Sim {
             }
             Action::Preflight { checks } => {
                 for c in checks {
-                    preflight(node, c).map_err(|e| StepError::failed(format!("{id}: preflight: {e}")))?;
+                    preflight(node, c)
+                        .map_err(|e| StepError::failed(format!("{id}: preflight: {e}")))?;
                 }
                 Probe::Satisfied
             }
             // The same SHA-256: the same release's binary.
-            Action::InstallBinary { name, .. } => ok(node.binaries.get(*name) == Some(&cx.plan.version)),
+            Action::InstallBinary { name, .. } => {
+                ok(node.binaries.get(*name) == Some(&cx.plan.version))
+            }
             Action::PullImage { image } => ok(node.images.contains(image)),
-            Action::WriteFile { path, mode, .. } => ok(node.fs.files.get(*path).is_some_and(|f| f.mode == *mode && Some(&f.content) == content.as_ref())),
-            Action::SetSysctl { key, value } => ok(node.sysctl(key) == Some(value)),
-            Action::LoadKernelModule { name } => ok(node.modules.contains(*name)),
+            Action::WriteFile { path, mode, .. } => ok(node
+                .fs
+                .files
+                .get(*path)
+                .is_some_and(|f| f.mode == *mode && Some(&f.content) == content.as_ref())),
+            a @ (Action::SetSysctl { .. } | Action::LoadKernelModule { .. }) => {
+                ok(net_satisfied(node, a, None))
+            }
             Action::DeleteLink { name } => ok(!node.links.contains_key(name)),
-            Action::DeleteIptablesRules { table, rules, chains } => {
-                ok(rules.iter().all(|r| !node.netfilter.check(*table, r)) && chains.iter().all(|c| node.netfilter.chain(*table, c).is_none()))
-            }
-            Action::CreateBridge { name, addr, mtu } => ok(node.links.get(name).is_some_and(|l| l.kind == LinkKind::Bridge && l.up && l.mtu == *mtu && l.addrs.contains(addr))),
-            Action::CreateVxlan(v) => ok(node.links.get(&v.name).is_some_and(|l| {
-                l.up && l.mtu == v.mtu && l.addrs.contains(&v.addr) && matches!(&l.kind, LinkKind::Vxlan(x) if x.vni == v.vni && x.port == v.port && x.local == v.local && x.dev == v.dev && x.mac == v.mac)
-            })),
-            Action::InstallPodRoutes { via, .. } => {
-                let mode = route_mode(via);
-                ok(node.routes.shared.as_ref().is_some_and(|s| s.mode == mode && s.removed.is_empty() && pod_routes.as_ref().is_some_and(|t| Arc::ptr_eq(t, &s.table))))
-            }
-            Action::EnsureIptablesRule { table, rule } => ok(node.netfilter.check(*table, rule)),
+            Action::DeleteIptablesRules {
+                table,
+                rules,
+                chains,
+            } => ok(rules.iter().all(|r| !node.netfilter.check(*table, r))
+                && chains
+                    .iter()
+                    .all(|c| node.netfilter.chain(*table, c).is_none())),
+            a @ (Action::CreateBridge { .. }
+            | Action::CreateVxlan(_)
+            | Action::InstallPodRoutes { .. }
+            | Action::EnsureIptablesRule { .. }) => ok(net_satisfied(node, a, pod_routes.as_ref())),
             Action::StartService { name } => ok(node.running(name.name())),
             Action::ApplyManifest { asset, .. } => ok(self.addons.contains(asset)),
             Action::DeleteRoutes { routes } => ok(routes.iter().all(|r| !has_route(node, r))),
@@ -289,10 +391,23 @@ impl Sim {
             Action::StopService { name } => ok(!node.running(name.name())),
             Action::DeleteFile { path } => ok(!node.fs.files.contains_key(*path)),
             Action::UnloadKernelModule { name } => ok(!node.modules.contains(*name)),
-            Action::WriteText { path, mode, text } => ok(node.fs.files.get(*path).is_some_and(|f| f.mode == *mode && *f.content == *text.as_bytes())),
+            Action::WriteText { path, mode, text } => ok(node
+                .fs
+                .files
+                .get(*path)
+                .is_some_and(|f| f.mode == *mode && *f.content == *text.as_bytes())),
             // On the operator's machine or the fabric: handled above.
-            Action::GenerateCa { .. } | Action::IssueCert { .. } | Action::GenerateServiceAccountKey | Action::GenerateTokens { .. } | Action::InstallFabricRoutes { .. } | Action::PowerOff | Action::ScaleDeployment { .. } => {
-                return Err(StepError::failed(format!("{id}: the simulator does not run {} on a node", action_name(&cx.step.action))))
+            Action::GenerateCa { .. }
+            | Action::IssueCert { .. }
+            | Action::GenerateServiceAccountKey
+            | Action::GenerateTokens { .. }
+            | Action::InstallFabricRoutes { .. }
+            | Action::PowerOff
+            | Action::ScaleDeployment { .. } => {
+                return Err(StepError::failed(format!(
+                    "{id}: the simulator does not run {} on a node",
+                    action_name(&cx.step.action)
+                )))
             }
         })
     }
@@ -436,6 +551,12 @@ impl Sim {
             self.node_mut(cx)?.up = false;
             return Ok(());
         }
+        if let Action::StartService {
+            name: Service::Network,
+        } = &cx.step.action
+        {
+            return self.reapply_network(cx);
+        }
         let plan_version = cx.plan.version;
         let node = self.node_mut(cx)?;
         match &cx.step.action {
@@ -464,20 +585,8 @@ impl Sim {
                     Some(*asset),
                 );
             }
-            Action::SetSysctl { key, value } => {
-                if key.starts_with("net.bridge.") && !node.modules.contains("br_netfilter") {
-                    return Err(StepError::new(kscratch_core::exec::ErrorKind::Command, format!("{id}: sysctl: cannot stat /proc/sys/{}: No such file or directory (br_netfilter is not loaded)", key.replace('.', "/"))));
-                }
-                node.sysctls.insert(key.to_string(), value.to_string());
-            }
-            Action::LoadKernelModule { name } => {
-                node.modules.insert(name.to_string());
-                if *name == "br_netfilter" {
-                    // The module's default, as on a real kernel.
-                    node.sysctls
-                        .entry("net.bridge.bridge-nf-call-iptables".into())
-                        .or_insert_with(|| "1".into());
-                }
+            a @ (Action::SetSysctl { .. } | Action::LoadKernelModule { .. }) => {
+                net_apply(node, &id, a, None)?
             }
             Action::DeleteLink { name } => {
                 if let Some(l) = node.links.remove(name) {
@@ -507,100 +616,10 @@ impl Sim {
                     }
                 }
             }
-            Action::CreateBridge { name, addr, mtu } => {
-                let link = node.links.entry(name.clone()).or_insert_with(|| Link {
-                    name: name.clone(),
-                    kind: LinkKind::Bridge,
-                    mtu: *mtu,
-                    up: true,
-                    addrs: vec![],
-                    master: None,
-                });
-                link.kind = LinkKind::Bridge;
-                link.mtu = *mtu;
-                link.up = true;
-                if !link.addrs.contains(addr) {
-                    link.addrs.push(*addr);
-                }
-                add_connected(node, name, *addr);
-            }
-            Action::CreateVxlan(v) => {
-                // The kernel refuses a VXLAN MTU that leaves no room for the
-                // encapsulation on its lower device (vxlan_change_mtu: -EINVAL),
-                // so the plan's `ip link set dev vxlan0 ... mtu M` fails there.
-                let Some(lower) = node.links.get(&v.dev) else {
-                    return Err(StepError::new(
-                        kscratch_core::exec::ErrorKind::Command,
-                        format!("{id}: Cannot find device \"{}\"", v.dev),
-                    ));
-                };
-                let max = lower
-                    .mtu
-                    .saturating_sub(kscratch_core::scenario::VXLAN_OVERHEAD);
-                if v.mtu > max {
-                    return Err(StepError::new(
-                        kscratch_core::exec::ErrorKind::Command,
-                        format!(
-                            "{id}: ip link set dev {} mtu {}: RTNETLINK answers: Invalid argument (the largest MTU over {} with MTU {} is {max}: {} bytes go to the VXLAN header)",
-                            v.name, v.mtu, v.dev, lower.mtu, kscratch_core::scenario::VXLAN_OVERHEAD
-                        ),
-                    ));
-                }
-                let kind = LinkKind::Vxlan(VxlanLink {
-                    vni: v.vni,
-                    port: v.port,
-                    local: v.local,
-                    dev: v.dev.clone(),
-                    mac: v.mac,
-                    shared_fdb: false,
-                    neighbors: Default::default(),
-                    fdb: Default::default(),
-                });
-                node.links.insert(
-                    v.name.clone(),
-                    Link {
-                        name: v.name.clone(),
-                        kind,
-                        mtu: v.mtu,
-                        up: true,
-                        addrs: vec![v.addr],
-                        master: None,
-                    },
-                );
-            }
-            Action::InstallPodRoutes { via, .. } => {
-                let table = pod_routes.expect("built above");
-                let own = table.entries.iter().position(|e| e.node == node.name);
-                let mode = route_mode(via);
-                if let PodRouteMode::Overlay { dev } = &mode {
-                    // Neighbour and FDB entries for every peer VTEP come from the same shared table.
-                    match node.links.get_mut(dev).map(|l| &mut l.kind) {
-                        Some(LinkKind::Vxlan(x)) => x.shared_fdb = true,
-                        _ => {
-                            return Err(StepError::new(
-                                kscratch_core::exec::ErrorKind::Command,
-                                format!("{id}: Cannot find device \"{dev}\""),
-                            ))
-                        }
-                    }
-                }
-                node.routes.shared = Some(SharedRoutes {
-                    table,
-                    mode,
-                    own,
-                    removed: Default::default(),
-                });
-            }
-            Action::EnsureIptablesRule { table, rule } => {
-                node.netfilter
-                    .ensure_rule(*table, rule.clone(), Position::Append)
-                    .map_err(|e| {
-                        StepError::new(
-                            kscratch_core::exec::ErrorKind::Command,
-                            format!("{id}: iptables: {e}"),
-                        )
-                    })?;
-            }
+            a @ (Action::CreateBridge { .. }
+            | Action::CreateVxlan(_)
+            | Action::InstallPodRoutes { .. }
+            | Action::EnsureIptablesRule { .. }) => net_apply(node, &id, a, pod_routes)?,
             Action::StartService { name } => {
                 components::start_service(node, *name).map_err(|e| {
                     StepError::new(
@@ -734,6 +753,173 @@ impl Sim {
     }
 }
 
+/// The node-network actions the plan's node-base steps and the re-applier
+/// (`kscratch-network`, after a reboot) share, applied on `node`.
+fn net_apply(
+    node: &mut Node,
+    id: &str,
+    action: &Action,
+    pod_routes: Option<Arc<PodRoutes>>,
+) -> Result<(), StepError> {
+    match action {
+        Action::SetSysctl { key, value } => {
+            if key.starts_with("net.bridge.") && !node.modules.contains("br_netfilter") {
+                return Err(StepError::new(kscratch_core::exec::ErrorKind::Command, format!("{id}: sysctl: cannot stat /proc/sys/{}: No such file or directory (br_netfilter is not loaded)", key.replace('.', "/"))));
+            }
+            node.sysctls.insert(key.to_string(), value.to_string());
+        }
+        Action::LoadKernelModule { name } => {
+            node.modules.insert(name.to_string());
+            if *name == "br_netfilter" {
+                // The module's default, as on a real kernel.
+                node.sysctls
+                    .entry("net.bridge.bridge-nf-call-iptables".into())
+                    .or_insert_with(|| "1".into());
+            }
+        }
+        Action::CreateBridge { name, addr, mtu } => {
+            let link = node.links.entry(name.clone()).or_insert_with(|| Link {
+                name: name.clone(),
+                kind: LinkKind::Bridge,
+                mtu: *mtu,
+                up: true,
+                addrs: vec![],
+                master: None,
+            });
+            link.kind = LinkKind::Bridge;
+            link.mtu = *mtu;
+            link.up = true;
+            if !link.addrs.contains(addr) {
+                link.addrs.push(*addr);
+            }
+            add_connected(node, name, *addr);
+        }
+        Action::CreateVxlan(v) => {
+            // The kernel refuses a VXLAN MTU that leaves no room for the
+            // encapsulation on its lower device (vxlan_change_mtu: -EINVAL),
+            // so the plan's `ip link set dev vxlan0 ... mtu M` fails there.
+            let Some(lower) = node.links.get(&v.dev) else {
+                return Err(StepError::new(
+                    kscratch_core::exec::ErrorKind::Command,
+                    format!("{id}: Cannot find device \"{}\"", v.dev),
+                ));
+            };
+            let max = lower
+                .mtu
+                .saturating_sub(kscratch_core::scenario::VXLAN_OVERHEAD);
+            if v.mtu > max {
+                return Err(StepError::new(
+                    kscratch_core::exec::ErrorKind::Command,
+                    format!(
+                        "{id}: ip link set dev {} mtu {}: RTNETLINK answers: Invalid argument (the largest MTU over {} with MTU {} is {max}: {} bytes go to the VXLAN header)",
+                        v.name, v.mtu, v.dev, lower.mtu, kscratch_core::scenario::VXLAN_OVERHEAD
+                    ),
+                ));
+            }
+            let kind = LinkKind::Vxlan(VxlanLink {
+                vni: v.vni,
+                port: v.port,
+                local: v.local,
+                dev: v.dev.clone(),
+                mac: v.mac,
+                shared_fdb: false,
+                neighbors: Default::default(),
+                fdb: Default::default(),
+            });
+            node.links.insert(
+                v.name.clone(),
+                Link {
+                    name: v.name.clone(),
+                    kind,
+                    mtu: v.mtu,
+                    up: true,
+                    addrs: vec![v.addr],
+                    master: None,
+                },
+            );
+        }
+        Action::InstallPodRoutes { via, .. } => {
+            let table = pod_routes.ok_or_else(|| {
+                StepError::failed(format!("{id}: the pod network table is missing"))
+            })?;
+            let own = table.entries.iter().position(|e| e.node == node.name);
+            let mode = route_mode(via);
+            if let PodRouteMode::Overlay { dev } = &mode {
+                // Neighbour and FDB entries for every peer VTEP come from the same shared table.
+                match node.links.get_mut(dev).map(|l| &mut l.kind) {
+                    Some(LinkKind::Vxlan(x)) => x.shared_fdb = true,
+                    _ => {
+                        return Err(StepError::new(
+                            kscratch_core::exec::ErrorKind::Command,
+                            format!("{id}: Cannot find device \"{dev}\""),
+                        ))
+                    }
+                }
+            }
+            node.routes.shared = Some(SharedRoutes {
+                table,
+                mode,
+                own,
+                removed: Default::default(),
+            });
+        }
+        Action::EnsureIptablesRule { table, rule } => {
+            node.netfilter
+                .ensure_rule(*table, rule.clone(), Position::Append)
+                .map_err(|e| {
+                    StepError::new(
+                        kscratch_core::exec::ErrorKind::Command,
+                        format!("{id}: iptables: {e}"),
+                    )
+                })?;
+        }
+        other => {
+            return Err(StepError::failed(format!(
+                "{id}: {} is not a node-network action",
+                action_name(other)
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Whether a node-network action (see [`net_apply`]) holds on `node`.
+fn net_satisfied(node: &Node, action: &Action, pod_routes: Option<&Arc<PodRoutes>>) -> bool {
+    match action {
+        Action::SetSysctl { key, value } => node.sysctl(key) == Some(value),
+        Action::LoadKernelModule { name } => node.modules.contains(*name),
+        Action::CreateBridge { name, addr, mtu } => node.links.get(name).is_some_and(|l| {
+            l.kind == LinkKind::Bridge && l.up && l.mtu == *mtu && l.addrs.contains(addr)
+        }),
+        Action::CreateVxlan(v) => node.links.get(&v.name).is_some_and(|l| {
+            l.up && l.mtu == v.mtu
+                && l.addrs.contains(&v.addr)
+                && matches!(&l.kind, LinkKind::Vxlan(x) if x.vni == v.vni && x.port == v.port && x.local == v.local && x.dev == v.dev && x.mac == v.mac)
+        }),
+        Action::InstallPodRoutes { via, .. } => {
+            let mode = route_mode(via);
+            node.routes.shared.as_ref().is_some_and(|s| {
+                s.mode == mode
+                    && s.removed.is_empty()
+                    && pod_routes.is_some_and(|t| Arc::ptr_eq(t, &s.table))
+            })
+        }
+        Action::EnsureIptablesRule { table, rule } => node.netfilter.check(*table, rule),
+        _ => false,
+    }
+}
+
+/// Whether the shared pod route table holds exactly these entries.
+fn same_entries(t: &PodRoutes, network: &[kscratch_core::plan::PodNetworkEntry]) -> bool {
+    t.entries.len() == network.len()
+        && t.entries.iter().zip(network).all(|(a, b)| {
+            a.node == b.node
+                && a.pod_cidr == b.pod_cidr
+                && a.node_ip == b.node_ip
+                && a.vtep == b.vtep_mac.map(|mac| (b.pod_cidr.network(), mac))
+        })
+}
+
 fn route_mode(via: &PodRouteVia) -> PodRouteMode {
     match via {
         PodRouteVia::Underlay { dev } => PodRouteMode::Underlay { dev: dev.clone() },
@@ -746,9 +932,12 @@ fn route_mode(via: &PodRouteVia) -> PodRouteMode {
 /// all, sliced at their prefix length), so a route the plan installs is
 /// found whatever the cluster CIDR is.
 fn pod_route_table(cx: &StepCx<'_>) -> PodRoutes {
-    let entries: Vec<PodRouteEntry> = cx
-        .plan
-        .pod_network()
+    table_from(cx.plan.pod_network())
+}
+
+/// [`pod_route_table`] from a pod network table's entries.
+fn table_from(network: &[kscratch_core::plan::PodNetworkEntry]) -> PodRoutes {
+    let entries: Vec<PodRouteEntry> = network
         .iter()
         .map(|e| PodRouteEntry {
             node: e.node.clone(),

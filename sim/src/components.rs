@@ -87,6 +87,11 @@ pub fn start_service(node: &mut Node, service: Service) -> Result<(), String> {
                 None,
             );
         }
+        Service::Network => {
+            // The simulator's backend runs the re-applier itself: it needs
+            // the shared pod route table (sim/src/backend.rs).
+            return Err("kscratch-network is run by the simulator's backend".into());
+        }
         Service::ApiserverProxy => {
             // haproxy binds each frontend of the file its unit's `-f` names.
             // The distribution's package is taken as installed, like

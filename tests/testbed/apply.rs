@@ -522,7 +522,7 @@ pub(super) fn apply_in_process(scenario_path: &Path, known_hosts: &Path) -> Resu
 }
 
 impl Applied {
-    fn outcome(&self, id: &str) -> &'static str {
+    pub(super) fn outcome(&self, id: &str) -> &'static str {
         self.plan
             .steps
             .iter()
@@ -531,7 +531,7 @@ impl Applied {
             .unwrap_or("absent")
     }
 
-    fn assert_no_failure(&self) -> Result<()> {
+    pub(super) fn assert_no_failure(&self) -> Result<()> {
         let failed: Vec<String> = self
             .plan
             .steps
@@ -569,7 +569,7 @@ impl Applied {
 
     /// Wall time, the longest node's time in commands, the PKI time and SSH
     /// commands per step, for the closing report.
-    fn print_figures(&self, label: &str) {
+    pub(super) fn print_figures(&self, label: &str) {
         let (node, busiest) = self
             .stats
             .iter()
@@ -616,7 +616,7 @@ impl Applied {
 /// Two pods per node, attached by the real CNI plugins with the config
 /// kscratch wrote to the node; all pairs across nodes probed with TCP; egress
 /// to the outside host probed from every pod.
-fn probe_cluster(tb: &Testbed, applied: &Applied) -> Result<Vec<support::Pod>> {
+pub(super) fn probe_cluster(tb: &Testbed, applied: &Applied) -> Result<Vec<support::Pod>> {
     let mut pods = Vec::new();
     for node in tb.nodes() {
         let conflist = tb.node_run(node, &["cat", "/etc/cni/net.d/10-kscratch.conflist"])?;

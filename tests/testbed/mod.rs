@@ -12,6 +12,8 @@ pub mod support;
 mod apply;
 /// The real kernel and `kscratch check` agree, with and without faults.
 mod differential;
+/// Node lifecycle: losing a control-plane node behind the endpoint.
+mod lifecycle;
 /// A changed input restarts its service; a converged apply restarts nothing.
 mod restart;
 /// `kscratch verify`: the real cluster measured and held against the prediction.

@@ -29,6 +29,10 @@ pub enum Asset {
     LogRotate,
     /// The local apiserver proxy's haproxy configuration.
     ApiserverProxyConfig,
+    /// The cluster's pod network as `kscratch-network` re-applies it at boot.
+    NetworkDescription,
+    /// The re-applier `kscratch-network.service` runs.
+    NetworkUp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -61,6 +65,8 @@ pub enum Service {
     Etcd,
     /// The local apiserver proxy (haproxy from the distribution).
     ApiserverProxy,
+    /// The node network at boot: a oneshot that re-applies the description.
+    Network,
 }
 
 /// The guide keeps certs and credentials in /srv/kubernetes.
@@ -95,6 +101,7 @@ impl Service {
             Service::Containerd => "containerd",
             Service::Etcd => "etcd",
             Service::ApiserverProxy => "kscratch-apiserver-proxy",
+            Service::Network => "kscratch-network",
         }
     }
 }
@@ -197,6 +204,9 @@ impl Asset {
                 "/etc/systemd/system/kscratch-apiserver-proxy.service"
             }
             Asset::ApiserverProxyConfig => "/etc/kubernetes/apiserver-proxy.cfg",
+            Asset::Unit(Service::Network) => "/etc/systemd/system/kscratch-network.service",
+            Asset::NetworkDescription => crate::render::NETWORK_CONF,
+            Asset::NetworkUp => crate::render::NETWORK_UP_PATH,
             Asset::DockerDefaults => "/etc/default/docker",
             Asset::ContainerdConfig => "/etc/containerd/config.toml",
             Asset::CniConfig => "/etc/cni/net.d/10-kscratch.conflist",
@@ -216,6 +226,20 @@ impl Asset {
                 | Asset::KnownTokens
                 | Asset::BasicAuth
                 | Asset::Kubeconfig(_)
+        )
+    }
+
+    /// Files whose bytes do not depend on the node they go to. Some are
+    /// O(nodes) in size (the network description lists every node), so
+    /// whoever renders every node's files renders these once per plan.
+    pub fn same_on_every_node(self) -> bool {
+        matches!(
+            self,
+            Asset::NetworkDescription
+                | Asset::NetworkUp
+                | Asset::Unit(Service::Network)
+                | Asset::ApiserverProxyConfig
+                | Asset::Unit(Service::ApiserverProxy)
         )
     }
 

@@ -225,6 +225,9 @@ pub(super) fn asset_key(asset: Asset) -> &'static str {
         Asset::Unit(Service::Etcd) => "file/etcd-unit",
         Asset::Unit(Service::ApiserverProxy) => "file/apiserver-proxy-unit",
         Asset::ApiserverProxyConfig => "file/apiserver-proxy-config",
+        Asset::Unit(Service::Network) => "file/network-unit",
+        Asset::NetworkDescription => "file/network-conf",
+        Asset::NetworkUp => "file/network-up",
         Asset::DockerDefaults => "file/docker-defaults",
         Asset::ContainerdConfig => "file/containerd-config",
         Asset::CniConfig => "file/cni-config",
@@ -243,6 +246,7 @@ fn service_key(s: Service) -> &'static str {
         Service::Containerd => "service/containerd",
         Service::Etcd => "service/etcd",
         Service::ApiserverProxy => "service/apiserver-proxy",
+        Service::Network => "service/network",
     }
 }
 

@@ -56,12 +56,16 @@ pub fn is_secret(asset: Asset) -> bool {
         | Asset::DnsAddon
         | Asset::ClusterAdminsBinding
         | Asset::LogRotate
-        | Asset::ApiserverProxyConfig => false,
+        | Asset::ApiserverProxyConfig
+        | Asset::NetworkDescription
+        | Asset::NetworkUp => false,
     }
 }
 
 /// The digest of every `WriteFile` step, in plan order.
 pub fn file_digests(s: &Scenario, plan: &Plan) -> Vec<FileDigest> {
+    // Files with the same bytes on every node are digested once.
+    let mut shared: std::collections::BTreeMap<Asset, String> = Default::default();
     plan.steps
         .iter()
         .filter_map(|step| match &step.action {
@@ -70,10 +74,18 @@ pub fn file_digests(s: &Scenario, plan: &Plan) -> Vec<FileDigest> {
                     Target::Node(i) => Some(i as usize),
                     Target::Local | Target::Fabric => None,
                 };
+                let sha256 = if asset.same_on_every_node() {
+                    shared
+                        .entry(*asset)
+                        .or_insert_with(|| asset_digest(s, node, *asset))
+                        .clone()
+                } else {
+                    asset_digest(s, node, *asset)
+                };
                 Some(FileDigest {
                     target: plan.target_name(step.target).to_string(),
                     path: (*path).to_string(),
-                    sha256: asset_digest(s, node, *asset),
+                    sha256,
                     secret: is_secret(*asset),
                 })
             }
@@ -138,7 +150,9 @@ fn carried_spec(s: &Scenario, node: Option<usize>, asset: Asset) -> Option<Strin
         | Asset::DnsAddon
         | Asset::ClusterAdminsBinding
         | Asset::LogRotate
-        | Asset::ApiserverProxyConfig => None,
+        | Asset::ApiserverProxyConfig
+        | Asset::NetworkDescription
+        | Asset::NetworkUp => None,
     }
 }
 

@@ -150,6 +150,20 @@ pub(super) fn node(
         ));
     }
     b.write(t, Phase::NodeBase, Asset::LogRotate, &[pre]);
+    // The same network at every boot: `kscratch-network` re-applies the
+    // description (render/network.rs). Run once here, after the steps it
+    // repeats, it changes nothing; the runtime starts after it.
+    let files: Vec<StepRef> = [
+        Asset::NetworkDescription,
+        Asset::NetworkUp,
+        Asset::Unit(Service::Network),
+    ]
+    .into_iter()
+    .map(|f| b.write(t, Phase::NodeBase, f, &[pre]))
+    .collect();
+    let mut deps = base.clone();
+    deps.extend(files);
+    base.push(b.start(t, Phase::NodeBase, Service::Network, &deps));
     runtime(b, cx, n, pre, base)
 }
 

@@ -65,7 +65,9 @@ impl Pki {
             | Asset::DnsAddon
             | Asset::ClusterAdminsBinding
             | Asset::LogRotate
-            | Asset::ApiserverProxyConfig => None,
+            | Asset::ApiserverProxyConfig
+            | Asset::NetworkDescription
+            | Asset::NetworkUp => None,
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod flags;
 mod haproxy;
 mod kubeconfig;
 mod kubelet;
+mod network;
 mod parse;
 mod pki;
 mod pods;
@@ -51,6 +52,7 @@ pub use kubeconfig::{
 pub use kubelet::{
     kube_proxy_config, kubelet_config, KubeProxyConfiguration, KubeletConfiguration,
 };
+pub use network::{NetworkDescription, NodeTraffic, NETWORK_CONF, NETWORK_UP, NETWORK_UP_PATH};
 pub use parse::{
     container_command, docker_opts, flag_value, parse_cni_conflist, parse_env_file,
     parse_kube_proxy_config, parse_kubeconfig, parse_kubelet_config, parse_pod, parse_unit,
@@ -241,6 +243,8 @@ pub fn render(
         Asset::DnsAddon => dns::render(s)?,
         Asset::ClusterAdminsBinding => rbac::cluster_admins_binding()?,
         Asset::LogRotate => logrotate(s),
+        Asset::NetworkDescription => NetworkDescription::of(s).emit(),
+        Asset::NetworkUp => NETWORK_UP.to_string(),
         Asset::ApiserverProxyConfig => match HaproxyConfig::local_apiserver_proxy(s) {
             Some(c) => c.emit(),
             None => return Err(not_applicable(

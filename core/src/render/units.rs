@@ -25,6 +25,9 @@ pub const HAPROXY: &str = "/usr/sbin/haproxy";
 pub struct UnitCommand {
     pub argv: Vec<String>,
     pub environment_files: Vec<String>,
+    /// Runs once and is done (`Type=oneshot`): the supervisor runs it once,
+    /// not in a restart loop.
+    pub oneshot: bool,
 }
 
 /// The command of `service`'s unit on `node` (see [`UnitCommand`]).
@@ -76,6 +79,9 @@ struct Spec {
     /// `[Service]` settings before `ExecStart=`.
     extra: &'static [&'static str],
     environment_files: Vec<String>,
+    /// `Type=oneshot` with `RemainAfterExit=yes`: runs once (at boot) and
+    /// is done, never restarted.
+    oneshot: bool,
 }
 
 impl Spec {
@@ -88,6 +94,7 @@ impl Spec {
                 .chain(self.args.iter().cloned())
                 .collect(),
             environment_files: self.environment_files.clone(),
+            oneshot: self.oneshot,
         }
     }
 }
@@ -122,6 +129,7 @@ fn spec(s: &Scenario, node: Option<usize>, service: Service) -> Result<Spec, Ren
                 args: args(&flags::kubelet(s, i)),
                 extra: &[],
                 environment_files: Vec::new(),
+                oneshot: false,
             }
         }
         Service::KubeProxy => {
@@ -134,6 +142,7 @@ fn spec(s: &Scenario, node: Option<usize>, service: Service) -> Result<Spec, Ren
                 args: args(&flags::kube_proxy(s, i)),
                 extra: &[],
                 environment_files: Vec::new(),
+                oneshot: false,
             }
         }
         Service::Etcd => {
@@ -159,8 +168,30 @@ fn spec(s: &Scenario, node: Option<usize>, service: Service) -> Result<Spec, Ren
                 args: args(&flags::etcd(s, i, false)),
                 extra: &["Type=notify"],
                 environment_files: Vec::new(),
+                oneshot: false,
             }
         }
+        // A oneshot: the node's pod network at boot, before the runtime and
+        // the agents (see render/network.rs for why this mechanism).
+        Service::Network => Spec {
+            description:
+                "kscratch-network: this node's pod network (bridge, routes, VXLAN, masquerade)",
+            after: vec!["network-online.target"],
+            before: &[
+                "containerd.service",
+                "docker.service",
+                "kubelet.service",
+                "kube-proxy.service",
+            ],
+            program: &["/bin/sh"],
+            args: vec![
+                Asset::NetworkUp.path().into(),
+                Asset::NetworkDescription.path().into(),
+            ],
+            extra: &[],
+            environment_files: Vec::new(),
+            oneshot: true,
+        },
         Service::ApiserverProxy => {
             if s.local_apiserver_proxy().is_none() {
                 return Err(not_applicable(
@@ -184,6 +215,7 @@ fn spec(s: &Scenario, node: Option<usize>, service: Service) -> Result<Spec, Ren
                 ],
                 extra: &[],
                 environment_files: Vec::new(),
+                oneshot: false,
             }
         }
         Service::Docker => match &s.runtime {
@@ -195,6 +227,7 @@ fn spec(s: &Scenario, node: Option<usize>, service: Service) -> Result<Spec, Ren
                 args: vec!["$DOCKER_OPTS".into()],
                 extra: &[],
                 environment_files: vec![Asset::DockerDefaults.path().into()],
+                oneshot: false,
             },
             Runtime::Containerd => {
                 return Err(not_applicable(asset, "the container runtime is containerd"))
@@ -220,6 +253,7 @@ fn spec(s: &Scenario, node: Option<usize>, service: Service) -> Result<Spec, Ren
                     "OOMScoreAdjust=-999",
                 ],
                 environment_files: Vec::new(),
+                oneshot: false,
             },
             Runtime::Docker(_) => {
                 return Err(not_applicable(asset, "the container runtime is docker"))
@@ -239,6 +273,9 @@ fn service_unit(spec: &Spec) -> String {
         out.push_str(&format!("Before={}\n", spec.before.join(" ")));
     }
     out.push_str("\n[Service]\n");
+    if spec.oneshot {
+        out.push_str("Type=oneshot\nRemainAfterExit=yes\n");
+    }
     for e in spec.extra {
         out.push_str(e);
         out.push('\n');
@@ -253,7 +290,10 @@ fn service_unit(spec: &Spec) -> String {
         out.push_str(a);
     }
     out.push('\n');
-    out.push_str("Restart=always\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n");
+    if !spec.oneshot {
+        out.push_str("Restart=always\nRestartSec=5\n");
+    }
+    out.push_str("\n[Install]\nWantedBy=multi-user.target\n");
     out
 }
 
