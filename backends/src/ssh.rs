@@ -532,7 +532,17 @@ impl SshPool {
             let total = timeout
                 .saturating_mul(scripts.len() as u32)
                 .saturating_add(Duration::from_secs(10));
-            tokio::time::timeout(total, async {
+            let handle = session.handle.clone();
+            // A connection that dies while a write waits for the peer's
+            // window is not reported to that write: watch the connection
+            // itself, so that its loss is a lost session (checked again on a
+            // new one), not a timeout of the step.
+            let closed = async move {
+                while !handle.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            };
+            let exchange = async {
                 started = Instant::now();
                 let mut ids = Vec::with_capacity(scripts.len());
                 for s in scripts {
@@ -553,6 +563,12 @@ impl SshPool {
                 }
                 session.in_flight = false;
                 Ok(outs)
+            };
+            tokio::time::timeout(total, async {
+                tokio::select! {
+                    r = exchange => r,
+                    () = closed => Err("the connection closed".to_string()),
+                }
             })
             .await
         };
