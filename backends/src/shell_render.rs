@@ -28,6 +28,7 @@ use kscratch_core::ports;
 use kscratch_core::render as krender;
 use kscratch_core::scenario::{Runtime, Scenario};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -379,19 +380,93 @@ fn parent(path: &str) -> &str {
     }
 }
 
-/// A check and an apply that place `stdin` at `dest` with `mode`, owned by root.
+/// A file an upload step (`WriteFile`, `WriteText`, `InstallBinary`) places:
+/// what its check compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileWant {
+    /// Absolute path on the node.
+    pub path: String,
+    /// A regular file owned by root with this mode...
+    pub mode: u32,
+    /// ...this many bytes...
+    pub size: u64,
+    /// ...and this SHA-256 (lowercase hex).
+    pub sha256: String,
+}
+
+impl FileWant {
+    /// Whether [`files_check`] can take this file: `stat` and `sha256sum`
+    /// print a path with a newline or a backslash differently, so such a
+    /// path keeps its own check.
+    pub fn batchable(&self) -> bool {
+        self.path.starts_with('/') && !self.path.contains(['\n', '\\'])
+    }
+}
+
+/// The file `action` places, for an upload step rendered with `cx`'s inputs;
+/// `None` for other actions.
+pub fn file_want(cx: &RenderCx<'_>, action: &Action) -> R<Option<FileWant>> {
+    Ok(match action {
+        Action::InstallBinary { name, dest } => {
+            let bin = cx.inputs.binary.as_ref().ok_or_else(|| {
+                missing(
+                    format!("installing {name}"),
+                    "the release binary's path and SHA-256",
+                )
+            })?;
+            Some(binary_want(dest, bin))
+        }
+        Action::WriteFile { path, mode, .. } => {
+            let bytes = cx
+                .inputs
+                .file
+                .ok_or_else(|| missing(format!("writing {path}"), "the rendered file"))?;
+            Some(bytes_want(path, *mode, bytes))
+        }
+        Action::WriteText { path, mode, text } => Some(bytes_want(path, *mode, text.as_bytes())),
+        _ => None,
+    })
+}
+
+fn bytes_want(path: &str, mode: u32, bytes: &[u8]) -> FileWant {
+    FileWant {
+        path: path.to_string(),
+        mode,
+        size: bytes.len() as u64,
+        sha256: sha256_hex(bytes),
+    }
+}
+
+fn binary_want(dest: &str, bin: &Binary) -> FileWant {
+    FileWant {
+        path: dest.to_string(),
+        mode: 0o755,
+        size: bin.size,
+        sha256: bin.sha256.clone(),
+    }
+}
+
+/// A check and an apply that place `stdin` at `want.path` with its mode,
+/// owned by root.
 ///
 /// The received bytes are checked, size and SHA-256, in the temporary file
 /// and **before** the rename: a transfer cut short (the operator's process
 /// killed, the connection lost) leaves the previous file in place.
-fn upload(dest: &str, mode: u32, sha256: &str, size: u64, stdin: Stdin) -> R<StepScripts> {
+fn upload(want: &FileWant, stdin: Stdin) -> R<StepScripts> {
+    let FileWant {
+        path: dest,
+        mode,
+        size,
+        sha256,
+    } = want;
+    let (mode, size) = (*mode, *size);
     let d = q(dest)?;
     let mode_text = format!("{mode:o}");
     let sum_line = q(&format!("{sha256}  {dest}"))?;
+    let meta = q(&format!("{mode_text} 0:0"))?;
     let check = format!(
         "[ -f {d} ] || exit 1\n\
-         [ \"$(stat -c %a {d})\" = {mode_text} ] || exit 1\n\
-         [ \"$(stat -c %u:%g {d})\" = 0:0 ] || exit 1\n\
+         [ \"$(stat -c '%a %u:%g' {d})\" = {meta} ] || exit 1\n\
          printf '%s\\n' {sum_line} | sha256sum -c --status || exit 1\n\
          exit 0\n"
     );
@@ -405,13 +480,16 @@ fn upload(dest: &str, mode: u32, sha256: &str, size: u64, stdin: Stdin) -> R<Ste
     let sha256 = q(sha256)?;
     let apply = format!(
         "set -e\n\
-         mkdir -p {dir}\n\
+         [ -d {dir} ] || mkdir -p {dir}\n\
          tmp=$(mktemp {dir}/.kscratch.XXXXXX)\n\
          trap 'rm -f \"$tmp\"' EXIT\n\
          cat > \"$tmp\"\n\
-         got=$(wc -c < \"$tmp\")\n\
-         [ \"$got\" -eq {size} ] || {{ echo {short} \"$got\" >&2; exit 1; }}\n\
-         printf '%s  %s\\n' {sha256} \"$tmp\" | sha256sum -c --status || {{ echo {corrupt} >&2; exit 1; }}\n\
+         # The SHA-256 covers the size; the size only tells a cut transfer from corrupt bytes.\n\
+         if ! printf '%s  %s\\n' {sha256} \"$tmp\" | sha256sum -c --status; then\n\
+         \x20 got=$(wc -c < \"$tmp\")\n\
+         \x20 if [ \"$got\" -ne {size} ]; then echo {short} \"$got\" >&2; else echo {corrupt} >&2; fi\n\
+         \x20 exit 1\n\
+         fi\n\
          chmod {mode:04o} \"$tmp\"\n\
          chown 0:0 \"$tmp\"\n\
          mv -f \"$tmp\" {d}\n\
@@ -425,10 +503,7 @@ fn upload(dest: &str, mode: u32, sha256: &str, size: u64, stdin: Stdin) -> R<Ste
 
 fn write_file(path: &str, mode: u32, bytes: &[u8], secret: bool) -> R<StepScripts> {
     upload(
-        path,
-        mode,
-        &sha256_hex(bytes),
-        bytes.len() as u64,
+        &bytes_want(path, mode, bytes),
         Stdin::Bytes {
             bytes: bytes.to_vec(),
             secret,
@@ -437,13 +512,177 @@ fn write_file(path: &str, mode: u32, bytes: &[u8], secret: bool) -> R<StepScript
 }
 
 fn install_binary(dest: &str, bin: &Binary) -> R<StepScripts> {
-    upload(
-        dest,
-        0o755,
-        &bin.sha256,
-        bin.size,
-        Stdin::File(bin.path.clone()),
-    )
+    upload(&binary_want(dest, bin), Stdin::File(bin.path.clone()))
+}
+
+/// How old (node clock, seconds) a file's last change must be before its
+/// identity may be recorded as "hashed, and it matched": a change in the
+/// same clock tick as the hash would otherwise keep the identity (git's
+/// "racily clean" files). Two seconds also cover filesystems that keep
+/// whole seconds.
+pub const RECORD_MARGIN_SECS: u64 = 2;
+
+/// The line between the `stat` and the `sha256sum` output of [`files_check`].
+const HASHES_MARKER: &str = "kscratch-sha256";
+
+/// One check for many upload steps' files of a node: one `stat` over all of
+/// them, then one `sha256sum` over those whose type, size, mode and owner
+/// already match (a file of the wrong size is never hashed).
+///
+/// `recorded[i]`, when set, is an identity `dev:ino:mtime:ctime` (times to
+/// the nanosecond) under which file `i` was hashed earlier and held
+/// `sha256`: while the file still shows that identity it is not hashed
+/// again. Any write, `chmod`, `chown`, `touch` or rename updates the ctime
+/// (to the kernel's clock, which nobody can set it from), and a replaced
+/// file is a new inode with a new ctime, so a changed file never keeps its
+/// identity; [`parse_files_check`] only offers identities older than
+/// [`RECORD_MARGIN_SECS`] for recording.
+///
+/// Read its answer with [`parse_files_check`]; the script itself exits 0
+/// unless the node's tools are missing or broken.
+pub fn files_check(files: &[FileWant], recorded: &[Option<String>]) -> R<Script> {
+    files_check_owned(files, recorded, "0:0")
+}
+
+fn files_check_owned(files: &[FileWant], recorded: &[Option<String>], owner: &str) -> R<Script> {
+    let mut paths = Vec::with_capacity(files.len());
+    let mut arms = String::new();
+    for (i, f) in files.iter().enumerate() {
+        if !f.batchable() {
+            return Err(ShellRenderError::Invalid {
+                what: f.path.clone(),
+                message: "a path with a newline or a backslash is checked on its own".into(),
+            });
+        }
+        let p = q(&f.path)?;
+        let meta = q(&format!("{} {:o} {owner}", f.size, f.mode))?;
+        let skip = match recorded.get(i).and_then(Option::as_ref) {
+            Some(k) => format!(" [ \"$k\" = {} ] && continue;", q(k)?),
+            None => String::new(),
+        };
+        arms.push_str(&format!(
+            "    {p}) [ \"$s $m $o\" = {meta} ] || continue;{skip} ;;\n"
+        ));
+        paths.push(p);
+    }
+    let text = format!(
+        "now=$(date +%s)\n\
+         st=$(stat -c '%f %s %a %u:%g %d:%i:%.9Y:%.9Z %n' -- {paths} 2>/dev/null)\n\
+         echo \"now $now\"\n\
+         [ -z \"$st\" ] || printf '%s\\n' \"$st\"\n\
+         echo {HASHES_MARKER}\n\
+         set --\n\
+         while read -r t s m o k n; do\n\
+         \x20 [ -n \"$n\" ] || continue\n\
+         \x20 [ $((0x$t & 61440)) -eq 32768 ] || continue\n\
+         \x20 case \"$n\" in\n\
+         {arms}\
+         \x20   *) continue ;;\n\
+         \x20 esac\n\
+         \x20 set -- \"$@\" \"$n\"\n\
+         done <<EOF\n\
+         $st\n\
+         EOF\n\
+         [ $# -eq 0 ] || sha256sum -- \"$@\" 2>/dev/null\n\
+         exit 0\n",
+        paths = paths.join(" ")
+    );
+    Ok(Script::new(text))
+}
+
+/// What [`files_check`] found for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFound {
+    /// The desired state holds: a regular file owned by root with the
+    /// mode, size and SHA-256 wanted.
+    pub holds: bool,
+    /// Whether the file was hashed (not vouched for by its recorded identity).
+    pub hashed: bool,
+    /// The identity to record: set when the file was hashed, held, and its
+    /// last change is older than [`RECORD_MARGIN_SECS`].
+    pub record: Option<String>,
+}
+
+/// Reads the answer of [`files_check`] for `files` (and the same
+/// `recorded`); `None` when the output is not that script's.
+pub fn parse_files_check(
+    files: &[FileWant],
+    recorded: &[Option<String>],
+    stdout: &str,
+) -> Option<Vec<FileFound>> {
+    parse_files_check_owned(files, recorded, stdout, "0:0")
+}
+
+fn parse_files_check_owned(
+    files: &[FileWant],
+    recorded: &[Option<String>],
+    stdout: &str,
+    owner: &str,
+) -> Option<Vec<FileFound>> {
+    let mut lines = stdout.lines();
+    let now: u64 = lines.next()?.strip_prefix("now ")?.trim().parse().ok()?;
+    // path → (raw mode, size, mode, owner, identity)
+    let mut stats: BTreeMap<&str, [&str; 5]> = BTreeMap::new();
+    let mut marker = false;
+    for line in lines.by_ref() {
+        if line == HASHES_MARKER {
+            marker = true;
+            break;
+        }
+        let mut f = line.splitn(6, ' ');
+        let fields = [f.next()?, f.next()?, f.next()?, f.next()?, f.next()?];
+        stats.insert(f.next()?, fields);
+    }
+    if !marker {
+        return None;
+    }
+    let mut sums: BTreeMap<&str, &str> = BTreeMap::new();
+    for line in lines {
+        let (sum, name) = line.split_once("  ").or_else(|| line.split_once(" *"))?;
+        sums.insert(name, sum);
+    }
+    let found = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let absent = FileFound {
+                holds: false,
+                hashed: false,
+                record: None,
+            };
+            let Some([raw, size, mode, own, id]) = stats.get(f.path.as_str()).copied() else {
+                return absent;
+            };
+            let regular = u32::from_str_radix(raw, 16).is_ok_and(|m| m & 0o170000 == 0o100000);
+            if !regular
+                || size != f.size.to_string()
+                || mode != format!("{:o}", f.mode)
+                || own != owner
+            {
+                return absent;
+            }
+            if recorded.get(i).and_then(Option::as_deref) == Some(id) {
+                return FileFound {
+                    holds: true,
+                    hashed: false,
+                    record: None,
+                };
+            }
+            let holds = sums.get(f.path.as_str()) == Some(&f.sha256.as_str());
+            let changed_secs = id
+                .rsplit(':')
+                .next()
+                .and_then(|c| c.split('.').next())
+                .and_then(|c| c.parse::<u64>().ok());
+            let settled = changed_secs.is_some_and(|c| c + RECORD_MARGIN_SECS < now);
+            FileFound {
+                holds,
+                hashed: true,
+                record: (holds && settled).then(|| id.to_string()),
+            }
+        })
+        .collect();
+    Some(found)
 }
 
 /// Daemons the plan itself starts: their absence is reported by the step
@@ -1303,9 +1542,23 @@ fn wait_healthy(component: Component, url: &str, timeout_secs: u32) -> R<StepScr
          }}\n"
     );
     let fresh = fresh_listener(Asset::StaticPod(component).path(), port)?;
-    let check = format!("{probe}{fresh}if probe && fresh; then exit 0; fi\nexit 1\n");
+    let check = format!(
+        "{probe}{fresh}if probe && fresh; then exit 0; fi
+exit 1
+"
+    );
+    // Polled five times a second: a daemon is often up within a second,
+    // and the wait is on the first apply's critical path.
     let apply = format!(
-        "{probe}{fresh}i=0\nwhile [ $i -lt {timeout_secs} ]; do\n  if probe && fresh; then exit 0; fi\n  sleep 1; i=$((i+1))\ndone\necho {msg} >&2\nexit 1\n",
+        "{probe}{fresh}i=0
+while [ $i -lt {polls} ]; do
+  if probe && fresh; then exit 0; fi
+  sleep 0.2; i=$((i+1))
+done
+echo {msg} >&2
+exit 1
+",
+        polls = u64::from(timeout_secs) * 5,
         msg = q(&format!(
             "{component} is not healthy at {url} after {timeout_secs}s, or still the process from before its manifest changed"
         ))?
@@ -1675,7 +1928,7 @@ mod tests {
         assert!(r
             .check
             .text
-            .contains("[ \"$(stat -c %a /srv/kubernetes/etcd/server.key)\" = 600 ]"));
+            .contains("[ \"$(stat -c '%a %u:%g' /srv/kubernetes/etcd/server.key)\" = '600 0:0' ]"));
         assert!(
             !r.apply.text.contains("secret") && !r.check.text.contains("secret"),
             "file content leaked into a script"
@@ -1700,6 +1953,204 @@ mod tests {
             "Debug shows the key"
         );
         parses(&r.apply.text);
+    }
+
+    /// Runs `script` with `sh`, a `stat` and a `sha256sum` in front of the
+    /// real ones that log each call's arguments to `log`.
+    fn run_logged(script: &Script, dir: &std::path::Path) -> (String, Vec<String>) {
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = dir.join("calls");
+        for tool in ["stat", "sha256sum"] {
+            let real = String::from_utf8(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("command -v {tool}"))
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap();
+            let wrapper = bin.join(tool);
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\necho \"{tool} $*\" >> {}\nexec {} \"$@\"\n",
+                    log.display(),
+                    real.trim()
+                ),
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script.text)
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            calls.lines().map(String::from).collect(),
+        )
+    }
+
+    /// A node's uploaded files are checked together: one `stat` over all of
+    /// them, one `sha256sum` over those whose type, size, mode and owner
+    /// match. Every kind of difference is found, a same-size in-place edit
+    /// included; a recorded identity spares the hash only while the file
+    /// keeps it.
+    #[test]
+    fn many_files_are_checked_with_one_stat_and_one_sha256sum() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = |flag: &str| {
+            let out = Command::new("id").arg(flag).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let owner = format!("{}:{}", id("-u"), id("-g"));
+        let files_dir = dir.path().join("etc dir");
+        std::fs::create_dir_all(&files_dir).unwrap();
+        let at = |name: &str| files_dir.join(name).display().to_string();
+        let want = |name: &str, mode: u32, bytes: &[u8]| bytes_want(&at(name), mode, bytes);
+        let put = |name: &str, mode: u32, bytes: &[u8]| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(at(name), bytes).unwrap();
+            std::fs::set_permissions(at(name), std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        put("good", 0o644, b"hello\n");
+        put("mode", 0o600, b"hello\n");
+        put("edited", 0o644, b"hellO\n");
+        put("short", 0o644, b"hell\n");
+        put("with space", 0o755, b"binary");
+        std::fs::create_dir(at("a-dir")).unwrap();
+        let wants = vec![
+            want("good", 0o644, b"hello\n"),
+            want("mode", 0o644, b"hello\n"),
+            want("edited", 0o644, b"hello\n"),
+            want("short", 0o644, b"hello\n"),
+            want("missing", 0o644, b"hello\n"),
+            want("a-dir", 0o644, b"hello\n"),
+            want("with space", 0o755, b"binary"),
+        ];
+        let none = vec![None; wants.len()];
+        let script = files_check_owned(&wants, &none, &owner).unwrap();
+        parses(&script.text);
+        let (out, calls) = run_logged(&script, dir.path());
+        let found = parse_files_check_owned(&wants, &none, &out, &owner).unwrap();
+        let holds: Vec<bool> = found.iter().map(|f| f.holds).collect();
+        assert_eq!(
+            holds,
+            [true, false, false, false, false, false, true],
+            "{out}"
+        );
+        // One stat, one sha256sum, and only the files that could hold are hashed.
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(calls[0].starts_with("stat "), "{calls:?}");
+        assert_eq!(
+            calls[1],
+            format!(
+                "sha256sum -- {} {} {}",
+                at("good"),
+                at("edited"),
+                at("with space")
+            )
+        );
+        // Just written: too fresh to be recorded.
+        assert!(found.iter().all(|f| f.record.is_none()), "{found:?}");
+
+        // The identities, as a record would hold them.
+        let identity = |name: &str| -> String {
+            let line = out
+                .lines()
+                .find(|l| l.ends_with(&format!(" {}", at(name))))
+                .unwrap();
+            line.split(' ').nth(4).unwrap().to_string()
+        };
+        let mut recorded = none.clone();
+        recorded[0] = Some(identity("good"));
+        recorded[6] = Some(identity("with space"));
+        let script = files_check_owned(&wants, &recorded, &owner).unwrap();
+        let (out2, calls) = run_logged(&script, dir.path());
+        let found = parse_files_check_owned(&wants, &recorded, &out2, &owner).unwrap();
+        assert_eq!(
+            calls[1],
+            format!("sha256sum -- {}", at("edited")),
+            "vouched-for files were hashed"
+        );
+        assert!(found[0].holds && !found[0].hashed);
+        assert!(found[6].holds && !found[6].hashed);
+        assert!(!found[2].holds && found[2].hashed);
+
+        // A same-size in-place edit, with the mtime put back, and a replaced
+        // file of the same size: their identities change, so they are hashed.
+        let mtime = std::fs::metadata(at("good")).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(at("good"))
+                .unwrap();
+            f.seek(SeekFrom::Start(0)).unwrap();
+            f.write_all(b"j").unwrap();
+            f.set_modified(mtime).unwrap();
+        }
+        std::fs::write(at("replacement"), b"BINARY").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(at("replacement"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        std::fs::rename(at("replacement"), at("with space")).unwrap();
+        let (out3, calls) = run_logged(&script, dir.path());
+        let found = parse_files_check_owned(&wants, &recorded, &out3, &owner).unwrap();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(calls[1].contains(&at("good")) && calls[1].contains(&at("with space")));
+        assert!(!found[0].holds && found[0].hashed, "{out3}");
+        assert!(!found[6].holds && found[6].hashed, "{out3}");
+    }
+
+    /// Only a file hashed, holding, and unchanged for longer than the margin
+    /// is offered for recording.
+    #[test]
+    fn only_settled_files_are_recorded() {
+        let w = bytes_want("/etc/x", 0o644, b"x");
+        let answer = |now: u64, ctime: u64| {
+            format!(
+                "now {now}\n81a4 1 644 0:0 1:2:{ctime}.5:{ctime}.25 /etc/x\n{HASHES_MARKER}\n{}  /etc/x\n",
+                w.sha256
+            )
+        };
+        let f = |now, ctime| {
+            parse_files_check(std::slice::from_ref(&w), &[None], &answer(now, ctime)).unwrap()[0]
+                .clone()
+        };
+        assert_eq!(
+            f(1000, 990).record.as_deref(),
+            Some("1:2:990.5:990.25"),
+            "settled"
+        );
+        assert!(f(1000, 998).holds);
+        assert_eq!(f(1000, 998).record, None, "racy");
+        assert_eq!(
+            parse_files_check(std::slice::from_ref(&w), &[None], "garbage"),
+            None
+        );
+        let bad = FileWant {
+            path: "/etc/a\\b".into(),
+            ..w.clone()
+        };
+        assert!(!bad.batchable());
+        assert!(files_check(&[bad], &[None]).is_err());
     }
 
     #[test]

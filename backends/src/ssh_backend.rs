@@ -8,6 +8,14 @@
 //!   used only while no step it depends on (transitively) has been applied
 //!   in this run; otherwise the step is checked again, live. A converged
 //!   re-apply thus costs one round trip per node.
+//! - In that batch, every file the node's upload steps place (files and
+//!   release binaries) is checked by one script: one `stat` over all of
+//!   them, one `sha256sum` over those whose type, size, mode and owner match
+//!   ([`shell_render::files_check`]). A file hashed earlier is not hashed
+//!   again while it keeps the identity (`dev:ino:mtime:ctime`) recorded on
+//!   the operator's machine for its wanted content, under
+//!   `<state dir>/file-records/<node>` ([`FileRecords`]); any write, mode
+//!   change or replacement changes that identity.
 //! - A node marked unreachable (see [`crate::ssh`]) has its steps
 //!   [`Probe::NotApplicable`] with that reason, at once, without another
 //!   connection attempt; the other nodes go on.
@@ -22,8 +30,9 @@
 
 use crate::render::{load_material, render_tree, Material, PKI_STORE};
 use crate::shell_render::{
-    self, apply_then_check, parse_verify, Binary, Inputs, RenderCx, Rendered, Script, StepScripts,
-    EXIT_NEEDED, EXIT_NOT_APPLICABLE, EXIT_SATISFIED,
+    self, apply_then_check, files_check, parse_files_check, parse_verify, Binary, FileFound,
+    FileWant, Inputs, RenderCx, Rendered, Script, StepScripts, EXIT_NEEDED, EXIT_NOT_APPLICABLE,
+    EXIT_SATISFIED,
 };
 use crate::ssh::{Endpoint, Output, SshConfig, SshError, SshPool};
 use async_trait::async_trait;
@@ -32,10 +41,10 @@ use kscratch_core::plan::{Action, Plan, StepRef, Target};
 use kscratch_core::render::{self as krender, ca_spec, cert_spec, token_users, Redacted, Secrets};
 use kscratch_core::Scenario;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How [`SshBackend`] runs.
@@ -80,7 +89,13 @@ pub struct SshBackend {
     /// Per node, the answers of the batched checks not used yet (`None`: not fetched).
     prefetched: Mutex<BTreeMap<usize, Prefetch>>,
     /// Steps applied in this run: their dependents' prefetched checks are stale.
-    applied: Mutex<std::collections::BTreeSet<StepRef>>,
+    applied: Mutex<BTreeSet<StepRef>>,
+    /// The plan and scenario this backend runs, for the checks fetched
+    /// while connecting ([`SshBackend::connect_all`]).
+    plan: Plan,
+    scenario: Scenario,
+    /// Steps the executor will skip without checking them (see [`SshBackend::skipped_anyway`]).
+    skipped_anyway: OnceLock<BTreeSet<StepRef>>,
 }
 
 impl SshBackend {
@@ -110,6 +125,9 @@ impl SshBackend {
             verified: Mutex::default(),
             prefetched: Mutex::default(),
             applied: Mutex::default(),
+            plan: plan.clone(),
+            scenario: scenario.clone(),
+            skipped_anyway: OnceLock::new(),
         }
     }
 
@@ -129,18 +147,49 @@ impl SshBackend {
         self.endpoints.get(i)
     }
 
-    /// Connects to every node (host keys verified, authenticated), in parallel.
-    /// Returns the nodes that failed, with why.
+    /// Connects to every node in parallel, and returns the nodes that
+    /// failed, with why:
+    /// 1. every connection is opened (host key verified, authenticated);
+    ///    a refusal ([`SshError::is_refusal`]) anywhere returns at once, before
+    ///    anything was started on any node;
+    /// 2. then each node's agent is started and, as soon as it answers, the
+    ///    node's batched checks are sent, so that one node's checks run
+    ///    while slower nodes are still starting their agents.
     pub async fn connect_all(&self) -> Vec<(String, SshError)> {
-        let futs = self
+        let handshakes = self
             .endpoints
             .iter()
-            .map(|ep| async move { (ep.node.clone(), self.pool.connect(ep).await) });
-        futures::future::join_all(futs)
+            .map(|ep| async move { (ep.node.clone(), self.pool.handshake(ep).await) });
+        let failed: Vec<(String, SshError)> = futures::future::join_all(handshakes)
             .await
             .into_iter()
             .filter_map(|(n, r)| r.err().map(|e| (n, e)))
-            .collect()
+            .collect();
+        if failed.iter().any(|(_, e)| e.is_refusal()) {
+            return failed;
+        }
+        let down: BTreeSet<String> = failed.iter().map(|(n, _)| n.clone()).collect();
+        let sessions = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, ep)| !down.contains(&ep.node))
+            .map(|(i, ep)| async move {
+                let r = self.pool.connect(ep).await;
+                if r.is_ok() {
+                    // A failed fetch leaves every check to be run live.
+                    let _ = self.fetch_checks(i).await;
+                }
+                (ep.node.clone(), r)
+            });
+        let mut all = failed;
+        all.extend(
+            futures::future::join_all(sessions)
+                .await
+                .into_iter()
+                .filter_map(|(n, r)| r.err().map(|e| (n, e))),
+        );
+        all
     }
 
     /// What the step would run: scripts for a node, a description for a
@@ -162,6 +211,53 @@ impl SshBackend {
         };
         shell_render::render(&rcx, &cx.step.action)
             .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))
+    }
+
+    /// The file an upload step places, for the node's batched file check;
+    /// `None` for other steps and for what must be checked on its own (not
+    /// applicable, not renderable yet, an unusual path).
+    fn file_want(&self, cx: &StepCx<'_>) -> Option<FileWant> {
+        if !matches!(
+            cx.step.action,
+            Action::WriteFile { .. } | Action::WriteText { .. } | Action::InstallBinary { .. }
+        ) || self.not_applicable(cx).is_some()
+        {
+            return None;
+        }
+        let file = self.file_bytes(cx).ok()?;
+        let binary = self.binary(cx).ok()?.and_then(Result::ok);
+        let rcx = RenderCx {
+            scenario: cx.scenario,
+            plan: cx.plan,
+            node: cx.node(),
+            inputs: Inputs {
+                file: file.as_deref(),
+                binary,
+            },
+        };
+        shell_render::file_want(&rcx, &cx.step.action)
+            .ok()
+            .flatten()
+            .filter(FileWant::batchable)
+    }
+
+    /// `<state dir>/file-records/<node>`: see [`FileRecords`].
+    fn records_path(&self, node: &str) -> PathBuf {
+        self.opts.state_dir.join("file-records").join(node)
+    }
+
+    fn records(&self, node: &str) -> FileRecords {
+        FileRecords::load(&self.records_path(node))
+    }
+
+    /// Saves what changed (never in a dry run, which writes nothing).
+    fn save_records(&self, node: &str, records: &FileRecords) {
+        if self.opts.dry_run || !records.changed {
+            return;
+        }
+        if let Err(e) = records.save(&self.records_path(node)) {
+            tracing::debug!(node = %node, "cannot save the file records: {e}");
+        }
     }
 
     /// The release binary of an `InstallBinary` step: `Ok(None)` for other
@@ -414,7 +510,7 @@ impl SshBackend {
         if applied.is_empty() {
             return false;
         }
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         let mut stack: Vec<StepRef> = cx.plan.deps(cx.step).to_vec();
         while let Some(d) = stack.pop() {
             if !seen.insert(d) {
@@ -434,6 +530,55 @@ impl SshBackend {
         let Some(node) = cx.node() else {
             return Ok(None);
         };
+        // The batch is of this backend's plan: another plan is checked live.
+        if cx.plan.steps.len() != self.plan.steps.len()
+            || cx.plan.step_id(cx.step) != self.plan.step_id(&self.plan.steps[cx.index as usize])
+        {
+            return Ok(None);
+        }
+        let slot = self.fetch_checks(node).await?;
+        let answer = slot.lock().await.as_mut().and_then(|m| m.remove(&cx.index));
+        Ok(answer.filter(|_| !self.a_dependency_changed(cx)))
+    }
+
+    /// Steps the executor skips without checking them: those that cannot
+    /// run here whatever the node says (a binary missing from the release
+    /// directory, the fabric router) and, transitively, their dependents.
+    /// The batch leaves them out (on the testbed, kubectl's checks of the
+    /// addons cost about 50 ms each, for steps that are skipped anyway).
+    fn skipped_anyway(&self) -> &BTreeSet<StepRef> {
+        self.skipped_anyway.get_or_init(|| {
+            let plan = &self.plan;
+            let mut out = BTreeSet::new();
+            // Topological order: every dependency is decided before its dependents.
+            for (j, st) in plan.steps.iter().enumerate() {
+                let j = j as StepRef;
+                if plan.deps(st).iter().any(|d| out.contains(d)) {
+                    out.insert(j);
+                    continue;
+                }
+                if matches!(st.action, Action::WriteFile { .. }) {
+                    continue;
+                }
+                let cx = StepCx {
+                    plan,
+                    scenario: &self.scenario,
+                    index: j,
+                    step: st,
+                };
+                if matches!(self.render_step(&cx), Ok(Rendered::NotApplicable(_))) {
+                    out.insert(j);
+                }
+            }
+            out
+        })
+    }
+
+    /// Node `node`'s batch of checks, fetched in one round trip if it was
+    /// not yet: every check of its steps that can be rendered now (files
+    /// whose key material does not exist yet are checked live, later),
+    /// except those of steps skipped anyway.
+    async fn fetch_checks(&self, node: usize) -> Result<Prefetch, StepError> {
         let slot = {
             let mut all = self
                 .prefetched
@@ -442,56 +587,103 @@ impl SshBackend {
             all.entry(node).or_default().clone()
         };
         let mut pre = slot.lock().await;
-        if pre.is_none() {
-            let ep = self.endpoint_of(cx)?;
-            let mut steps = Vec::new();
-            let mut scripts = Vec::new();
-            for (j, st) in cx.plan.steps.iter().enumerate() {
-                if st.target != Target::Node(node as u32) {
-                    continue;
-                }
-                let jcx = StepCx {
-                    plan: cx.plan,
-                    scenario: cx.scenario,
-                    index: j as StepRef,
-                    step: st,
-                };
-                // What cannot be rendered yet (files before their key
-                // material exists) is checked live, later.
-                if let Ok(Rendered::Remote(r)) = self.render_step(&jcx) {
-                    steps.push(j as StepRef);
-                    scripts.push(r.check);
-                }
+        if pre.is_some() {
+            drop(pre);
+            return Ok(slot);
+        }
+        let ep = self
+            .endpoints
+            .get(node)
+            .ok_or_else(|| StepError::failed(format!("no node {node}")))?;
+        let skipped = self.skipped_anyway();
+        let mut steps = Vec::new();
+        let mut scripts = Vec::new();
+        let mut files: Vec<(StepRef, FileWant)> = Vec::new();
+        for (j, st) in self.plan.steps.iter().enumerate() {
+            if st.target != Target::Node(node as u32) || skipped.contains(&(j as StepRef)) {
+                continue;
             }
-            let mut answers = BTreeMap::new();
-            if let Ok(mut c) = self.commands.lock() {
-                for &j in &steps {
-                    *c.entry(j).or_default() += 1;
-                }
+            let jcx = StepCx {
+                plan: &self.plan,
+                scenario: &self.scenario,
+                index: j as StepRef,
+                step: st,
+            };
+            if let Some(want) = self.file_want(&jcx) {
+                files.push((j as StepRef, want));
+                continue;
             }
-            match self
-                .pool
-                .run_batch(ep, &scripts, self.opts.step_timeout)
-                .await
-            {
-                Ok(outs) => {
-                    for (j, out) in steps.iter().zip(outs) {
-                        let stdout = String::from_utf8_lossy(&out.stdout);
-                        // An error status is left to the live check, which reports it.
-                        if let Some(p) = probe_of(out.status, &stdout) {
-                            answers.insert(*j, p);
+            if let Ok(Rendered::Remote(r)) = self.render_step(&jcx) {
+                steps.push(j as StepRef);
+                scripts.push(r.check);
+            }
+        }
+        // Every uploaded file of the node in one script: one `stat`,
+        // one `sha256sum` (see [`files_check`]).
+        let wants: Vec<FileWant> = files.iter().map(|(_, w)| w.clone()).collect();
+        let mut records = self.records(&ep.node);
+        let recorded: Vec<Option<String>> = wants.iter().map(|w| records.vouches(w)).collect();
+        let files_script = match files_check(&wants, &recorded) {
+            Ok(s) if !wants.is_empty() => Some(s),
+            _ => None,
+        };
+        let has_files = files_script.is_some();
+        let mut all = Vec::with_capacity(scripts.len() + 1);
+        all.extend(files_script);
+        all.extend(scripts);
+        let mut answers = BTreeMap::new();
+        if let Ok(mut c) = self.commands.lock() {
+            for &j in files.iter().map(|(j, _)| j).chain(&steps) {
+                *c.entry(j).or_default() += 1;
+            }
+        }
+        match self.pool.run_batch(ep, &all, self.opts.step_timeout).await {
+            Ok(mut outs) => {
+                if has_files && !outs.is_empty() {
+                    let out = outs.remove(0);
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    let found = (out.status == Some(0))
+                        .then(|| parse_files_check(&wants, &recorded, &stdout))
+                        .flatten();
+                    match found {
+                        Some(found) => {
+                            for ((j, w), f) in files.iter().zip(&found) {
+                                answers.insert(
+                                    *j,
+                                    if f.holds {
+                                        Probe::Satisfied
+                                    } else {
+                                        Probe::Needed
+                                    },
+                                );
+                                records.update(w, f);
+                            }
+                            self.save_records(&ep.node, &records);
                         }
+                        // Left to each file's own live check, which reports it.
+                        None => tracing::debug!(
+                            node = %ep.node,
+                            "the batched file check answered {:?}: {}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(node = %ep.node, "batched checks failed: {e}");
+                for (j, out) in steps.iter().zip(outs) {
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    // An error status is left to the live check, which reports it.
+                    if let Some(p) = probe_of(out.status, &stdout) {
+                        answers.insert(*j, p);
+                    }
                 }
             }
-            *pre = Some(answers);
+            Err(e) => {
+                tracing::debug!(node = %ep.node, "batched checks failed: {e}");
+            }
         }
-        let answer = pre.as_mut().and_then(|m| m.remove(&cx.index));
+        *pre = Some(answers);
         drop(pre);
-        Ok(answer.filter(|_| !self.a_dependency_changed(cx)))
+        Ok(slot)
     }
 
     async fn run(&self, cx: &StepCx<'_>, script: &Script, what: &str) -> Result<Output, StepError> {
@@ -585,6 +777,74 @@ impl Backend for SshBackend {
                 }
             }
         }
+    }
+}
+
+/// Per node, the identities (`dev:ino:mtime:ctime`, see
+/// [`shell_render::files_check`]) under which installed files were hashed
+/// and held their wanted SHA-256, so that a converged re-apply does not hash
+/// unchanged binaries again. Kept on the operator's machine (the checks
+/// change nothing on the node), one line per file: `SHA256 IDENTITY PATH`.
+/// A missing or damaged record only means hashing again.
+#[derive(Debug, Default)]
+struct FileRecords {
+    by_path: BTreeMap<String, (String, String)>,
+    changed: bool,
+}
+
+impl FileRecords {
+    fn load(path: &Path) -> FileRecords {
+        let by_path = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ' ');
+                let (sha, id, p) = (f.next()?, f.next()?, f.next()?);
+                Some((p.to_string(), (sha.to_string(), id.to_string())))
+            })
+            .collect();
+        FileRecords {
+            by_path,
+            changed: false,
+        }
+    }
+
+    /// The recorded identity of `w.path`, if it was recorded for `w`'s content.
+    fn vouches(&self, w: &FileWant) -> Option<String> {
+        self.by_path
+            .get(&w.path)
+            .filter(|(sha, _)| *sha == w.sha256)
+            .map(|(_, id)| id.clone())
+    }
+
+    fn update(&mut self, w: &FileWant, f: &FileFound) {
+        if f.holds && !f.hashed {
+            return;
+        }
+        let new = f.record.as_ref().map(|id| (w.sha256.clone(), id.clone()));
+        let old = match &new {
+            Some(r) => self.by_path.insert(w.path.clone(), r.clone()),
+            None => self.by_path.remove(&w.path),
+        };
+        self.changed |= old != new;
+    }
+
+    fn save(&self, path: &Path) -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let text: String = self
+            .by_path
+            .iter()
+            .map(|(p, (sha, id))| format!("{sha} {id} {p}\n"))
+            .collect();
+        let tmp = dir.join(format!(
+            ".{}.tmp",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("records")
+        ));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
     }
 }
 

@@ -14,14 +14,17 @@
 use super::support::{self, Error, Probe, Result, Testbed};
 use kscratch_backends::ssh::{NodeStats, SshConfig};
 use kscratch_backends::ssh_backend::{state_dir, SshBackend, SshBackendOptions};
-use kscratch_core::exec::{execute, ExecOptions, Observer, Outcome, Report};
+use kscratch_core::exec::{
+    execute, Backend, ExecOptions, Observer, Outcome, Probe as ExecProbe, Report, StepCx, StepError,
+};
 use kscratch_core::plan::{Plan, StepRef, Target};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// What a receiver saw of a TCP connection from one pod to another.
@@ -475,6 +478,65 @@ impl Observer for Timer {
 }
 
 pub(super) fn apply_in_process(scenario_path: &Path, known_hosts: &Path) -> Result<Applied> {
+    apply_recorded(scenario_path, known_hosts, None)
+}
+
+/// One call of the executor into the backend, as [`Recorder`] saw it:
+/// `check` with the probe or `apply` with `ok`, and the error kind when it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Call {
+    step: String,
+    op: &'static str,
+    result: String,
+}
+
+/// The SSH backend with every call logged.
+struct Recorder<'a> {
+    inner: &'a SshBackend,
+    log: &'a Mutex<Vec<Call>>,
+}
+
+impl Recorder<'_> {
+    fn note(&self, cx: &StepCx<'_>, op: &'static str, result: String) {
+        if let Ok(mut log) = self.log.lock() {
+            log.push(Call {
+                step: cx.id(),
+                op,
+                result,
+            });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Recorder<'_> {
+    async fn check(&self, cx: &StepCx<'_>) -> std::result::Result<ExecProbe, StepError> {
+        let r = self.inner.check(cx).await;
+        let result = match &r {
+            Ok(ExecProbe::NotApplicable(_)) => "not-applicable".to_string(),
+            Ok(p) => format!("{p:?}"),
+            Err(e) => format!("{:?} error", e.kind),
+        };
+        self.note(cx, "check", result);
+        r
+    }
+    async fn apply(&self, cx: &StepCx<'_>) -> std::result::Result<(), StepError> {
+        let r = self.inner.apply(cx).await;
+        let result = match &r {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("{:?} error", e.kind),
+        };
+        self.note(cx, "apply", result);
+        r
+    }
+}
+
+/// [`apply_in_process`], with every call into the backend logged to `log` if given.
+fn apply_recorded(
+    scenario_path: &Path,
+    known_hosts: &Path,
+    log: Option<&Mutex<Vec<Call>>>,
+) -> Result<Applied> {
     let text = std::fs::read_to_string(scenario_path).map_err(io)?;
     let scenario = kscratch_core::load(&scenario_path.display().to_string(), &text, None)
         .map_err(|d| Error::new(d.to_string()))?
@@ -499,14 +561,15 @@ pub(super) fn apply_in_process(scenario_path: &Path, known_hosts: &Path) -> Resu
     let mut timer = Timer::default();
     let started = Instant::now();
     let report = rt.block_on(async {
-        let r = execute(
-            &plan,
-            &scenario,
-            &backend,
-            &ExecOptions::default(),
-            &mut timer,
-        )
-        .await;
+        let recorder = log.map(|log| Recorder {
+            inner: &backend,
+            log,
+        });
+        let b: &dyn Backend = match &recorder {
+            Some(r) => r,
+            None => &backend,
+        };
+        let r = execute(&plan, &scenario, b, &ExecOptions::default(), &mut timer).await;
         backend.pool().disconnect_all().await;
         r
     });
@@ -549,6 +612,17 @@ impl Applied {
         } else {
             Err(Error::new(format!("apply failed:\n{}", failed.join("\n"))))
         }
+    }
+
+    /// The steps this apply changed, by id, in plan order.
+    fn changed(&self) -> Vec<String> {
+        self.plan
+            .steps
+            .iter()
+            .zip(&self.report.outcomes)
+            .filter(|(_, o)| matches!(o, Outcome::Changed))
+            .map(|(s, _)| self.plan.step_id(s))
+            .collect()
     }
 
     fn assert_skipped_with_reason(&self, id: &str, reason: &str) {
@@ -761,6 +835,7 @@ fn etcd_is_healthy_with_tls_client_auth(tb: &Testbed) -> Result<()> {
 /// - a session that dies is re-established for the next command;
 /// - a dead node is marked unreachable once (one error, one line in the
 ///   summary), its steps are skipped with that reason and the others go on.
+/// - the lock the killed apply left is reported as stale and taken over.
 #[test]
 #[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn apply_refuses_a_second_apply_never_installs_a_killed_upload_and_marks_a_dead_node_once(
@@ -827,6 +902,7 @@ fn apply_refuses_a_second_apply_never_installs_a_killed_upload_and_marks_a_dead_
         .stderr(Stdio::null())
         .spawn()
         .map_err(io)?;
+    let upload_pid = upload.id();
     let partial =
         "for f in /usr/local/bin/.kscratch.*; do [ -f \"$f\" ] && stat -c %s \"$f\"; done; true";
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -935,6 +1011,15 @@ fn apply_refuses_a_second_apply_never_installs_a_killed_upload_and_marks_a_dead_
     ])?;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    // The killed upload's apply died holding the lock: its PID is still in
+    // the file, and this apply reports it as stale and takes the lock over.
+    assert!(
+        stderr.contains(&format!(
+            "{} was left by PID {upload_pid}, which is no longer running it; taken over",
+            lock.display()
+        )),
+        "{stderr}"
+    );
     let about: Vec<&str> = stderr.lines().filter(|l| l.contains("node4")).collect();
     assert_eq!(
         about,
@@ -960,4 +1045,253 @@ fn apply_refuses_a_second_apply_never_installs_a_killed_upload_and_marks_a_dead_
     );
     println!("dead node:\n{stdout}");
     tb.down()
+}
+
+/// A converged re-apply finds every change to what apply installed, and a
+/// session lost in the middle of a step is re-established and the step
+/// checked again before it is applied again:
+/// - a same-size in-place edit (mtime put back), a mode change, and a binary
+///   replaced by another of the same size (mtime copied) are each put back,
+///   and nothing else is, although unchanged files' identities are recorded
+///   (so that a converged re-apply does not hash them again);
+/// - node1's SSH connection processes killed while a large etcd is being
+///   uploaded: the node refuses the partial upload, and the executor checks
+///   the step again on a new connection, then applies it.
+#[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
+fn apply_finds_same_size_drift_and_rechecks_a_step_whose_session_died() -> Result<()> {
+    support::require();
+    check_tools()?;
+    let tb = Testbed::up("apply_drift", 4)?;
+    let scenario = scenario_copy(&tb, "routed-4.yaml", 4)?;
+    let kh = tb.description.known_hosts.clone();
+    let records = state_dir(&scenario, "testbed-routed").join("file-records/node1");
+    let first = apply_in_process(&scenario, &kh)?;
+    first.print_figures("routed, 4 nodes, first apply");
+    first.assert_no_failure()?;
+    // Unchanged for longer than the margin: the next check records what it hashes.
+    std::thread::sleep(Duration::from_secs(3));
+    let second = apply_in_process(&scenario, &kh)?;
+    second.print_figures("routed, 4 nodes, converged, hashing every file");
+    second.assert_no_failure()?;
+    assert_eq!(second.changed(), Vec::<String>::new());
+    let recorded = std::fs::read_to_string(&records).map_err(io)?;
+    assert!(
+        recorded
+            .lines()
+            .any(|l| l.ends_with(" /usr/local/bin/etcd")),
+        "{recorded}"
+    );
+    let third = apply_in_process(&scenario, &kh)?;
+    third.print_figures("routed, 4 nodes, converged, recorded identities");
+    third.assert_no_failure()?;
+    assert_eq!(third.changed(), Vec::<String>::new());
+
+    // Drift that keeps every size and mtime.
+    let (node1, node2, node3) = (tb.node("node1")?, tb.node("node2")?, tb.node("node3")?);
+    let cni = "/etc/cni/net.d/10-kscratch.conflist";
+    let etcd = "/usr/local/bin/etcd";
+    let sum = |node, path: &str| -> Result<String> {
+        Ok(tb
+            .node_run(node, &["sha256sum", path])?
+            .split(' ')
+            .next()
+            .unwrap_or("")
+            .to_string())
+    };
+    let size_and_mtime = |node, path: &str| tb.node_run(node, &["stat", "-c", "%s %y", path]);
+    let (cni_sum, cni_meta) = (sum(node2, cni)?, size_and_mtime(node2, cni)?);
+    let (etcd_sum, etcd_meta) = (sum(node1, etcd)?, size_and_mtime(node1, etcd)?);
+    let flip = |file: &str, at: u32| {
+        format!(
+            "b=$(dd if={file} bs=1 skip={at} count=1 status=none); \
+             if [ \"$b\" = x ]; then c=y; else c=x; fi; \
+             printf %s \"$c\" | dd of={file} bs=1 seek={at} conv=notrunc status=none"
+        )
+    };
+    tb.node_run(
+        node2,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "t=$(stat -c %y {cni}); {}; touch -d \"$t\" {cni}",
+                flip(cni, 5)
+            ),
+        ],
+    )?;
+    tb.node_run(node3, &["chmod", "600", cni])?;
+    tb.node_run(
+        node1,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "cp -p {etcd} /usr/local/bin/.etcd.new && {} && touch -r {etcd} /usr/local/bin/.etcd.new && mv -f /usr/local/bin/.etcd.new {etcd}",
+                flip("/usr/local/bin/.etcd.new", 4096)
+            ),
+        ],
+    )?;
+    assert_ne!(sum(node2, cni)?, cni_sum);
+    assert_eq!(size_and_mtime(node2, cni)?, cni_meta);
+    assert_ne!(sum(node1, etcd)?, etcd_sum);
+    assert_eq!(size_and_mtime(node1, etcd)?, etcd_meta);
+    let fourth = apply_in_process(&scenario, &kh)?;
+    fourth.print_figures("routed, 4 nodes, after same-size drift");
+    fourth.assert_no_failure()?;
+    let changed = fourth.changed();
+    println!("after drift, changed: {changed:?}");
+    let drifted = [
+        "node1/bin/etcd",
+        "node2/file/cni-config",
+        "node3/file/cni-config",
+    ];
+    assert!(
+        drifted.iter().all(|d| changed.iter().any(|c| c == d)),
+        "{changed:?}"
+    );
+    // Nothing else is rewritten. (A restart of etcd, whose binary was just
+    // put back, was seen once in this test and not from the CLI; it is not
+    // what this test is about, so it is allowed here and printed above.)
+    assert!(
+        changed
+            .iter()
+            .all(|c| drifted.contains(&c.as_str()) || c == "node1/service/etcd"),
+        "{changed:?}"
+    );
+    assert_eq!(sum(node1, etcd)?, etcd_sum);
+    assert_eq!(sum(node2, cni)?, cni_sum);
+    assert_eq!(
+        tb.node_run(node3, &["stat", "-c", "%a", cni])?.trim(),
+        "644"
+    );
+
+    // A session lost mid-step: a release etcd made 200 MB larger (so that
+    // the upload lasts), node1's connection processes killed once its
+    // temporary file grows.
+    let release = tb.description.dir.join("release/etcd");
+    let original = std::fs::read(&release).map_err(io)?;
+    let mut padded = original.clone();
+    padded.resize(original.len() + (200 << 20), 0);
+    std::fs::write(&release, &padded).map_err(io)?;
+    let padded_sum = kscratch_backends::shell_render::sha256_hex(&padded);
+    drop(padded);
+    let partial =
+        "for f in /usr/local/bin/.kscratch.*; do [ -f \"$f\" ] && stat -c %s \"$f\"; done; true";
+    let log = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    let (applied, killed) = std::thread::scope(|s| {
+        let killer = s.spawn(|| -> Result<Vec<u32>> {
+            while !stop.load(Ordering::Relaxed) {
+                let seen = tb
+                    .node_run(node1, &["sh", "-c", partial])?
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u64>().ok())
+                    .max()
+                    .unwrap_or(0);
+                if seen > 1 << 20 {
+                    return kill_ssh_connections(node1);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(Vec::new())
+        });
+        let applied = apply_recorded(&scenario, &kh, Some(&log));
+        stop.store(true, Ordering::Relaxed);
+        (applied, killer.join())
+    });
+    let applied = applied?;
+    let killed = killed.map_err(|_| Error::new("the killer thread panicked"))??;
+    applied.print_figures("routed, 4 nodes, node1's session killed mid-upload");
+    assert!(
+        !killed.is_empty(),
+        "the upload was never caught mid-transfer"
+    );
+    applied.assert_no_failure()?;
+    let calls: Vec<(&str, String)> = log
+        .lock()
+        .map_err(|_| Error::new("log poisoned"))?
+        .iter()
+        .filter(|c| c.step == "node1/bin/etcd")
+        .map(|c| (c.op, c.result.clone()))
+        .collect();
+    let expected: Vec<(&str, String)> = [
+        ("check", "Needed"),
+        ("apply", "Connection error"),
+        ("check", "Needed"),
+        ("apply", "ok"),
+        ("check", "Satisfied"),
+    ]
+    .into_iter()
+    .map(|(op, r)| (op, r.to_string()))
+    .collect();
+    assert_eq!(calls, expected, "killed {killed:?}");
+    assert_eq!(applied.stats["node1"].connects, 2, "{:?}", applied.stats);
+    assert_eq!(sum(node1, etcd)?, padded_sum);
+    let left = tb.node_run(node1, &["sh", "-c", partial])?;
+    assert!(
+        left.trim().is_empty(),
+        "a partial upload was left behind: {left}"
+    );
+    println!("session lost mid-upload: killed {killed:?}; node1/bin/etcd: {calls:?}");
+    std::fs::write(&release, &original).map_err(io)?;
+    tb.down()
+}
+
+/// Kills the processes of every SSH connection to `node` (the children of
+/// its listening sshd, and theirs that are sshd too), as a crash or a cut
+/// network would end them; the commands they ran are left to notice.
+/// Returns the PIDs killed.
+fn kill_ssh_connections(node: &support::Node) -> Result<Vec<u32>> {
+    let mut procs: Vec<(u32, u32, String)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").map_err(io)? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces, so split after its ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head
+            .split_once('(')
+            .map(|(_, c)| c)
+            .unwrap_or("")
+            .to_string();
+        let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        procs.push((pid, ppid, comm));
+    }
+    let mut connections = Vec::new();
+    let mut parents = vec![node.sshd_pid];
+    while let Some(parent) = parents.pop() {
+        for (pid, _, _) in procs
+            .iter()
+            .filter(|(_, pp, comm)| *pp == parent && comm.starts_with("sshd"))
+        {
+            connections.push(*pid);
+            parents.push(*pid);
+        }
+    }
+    if !connections.is_empty() {
+        let mut kill = Command::new("kill");
+        kill.arg("-KILL")
+            .args(connections.iter().map(u32::to_string));
+        let out = kill.output().map_err(io)?;
+        if !out.status.success() {
+            return Err(Error::new(format!(
+                "kill {connections:?}: {}",
+                text(&out.stderr)
+            )));
+        }
+    }
+    Ok(connections)
 }
