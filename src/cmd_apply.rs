@@ -134,13 +134,7 @@ pub fn journal_path(scenario: &Path) -> PathBuf {
 }
 
 pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_tracing();
     let path = &args.scenario.scenario;
     let loaded = load::scenario(path, args.scenario.locked)?;
     eprint!("{}", loaded.warnings);
@@ -150,18 +144,7 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         false => kscratch_core::plan::plan(&scenario),
         true => damage_plan(&args, &scenario)?,
     };
-    let known_hosts = match &args.known_hosts {
-        Some(p) => p.clone(),
-        None => match std::env::var_os("HOME") {
-            Some(h) => PathBuf::from(h).join(".ssh/known_hosts"),
-            None => {
-                return Err(load::Error::Apply(
-                    "HOME is not set: pass --known-hosts FILE".into(),
-                ))
-            }
-        },
-    };
-    check_known_hosts(&known_hosts)?;
+    let known_hosts = known_hosts_file(args.known_hosts.as_deref())?;
     let rollout = match damage {
         true => None,
         false => rollout(path, &scenario, &plan, args.max_unavailable)?,
@@ -380,15 +363,9 @@ fn rollout(
     let new = kscratch_core::diff::Snapshot::of(s, plan);
     let d = kscratch_core::diff::diff(&old, &new);
     if d.refused {
-        let why: Vec<String> = d
-            .findings
-            .iter()
-            .filter(|f| f.severity == kscratch_core::diff::Severity::Refused)
-            .map(|f| format!("error: {}", f.what))
-            .collect();
         return Err(load::Error::Usage(format!(
             "{}\n  (compared with the applied record {})\nnothing was run on any node",
-            why.join("\n"),
+            d.refusals().join("\n"),
             record.display()
         )));
     }
@@ -617,6 +594,36 @@ impl Observer for ApplyObserver {
 /// A `--known-hosts` that is a directory or cannot be read is refused once,
 /// before anything else; a missing file is fine (no host is known yet, or
 /// trust on first use creates it).
+/// The known_hosts file of `apply` and `verify`: `--known-hosts`, else
+/// `~/.ssh/known_hosts`, checked as [`check_known_hosts`] does.
+pub(crate) fn known_hosts_file(given: Option<&Path>) -> Result<PathBuf, load::Error> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => match std::env::var_os("HOME") {
+            Some(h) => PathBuf::from(h).join(".ssh/known_hosts"),
+            None => {
+                return Err(load::Error::Apply(
+                    "HOME is not set: pass --known-hosts FILE".into(),
+                ))
+            }
+        },
+    };
+    check_known_hosts(&path)?;
+    Ok(path)
+}
+
+/// Logs (`RUST_LOG`, default warnings) on stderr, for the commands that
+/// talk to machines.
+pub(crate) fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn check_known_hosts(path: &Path) -> Result<(), load::Error> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

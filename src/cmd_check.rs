@@ -160,13 +160,7 @@ fn check_rollout(
         &kscratch_core::diff::Snapshot::of(new, &new_plan),
     );
     if d.refused {
-        let why: Vec<String> = d
-            .findings
-            .iter()
-            .filter(|f| f.severity == kscratch_core::diff::Severity::Refused)
-            .map(|f| format!("error: {}", f.what))
-            .collect();
-        return Err(load::Error::Usage(why.join("\n")));
+        return Err(load::Error::Usage(d.refusals().join("\n")));
     }
     let r = kscratch_sim::rollout::rollout(old, &old_plan, new, &new_plan, args.max_unavailable)
         .map_err(|e| load::Error::Usage(format!("error: {e}")))?;

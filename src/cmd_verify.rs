@@ -95,13 +95,7 @@ impl VerifyArgs {
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::cmd_apply::init_tracing();
     let json = matches!(args.format, crate::Format::Json);
     let path = &args.scenario.scenario;
     let loaded = match load::scenario_read_only(path, args.scenario.locked) {
@@ -125,23 +119,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
             ))
         })?),
     };
-    let known_hosts = match &args.known_hosts {
-        Some(p) => p.clone(),
-        None => match std::env::var_os("HOME") {
-            Some(h) => PathBuf::from(h).join(".ssh/known_hosts"),
-            None => {
-                return Err(load::Error::Usage(
-                    "error: HOME is not set: pass --known-hosts FILE".into(),
-                ))
-            }
-        },
-    };
-    if known_hosts.is_dir() {
-        return Err(load::Error::Usage(format!(
-            "error: the known_hosts file {} is a directory: pass the file itself",
-            known_hosts.display()
-        )));
-    }
+    let known_hosts = crate::cmd_apply::known_hosts_file(args.known_hosts.as_deref())?;
 
     // The prediction first: it needs no machine.
     let plan = kscratch_core::plan::plan(s);

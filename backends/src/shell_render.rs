@@ -1321,6 +1321,32 @@ fn is_oneshot(s: &Scenario, node: usize, svc: Service) -> R<bool> {
 /// keeps it active); without an init system its command runs once from
 /// `{RUN_DIR}/NAME.run` (what a boot would run again), and `NAME.done`
 /// records that this very script succeeded.
+/// Under systemd, a unit's check: enabled, active and its file loaded
+/// (`u` quoted); the script exits there.
+fn systemd_check(u: &str) -> String {
+    format!(
+        "if [ -d /run/systemd/system ]; then\n\
+         \x20 systemctl is-enabled --quiet {u} || exit 1\n\
+         \x20 systemctl is-active --quiet {u} || exit 1\n\
+         \x20 [ \"$(systemctl show -p NeedDaemonReload --value {u})\" = no ] || exit 1\n\
+         \x20 exit 0\n\
+         fi\n"
+    )
+}
+
+/// Under systemd, a unit's apply: reload, enable, (re)start; the script
+/// exits there.
+fn systemd_apply(u: &str) -> String {
+    format!(
+        "if [ -d /run/systemd/system ]; then\n\
+         \x20 systemctl daemon-reload\n\
+         \x20 systemctl enable --quiet {u}\n\
+         \x20 systemctl restart {u}\n\
+         \x20 exit 0\n\
+         fi\n"
+    )
+}
+
 fn start_oneshot(name: &str, argv: &[String]) -> R<StepScripts> {
     let mut words = Vec::new();
     for w in argv {
@@ -1335,26 +1361,17 @@ fn start_oneshot(name: &str, argv: &[String]) -> R<StepScripts> {
         sha256_hex(run.as_bytes())
     ))?;
     let u = q(&format!("{name}.service"))?;
+    let (systemd_check, systemd_apply) = (systemd_check(&u), systemd_apply(&u));
     let dir = RUN_DIR;
     let check = format!(
-        "if [ -d /run/systemd/system ]; then\n\
-         \x20 systemctl is-enabled --quiet {u} || exit 1\n\
-         \x20 systemctl is-active --quiet {u} || exit 1\n\
-         \x20 [ \"$(systemctl show -p NeedDaemonReload --value {u})\" = no ] || exit 1\n\
-         \x20 exit 0\n\
-         fi\n\
+        "{systemd_check}\
          [ -f {dir}/{name}.done ] || exit 1\n\
          printf '%s\\n' {sum} | sha256sum -c --status || exit 1\n\
          exit 0\n"
     );
     let apply = format!(
         "set -e\n\
-         if [ -d /run/systemd/system ]; then\n\
-         \x20 systemctl daemon-reload\n\
-         \x20 systemctl enable --quiet {u}\n\
-         \x20 systemctl restart {u}\n\
-         \x20 exit 0\n\
-         fi\n\
+         {systemd_apply}\
          mkdir -p {dir}\n\
          rm -f {dir}/{name}.done\n\
          cat > {dir}/{name}.run.tmp\n\
@@ -1427,6 +1444,7 @@ fn start_service(s: &Scenario, node: usize, service: Service) -> R<StepScripts> 
     let n = q(name)?;
     let unit = format!("{name}.service");
     let u = q(&unit)?;
+    let (systemd_check, systemd_apply) = (systemd_check(&u), systemd_apply(&u));
     let run = supervisor_script(name, &argv, &env_files)?;
     let run_sha = sha256_hex(run.as_bytes());
     let dir = RUN_DIR;
@@ -1443,12 +1461,7 @@ fn start_service(s: &Scenario, node: usize, service: Service) -> R<StepScripts> 
     let stop = stop_process_group("    ");
     let check = format!(
         "{installed} || {{ echo {absent}; exit {EXIT_NOT_APPLICABLE}; }}\n\
-         if [ -d /run/systemd/system ]; then\n\
-         \x20 systemctl is-enabled --quiet {u} || exit 1\n\
-         \x20 systemctl is-active --quiet {u} || exit 1\n\
-         \x20 [ \"$(systemctl show -p NeedDaemonReload --value {u})\" = no ] || exit 1\n\
-         \x20 exit 0\n\
-         fi\n\
+         {systemd_check}\
          # No init system: the supervisor must be alive and running this very command.\n\
          [ -f {dir}/{name}.pid ] || exit 1\n\
          pid=$(cat {dir}/{name}.pid)\n\
@@ -1458,12 +1471,7 @@ fn start_service(s: &Scenario, node: usize, service: Service) -> R<StepScripts> 
     );
     let apply = format!(
         "set -e\n\
-         if [ -d /run/systemd/system ]; then\n\
-         \x20 systemctl daemon-reload\n\
-         \x20 systemctl enable --quiet {u}\n\
-         \x20 systemctl restart {u}\n\
-         \x20 exit 0\n\
-         fi\n\
+         {systemd_apply}\
          mkdir -p {dir}\n\
          # Stop an earlier supervisor and its daemon (its own process group).\n\
          if [ -f {dir}/{name}.pid ]; then\n\

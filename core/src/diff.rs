@@ -324,6 +324,17 @@ pub struct PlanDiff {
     pub targets: Vec<TargetDiff>,
 }
 
+impl PlanDiff {
+    /// What kscratch refuses to apply, one `error: ...` line each.
+    pub fn refusals(&self) -> Vec<String> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Refused)
+            .map(|f| format!("error: {}", f.what))
+            .collect()
+    }
+}
+
 /// The difference from `old` to `new`.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> PlanDiff {
     let mut findings = Vec::new();

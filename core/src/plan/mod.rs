@@ -36,7 +36,7 @@ pub use asset::*;
 pub use damage::{damage, Damage, FaultError};
 pub use digest::{file_digests, fingerprint, FileDigest};
 pub use output::{to_dot, to_json, Summary};
-pub use planner::{docker_default_rules, masquerade_rule, plan, vtep_mac};
+pub use planner::{docker_default_rules, masquerade_rule, plan, pod_network_entries, vtep_mac};
 
 use crate::scenario::KubeVersion;
 use ipnet::IpNet;

@@ -10,11 +10,12 @@ use crate::net::route::MacAddr;
 use crate::scenario::{PodTraffic, Runtime, Scenario};
 use std::net::IpAddr;
 
-/// One pod network table and one Service plan for all nodes.
-pub(super) fn artifacts(s: &Scenario) -> Vec<Artifact> {
+/// Every node's entry of the pod network table: its pod CIDR, bridge
+/// address and (for VXLAN) VTEP MAC. The plan's artifact and each node's
+/// boot-time network description are made from this one list.
+pub fn pod_network_entries(s: &Scenario) -> Vec<PodNetworkEntry> {
     let vxlan = s.vxlan().is_some();
-    let entries = s
-        .nodes
+    s.nodes
         .iter()
         .enumerate()
         .map(|(i, n)| PodNetworkEntry {
@@ -25,9 +26,13 @@ pub(super) fn artifacts(s: &Scenario) -> Vec<Artifact> {
                 .expect("prefix from a valid CIDR"),
             vtep_mac: vxlan.then(|| vtep_mac(n.ip)),
         })
-        .collect();
+        .collect()
+}
+
+/// One pod network table and one Service plan for all nodes.
+pub(super) fn artifacts(s: &Scenario) -> Vec<Artifact> {
     vec![
-        Artifact::PodNetwork(entries),
+        Artifact::PodNetwork(pod_network_entries(s)),
         Artifact::ServicePlan(ServicePlan {
             service_cidr: s.network.service_cidr,
             kubernetes_ip: s.network.kubernetes_service_ip,

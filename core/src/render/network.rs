@@ -69,7 +69,6 @@ pub const NETWORK_UP_PATH: &str = "/etc/kscratch/network-up";
 impl NetworkDescription {
     /// The description of `s`'s pod network, from the same data the planner uses.
     pub fn of(s: &Scenario) -> NetworkDescription {
-        let vxlan = s.vxlan();
         NetworkDescription {
             interface: s.network.interface.clone(),
             bridge: s.network.bridge.clone(),
@@ -89,19 +88,7 @@ impl NetworkDescription {
                 ("net.bridge.bridge-nf-call-iptables".into(), "1".into()),
             ],
             masquerade: crate::plan::masquerade_rule(s),
-            nodes: s
-                .nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| PodNetworkEntry {
-                    node: n.name.clone(),
-                    node_ip: n.ip,
-                    pod_cidr: s.pod_cidr(i),
-                    bridge_addr: IpNet::new(s.bridge_addr(i), s.pod_cidr(i).prefix_len())
-                        .expect("prefix from a valid CIDR"),
-                    vtep_mac: vxlan.map(|_| crate::plan::vtep_mac(n.ip)),
-                })
-                .collect(),
+            nodes: crate::plan::pod_network_entries(s),
         }
     }
 
