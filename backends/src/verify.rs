@@ -319,13 +319,17 @@ pub enum Observed {
 }
 
 /// Runs every connection of `conns` at once and prints `cell K ...` for
-/// each (K its index in `conns`).
+/// each (K its index in `conns`). A DF datagram is tried up to five times,
+/// 3 s each, a little apart: UDP has no retransmission, and on a loaded
+/// node every probe's burst arrives at once (three 2 s tries once lost
+/// both echoes of two cells on the testbed); a path that drops full-size
+/// packets drops all five.
 pub fn measure_script(run: &Run, conns: &[Connect]) -> Script {
     let mut s = String::from("set -u\n");
     let _ = writeln!(s, "m={}/m; rm -rf \"$m\"; mkdir -p \"$m\"", run.dir());
     let _ = writeln!(
         s,
-        "probe() {{\n  k=$1; shift\n  o=$(printf 'kscratch-verify\\n' | \"$@\" socat -t10 -T10 - \"TCP4:$ADDR:$PORT,connect-timeout={CONNECT_TIMEOUT_SECS}\" 2>&1)\n  rc=$?\n  printf 'cell %s rc=%s %s\\n' \"$k\" \"$rc\" \"$(printf '%s' \"$o\" | tr '\\n' ' ')\" > \"$m/$k\"\n}}\ndf() {{\n  k=$1; shift\n  for t in 1 2 3; do\n    n=$(head -c \"$SIZE\" /dev/zero | \"$@\" socat -t2 -T3 - \"UDP4:$ADDR:$PORT,mtudiscover=2\" 2>/dev/null | wc -c)\n    [ \"$n\" = \"$SIZE\" ] && break\n  done\n  printf 'cell %s rc=0 echoed=%s of=%s\\n' \"$k\" \"$n\" \"$SIZE\" > \"$m/$k\"\n}}"
+        "probe() {{\n  k=$1; shift\n  o=$(printf 'kscratch-verify\\n' | \"$@\" socat -t10 -T10 - \"TCP4:$ADDR:$PORT,connect-timeout={CONNECT_TIMEOUT_SECS}\" 2>&1)\n  rc=$?\n  printf 'cell %s rc=%s %s\\n' \"$k\" \"$rc\" \"$(printf '%s' \"$o\" | tr '\\n' ' ')\" > \"$m/$k\"\n}}\ndf() {{\n  k=$1; shift\n  for t in 1 2 3 4 5; do\n    n=$(head -c \"$SIZE\" /dev/zero | \"$@\" socat -t3 -T4 - \"UDP4:$ADDR:$PORT,mtudiscover=2\" 2>/dev/null | wc -c)\n    [ \"$n\" = \"$SIZE\" ] && break\n    sleep 0.$t\n  done\n  printf 'cell %s rc=0 echoed=%s of=%s\\n' \"$k\" \"$n\" \"$SIZE\" > \"$m/$k\"\n}}"
     );
     for (k, c) in conns.iter().enumerate() {
         let prefix = match c.from {
