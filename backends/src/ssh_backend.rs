@@ -98,6 +98,17 @@ pub struct SshBackend {
     skipped_anyway: OnceLock<BTreeSet<StepRef>>,
 }
 
+/// What the shell renderer needs for `cx`'s step, with its file bytes and
+/// release binary.
+fn render_cx<'a>(cx: &StepCx<'a>, file: Option<&'a [u8]>, binary: Option<Binary>) -> RenderCx<'a> {
+    RenderCx {
+        scenario: cx.scenario,
+        plan: cx.plan,
+        node: cx.node(),
+        inputs: Inputs { file, binary },
+    }
+}
+
 impl SshBackend {
     pub fn new(scenario: &Scenario, plan: &Plan, opts: SshBackendOptions) -> SshBackend {
         let endpoints = scenario
@@ -200,16 +211,7 @@ impl SshBackend {
         }
         let file = self.file_bytes(cx)?;
         let binary = self.binary(cx)?.and_then(Result::ok);
-        let rcx = RenderCx {
-            scenario: cx.scenario,
-            plan: cx.plan,
-            node: cx.node(),
-            inputs: Inputs {
-                file: file.as_deref(),
-                binary,
-            },
-        };
-        shell_render::render(&rcx, &cx.step.action)
+        shell_render::render(&render_cx(cx, file.as_deref(), binary), &cx.step.action)
             .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))
     }
 
@@ -226,16 +228,7 @@ impl SshBackend {
         }
         let file = self.file_bytes(cx).ok()?;
         let binary = self.binary(cx).ok()?.and_then(Result::ok);
-        let rcx = RenderCx {
-            scenario: cx.scenario,
-            plan: cx.plan,
-            node: cx.node(),
-            inputs: Inputs {
-                file: file.as_deref(),
-                binary,
-            },
-        };
-        shell_render::file_want(&rcx, &cx.step.action)
+        shell_render::file_want(&render_cx(cx, file.as_deref(), binary), &cx.step.action)
             .ok()
             .flatten()
             .filter(FileWant::batchable)

@@ -20,6 +20,7 @@ use crate::packet::{Packet, Proto};
 use crate::prepare::{Prepared, ServiceDef, POD_PORT};
 use crate::walk::{connect, Conn, Fate, Hop, Leg, Place, Walker};
 use crate::world::*;
+use kscratch_core::plan::Component;
 use kscratch_core::scenario::Scenario;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -284,10 +285,10 @@ pub struct CheckInput<'a> {
     pub scenario: &'a Scenario,
     pub prepared: &'a Prepared,
     pub classes: &'a Classes,
-    /// Components a rollout has down on purpose right now (node, component
-    /// name): their own health is not required (a note says so); everything
-    /// else, reaching the apiserver included, still is.
-    pub restarting: &'a [(usize, &'static str)],
+    /// Components a rollout has down on purpose right now (node,
+    /// component): their own health is not required (a note says so);
+    /// everything else, reaching the apiserver included, still is.
+    pub restarting: &'a [(usize, Component)],
 }
 
 pub fn run_all(inp: &CheckInput<'_>) -> (Vec<CheckResult>, Option<Matrix>) {
@@ -898,22 +899,23 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
         if !world.nodes[i].up {
             continue;
         }
-        let checks: [(&str, Result<(), String>); 3] = [
+        let checks: [(Component, Result<(), String>); 3] = [
             (
-                "kube-apiserver",
+                Component::KubeApiserver,
                 crate::components::apiserver_health(world, i),
             ),
             (
-                "kube-scheduler",
-                crate::components::health(&world.nodes[i], "kube-scheduler"),
+                Component::KubeScheduler,
+                crate::components::health(&world.nodes[i], Component::KubeScheduler.name()),
             ),
             (
-                "kube-controller-manager",
-                crate::components::health(&world.nodes[i], "kube-controller-manager"),
+                Component::KubeControllerManager,
+                crate::components::health(&world.nodes[i], Component::KubeControllerManager.name()),
             ),
         ];
-        for (comp, r) in checks {
-            if inp.restarting.contains(&(i, comp)) {
+        for (component, r) in checks {
+            let comp = component.name();
+            if inp.restarting.contains(&(i, component)) {
                 c.notes.push(format!(
                     "{comp} on {} is restarting (rollout): its health is not required",
                     node.name
@@ -936,7 +938,7 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
             continue;
         }
         let name = world.nodes[m].name.clone();
-        if inp.restarting.contains(&(m, "etcd")) {
+        if inp.restarting.contains(&(m, Component::Etcd)) {
             c.notes.push(format!(
                 "etcd on {name} is restarting (rollout): its health is not required"
             ));

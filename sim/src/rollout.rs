@@ -23,8 +23,8 @@ use crate::classes::Classes;
 use crate::prepare::{self, Prepared};
 use crate::world::World;
 use crate::{build, faults, SimError};
-use kscratch_core::exec::{self, ExecOptions, Observer, Outcome, Quiet, Report};
-use kscratch_core::plan::{Action, Asset, Component, Phase, Plan, Step, StepRef, Target};
+use kscratch_core::exec::{self, ExecOptions, Observer, Outcome, Quiet};
+use kscratch_core::plan::{Action, Asset, Component, Phase, Plan, Service, Step, StepRef, Target};
 use kscratch_core::rollout::Rollout;
 use kscratch_core::scenario::Scenario;
 use serde::Serialize;
@@ -41,7 +41,7 @@ impl Checked {
         world: &World,
         s: &Scenario,
         prepared: &Prepared,
-        restarting: &[(usize, &'static str)],
+        restarting: &[(usize, Component)],
     ) -> Checked {
         let classes = Classes::compute(world, s);
         let (results, _) = checks::run_all(&checks::CheckInput {
@@ -113,9 +113,6 @@ pub struct RolledOut {
     /// was not whole to begin with.
     pub old_problems: Vec<String>,
     pub waves: Vec<WaveRun>,
-    /// The new plan's outcomes (waves not reached are skipped).
-    #[serde(skip)]
-    pub apply: Report,
     /// Steps of the new plan that changed something outside any wave.
     pub changed_outside_waves: Vec<String>,
 }
@@ -291,7 +288,6 @@ pub fn rollout(
         before,
         old_problems,
         waves,
-        apply,
         changed_outside_waves,
     })
 }
@@ -369,19 +365,23 @@ impl Watch<'_> {
             .filter(|i| self.changed.contains(i))
             .collect();
         let down = down_plan(plan, &restarted, &world);
-        let restarting: Vec<(usize, &'static str)> = down
+        // The control-plane components down: etcd run as a service, or a
+        // static pod whose manifest the kubelet dropped.
+        let restarting: Vec<(usize, Component)> = down
             .steps
             .iter()
             .filter_map(|st| {
                 let Target::Node(n) = st.target else {
                     return None;
                 };
-                let name = match &st.action {
-                    Action::StopService { name } => name.name(),
+                let component = match &st.action {
+                    Action::StopService {
+                        name: Service::Etcd,
+                    } => Component::Etcd,
                     Action::DeleteFile { path } => rollout_component(path)?,
                     _ => return None,
                 };
-                Some((n as usize, name))
+                Some((n as usize, component))
             })
             .collect();
         let lease = self.scenario.version.features().endpoint_reconciler_lease;
@@ -457,9 +457,8 @@ fn down_plan(plan: &Plan, starts: &[StepRef], world: &World) -> Plan {
 }
 
 /// The component whose static pod manifest is at `path`.
-fn rollout_component(path: &str) -> Option<&'static str> {
+fn rollout_component(path: &str) -> Option<Component> {
     Component::ALL
         .into_iter()
         .find(|&c| Asset::StaticPod(c).path() == path)
-        .map(Component::name)
 }
