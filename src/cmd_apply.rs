@@ -415,7 +415,7 @@ fn damage_plan(args: &ApplyArgs, s: &Scenario) -> Result<Plan, load::Error> {
 }
 
 /// Journal writer and progress display.
-struct ApplyObserver {
+pub(crate) struct ApplyObserver {
     journal: Option<std::fs::File>,
     bar: Option<ProgressBar>,
     started: BTreeMap<StepRef, Instant>,
@@ -434,7 +434,12 @@ impl ApplyObserver {
         }
     }
 
-    fn new(plan: &Plan, fingerprint: &str, journal: Option<&Path>, resume: bool) -> ApplyObserver {
+    pub(crate) fn new(
+        plan: &Plan,
+        fingerprint: &str,
+        journal: Option<&Path>,
+        resume: bool,
+    ) -> ApplyObserver {
         let file = match journal {
             None => None,
             Some(p) => {
@@ -491,7 +496,7 @@ impl ApplyObserver {
         }
     }
 
-    fn finish(&mut self, report: &Report) {
+    pub(crate) fn finish(&mut self, report: &Report) {
         self.write(&JournalLine::End {
             time_ms: now_ms(),
             ok: report.count("ok") + report.count("would-change"),
@@ -770,7 +775,7 @@ fn resume_note(plan: &Plan, report: &Report, previous: &[JournalLine]) -> String
 
 /// The per-node table, the skip reasons, the state of nodes after a
 /// failure and the SSH figures.
-fn summary(
+pub(crate) fn summary(
     plan: &Plan,
     report: &Report,
     wall: Duration,
@@ -922,7 +927,7 @@ fn summary(
 }
 
 /// Per node, what the dry run found and what apply would run.
-fn dry_run_listing(
+pub(crate) fn dry_run_listing(
     plan: &Plan,
     scenario: &Scenario,
     backend: &SshBackend,

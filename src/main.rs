@@ -6,6 +6,7 @@ mod cmd_apply;
 mod cmd_check;
 mod cmd_diff;
 mod cmd_render;
+mod cmd_reset;
 mod cmd_verify;
 mod load;
 mod output;
@@ -112,6 +113,17 @@ enum Command {
     ///
     /// Example: kscratch verify scenarios/guide-routed.yaml --known-hosts ~/.ssh/known_hosts
     Verify(cmd_verify::VerifyArgs),
+    /// Take back what kscratch put on nodes: services, static pods, the pod network, its iptables rules, its files.
+    ///
+    /// The teardown is the nodes' own apply plan inverted, in reverse
+    /// dependency order, check-then-apply (a second reset changes nothing).
+    /// Other people's rules and files stay; the etcd data dir only goes with
+    /// --delete-etcd-data. Refused (exit 2, nothing touched): a node that is
+    /// not in the scenario, and without --force the last etcd member, the
+    /// last control-plane node, or enough etcd members to lose quorum.
+    ///
+    /// Example: kscratch reset scenarios/guide-routed.yaml node-3 --dry-run
+    Reset(cmd_reset::ResetArgs),
     /// Show what a changed scenario does before it runs: steps, files (with a unified diff), restarts, disruptive changes.
     ///
     /// No SSH: `diff OLD.yaml NEW.yaml` compares two scenarios, `diff SCENARIO`
@@ -256,6 +268,7 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
         }
         Command::Apply(args) => cmd_apply::run(args),
         Command::Diff(args) => cmd_diff::run(args),
+        Command::Reset(args) => cmd_reset::run(args),
         Command::Verify(args) => cmd_verify::run(args),
         Command::Check(args) => cmd_check::check(args),
         Command::Trace(args) => cmd_check::trace(args),

@@ -19,6 +19,8 @@ mod proptests;
 mod release;
 /// Rendered assets: PKI, kubeconfigs, manifests, units, checked with real tools.
 mod render;
+/// `kscratch reset`: teardown plans, refusals, and resets on the simulator.
+mod reset;
 /// The simulator: conformance, faults, traces, determinism.
 mod sim;
 /// The real-kernel testbed (KSCRATCH_TESTBED=1, root).

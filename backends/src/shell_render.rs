@@ -315,6 +315,8 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
             kubeconfig,
         } => Rendered::Remote(scale_deployment(namespace, name, *replicas, *kubeconfig)?),
         Action::PowerOff => Rendered::Remote(power_off()?),
+        Action::DisableService { name } => Rendered::Remote(disable_service(name.name())?),
+        Action::ClearDirectory { path } => Rendered::Remote(clear_directory(path)?),
     })
 }
 
@@ -790,7 +792,7 @@ fn pull_image(runtime: &Runtime, image: &str) -> R<StepScripts> {
 
 /// One file per key, so that steps running in parallel never write the same file.
 fn sysctl_file(key: &str) -> String {
-    format!("/etc/sysctl.d/90-kscratch-{key}.conf")
+    kscratch_core::plan::sysctl_dropin(key)
 }
 
 fn set_sysctl(key: &str, value: &str) -> R<StepScripts> {
@@ -824,7 +826,7 @@ fn module_loaded(name: &str) -> R<String> {
 fn load_module(name: &str) -> R<StepScripts> {
     let n = q(name)?;
     let loaded = module_loaded(name)?;
-    let f = q(&format!("/etc/modules-load.d/kscratch-{name}.conf"))?;
+    let f = q(&kscratch_core::plan::module_dropin(name))?;
     Ok(StepScripts {
         check: Script::new(format!("{loaded} || exit 1\n[ \"$(cat {f} 2>/dev/null)\" = {n} ] || exit 1\nexit 0\n")),
         apply: Script::new(format!(
@@ -1257,10 +1259,71 @@ fn delete_file(path: &str) -> R<StepScripts> {
     })
 }
 
+/// Stops and disables a service: under systemd `systemctl disable --now`
+/// (a unit that is not loaded is already done); without an init system,
+/// its supervisor's process group is stopped (a daemon outliving its
+/// supervisor too) and the supervisor's files in [`RUN_DIR`] go: pid file,
+/// run script, log and a oneshot's done marker.
+fn disable_service(name: &str) -> R<StepScripts> {
+    let u = q(&format!("{name}.service"))?;
+    let files: Vec<String> = ["pid", "run", "run.tmp", "log", "done"]
+        .iter()
+        .map(|ext| q(&format!("{RUN_DIR}/{name}.{ext}")))
+        .collect::<R<_>>()?;
+    let pid = &files[0];
+    let any = files
+        .iter()
+        .map(|f| format!("[ -e {f} ]"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let stop = stop_process_group("  ");
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "if [ -d /run/systemd/system ]; then\n\
+             \x20 if systemctl is-active --quiet {u}; then exit 1; fi\n\
+             \x20 if systemctl is-enabled --quiet {u} 2>/dev/null; then exit 1; fi\n\
+             fi\n\
+             if {any}; then exit 1; fi\n\
+             exit 0\n"
+        )),
+        apply: Script::new(format!(
+            "set -e\n\
+             if [ -d /run/systemd/system ]; then\n\
+             \x20 if systemctl cat {u} >/dev/null 2>&1; then systemctl disable --now --quiet {u}; fi\n\
+             fi\n\
+             if [ -f {pid} ]; then\n\
+             \x20 old=$(cat {pid})\n\
+             {stop}\
+             fi\n\
+             rm -f {files}\n",
+            files = files.join(" ")
+        )),
+    })
+}
+
+/// Removes what is in a directory, keeping the directory (it may be a
+/// mount point). Absent or empty: satisfied.
+fn clear_directory(path: &str) -> R<StepScripts> {
+    if !path.starts_with('/') || path.trim_end_matches('/').is_empty() {
+        return Err(ShellRenderError::Invalid {
+            what: format!("emptying {path}"),
+            message: "the directory must be absolute and not /".into(),
+        });
+    }
+    let p = q(path)?;
+    let nonempty = format!("[ -d {p} ] && [ -n \"$(ls -A {p})\" ]");
+    Ok(StepScripts {
+        check: Script::new(format!("if {nonempty}; then exit 1; fi\nexit 0\n")),
+        apply: Script::new(format!(
+            "set -e\nif [ -d {p} ]; then find {p} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +; fi\n"
+        )),
+    })
+}
+
 fn unload_module(name: &str) -> R<StepScripts> {
     let n = q(name)?;
     let loaded = module_loaded(name)?;
-    let f = q(&format!("/etc/modules-load.d/kscratch-{name}.conf"))?;
+    let f = q(&kscratch_core::plan::module_dropin(name))?;
     Ok(StepScripts {
         check: Script::new(format!(
             "if {loaded}; then exit 1; fi\nif [ -e {f} ]; then exit 1; fi\nexit 0\n"
@@ -2476,6 +2539,66 @@ mod tests {
             kinds.len(),
             kscratch_core::scenario::fault::FAULT_KINDS.len()
         );
+    }
+
+    /// Every step of a teardown plan (`kscratch reset`) renders to a check
+    /// and an apply that parse, on both pod-traffic modes, a worker and the
+    /// last etcd member (forced, with its data dir).
+    #[test]
+    fn every_reset_step_renders_to_scripts_that_parse() {
+        use kscratch_core::plan::{reset, ResetOptions};
+        let vxlan = SCENARIO.replace("podTraffic: routed", "podTraffic: vxlan");
+        let all = ResetOptions {
+            force: true,
+            delete_etcd_data: true,
+        };
+        let mut actions = std::collections::BTreeSet::new();
+        for text in [SCENARIO, vxlan.as_str()] {
+            let (s, _) = load(text);
+            for (node, o) in [("b", ResetOptions::default()), ("a", all)] {
+                let p = reset(&s, &[node.to_string()], &o).unwrap().plan;
+                assert!(!p.steps.is_empty());
+                for st in &p.steps {
+                    let Target::Node(i) = st.target else {
+                        panic!("{}: not on a node", p.step_id(st))
+                    };
+                    let r = render(
+                        &RenderCx {
+                            scenario: &s,
+                            plan: &p,
+                            node: Some(i as usize),
+                            inputs: Inputs::default(),
+                        },
+                        &st.action,
+                    )
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.step_id(st)));
+                    let r = remote(&r);
+                    parses(&r.check.text);
+                    parses(&r.apply.text);
+                    let json = serde_json::to_value(&st.action).unwrap();
+                    actions.insert(json["action"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        for a in [
+            "disable-service",
+            "delete-file",
+            "delete-link",
+            "delete-routes",
+            "delete-neighbors",
+            "delete-fdb-entries",
+            "delete-iptables-rules",
+            "clear-directory",
+        ] {
+            assert!(actions.contains(a), "no {a} in {actions:?}");
+        }
+        // The directory stays (it may be a mount point); / is refused.
+        let r = clear_directory("/var/lib/etcd").unwrap();
+        assert!(r
+            .apply
+            .text
+            .contains("find /var/lib/etcd -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +"));
+        assert!(clear_directory("/").is_err() && clear_directory("var/lib/etcd").is_err());
     }
 
     #[test]

@@ -167,9 +167,30 @@ impl SshBackend {
     ///    node's batched checks are sent, so that one node's checks run
     ///    while slower nodes are still starting their agents.
     pub async fn connect_all(&self) -> Vec<(String, SshError)> {
+        self.connect(false).await
+    }
+
+    /// [`SshBackend::connect_all`], but only the nodes the plan has a step
+    /// on (`kscratch reset` of some nodes: the others are not needed).
+    pub async fn connect_planned(&self) -> Vec<(String, SshError)> {
+        self.connect(true).await
+    }
+
+    async fn connect(&self, only_planned: bool) -> Vec<(String, SshError)> {
+        let planned = |i: usize| {
+            !only_planned
+                || self
+                    .plan
+                    .steps
+                    .iter()
+                    .any(|s| s.target == Target::Node(i as u32))
+        };
         let handshakes = self
             .endpoints
             .iter()
+            .enumerate()
+            .filter(|(i, _)| planned(*i))
+            .map(|(_, ep)| ep)
             .map(|ep| async move { (ep.node.clone(), self.pool.handshake(ep).await) });
         let failed: Vec<(String, SshError)> = futures::future::join_all(handshakes)
             .await
@@ -184,7 +205,7 @@ impl SshBackend {
             .endpoints
             .iter()
             .enumerate()
-            .filter(|(_, ep)| !down.contains(&ep.node))
+            .filter(|(i, ep)| planned(*i) && !down.contains(&ep.node))
             .map(|(i, ep)| async move {
                 let r = self.pool.connect(ep).await;
                 if r.is_ok() {
@@ -392,7 +413,9 @@ impl SshBackend {
             | Action::UnloadKernelModule { .. }
             | Action::WriteText { .. }
             | Action::ScaleDeployment { .. }
-            | Action::PowerOff) => {
+            | Action::PowerOff
+            | Action::DisableService { .. }
+            | Action::ClearDirectory { .. }) => {
                 return Err(StepError::failed(format!(
                     "{}: {other:?} does not run on the operator's machine",
                     cx.id()
@@ -474,7 +497,9 @@ impl SshBackend {
             | Action::UnloadKernelModule { .. }
             | Action::WriteText { .. }
             | Action::ScaleDeployment { .. }
-            | Action::PowerOff => self.opts.step_timeout,
+            | Action::PowerOff
+            | Action::DisableService { .. }
+            | Action::ClearDirectory { .. } => self.opts.step_timeout,
         }
     }
 

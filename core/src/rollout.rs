@@ -126,7 +126,9 @@ impl Stage {
             | Action::UnloadKernelModule { .. }
             | Action::WriteText { .. }
             | Action::ScaleDeployment { .. }
-            | Action::PowerOff => None,
+            | Action::PowerOff
+            | Action::DisableService { .. }
+            | Action::ClearDirectory { .. } => None,
         }
     }
 }

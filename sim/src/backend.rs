@@ -266,7 +266,11 @@ impl Sim {
                 | Action::UnloadKernelModule { .. }
                 | Action::WriteText { .. }
                 | Action::ScaleDeployment { .. }
-                | Action::PowerOff) => Err(not_run_on(&id, a, "the operator's machine")),
+                | Action::PowerOff
+                | Action::DisableService { .. }
+                | Action::ClearDirectory { .. }) => {
+                    Err(not_run_on(&id, a, "the operator's machine"))
+                }
             };
         }
         if matches!(cx.step.target, Target::Fabric) {
@@ -307,7 +311,9 @@ impl Sim {
                 | Action::UnloadKernelModule { .. }
                 | Action::WriteText { .. }
                 | Action::ScaleDeployment { .. }
-                | Action::PowerOff) => Err(not_run_on(&id, a, "the underlay router")),
+                | Action::PowerOff
+                | Action::DisableService { .. }
+                | Action::ClearDirectory { .. }) => Err(not_run_on(&id, a, "the underlay router")),
             };
         }
         let pod_routes = self.pod_routes.clone();
@@ -389,7 +395,13 @@ impl Sim {
             Action::DeleteFdbEntries { entries } => ok(entries.iter().all(|e| !has_fdb(node, e))),
             Action::DeleteNeighbors { entries } => ok(entries.iter().all(|e| !has_neigh(node, e))),
             Action::StopService { name } => ok(!node.running(name.name())),
-            Action::DeleteFile { path } => ok(!node.fs.files.contains_key(*path)),
+            Action::DeleteFile { path } => ok(!node.fs.files.contains_key(path.as_str())),
+            // Not loaded (never started, or disabled): satisfied.
+            Action::DisableService { name } => ok(!node.services.contains_key(name.name())),
+            Action::ClearDirectory { path } => {
+                let dir = format!("{}/", path.trim_end_matches('/'));
+                ok(!node.fs.files.keys().any(|f| f.starts_with(&dir)))
+            }
             Action::UnloadKernelModule { name } => ok(!node.modules.contains(*name)),
             Action::WriteText { path, mode, text } => ok(node
                 .fs
@@ -452,7 +464,11 @@ impl Sim {
                     | Action::UnloadKernelModule { .. }
                     | Action::WriteText { .. }
                     | Action::ScaleDeployment { .. }
-                    | Action::PowerOff) => Err(not_run_on(&id, a, "the operator's machine")),
+                    | Action::PowerOff
+                    | Action::DisableService { .. }
+                    | Action::ClearDirectory { .. }) => {
+                        Err(not_run_on(&id, a, "the operator's machine"))
+                    }
                 };
             }
             Target::Fabric => {
@@ -501,7 +517,11 @@ impl Sim {
                     | Action::UnloadKernelModule { .. }
                     | Action::WriteText { .. }
                     | Action::ScaleDeployment { .. }
-                    | Action::PowerOff) => Err(not_run_on(&id, a, "the underlay router")),
+                    | Action::PowerOff
+                    | Action::DisableService { .. }
+                    | Action::ClearDirectory { .. }) => {
+                        Err(not_run_on(&id, a, "the underlay router"))
+                    }
                 };
             }
             Target::Node(_) => {}
@@ -704,8 +724,28 @@ impl Sim {
                 let process = components::process_of(*name);
                 node.listeners.retain(|_, l| l.process != process);
             }
+            Action::DisableService { name } => {
+                // Stopped and disabled: the init system forgets it, its
+                // sockets close, and what it read when it started goes
+                // with it. What it programmed (iptables rules) stays.
+                node.services.remove(name.name());
+                let process = components::process_of(*name);
+                node.listeners.retain(|_, l| l.process != process);
+                match name {
+                    Service::KubeProxy => node.kube_proxy = None,
+                    Service::Docker | Service::Containerd => node.runtime = None,
+                    Service::Kubelet
+                    | Service::Etcd
+                    | Service::ApiserverProxy
+                    | Service::Network => {}
+                }
+            }
+            Action::ClearDirectory { path } => {
+                let dir = format!("{}/", path.trim_end_matches('/'));
+                node.fs.files.retain(|f, _| !f.starts_with(&dir));
+            }
             Action::DeleteFile { path } => {
-                node.fs.files.remove(*path);
+                node.fs.files.remove(path.as_str());
                 // A running kubelet stops the pod whose manifest went away.
                 if components::is_manifest(path) && node.running("kubelet") {
                     components::sync_static_pods(node);

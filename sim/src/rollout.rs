@@ -433,7 +433,9 @@ fn down_plan(plan: &Plan, starts: &[StepRef], world: &World) -> Plan {
                     asset: Asset::StaticPod(_),
                     path,
                     ..
-                } if node.fs.files.contains_key(*path) => Action::DeleteFile { path },
+                } if node.fs.files.contains_key(*path) => Action::DeleteFile {
+                    path: path.to_string(),
+                },
                 _ => return None,
             };
             Some(Step {

@@ -105,8 +105,9 @@ pub enum Action {
     /// Stop a service (it stays enabled); what it programmed (iptables rules)
     /// stays. Followed by `StartService`, a restart that rereads its configuration.
     StopService { name: Service },
-    /// Remove a file if it exists (a unit drop-in lost, for example).
-    DeleteFile { path: &'static str },
+    /// Remove a file if it exists (a unit drop-in lost, for example; a file
+    /// the plan wrote, on `kscratch reset`).
+    DeleteFile { path: String },
     /// `modprobe -r NAME`, and the module's persisted load entry removed.
     UnloadKernelModule { name: &'static str },
     /// Put hand-edited text on the target (a daemon's config changed by an
@@ -125,6 +126,17 @@ pub enum Action {
     },
     /// The machine is switched off.
     PowerOff,
+
+    // Reset: what `kscratch reset` does to take back what a plan put on a
+    // node (see `plan::reset`).
+    /// Stop a service and disable it; without an init system, stop its
+    /// supervisor and remove what kscratch kept to run it (pid file, run
+    /// script, log, done marker). Absent or stopped and disabled: satisfied.
+    /// Its unit file goes in a `DeleteFile` of its own.
+    DisableService { name: Service },
+    /// Empty a directory (the etcd data dir): what is in it goes, the
+    /// directory stays. Absent or empty: satisfied.
+    ClearDirectory { path: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -252,3 +252,14 @@ impl Asset {
         }
     }
 }
+
+/// The drop-in that persists a `SetSysctl` (one file per key, so that steps
+/// running in parallel never write the same file).
+pub fn sysctl_dropin(key: &str) -> String {
+    format!("/etc/sysctl.d/90-kscratch-{key}.conf")
+}
+
+/// The drop-in that loads a `LoadKernelModule`'s module at boot.
+pub fn module_dropin(name: &str) -> String {
+    format!("/etc/modules-load.d/kscratch-{name}.conf")
+}

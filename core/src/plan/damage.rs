@@ -430,7 +430,7 @@ fn compile(s: &Scenario, f: &Fault) -> Result<Vec<(Target, &'static str, Action)
                     on(n),
                     "fault/docker0-leftover",
                     Action::DeleteFile {
-                        path: Asset::Unit(Service::Docker).path(),
+                        path: Asset::Unit(Service::Docker).path().into(),
                     },
                 ),
                 (

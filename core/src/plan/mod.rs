@@ -15,6 +15,7 @@ mod asset;
 pub mod damage;
 pub mod digest;
 mod output;
+pub mod reset;
 
 // The planner: `planner::plan` orders the phases; each phase is a module,
 // over the step builder and the cluster and per-node contexts.
@@ -37,6 +38,7 @@ pub use damage::{damage, Damage, FaultError};
 pub use digest::{file_digests, fingerprint, FileDigest};
 pub use output::{to_dot, to_json, Summary};
 pub use planner::{docker_default_rules, masquerade_rule, plan, pod_network_entries, vtep_mac};
+pub use reset::{reset, Reset, ResetOptions, ResetRefusal};
 
 use crate::scenario::KubeVersion;
 use ipnet::IpNet;
@@ -58,10 +60,12 @@ pub enum Phase {
     Validate,
     /// What-if damage to a running cluster ([`damage`]): never in a build plan.
     Damage,
+    /// Taking back what the plan put on a node ([`reset`]): never in a build plan.
+    Reset,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 11] = [
         Phase::Preflight,
         Phase::Binaries,
         Phase::Pki,
@@ -72,6 +76,7 @@ impl Phase {
         Phase::Addons,
         Phase::Validate,
         Phase::Damage,
+        Phase::Reset,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -85,6 +90,7 @@ impl Phase {
             Phase::Addons => "addons",
             Phase::Validate => "validate",
             Phase::Damage => "damage",
+            Phase::Reset => "reset",
         }
     }
 }
