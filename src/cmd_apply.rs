@@ -496,6 +496,12 @@ impl ApplyObserver {
         }
     }
 
+    /// No per-step lines on stdout (it carries a JSON document instead).
+    pub(crate) fn without_lines(mut self) -> ApplyObserver {
+        self.lines = false;
+        self
+    }
+
     pub(crate) fn finish(&mut self, report: &Report) {
         self.write(&JournalLine::End {
             time_ms: now_ms(),

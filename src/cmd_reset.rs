@@ -24,6 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// A node and why it could not be used.
+type NodeError = (String, SshError);
+
 #[derive(clap::Args)]
 pub struct ResetArgs {
     #[command(flatten)]
@@ -111,7 +114,7 @@ pub fn run(args: ResetArgs) -> Result<ExitCode, load::Error> {
     let fingerprint = kscratch_core::plan::fingerprint(&scenario, &plan);
     let started = Instant::now();
     let outcome = rt.block_on(async {
-        let (refused, down): (Vec<(String, SshError)>, Vec<(String, SshError)>) = backend
+        let (refused, down): (Vec<NodeError>, Vec<NodeError>) = backend
             .connect_planned()
             .await
             .into_iter()
@@ -131,6 +134,9 @@ pub fn run(args: ResetArgs) -> Result<ExitCode, load::Error> {
             eprintln!("error: {e}");
         }
         let mut obs = ApplyObserver::new(&plan, &fingerprint, None, false);
+        if args.format == crate::Format::Json {
+            obs = obs.without_lines();
+        }
         let report = execute(&plan, &scenario, &backend, &exec_opts, &mut obs).await;
         obs.finish(&report);
         backend.pool().disconnect_all().await;
