@@ -103,6 +103,9 @@ fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> R
     let node4 = tb.node("node4")?;
     let handed_over_files = files(node4)?;
     let handed_over_net = network(&tb, node4)?;
+    let node1 = tb.node("node1")?;
+    let node1_handed_over_files = files(node1)?;
+    let node1_handed_over_net = network(&tb, node1)?;
 
     let applied = apply_in_process(&scenario, &kh)?;
     applied.assert_no_failure()?;
@@ -145,7 +148,6 @@ fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> R
             "echo operator > /etc/kubernetes/operator-notes.txt",
         ],
     )?;
-    let node1 = tb.node("node1")?;
     let others_before: Vec<String> = ["node1", "node2", "node3"]
         .iter()
         .map(|n| network(&tb, tb.node(n)?))
@@ -242,5 +244,66 @@ fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> R
     assert_eq!(doc["totals"]["changed"], 0, "{doc:#}");
     assert_eq!(doc["totals"]["failed"], 0, "{doc:#}");
     assert_eq!(network(&tb, node4)?, after);
+
+    // The last etcd member and control-plane node, when told: its
+    // supervised etcd (the whole process group) stops, the data dir is
+    // emptied (the directory stays), and node1 too is as handed over.
+    let etcd_pid: u32 = etcd_pid.trim().parse().unwrap_or(0);
+    let data = node1.dir.join("root/var-lib-etcd");
+    assert!(
+        std::fs::read_dir(&data).map(|d| d.count()).unwrap_or(0) > 0,
+        "etcd wrote no data in {}",
+        data.display()
+    );
+    let out = kscratch(&[
+        "reset",
+        sc,
+        "node1",
+        "--known-hosts",
+        khs,
+        "--force",
+        "--delete-etcd-data",
+    ])?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("node1/service/etcd") && text(&out).contains("node1/etcd/data-dir"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !support::process_alive(etcd_pid),
+        "etcd {etcd_pid} still runs"
+    );
+    let left = processes(node1)?;
+    assert!(left.is_empty(), "processes left on node1: {left:?}");
+    assert_eq!(
+        std::fs::read_dir(&data).map(|d| d.count()).unwrap_or(99),
+        0,
+        "the etcd data dir is not empty"
+    );
+    assert_eq!(files(node1)?, node1_handed_over_files, "node1's files");
+    assert_eq!(
+        network(&tb, node1)?,
+        node1_handed_over_net,
+        "node1's network"
+    );
+    for (n, b) in ["node2", "node3"].iter().zip(&others_before[1..]) {
+        assert_eq!(&network(&tb, tb.node(n)?)?, b, "{n} changed");
+    }
+    let out = kscratch(&[
+        "reset",
+        sc,
+        "node1",
+        "--known-hosts",
+        khs,
+        "--force",
+        "--delete-etcd-data",
+    ])?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(", 0 changed,"),
+        "a second reset of node1 changed something: {}",
+        text(&out)
+    );
     tb.down()
 }
