@@ -87,6 +87,38 @@ fn processes(node: &support::Node) -> Result<Vec<String>> {
     }
 }
 
+/// `doc` matches `docs/schema/reset.schema.json` (python3-jsonschema, which
+/// `.ci/run` installs; missing, it is an error here, never a skip).
+fn matches_schema(tb: &Testbed, doc: &serde_json::Value) -> Result<()> {
+    let file = tb.description.dir.join("reset.json");
+    std::fs::write(&file, doc.to_string()).map_err(|e| Error::new(e.to_string()))?;
+    let schema =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema/reset.schema.json");
+    let script = "import json,sys,jsonschema\n\
+        s=json.load(open(sys.argv[1])); d=json.load(open(sys.argv[2]))\n\
+        jsonschema.validators.validator_for(s).check_schema(s)\n\
+        v=jsonschema.validators.validator_for(s)(s)\n\
+        errs=list(v.iter_errors(d))\n\
+        [print(list(e.path), e.message) for e in errs]\n\
+        sys.exit(1 if errs else 0)";
+    let out = support::run_bounded(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(&schema)
+            .arg(&file),
+        Duration::from_secs(30),
+    )?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::new(format!(
+            "reset --format json does not match {}:\n{}",
+            schema.display(),
+            text(&out)
+        )))
+    }
+}
+
 #[test]
 #[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> Result<()> {
@@ -194,6 +226,29 @@ fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> R
         "a refusal or dry run touched node4"
     );
 
+    let out = kscratch(&[
+        "reset",
+        sc,
+        "node4",
+        "--known-hosts",
+        khs,
+        "--dry-run",
+        "--format",
+        "json",
+    ])?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        Error::new(format!(
+            "reset --dry-run --format json: {e}: {}",
+            text(&out)
+        ))
+    })?;
+    matches_schema(&tb, &doc)?;
+    assert_eq!(doc["dryRun"], true);
+    assert_eq!(doc["totals"]["changed"], 0, "{doc:#}");
+    assert!(doc["totals"]["wouldChange"].as_u64() > Some(10), "{doc:#}");
+    assert_eq!(network(&tb, node4)?, before, "a JSON dry run touched node4");
+
     // The reset.
     let t = Instant::now();
     let out = kscratch(&["reset", sc, "node4", "--known-hosts", khs])?;
@@ -241,6 +296,7 @@ fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> R
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| Error::new(format!("reset --format json: {e}: {}", text(&out))))?;
     assert_eq!(doc["kind"], "reset");
+    matches_schema(&tb, &doc)?;
     assert_eq!(doc["totals"]["changed"], 0, "{doc:#}");
     assert_eq!(doc["totals"]["failed"], 0, "{doc:#}");
     assert_eq!(network(&tb, node4)?, after);
