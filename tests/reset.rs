@@ -327,3 +327,56 @@ fn kscratch_reset_of_an_unknown_node_exits_2_before_connecting() {
         "{err}"
     );
 }
+
+/// A running cluster: kube-proxy has programmed its Service chains (shared
+/// between the nodes) and the test pods run. Reset of a worker removes
+/// every KUBE-* chain and the jumps to them, as `kube-proxy --cleanup`
+/// does, and kscratch's masquerade rule, leaving the node's iptables as
+/// handed over plus a foreign rule; the other nodes keep their chains.
+#[test]
+fn reset_of_a_running_worker_removes_kube_proxys_chains_and_keeps_a_foreign_rule() {
+    let s = load("scenarios/guide-routed.yaml").unwrap().scenario;
+    let plan = kscratch_core::plan::plan(&s);
+    let sim = kscratch_sim::simulate(&s, &plan, &kscratch_sim::CheckOptions::default()).unwrap();
+    let mut world = sim.world;
+    let w = s.node_index("node-3").unwrap();
+    let save = |n: &Node| n.netfilter.dump().emit();
+    assert!(save(&world.nodes[w]).contains(":KUBE-SERVICES"));
+    let foreign = Rule::parse("-A POSTROUTING -s 192.168.77.0/24 -o eth0 -j MASQUERADE").unwrap();
+    world.nodes[w]
+        .netfilter
+        .ensure_rule(
+            Table::Nat,
+            foreign.clone(),
+            kscratch_sim::netfilter::Position::Append,
+        )
+        .unwrap();
+    let others: Vec<String> = world.nodes.iter().map(save).collect();
+    let teardown = reset(&s, &nodes(&["node-3"]), &ResetOptions::default()).unwrap();
+    let (r, world) = run(&teardown.plan, &s, world);
+    for (st, o) in teardown.plan.steps.iter().zip(&r.outcomes) {
+        assert!(
+            matches!(o.name(), "ok" | "changed"),
+            "{}: {o:?}",
+            teardown.plan.step_id(st)
+        );
+    }
+    let node = &world.nodes[w];
+    assert!(!save(node).contains("KUBE-"), "{}", save(node));
+    let mut without_foreign = node.netfilter.clone();
+    assert_eq!(without_foreign.delete_all(Table::Nat, &foreign), 1);
+    let fresh = kscratch_sim::build::world(&s);
+    assert_eq!(
+        without_foreign.dump().emit(),
+        save(&fresh.nodes[w]),
+        "node-3's iptables after the reset"
+    );
+    for (i, n) in world.nodes.iter().enumerate() {
+        if i != w {
+            assert_eq!(save(n), others[i], "{} changed", n.name);
+            assert!(save(n).contains(":KUBE-SERVICES"));
+        }
+    }
+    let (r, _) = run(&teardown.plan, &s, world);
+    assert_eq!(changed(&r), 0);
+}

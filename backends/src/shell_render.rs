@@ -317,6 +317,9 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
         Action::PowerOff => Rendered::Remote(power_off()?),
         Action::DisableService { name } => Rendered::Remote(disable_service(name.name())?),
         Action::ClearDirectory { path } => Rendered::Remote(clear_directory(path)?),
+        Action::DeleteIptablesChains { table, chains } => {
+            Rendered::Remote(delete_iptables_chains(table.name(), chains)?)
+        }
     })
 }
 
@@ -1297,6 +1300,53 @@ fn disable_service(name: &str) -> R<StepScripts> {
              fi\n\
              rm -f {files}\n",
             files = files.join(" ")
+        )),
+    })
+}
+
+/// The chains of a table that `patterns` name (a trailing `*`: a prefix),
+/// unlinked, flushed and deleted, as `kube-proxy --cleanup` does: first
+/// every rule of another chain that jumps to one (`iptables -S` prints a
+/// rule in the form `-D` takes back), then `-F` each, then `-X` each.
+fn delete_iptables_chains(table: &str, patterns: &[String]) -> R<StepScripts> {
+    let mut cases = Vec::new();
+    for p in patterns {
+        if p.is_empty() || p == "*" {
+            return Err(ShellRenderError::Invalid {
+                what: format!("deleting the chains {patterns:?}"),
+                message: "a pattern must name chains, not all of them".into(),
+            });
+        }
+        cases.push(match p.strip_suffix('*') {
+            Some(prefix) => format!("{}*", q(prefix)?),
+            None => q(p)?,
+        });
+    }
+    let t = q(table)?;
+    let named = format!(
+        "named() {{\n  case \"$1\" in\n    {}) return 0 ;;\n  esac\n  return 1\n}}\n",
+        cases.join("|")
+    );
+    let chains = format!("iptables -w -t {t} -S | sed -n 's/^-N //p'");
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "{named}{chains} | while IFS= read -r c; do\n  if named \"$c\"; then exit 1; fi\ndone || exit 1\nexit 0\n"
+        )),
+        apply: Script::new(format!(
+            "set -e\n{named}\
+             rules=$(iptables -w -t {t} -S)\n\
+             printf '%s\\n' \"$rules\" | while IFS= read -r line; do\n\
+             \x20 case \"$line\" in -A\\ *) ;; *) continue ;; esac\n\
+             \x20 chain=${{line#-A }}; chain=${{chain%% *}}\n\
+             \x20 case \"$line\" in *' -j '*) ;; *) continue ;; esac\n\
+             \x20 target=${{line##* -j }}; target=${{target%% *}}\n\
+             \x20 if named \"$target\" && ! named \"$chain\"; then\n\
+             \x20   eval \"iptables -w -t {t} -D ${{line#-A }}\"\n\
+             \x20 fi\n\
+             done\n\
+             doomed=$({chains} | while IFS= read -r c; do if named \"$c\"; then printf '%s\\n' \"$c\"; fi; done)\n\
+             for c in $doomed; do iptables -w -t {t} -F \"$c\"; done\n\
+             for c in $doomed; do iptables -w -t {t} -X \"$c\"; done\n"
         )),
     })
 }
@@ -2589,6 +2639,7 @@ mod tests {
             "delete-fdb-entries",
             "delete-iptables-rules",
             "clear-directory",
+            "delete-iptables-chains",
         ] {
             assert!(actions.contains(a), "no {a} in {actions:?}");
         }

@@ -415,7 +415,8 @@ impl SshBackend {
             | Action::ScaleDeployment { .. }
             | Action::PowerOff
             | Action::DisableService { .. }
-            | Action::ClearDirectory { .. }) => {
+            | Action::ClearDirectory { .. }
+            | Action::DeleteIptablesChains { .. }) => {
                 return Err(StepError::failed(format!(
                     "{}: {other:?} does not run on the operator's machine",
                     cx.id()
@@ -499,7 +500,8 @@ impl SshBackend {
             | Action::ScaleDeployment { .. }
             | Action::PowerOff
             | Action::DisableService { .. }
-            | Action::ClearDirectory { .. } => self.opts.step_timeout,
+            | Action::ClearDirectory { .. }
+            | Action::DeleteIptablesChains { .. } => self.opts.step_timeout,
         }
     }
 

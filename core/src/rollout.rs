@@ -128,7 +128,8 @@ impl Stage {
             | Action::ScaleDeployment { .. }
             | Action::PowerOff
             | Action::DisableService { .. }
-            | Action::ClearDirectory { .. } => None,
+            | Action::ClearDirectory { .. }
+            | Action::DeleteIptablesChains { .. } => None,
         }
     }
 }

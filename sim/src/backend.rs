@@ -268,7 +268,8 @@ impl Sim {
                 | Action::ScaleDeployment { .. }
                 | Action::PowerOff
                 | Action::DisableService { .. }
-                | Action::ClearDirectory { .. }) => {
+                | Action::ClearDirectory { .. }
+                | Action::DeleteIptablesChains { .. }) => {
                     Err(not_run_on(&id, a, "the operator's machine"))
                 }
             };
@@ -313,7 +314,10 @@ impl Sim {
                 | Action::ScaleDeployment { .. }
                 | Action::PowerOff
                 | Action::DisableService { .. }
-                | Action::ClearDirectory { .. }) => Err(not_run_on(&id, a, "the underlay router")),
+                | Action::ClearDirectory { .. }
+                | Action::DeleteIptablesChains { .. }) => {
+                    Err(not_run_on(&id, a, "the underlay router"))
+                }
             };
         }
         let pod_routes = self.pod_routes.clone();
@@ -402,6 +406,9 @@ impl Sim {
                 let dir = format!("{}/", path.trim_end_matches('/'));
                 ok(!node.fs.files.keys().any(|f| f.starts_with(&dir)))
             }
+            Action::DeleteIptablesChains { table, chains } => {
+                ok(doomed_chains(&node.netfilter, *table, chains).is_empty())
+            }
             Action::UnloadKernelModule { name } => ok(!node.modules.contains(*name)),
             Action::WriteText { path, mode, text } => ok(node
                 .fs
@@ -466,7 +473,8 @@ impl Sim {
                     | Action::ScaleDeployment { .. }
                     | Action::PowerOff
                     | Action::DisableService { .. }
-                    | Action::ClearDirectory { .. }) => {
+                    | Action::ClearDirectory { .. }
+                    | Action::DeleteIptablesChains { .. }) => {
                         Err(not_run_on(&id, a, "the operator's machine"))
                     }
                 };
@@ -519,7 +527,8 @@ impl Sim {
                     | Action::ScaleDeployment { .. }
                     | Action::PowerOff
                     | Action::DisableService { .. }
-                    | Action::ClearDirectory { .. }) => {
+                    | Action::ClearDirectory { .. }
+                    | Action::DeleteIptablesChains { .. }) => {
                         Err(not_run_on(&id, a, "the underlay router"))
                     }
                 };
@@ -743,6 +752,14 @@ impl Sim {
             Action::ClearDirectory { path } => {
                 let dir = format!("{}/", path.trim_end_matches('/'));
                 node.fs.files.retain(|f, _| !f.starts_with(&dir));
+            }
+            Action::DeleteIptablesChains { table, chains } => {
+                delete_chains(&mut node.netfilter, *table, chains).map_err(|e| {
+                    StepError::new(
+                        kscratch_core::exec::ErrorKind::Command,
+                        format!("{id}: iptables: {e}"),
+                    )
+                })?
             }
             Action::DeleteFile { path } => {
                 node.fs.files.remove(path.as_str());
@@ -1106,6 +1123,59 @@ fn preflight(node: &Node, c: &PreflightCheck) -> Result<(), String> {
 }
 
 /// The action's name as it appears in a plan's JSON (`"action": ...`).
+/// The user-defined chains of `table` the patterns name, in
+/// `iptables-save` order.
+fn doomed_chains(
+    nf: &crate::netfilter::Netfilter,
+    table: kscratch_core::net::iptables::Table,
+    patterns: &[String],
+) -> Vec<String> {
+    nf.chain_names(table)
+        .into_iter()
+        .filter(|c| !table.is_builtin(c) && Action::chain_named(patterns, c))
+        .collect()
+}
+
+/// `DeleteIptablesChains`: the jumps to the named chains from every other
+/// chain first, then the chains flushed, then deleted (as `iptables -D`,
+/// `-F`, `-X` do it on a node).
+fn delete_chains(
+    nf: &mut crate::netfilter::Netfilter,
+    table: kscratch_core::net::iptables::Table,
+    patterns: &[String],
+) -> Result<(), crate::netfilter::NetfilterError> {
+    use kscratch_core::net::iptables::Jump;
+    let doomed = doomed_chains(nf, table, patterns);
+    if doomed.is_empty() {
+        return Ok(());
+    }
+    let doomed_set: BTreeSet<&str> = doomed.iter().map(String::as_str).collect();
+    for name in nf.chain_names(table) {
+        if doomed_set.contains(name.as_str()) {
+            continue;
+        }
+        let jumps: Vec<kscratch_core::net::iptables::Rule> = nf
+            .rules(table, &name)
+            .unwrap_or(&[])
+            .iter()
+            .filter(
+                |r| matches!(&r.target, Some(Jump::Chain(c)) if doomed_set.contains(c.as_str())),
+            )
+            .cloned()
+            .collect();
+        for r in &jumps {
+            nf.delete_all(table, r);
+        }
+    }
+    for c in &doomed {
+        nf.flush_chain(table, c)?;
+    }
+    for c in &doomed {
+        nf.delete_chain(table, c)?;
+    }
+    Ok(())
+}
+
 fn action_name(a: &Action) -> String {
     serde_json::to_value(a)
         .ok()

@@ -57,7 +57,8 @@ fn network(tb: &Testbed, node: &support::Node) -> Result<String> {
         .collect();
     let routes = tb.node_run(node, &["ip", "route", "show"])?;
     let mut rules = String::new();
-    for table in ["nat", "filter"] {
+    for table in ["mangle", "nat", "filter"] {
+        rules.push_str(&format!("table {table}:\n"));
         rules.push_str(&tb.node_run(node, &["iptables", "-w", "-t", table, "-S"])?);
     }
     Ok(format!("links {names:?}\nroutes:\n{routes}rules:\n{rules}"))
@@ -84,6 +85,36 @@ fn processes(node: &support::Node) -> Result<Vec<String>> {
             return Ok(others);
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The simulator's kube-proxy rules for the scenario's test Services, as
+/// `iptables-restore --noflush` input.
+fn kube_proxy_rules(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::new(e.to_string()))?;
+    let s = kscratch_core::load(&path.display().to_string(), &text, None)
+        .map_err(|d| Error::new(d.to_string()))?
+        .scenario;
+    let plan = kscratch_core::plan::plan(&s);
+    let sim = kscratch_sim::simulate(&s, &plan, &kscratch_sim::CheckOptions::default())
+        .map_err(|e| Error::new(e.to_string()))?;
+    let rules =
+        kscratch_sim::prepare::kube_proxy_rules(&sim.prepared.services, s.network.cluster_cidr)
+            .map_err(Error::new)?;
+    Ok(rules.ruleset().emit())
+}
+
+fn restore(netns: &str, rules: &str) -> Result<()> {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns, "iptables-restore", "--noflush"]);
+    let out = support::run_bounded_with_stdin(&mut c, rules.as_bytes(), Duration::from_secs(30))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::new(format!(
+            "iptables-restore in {netns}: {}",
+            text(&out)
+        )))
     }
 }
 
@@ -180,6 +211,15 @@ fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> R
             "echo operator > /etc/kubernetes/operator-notes.txt",
         ],
     )?;
+    // What kube-proxy would have programmed on node4 (the testbed has no
+    // kube-proxy): the simulator's kube-proxy rules for the scenario's test
+    // Services, loaded into the real kernel.
+    restore(&node4.netns, &kube_proxy_rules(&scenario)?)?;
+    let loaded = network(&tb, node4)?;
+    assert!(
+        loaded.contains("-N KUBE-SERVICES") && loaded.contains("-j KUBE-SVC-"),
+        "{loaded}"
+    );
     let others_before: Vec<String> = ["node1", "node2", "node3"]
         .iter()
         .map(|n| network(&tb, tb.node(n)?))
@@ -210,7 +250,8 @@ fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> R
     let listing = text(&out);
     assert_eq!(out.status.code(), Some(0), "{listing}");
     assert!(
-        listing.contains("[would change] node4/net/bridge")
+        listing.contains("[would change] node4/kube-proxy/chains-nat")
+            && listing.contains("[would change] node4/net/bridge")
             && listing.contains("ip link delete cbr0")
             && listing.contains("[would change] node4/net/masquerade"),
         "{listing}"
@@ -258,9 +299,9 @@ fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> R
     let after = network(&tb, node4)?;
     // As handed over, plus the foreign rule.
     let expected = handed_over_net.replace(
-        "rules:\n-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n",
+        "table nat:\n-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n",
         &format!(
-            "rules:\n-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n{foreign_rule}\n"
+            "table nat:\n-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n{foreign_rule}\n"
         ),
     );
     assert_ne!(expected, handed_over_net, "{handed_over_net}");

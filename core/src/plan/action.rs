@@ -137,6 +137,23 @@ pub enum Action {
     /// Empty a directory (the etcd data dir): what is in it goes, the
     /// directory stays. Absent or empty: satisfied.
     ClearDirectory { path: String },
+    /// Delete the user-defined chains of `table` that `chains` name (a
+    /// trailing `*` names a prefix: `KUBE-*`), after deleting every rule of
+    /// another chain that jumps to one of them: what `kube-proxy --cleanup`
+    /// does to its chains. Other rules and chains stay. None left: satisfied.
+    DeleteIptablesChains { table: Table, chains: Vec<String> },
+}
+
+impl Action {
+    /// Whether a chain name is one a [`Action::DeleteIptablesChains`]
+    /// pattern list names: equal to an entry, or starting with an entry's
+    /// part before its trailing `*`.
+    pub fn chain_named(patterns: &[String], chain: &str) -> bool {
+        patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => chain.starts_with(prefix),
+            None => chain == p,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `WriteFile` of a static pod manifest | `DeleteFile` first: a running kubelet stops the pod |
 //! | `StartService` | `DisableService` (stopped, disabled, the supervisor's files gone) |
+//! | `StartService` of kube-proxy | also `DeleteIptablesChains` of `KUBE-*` in mangle, filter and nat (`kube-proxy --cleanup`) |
 //! | `EnsureIptablesRule` | `DeleteIptablesRules` of exactly that rule (other rules in the chain stay) |
 //! | `InstallPodRoutes` | `DeleteRoutes` of each route; overlay: its neighbour and FDB entries too |
 //! | `CreateVxlan`, `CreateBridge` | `DeleteLink` |
@@ -32,12 +33,16 @@
 
 use super::{
     module_dropin, pod_network_entries, sysctl_dropin, Action, Asset, Phase, Plan, PodRouteVia,
-    Step, Target,
+    Service, Step, Target,
 };
-use crate::net::iptables::Rule;
+use crate::net::iptables::{Rule, Table};
 use crate::net::route::{FdbEntry, Neighbor, Route};
 use crate::scenario::Scenario;
 use std::fmt;
+
+/// The chains kube-proxy (and the kubelet) program: all of Kubernetes'
+/// `KUBE-*` chains.
+pub const KUBE_CHAINS: &str = "KUBE-*";
 
 /// What the operator asked for besides the nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -283,6 +288,35 @@ fn inverse(s: &Scenario, apply: &Plan, i: usize, st: &Step) -> Vec<(Stage, &'sta
         Action::InstallBinary { dest, .. } => file(dest.to_string()),
         Action::SetSysctl { key, .. } => file(sysctl_dropin(key)),
         Action::LoadKernelModule { name } => file(module_dropin(name)),
+        Action::StartService {
+            name: Service::KubeProxy,
+        } => {
+            // Its rules stay when it stops: its chains go with the network,
+            // as `kube-proxy --cleanup` would remove them (the kubelet's
+            // KUBE-* chains too).
+            let mut v = vec![(
+                Stage::Services,
+                k,
+                Action::DisableService {
+                    name: Service::KubeProxy,
+                },
+            )];
+            for (key, table) in [
+                ("kube-proxy/chains-mangle", Table::Mangle),
+                ("kube-proxy/chains-filter", Table::Filter),
+                ("kube-proxy/chains-nat", Table::Nat),
+            ] {
+                v.push((
+                    Stage::Network,
+                    key,
+                    Action::DeleteIptablesChains {
+                        table,
+                        chains: vec![KUBE_CHAINS.into()],
+                    },
+                ));
+            }
+            v
+        }
         Action::StartService { name } => {
             vec![(Stage::Services, k, Action::DisableService { name: *name })]
         }
@@ -334,7 +368,8 @@ fn inverse(s: &Scenario, apply: &Plan, i: usize, st: &Step) -> Vec<(Stage, &'sta
         | Action::ScaleDeployment { .. }
         | Action::PowerOff
         | Action::DisableService { .. }
-        | Action::ClearDirectory { .. } => Vec::new(),
+        | Action::ClearDirectory { .. }
+        | Action::DeleteIptablesChains { .. } => Vec::new(),
     }
 }
 
