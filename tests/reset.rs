@@ -63,6 +63,10 @@ fn changed(r: &Report) -> usize {
 /// kscratch used survives), the other nodes are exactly as before, and a
 /// second reset changes nothing.
 fn reset_a_worker(scenario: &str, worker: &str) {
+    reset_one(scenario, worker, &ResetOptions::default());
+}
+
+fn reset_one(scenario: &str, worker: &str, o: &ResetOptions) {
     let s = load(scenario).unwrap().scenario;
     let handed_over = kscratch_sim::build::world(&s);
     let (r, mut world) = run(&kscratch_core::plan::plan(&s), &s, handed_over.clone());
@@ -80,8 +84,15 @@ fn reset_a_worker(scenario: &str, worker: &str) {
         .unwrap();
     let before: Vec<String> = world.nodes.iter().map(state).collect();
     assert!(world.nodes[w].links.contains_key("cbr0"), "{scenario}");
+    if s.nodes[w].roles.control_plane {
+        assert!(
+            world.nodes[w].static_pods.len() >= 3,
+            "{:?}",
+            world.nodes[w].static_pods
+        );
+    }
 
-    let teardown = reset(&s, &nodes(&[worker]), &ResetOptions::default()).unwrap();
+    let teardown = reset(&s, &nodes(&[worker]), o).unwrap();
     assert!(teardown.notes.is_empty(), "{:?}", teardown.notes);
     let (r, world) = run(&teardown.plan, &s, world);
     assert_eq!(r.count("failed") + r.count("skipped"), 0, "{scenario}");
@@ -116,6 +127,7 @@ fn reset_a_worker(scenario: &str, worker: &str) {
     );
     assert!(node.services.is_empty(), "{:?}", node.services);
     assert!(node.listeners.is_empty(), "{:?}", node.listeners);
+    assert!(node.static_pods.is_empty(), "{:?}", node.static_pods);
     for (i, n) in world.nodes.iter().enumerate() {
         if i != w {
             assert_eq!(state(n), before[i], "{scenario}: {} changed", n.name);
@@ -143,6 +155,21 @@ fn resetting_a_vxlan_worker_on_the_simulator_leaves_nothing_of_kscratch() {
 #[test]
 fn resetting_a_worker_of_the_local_proxy_scenario_leaves_nothing_of_kscratch() {
     reset_a_worker("scenarios/ha-local-proxy.yaml", "worker-1");
+}
+
+/// The last control-plane node and etcd member, when told: its static
+/// pods (etcd and the control plane, under the kubelet) stop as their
+/// manifests go, then the kubelet; the node is as handed over.
+#[test]
+fn a_forced_reset_of_the_only_control_plane_node_stops_its_static_pods() {
+    reset_one(
+        "scenarios/guide-routed.yaml",
+        "master",
+        &ResetOptions {
+            force: true,
+            delete_etcd_data: true,
+        },
+    );
 }
 
 /// The teardown is derived from the apply plan: every file the node got

@@ -404,3 +404,60 @@ fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> R
     );
     tb.down()
 }
+
+/// Over VXLAN: node4's neighbour and FDB entries, its routes through the
+/// VTEP, `vxlan0` and `cbr0` go; its network and files are as handed over;
+/// node2 keeps its own VXLAN device; a second reset changes nothing.
+#[test]
+#[ignore = "needs KSCRATCH_TESTBED=1 and root"]
+fn reset_of_a_vxlan_node_removes_its_vtep_entries_and_device() -> Result<()> {
+    support::require();
+    check_tools()?;
+    let tb = Testbed::up(
+        "reset_of_a_vxlan_node_removes_its_vtep_entries_and_device",
+        4,
+    )?;
+    let scenario = scenario_copy(&tb, "vxlan-4.yaml", 4)?;
+    let sc = scenario.to_str().unwrap_or("");
+    let kh = tb.description.known_hosts.clone();
+    let khs = kh.to_str().unwrap_or("");
+    let node4 = tb.node("node4")?;
+    let node2 = tb.node("node2")?;
+    let handed_over_files = files(node4)?;
+    let handed_over_net = network(&tb, node4)?;
+    let applied = apply_in_process(&scenario, &kh)?;
+    applied.assert_no_failure()?;
+    let fdb = tb.node_run(node4, &["bridge", "fdb", "show", "dev", "vxlan0"])?;
+    let neigh = tb.node_run(node4, &["ip", "neigh", "show", "dev", "vxlan0"])?;
+    assert!(
+        fdb.contains("dst 198.51.100.1") && neigh.contains("PERMANENT"),
+        "{fdb}\n{neigh}"
+    );
+    let node2_before = network(&tb, node2)?;
+    assert!(node2_before.contains("\"vxlan0\""), "{node2_before}");
+
+    let out = kscratch(&["reset", sc, "node4", "--known-hosts", khs])?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for id in [
+        "node4/net/pod-neighbors",
+        "node4/net/pod-fdb",
+        "node4/net/vxlan",
+    ] {
+        assert!(
+            text(&out).contains(&format!("changed      {id} ")),
+            "{id} did not change:\n{}",
+            text(&out)
+        );
+    }
+    assert_eq!(network(&tb, node4)?, handed_over_net, "node4's network");
+    assert_eq!(files(node4)?, handed_over_files, "node4's files");
+    assert_eq!(network(&tb, node2)?, node2_before, "node2 changed");
+    let out = kscratch(&["reset", sc, "node4", "--known-hosts", khs])?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(", 0 changed,"),
+        "a second reset changed something: {}",
+        text(&out)
+    );
+    tb.down()
+}
