@@ -306,7 +306,14 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     if args.dry_run {
         crate::out(&dry_run_listing(&plan, &scenario, &backend, &report));
     }
-    crate::out(&summary(&plan, &report, wall, &backend, args.dry_run));
+    crate::out(&summary(
+        &plan,
+        &report,
+        wall,
+        &backend,
+        args.dry_run,
+        "run again with --resume: every step is re-checked, finished ones are not redone",
+    ));
     if args.resume && !previous.is_empty() {
         crate::out(&resume_note(&plan, &report, &previous));
     }
@@ -787,6 +794,7 @@ pub(crate) fn summary(
     wall: Duration,
     backend: &SshBackend,
     dry_run: bool,
+    rerun: &str,
 ) -> String {
     let mut out = String::new();
     let per = report.per_target(plan);
@@ -900,7 +908,7 @@ pub(crate) fn summary(
             }
         }
         if !dry_run {
-            let _ = writeln!(out, "fix the failure and run again with --resume: every step is re-checked, finished ones are not redone");
+            let _ = writeln!(out, "fix the failure and {rerun}");
         }
     }
     let stats = backend.pool().stats();

@@ -163,7 +163,14 @@ pub fn run(args: ResetArgs) -> Result<ExitCode, load::Error> {
             if args.dry_run {
                 crate::out(&dry_run_listing(&plan, &scenario, &backend, &report));
             }
-            crate::out(&summary(&plan, &report, wall, &backend, args.dry_run));
+            crate::out(&summary(
+                &plan,
+                &report,
+                wall,
+                &backend,
+                args.dry_run,
+                "reset again: every step is re-checked, what is gone counts as done",
+            ));
         }
         crate::Format::Json => crate::out(&json(
             &plan,

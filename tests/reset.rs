@@ -326,7 +326,7 @@ fn reset_says_the_quorum_arithmetic_and_that_membership_stays() {
     let text = e[0].to_string();
     assert!(
         text.contains("leaves 1 of 3 etcd members running, and quorum needs 2 of 3")
-            && text.contains("reset at most 1 etcd members at a time"),
+            && text.contains("reset at most 1 etcd member at a time"),
         "{text}"
     );
 }

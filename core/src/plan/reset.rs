@@ -143,7 +143,7 @@ fn membership(
     notes: &mut Vec<String>,
 ) {
     let name = |i: usize| s.nodes[i].name.as_str();
-    let force = "pass --force to reset them anyway (the cluster's data and API go with them)";
+    let force = "pass --force to reset them anyway: the cluster's data and API may go with them";
     let members = &s.etcd.members;
     let reset_members: Vec<usize> = members
         .iter()
@@ -170,8 +170,8 @@ fn membership(
                     n - k
                 ),
                 hint: Some(format!(
-                    "reset at most {} etcd members at a time, or {force}",
-                    n - quorum
+                    "reset at most {} at a time, or {force}",
+                    crate::diag::plural(n - quorum, "etcd member", "etcd members")
                 )),
             });
         }
