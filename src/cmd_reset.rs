@@ -10,9 +10,14 @@
 //! scenario, and (without `--force`) resetting every etcd member, every
 //! control-plane node, or enough etcd members to lose quorum.
 //!
-//! Exit status: 0 every step ok or changed, 1 a step failed or a node was
-//! unreachable, 2 invalid input or a refusal.
+//! A reset takes the cluster's apply lock ([`crate::apply_lock`]): not
+//! while an apply (or another reset) of the same cluster runs.
+//!
+//! Exit status: 0 every step ok or changed, 1 a step failed, a node was
+//! unreachable, a host key was refused or the lock is held, 2 invalid input
+//! or a refusal.
 
+use crate::apply_lock::ApplyLock;
 use crate::cmd_apply::{dry_run_listing, init_tracing, known_hosts_file, summary, ApplyObserver};
 use crate::load;
 use kscratch_backends::ssh::{SshConfig, SshError};
@@ -110,6 +115,28 @@ pub fn run(args: ResetArgs) -> Result<ExitCode, load::Error> {
         .enable_all()
         .build()
         .map_err(|e| load::Error::Apply(format!("cannot start the async runtime: {e}")))?;
+    // Not while an apply of this cluster runs (nor another reset): the
+    // same lock (a dry run changes nothing and takes none).
+    let _lock = if args.dry_run {
+        None
+    } else {
+        match ApplyLock::acquire(&backend_opts.state_dir) {
+            Ok(l) => {
+                if let Some(pid) = &l.stale {
+                    eprintln!(
+                        "note: {} was left by PID {pid}, which is no longer running it; taken over",
+                        l.path().display()
+                    );
+                }
+                Some(l)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                eprintln!("nothing was run on any node");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    };
     let backend = SshBackend::new(&scenario, &plan, backend_opts);
     let fingerprint = kscratch_core::plan::fingerprint(&scenario, &plan);
     let started = Instant::now();

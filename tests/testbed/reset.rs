@@ -245,6 +245,42 @@ fn reset_returns_a_node_to_how_it_was_handed_over_and_leaves_others_alone() -> R
         "{}",
         text(&out)
     );
+    // Not while an apply of the cluster runs: its lock, held here by flock(1).
+    let lock = scenario
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(".kscratch/testbed-routed/apply.lock");
+    // --no-fork: the process that holds the lock is the one killed below.
+    let mut holder = Command::new("flock")
+        .args(["-x", "--no-fork"])
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .map_err(|e| Error::new(format!("flock: {e}")))?;
+    let t = Instant::now();
+    while Command::new("flock")
+        .args(["-n", "-x"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .map_err(|e| Error::new(format!("flock -n: {e}")))?
+        .success()
+    {
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = holder.kill();
+            return Err(Error::new("flock(1) did not take the apply lock"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held = kscratch(&["reset", sc, "node4", "--known-hosts", khs])?;
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(held.status.code(), Some(1), "{}", text(&held));
+    assert!(
+        text(&held).contains("nothing was run on any node"),
+        "{}",
+        text(&held)
+    );
     // A dry run lists what would change and changes nothing.
     let out = kscratch(&["reset", sc, "node4", "--known-hosts", khs, "--dry-run"])?;
     let listing = text(&out);
