@@ -392,7 +392,9 @@ impl SshBackend {
             | Action::UnloadKernelModule { .. }
             | Action::WriteText { .. }
             | Action::ScaleDeployment { .. }
-            | Action::PowerOff) => {
+            | Action::PowerOff
+            | Action::RemoveEtcdMember { .. }
+            | Action::DeleteNode { .. }) => {
                 return Err(StepError::failed(format!(
                     "{}: {other:?} does not run on the operator's machine",
                     cx.id()
@@ -474,7 +476,9 @@ impl SshBackend {
             | Action::UnloadKernelModule { .. }
             | Action::WriteText { .. }
             | Action::ScaleDeployment { .. }
-            | Action::PowerOff => self.opts.step_timeout,
+            | Action::PowerOff
+            | Action::RemoveEtcdMember { .. }
+            | Action::DeleteNode { .. } => self.opts.step_timeout,
         }
     }
 

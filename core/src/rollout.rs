@@ -126,7 +126,10 @@ impl Stage {
             | Action::UnloadKernelModule { .. }
             | Action::WriteText { .. }
             | Action::ScaleDeployment { .. }
-            | Action::PowerOff => None,
+            | Action::PowerOff
+            // A membership change and an API delete: nothing restarts.
+            | Action::RemoveEtcdMember { .. }
+            | Action::DeleteNode { .. } => None,
         }
     }
 }

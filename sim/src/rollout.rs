@@ -37,7 +37,7 @@ pub struct Checked {
 }
 
 impl Checked {
-    fn of(
+    pub(crate) fn of(
         world: &World,
         s: &Scenario,
         prepared: &Prepared,
@@ -442,6 +442,7 @@ fn down_plan(plan: &Plan, starts: &[StepRef], world: &World) -> Plan {
                 phase: Phase::Damage,
                 action,
                 deps: 0..0,
+                subject: st.subject,
             })
         })
         .collect();
@@ -453,6 +454,7 @@ fn down_plan(plan: &Plan, starts: &[StepRef], world: &World) -> Plan {
         steps,
         dep_pool: Vec::new(),
         release_dir: plan.release_dir.clone(),
+        departed: plan.departed.clone(),
     }
 }
 

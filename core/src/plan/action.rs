@@ -125,6 +125,19 @@ pub enum Action {
     },
     /// The machine is switched off.
     PowerOff,
+
+    // Removal: what a node that left the scenario leaves on the remaining
+    // ones (see `plan::removal`); its routes, FDB and neighbour entries go
+    // with `DeleteRoutes`, `DeleteFdbEntries` and `DeleteNeighbors`.
+    /// `etcdctl member remove` the member `name`, asked through the client
+    /// URL `endpoint` of the member the step runs on, unless `member list`
+    /// no longer has it.
+    RemoveEtcdMember { name: String, endpoint: String },
+    /// `kubectl delete node NAME` with the admin kubeconfig unless the Node
+    /// object is absent. When the apiserver does not answer, the step is not
+    /// applicable here (skipped with that reason: the object stays until it
+    /// is deleted by hand), not a failure.
+    DeleteNode { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
