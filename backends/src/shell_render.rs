@@ -346,8 +346,17 @@ fn remove_etcd_member(name: &str, endpoint: &str) -> R<StepScripts> {
     );
     Ok(StepScripts {
         check: Script::new(format!("{prologue}[ -z \"$id\" ] && exit 0\nexit 1\n")),
+        // etcd's strict reconfiguration check refuses a removal ("unhealthy
+        // cluster") until the members have been connected for 5 s, as just
+        // after a member restarted in the same rollout: retried for 60 s.
         apply: Script::new(format!(
-            "set -e\n{prologue}[ -z \"$id\" ] || e member remove \"$id\"\n"
+            "set -e\n{prologue}[ -n \"$id\" ] || exit 0\n\
+             i=0\n\
+             until out=$(e member remove \"$id\" 2>&1); do\n\
+             \x20 i=$((i+1)); [ $i -lt 30 ] || {{ echo \"$out\" >&2; exit 1; }}\n\
+             \x20 sleep 2\n\
+             done\n\
+             echo \"$out\"\n"
         )),
     })
 }
@@ -1832,6 +1841,24 @@ mod tests {
         assert_eq!(run_with(bin, &r.check.text).0, Some(0));
         assert_eq!(run_with(bin, &r.apply.text).0, Some(0));
         assert!(!std::fs::read_to_string(&log).unwrap().contains("remove"));
+        // Refused at first (etcd's strict reconfiguration check just after
+        // a restart): retried until it is accepted.
+        std::fs::write(
+            bin.join("list"),
+            "91bc3c398fb3c146, started, cp-3, https://10.1.0.13:2380, https://10.1.0.13:2379, false\n",
+        )
+        .unwrap();
+        fake(
+            bin,
+            "etcdctl",
+            &format!(
+                "case \"$*\" in *'member list'*) cat {list};; *'member remove'*) if [ -e {once} ]; then echo removed; else : > {once}; echo 'Error: etcdserver: unhealthy cluster' >&2; exit 1; fi;; esac\n",
+                list = bin.join("list").display(),
+                once = bin.join("once").display()
+            ),
+        );
+        let (code, out) = run_with(bin, &r.apply.text);
+        assert_eq!((code, out.trim()), (Some(0), "removed"));
         // No answer: an error (exit 2), not "absent".
         fake(bin, "etcdctl", "exit 1\n");
         assert_eq!(run_with(bin, &r.check.text).0, Some(2));
