@@ -200,7 +200,7 @@ impl std::fmt::Display for RolledOut {
 /// Why a rollout cannot be simulated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RolloutError {
-    #[error("the rollout simulation needs the same nodes in both scenarios: {old:?} → {new:?} (adding or removing nodes is not a rollout)")]
+    #[error("the rollout simulation needs the same nodes in both scenarios: {old:?} → {new:?} (adding nodes is not a rollout: apply brings them up at once; a removal is simulated when the new nodes are the old ones less the removed)")]
     Nodes { old: Vec<String>, new: Vec<String> },
     #[error("{0}")]
     Sim(#[from] SimError),
