@@ -393,10 +393,31 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> PlanDiff {
         findings.push(f);
     }
     if old.etcd_members != new.etcd_members {
+        let added = new
+            .etcd_members
+            .iter()
+            .any(|m| !old.etcd_members.contains(m));
+        // Members whose node stays in the scenario are not removed by apply.
+        let kept_nodes: Vec<&str> = old
+            .etcd_members
+            .iter()
+            .filter(|m| !new.etcd_members.contains(m) && new.pod_cidrs.contains_key(*m))
+            .map(String::as_str)
+            .collect();
+        let how = if added {
+            "apply does not add a member to a running etcd cluster: add it with `etcdctl member add` first".to_string()
+        } else if !kept_nodes.is_empty() {
+            format!(
+                "apply removes the members of nodes that left the scenario, not of nodes that stay: remove {} with `etcdctl member remove` first",
+                kept_nodes.join(", ")
+            )
+        } else {
+            "apply removes the departed members with `etcdctl member remove` (remove/etcd-member), each a change the remaining quorum agrees to".to_string()
+        };
         findings.push(Finding {
             severity: Severity::Disruptive,
             what: format!(
-                "etcd members [{}] → [{}]: a membership change; apply does not change the membership of a running etcd cluster: add or remove the member with `etcdctl member add/remove` first",
+                "etcd members [{}] → [{}]: a membership change; {how}",
                 old.etcd_members.join(", "),
                 new.etcd_members.join(", ")
             ),

@@ -53,6 +53,9 @@ pub(super) struct Gates<'a> {
 
 /// The removal steps of every departed node, in the order given.
 pub(super) fn steps(b: &mut Builder<'_>, cx: &Cluster<'_>, departed: &[Departed], g: &Gates<'_>) {
+    if departed.is_empty() {
+        return;
+    }
     let s = cx.s;
     let entries = pod_network_entries(s);
     for (k, d) in departed.iter().enumerate() {
