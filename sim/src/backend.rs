@@ -48,6 +48,8 @@ pub struct Sim {
     descriptions: std::collections::HashMap<usize, Arc<NetworkDescription>>,
     /// Files with the same bytes on every node, rendered once.
     shared_files: std::collections::HashMap<Asset, Arc<[u8]>>,
+    /// The scenario and plan (addresses) `shared_files` and `rendered` are of.
+    rendered_for: (usize, usize),
     /// Where [`Sim::pod_routes`] was made from: the address and length of
     /// the plan's pod network table (a plan with another table gets its own).
     pod_routes_src: (usize, usize),
@@ -76,6 +78,7 @@ impl SimBackend {
                 scaled: Default::default(),
                 descriptions: Default::default(),
                 shared_files: Default::default(),
+                rendered_for: (0, 0),
                 pod_routes_src: (0, 0),
                 api_nodes: BTreeSet::new(),
                 etcd_membership: BTreeSet::new(),
@@ -199,6 +202,17 @@ impl Sim {
     /// The bytes of a `WriteFile` step, from the one source, shared with
     /// every node that got the same bytes.
     fn file_bytes(&mut self, cx: &StepCx<'_>) -> Result<Arc<[u8]>, StepError> {
+        // Another plan (a removal or a rollout over the same machines)
+        // renders its own bytes: nothing rendered for the last one is reused.
+        let key = (
+            std::ptr::from_ref(cx.scenario) as usize,
+            std::ptr::from_ref(cx.plan) as usize,
+        );
+        if self.rendered_for != key {
+            self.rendered_for = key;
+            self.shared_files.clear();
+            self.rendered = None;
+        }
         if let Some((i, b)) = &self.rendered {
             if *i == cx.index {
                 return Ok(b.clone());
@@ -1110,13 +1124,40 @@ fn net_satisfied(node: &Node, action: &Action, pod_routes: Option<&Arc<PodRoutes
             let mode = route_mode(via);
             node.routes.shared.as_ref().is_some_and(|s| {
                 s.mode == mode
-                    && s.removed.is_empty()
-                    && pod_routes.is_some_and(|t| Arc::ptr_eq(t, &s.table))
+                    && pod_routes.is_some_and(|t| {
+                        (Arc::ptr_eq(t, &s.table) && s.removed.is_empty())
+                            || holds_every_entry(node, s, t)
+                    })
             })
         }
         Action::EnsureIptablesRule { table, rule } => node.netfilter.check(*table, rule),
         _ => false,
     }
+}
+
+/// Whether `node`, holding the pod network table `held`, has every entry
+/// of `want` but its own, as the shell's check asks (`ip route show exact`,
+/// and `ip neigh` and `bridge fdb` for an overlay): a table with more
+/// entries (a node that left, not removed yet) holds a smaller one.
+fn holds_every_entry(node: &Node, held: &SharedRoutes, want: &PodRoutes) -> bool {
+    let have: BTreeSet<String> = node.routes.list().iter().map(Route::emit).collect();
+    let vxlan = match &held.mode {
+        PodRouteMode::Overlay { dev } => Some(vxlan_lists(node, dev)),
+        PodRouteMode::Underlay { .. } => None,
+    };
+    want.entries
+        .iter()
+        .filter(|e| e.node != node.name)
+        .all(|e| {
+            have.contains(&crate::routes::entry_route(&held.mode, e).emit())
+                && match (&vxlan, e.vtep) {
+                    (None, _) => true,
+                    (Some((fdb, neigh)), Some((vtep, mac))) => {
+                        fdb.get(&mac) == Some(&e.node_ip) && neigh.get(&vtep) == Some(&mac)
+                    }
+                    (Some(_), None) => false,
+                }
+        })
 }
 
 /// Whether the shared pod route table holds exactly these entries.

@@ -75,7 +75,7 @@ impl std::fmt::Display for Removed {
             writeln!(f, "  problem: {p}")?;
         }
         if self.traces.is_empty() {
-            writeln!(f, "traces: none (no route, neighbour, FDB entry, etcd member or Node object names a removed node)")?;
+            writeln!(f, "traces: none (no route, neighbour, FDB entry, network description line, etcd member or Node object names a removed node)")?;
         } else {
             writeln!(f, "traces left:")?;
             for t in &self.traces {
@@ -206,7 +206,7 @@ fn problems(plan: &Plan, outcomes: &[Outcome]) -> Vec<String> {
 
 /// Everything on the remaining cluster that still names a departed node:
 /// a route to its pod CIDR (unless a remaining node holds that CIDR now) or
-/// via its address, a VXLAN neighbour for its VTEP or FDB entry to its
+/// via its address, its line in the boot-time network description, a VXLAN neighbour for its VTEP or FDB entry to its
 /// address, the fabric router's route to it, its etcd membership (in the
 /// membership or a member's `--initial-cluster`), its Node object.
 fn traces(
@@ -244,6 +244,16 @@ fn traces(
                             l.name
                         ));
                     }
+                }
+            }
+            // The boot-time network description would bring its route back.
+            let conf = kscratch_core::plan::Asset::NetworkDescription.path();
+            if let Ok(text) = crate::files::read(node, conf) {
+                if text
+                    .lines()
+                    .any(|l| l.starts_with(&format!("node {name} ")))
+                {
+                    out.push(format!("{}: {conf} lists {name}", node.name));
                 }
             }
             if components::etcd_initial_names(node).is_some_and(|m| m.contains(name)) {
