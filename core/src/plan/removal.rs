@@ -142,10 +142,9 @@ pub(super) fn steps(b: &mut Builder<'_>, cx: &Cluster<'_>, departed: &[Departed]
             PodTraffic::Routed | PodTraffic::Fabric | PodTraffic::External => {}
         }
         if d.etcd_member {
-            if let Some((t, ok)) = g.etcd_ok.first() {
-                let Target::Node(i) = *t else { continue };
+            if let Some((t @ Target::Node(i), ok)) = g.etcd_ok.first() {
                 let scheme = s.security.model.scheme();
-                let host = match s.nodes[i as usize].ip {
+                let host = match s.nodes[*i as usize].ip {
                     IpAddr::V4(v) => v.to_string(),
                     IpAddr::V6(v) => format!("[{v}]"),
                 };
