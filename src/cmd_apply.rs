@@ -140,10 +140,30 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     eprint!("{}", loaded.warnings);
     let scenario = loaded.scenario;
     let damage = !args.faults.is_empty();
+    // Nodes the applied record has and the scenario does not: their traces
+    // on the remaining nodes are removed (planned like any other steps).
+    let departed = match damage {
+        false => crate::cmd_diff::departed(path, &scenario)?,
+        true => Vec::new(),
+    };
     let plan = match damage {
-        false => kscratch_core::plan::plan(&scenario),
+        false => kscratch_core::plan::plan_removing(&scenario, &departed),
         true => damage_plan(&args, &scenario)?,
     };
+    if !departed.is_empty() {
+        let names: Vec<String> = departed
+            .iter()
+            .map(|d| match d.etcd_member {
+                true => format!("{} (etcd member)", d.name),
+                false => d.name.clone(),
+            })
+            .collect();
+        eprintln!(
+            "removing {} the applied record has and the scenario does not: {}",
+            crate::plural(departed.len(), "node", "nodes"),
+            names.join(", ")
+        );
+    }
     let known_hosts = known_hosts_file(args.known_hosts.as_deref())?;
     let rollout = match damage {
         true => None,
@@ -323,8 +343,15 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         .any(|o| matches!(o, Outcome::Failed { .. }))
         || !backend.pool().unreachable().is_empty();
     if !failed && !args.dry_run && !damage {
-        // What `kscratch diff SCENARIO` compares with: secret-free digests and texts.
-        let snapshot = kscratch_core::diff::Snapshot::of(&scenario, &plan);
+        // What `kscratch diff SCENARIO` compares with: secret-free digests
+        // and texts. The record is the cluster as it now is: the removal
+        // steps did their work, and a later plan has none.
+        let snapshot = match departed.is_empty() {
+            true => kscratch_core::diff::Snapshot::of(&scenario, &plan),
+            false => {
+                kscratch_core::diff::Snapshot::of(&scenario, &kscratch_core::plan::plan(&scenario))
+            }
+        };
         match crate::cmd_diff::record_applied(path, &snapshot) {
             Ok(p) => tracing::info!("recorded the applied plan in {}", p.display()),
             Err(e) => eprintln!(

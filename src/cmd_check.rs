@@ -133,7 +133,8 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, load::Error> {
     })
 }
 
-/// `check NEW --from OLD`: the rollout of a change, proven wave by wave.
+/// `check NEW --from OLD`: the rollout of a change, proven wave by wave;
+/// a removal of nodes (NEW has fewer), applied and searched for traces.
 fn check_rollout(
     args: &CheckArgs,
     old_path: &std::path::Path,
@@ -150,17 +151,33 @@ fn check_rollout(
     };
     crate::diag(&old_loaded.warnings.to_string());
     let old = &old_loaded.scenario;
-    let (old_plan, new_plan) = (
-        kscratch_core::plan::plan(old),
-        kscratch_core::plan::plan(new),
-    );
+    let old_plan = kscratch_core::plan::plan(old);
+    let old_snapshot = kscratch_core::diff::Snapshot::of(old, &old_plan);
+    // Nodes OLD has and NEW does not are removed, as apply removes them.
+    let departed = old_snapshot
+        .departed(new)
+        .map_err(|e| load::Error::Usage(format!("error: {}: {e}", old_path.display())))?;
+    let new_plan = kscratch_core::plan::plan_removing(new, &departed);
     // What apply refuses is not simulated either.
     let d = kscratch_core::diff::diff(
-        &kscratch_core::diff::Snapshot::of(old, &old_plan),
+        &old_snapshot,
         &kscratch_core::diff::Snapshot::of(new, &new_plan),
     );
     if d.refused {
         return Err(load::Error::Usage(d.refusals().join("\n")));
+    }
+    if !departed.is_empty() {
+        let r = kscratch_sim::removal::remove(old, &old_plan, new, &new_plan)
+            .map_err(|e| load::Error::Usage(format!("error: {e}")))?;
+        match args.format {
+            CheckFormat::Json => crate::out(&crate::output::json("removal", &r)),
+            _ => crate::out(&r.to_string()),
+        }
+        return Ok(if r.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     let r = kscratch_sim::rollout::rollout(old, &old_plan, new, &new_plan, args.max_unavailable)
         .map_err(|e| load::Error::Usage(format!("error: {e}")))?;

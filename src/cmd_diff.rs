@@ -33,21 +33,62 @@ pub fn applied_path(path: &Path, cluster: &str) -> PathBuf {
     kscratch_backends::ssh_backend::state_dir(path, cluster).join("applied.json")
 }
 
-/// The snapshot of a scenario file, read-only (no lock is written).
-fn snapshot(path: &Path) -> Result<Snapshot, load::Error> {
+/// The snapshot of a scenario file, read-only (no lock is written), planned
+/// over `old`: the nodes `old` has and the scenario does not get their
+/// removal steps.
+fn snapshot(path: &Path, old: Option<&Snapshot>) -> Result<Snapshot, load::Error> {
     let loaded = load::scenario_read_only(path, false)?;
-    let plan = kscratch_core::plan::plan(&loaded.scenario);
+    let departed = match old {
+        Some(o) => departed_of(o, &loaded.scenario, path)?,
+        None => Vec::new(),
+    };
+    let plan = kscratch_core::plan::plan_removing(&loaded.scenario, &departed);
     Ok(Snapshot::of(&loaded.scenario, &plan))
+}
+
+/// [`Snapshot::departed`], its error with the file it is about (exit 2).
+fn departed_of(
+    old: &Snapshot,
+    s: &kscratch_core::Scenario,
+    about: &Path,
+) -> Result<Vec<kscratch_core::plan::Departed>, load::Error> {
+    old.departed(s).map_err(|e| {
+        load::Error::Usage(format!(
+            "error: {}: removing the nodes it no longer has: {e}",
+            about.display()
+        ))
+    })
+}
+
+/// The nodes the applied record of the scenario at `path` has and `s` does
+/// not, with what the record says the cluster holds for them (none without
+/// a record): the planner's removal input.
+pub fn departed(
+    path: &Path,
+    s: &kscratch_core::Scenario,
+) -> Result<Vec<kscratch_core::plan::Departed>, load::Error> {
+    let record = applied_path(path, &s.name);
+    match read_applied(&record)? {
+        Some(old) => departed_of(&old, s, &record),
+        None => Ok(Vec::new()),
+    }
 }
 
 pub fn run(args: DiffArgs) -> Result<ExitCode, load::Error> {
     let (old, new) = match &args.second {
-        Some(second) => (snapshot(&args.first)?, snapshot(second)?),
+        Some(second) => {
+            let old = snapshot(&args.first, None)?;
+            let new = snapshot(second, Some(&old))?;
+            (old, new)
+        }
         None => {
-            let new = snapshot(&args.first)?;
-            let record = applied_path(&args.first, &new.cluster);
+            let loaded = load::scenario_read_only(&args.first, false)?;
+            let record = applied_path(&args.first, &loaded.scenario.name);
             match read_applied(&record)? {
-                Some(old) => (old, new),
+                Some(old) => {
+                    let new = snapshot(&args.first, Some(&old))?;
+                    (old, new)
+                }
                 None => {
                     return Err(load::Error::Usage(format!(
                         "error: no applied plan recorded at {}\n  hint: `kscratch apply` records it after a successful run; to compare two scenarios, pass both: kscratch diff OLD.yaml NEW.yaml",

@@ -308,7 +308,9 @@ fn run(cli: Cli) -> Result<ExitCode, load::Error> {
                 Err(e) if format == PlanFormat::Json => return machine_error(e, false),
                 r => r?,
             };
-            let plan = kscratch_core::plan::plan(&loaded.scenario);
+            // Nodes the applied record has and the scenario does not get removal steps.
+            let departed = cmd_diff::departed(&scenario.scenario, &loaded.scenario)?;
+            let plan = kscratch_core::plan::plan_removing(&loaded.scenario, &departed);
             match format {
                 PlanFormat::Text => {
                     out(&format!(

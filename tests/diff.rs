@@ -17,9 +17,10 @@ fn kscratch(args: &[&str], dir: &Path) -> Output {
 }
 
 /// The pairs in scenarios/diff/, each against guide-routed, with the exit code diff(1)-style.
-const PAIRS: [(&str, i32); 5] = [
+const PAIRS: [(&str, i32); 6] = [
     ("max-pods", 1),
     ("node-added", 1),
+    ("node-removed", 1),
     ("upgrade", 1),
     ("upgrade-skips-a-minor", 2),
     ("pod-cidr-move", 2),
@@ -251,7 +252,12 @@ fn check_from_rolls_each_pair_out_on_the_simulator() {
         ),
         ("upgrade-skips-a-minor", 2, "skips 1 minor version"),
         ("pod-cidr-move", 2, "a node's pod range cannot move"),
-        ("node-added", 2, "adding or removing nodes is not a rollout"),
+        ("node-added", 2, "adding nodes is not a rollout"),
+        (
+            "node-removed",
+            0,
+            "verdict: the nodes are removed without a trace, and the cluster is whole",
+        ),
     ] {
         let new = root().join(format!("scenarios/diff/{name}.yaml"));
         std::fs::copy(&new, dir.join(format!("{name}.yaml"))).unwrap();
@@ -284,6 +290,7 @@ fn check_from_rolls_each_pair_out_on_the_simulator() {
             "guide-routed.yaml",
             "max-pods.yaml",
             "node-added.yaml",
+            "node-removed.yaml",
             "pod-cidr-move.yaml",
             "upgrade-skips-a-minor.yaml",
             "upgrade.yaml"

@@ -292,7 +292,25 @@ fn json_outputs_match_their_published_schemas() {
         "{}",
         String::from_utf8_lossy(&rollout.stderr)
     );
+    let removal = kscratch(
+        &[
+            "check",
+            "scenarios/diff/node-removed.yaml",
+            "--from",
+            "scenarios/guide-routed.yaml",
+            "--format",
+            "json",
+        ],
+        &dir,
+    );
+    assert_eq!(
+        removal.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&removal.stderr)
+    );
     for (doc, _) in [
+        (&removal, ""),
         (&rollout, ""),
         (&diff, ""),
         (&plan, ""),
@@ -325,6 +343,11 @@ fn json_outputs_match_their_published_schemas() {
     assert_schema("plan.schema.json", &plan.stdout, "plan");
     assert_schema("diff.schema.json", &diff.stdout, "diff");
     assert_schema("rollout.schema.json", &rollout.stdout, "check --from");
+    assert_schema(
+        "removal.schema.json",
+        &removal.stdout,
+        "check --from (a removal)",
+    );
 }
 
 #[test]

@@ -17,6 +17,8 @@ mod plan;
 mod proptests;
 /// What each release's real binaries accept (core/data tables) and the version matrix.
 mod release;
+/// Removing a node: removal steps, the simulator's proof, the quorum refusal.
+mod removal;
 /// Rendered assets: PKI, kubeconfigs, manifests, units, checked with real tools.
 mod render;
 /// `kscratch reset`: teardown plans, refusals, and resets on the simulator.

@@ -320,6 +320,70 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
         Action::DeleteIptablesChains { table, chains } => {
             Rendered::Remote(delete_iptables_chains(table.name(), chains)?)
         }
+        Action::RemoveEtcdMember { name, endpoint } => {
+            Rendered::Remote(remove_etcd_member(name, endpoint)?)
+        }
+        Action::DeleteNode { name } => Rendered::Remote(delete_node(name)?),
+    })
+}
+
+/// `etcdctl member remove` by name, through `endpoint`; the check is the
+/// member's absence from `member list` (`ID, status, name, peers, clients,
+/// learner`). Without etcdctl, or without an answer, the step fails: a
+/// member left behind still counts toward the quorum.
+fn remove_etcd_member(name: &str, endpoint: &str) -> R<StepScripts> {
+    let tls = if endpoint.starts_with("https://") {
+        format!(" {}", tls_options(Component::Etcd))
+    } else {
+        String::new()
+    };
+    let missing = q(&format!(
+        "etcdctl is not installed on this node: install it (Debian: etcd-client), or run `etcdctl member remove` for {name} by hand, then apply again"
+    ))?;
+    let unanswered = q(&format!("etcdctl member list through {endpoint} failed"))?;
+    let prologue = format!(
+        "command -v etcdctl >/dev/null 2>&1 || {{ echo {missing} >&2; exit 2; }}\n\
+         e() {{ ETCDCTL_API=3 etcdctl --endpoints={ep}{tls} --dial-timeout=5s --command-timeout=15s \"$@\"; }}\n\
+         list=$(e member list -w simple) || {{ echo {unanswered} >&2; exit 2; }}\n\
+         id=$(printf '%s\\n' \"$list\" | awk -F', ' -v n={n} '$3 == n {{print $1}}')\n",
+        ep = q(endpoint)?,
+        n = q(name)?
+    );
+    Ok(StepScripts {
+        check: Script::new(format!("{prologue}[ -z \"$id\" ] && exit 0\nexit 1\n")),
+        // etcd's strict reconfiguration check refuses a removal ("unhealthy
+        // cluster") until the members have been connected for 5 s, as just
+        // after a member restarted in the same rollout: retried for 60 s.
+        apply: Script::new(format!(
+            "set -e\n{prologue}[ -n \"$id\" ] || exit 0\n\
+             i=0\n\
+             until out=$(e member remove \"$id\" 2>&1); do\n\
+             \x20 i=$((i+1)); [ $i -lt 30 ] || {{ echo \"$out\" >&2; exit 1; }}\n\
+             \x20 sleep 2\n\
+             done\n\
+             echo \"$out\"\n"
+        )),
+    })
+}
+
+/// `kubectl delete node NAME` with the admin kubeconfig. An apiserver that
+/// does not answer makes the step not applicable (exit
+/// [`EXIT_NOT_APPLICABLE`] with the reason): the removal goes on and says
+/// the object stays.
+fn delete_node(name: &str) -> R<StepScripts> {
+    let k = admin_kubeconfig()?;
+    let n = q(name)?;
+    let stays = q(&format!(
+        "the apiserver does not answer: the Node object {name} stays; delete it later with `kubectl delete node {name}`"
+    ))?;
+    Ok(StepScripts {
+        check: Script::new(format!(
+            "{}if ! out=$(kubectl --kubeconfig {k} --request-timeout=20s get node {n} --ignore-not-found -o name 2>/dev/null); then echo {stays}; exit {EXIT_NOT_APPLICABLE}; fi\n[ -z \"$out\" ] && exit 0\nexit 1\n",
+            kubectl_guard()
+        )),
+        apply: Script::new(format!(
+            "set -e\nkubectl --kubeconfig {k} --request-timeout=20s delete node {n} --ignore-not-found\n"
+        )),
     })
 }
 
@@ -1815,6 +1879,189 @@ mod tests {
         {
             Rendered::Remote(r) => r,
             other => panic!("{id}: {other:?}"),
+        }
+    }
+
+    /// Runs `script` with `bin` first on PATH; its status and stdout.
+    fn run_with(bin: &std::path::Path, script: &str) -> (Option<i32>, String) {
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn fake(bin: &std::path::Path, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// `member remove` by the ID `member list` gives the name; absent, the
+    /// check holds and the apply removes nothing; no answer is an error.
+    #[test]
+    fn an_etcd_member_is_removed_by_the_id_its_name_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path();
+        let log = bin.join("calls");
+        fake(
+            bin,
+            "etcdctl",
+            &format!(
+                "echo \"$*\" >> {log}\ncase \"$*\" in *'member list'*) cat {list};; esac\n",
+                log = log.display(),
+                list = bin.join("list").display()
+            ),
+        );
+        std::fs::write(
+            bin.join("list"),
+            "8e9e05c52164694d, started, cp-1, https://10.1.0.11:2380, https://10.1.0.11:2379, false\n\
+             91bc3c398fb3c146, started, cp-3, https://10.1.0.13:2380, https://10.1.0.13:2379, false\n\
+             fd422379fda50e48, started, cp-30, https://10.1.0.30:2380, https://10.1.0.30:2379, false\n",
+        )
+        .unwrap();
+        let r = remove_etcd_member("cp-3", "https://10.1.0.11:2379").unwrap();
+        parses(&r.check.text);
+        parses(&r.apply.text);
+        assert_eq!(run_with(bin, &r.check.text).0, Some(1), "present: needed");
+        assert_eq!(run_with(bin, &r.apply.text).0, Some(0));
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            calls.lines().any(|l| l.starts_with(
+                "--endpoints=https://10.1.0.11:2379 --cacert /srv/kubernetes/etcd/ca.crt"
+            ) && l.ends_with("member remove 91bc3c398fb3c146")),
+            "{calls}"
+        );
+        assert!(!calls.contains("member remove fd42"), "{calls}");
+        // Gone from the list: satisfied, and a re-run removes nothing.
+        std::fs::write(
+            bin.join("list"),
+            "8e9e05c52164694d, started, cp-1, https://10.1.0.11:2380, https://10.1.0.11:2379, false\n",
+        )
+        .unwrap();
+        std::fs::remove_file(&log).unwrap();
+        assert_eq!(run_with(bin, &r.check.text).0, Some(0));
+        assert_eq!(run_with(bin, &r.apply.text).0, Some(0));
+        assert!(!std::fs::read_to_string(&log).unwrap().contains("remove"));
+        // Refused at first (etcd's strict reconfiguration check just after
+        // a restart): retried until it is accepted.
+        std::fs::write(
+            bin.join("list"),
+            "91bc3c398fb3c146, started, cp-3, https://10.1.0.13:2380, https://10.1.0.13:2379, false\n",
+        )
+        .unwrap();
+        fake(
+            bin,
+            "etcdctl",
+            &format!(
+                "case \"$*\" in *'member list'*) cat {list};; *'member remove'*) if [ -e {once} ]; then echo removed; else : > {once}; echo 'Error: etcdserver: unhealthy cluster' >&2; exit 1; fi;; esac\n",
+                list = bin.join("list").display(),
+                once = bin.join("once").display()
+            ),
+        );
+        let (code, out) = run_with(bin, &r.apply.text);
+        assert_eq!((code, out.trim()), (Some(0), "removed"));
+        // No answer: an error (exit 2), not "absent".
+        fake(bin, "etcdctl", "exit 1\n");
+        assert_eq!(run_with(bin, &r.check.text).0, Some(2));
+        // Plain HTTP: no TLS flags.
+        let r = remove_etcd_member("e", "http://10.0.0.1:2379").unwrap();
+        assert!(!r.check.text.contains("--cacert"));
+    }
+
+    /// A Node object present is deleted, absent is satisfied, and an
+    /// apiserver that does not answer makes the step not applicable with
+    /// the reason as its last line.
+    #[test]
+    fn a_node_object_is_deleted_or_left_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path();
+        let r = delete_node("node-4").unwrap();
+        parses(&r.check.text);
+        parses(&r.apply.text);
+        fake(
+            bin,
+            "kubectl",
+            "case \"$*\" in *'get node node-4'*) echo node/node-4;; esac\n",
+        );
+        assert_eq!(run_with(bin, &r.check.text).0, Some(1));
+        fake(bin, "kubectl", "exit 0\n");
+        assert_eq!(run_with(bin, &r.check.text).0, Some(0));
+        fake(
+            bin,
+            "kubectl",
+            "echo 'The connection to the server was refused' >&2; exit 1\n",
+        );
+        let (code, out) = run_with(bin, &r.check.text);
+        assert_eq!(code, Some(EXIT_NOT_APPLICABLE as i32));
+        assert_eq!(
+            out.trim(),
+            "the apiserver does not answer: the Node object node-4 stays; delete it later with `kubectl delete node node-4`"
+        );
+        assert!(r
+            .apply
+            .text
+            .contains("delete node node-4 --ignore-not-found"));
+    }
+
+    /// The removal steps of a plan with departed nodes render and parse,
+    /// routed and vxlan; the fabric router's is listed for the operator.
+    #[test]
+    fn every_removal_step_renders_and_parses() {
+        for text in [
+            SCENARIO.to_string(),
+            SCENARIO.replace("podTraffic: routed", "podTraffic: vxlan"),
+            SCENARIO.replace(
+                "podTraffic: routed",
+                "podTraffic: fabric, gateway: 198.51.100.254",
+            ),
+        ] {
+            let (s, _) = load(&text);
+            let gone = kscratch_core::plan::Departed {
+                name: "c".into(),
+                node_ip: "198.51.100.3".parse().unwrap(),
+                pod_cidr: "10.10.2.0/24".parse().unwrap(),
+                vtep_mac: None,
+                etcd_member: true,
+            };
+            let p = kscratch_core::plan::plan_removing(&s, &[gone]);
+            let removal: Vec<_> = p.steps.iter().filter(|st| st.subject.is_some()).collect();
+            assert!(removal.len() >= 3, "{text}");
+            for st in removal {
+                let node = match st.target {
+                    Target::Node(i) => Some(i as usize),
+                    _ => None,
+                };
+                let cx = RenderCx {
+                    scenario: &s,
+                    plan: &p,
+                    node,
+                    inputs: Inputs::default(),
+                };
+                match render(&cx, &st.action).unwrap() {
+                    Rendered::Remote(r) => {
+                        parses(&r.check.text);
+                        parses(&r.apply.text);
+                    }
+                    Rendered::NotApplicable(why) => {
+                        assert_eq!(st.target, Target::Fabric);
+                        assert!(why.contains("delete these routes on it"), "{why}");
+                        assert!(why.contains("10.10.2.0/24 via 198.51.100.3"), "{why}");
+                    }
+                    Rendered::Local(l) => panic!("{}: {l}", p.step_id(st)),
+                }
+            }
         }
     }
 

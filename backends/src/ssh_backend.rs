@@ -416,7 +416,9 @@ impl SshBackend {
             | Action::PowerOff
             | Action::DisableService { .. }
             | Action::ClearDirectory { .. }
-            | Action::DeleteIptablesChains { .. }) => {
+            | Action::DeleteIptablesChains { .. }
+            | Action::RemoveEtcdMember { .. }
+            | Action::DeleteNode { .. }) => {
                 return Err(StepError::failed(format!(
                     "{}: {other:?} does not run on the operator's machine",
                     cx.id()
@@ -501,7 +503,9 @@ impl SshBackend {
             | Action::PowerOff
             | Action::DisableService { .. }
             | Action::ClearDirectory { .. }
-            | Action::DeleteIptablesChains { .. } => self.opts.step_timeout,
+            | Action::DeleteIptablesChains { .. }
+            | Action::RemoveEtcdMember { .. }
+            | Action::DeleteNode { .. } => self.opts.step_timeout,
         }
     }
 

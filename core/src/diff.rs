@@ -13,7 +13,7 @@
 //! its node (the same rule `exec` restarts by); a static pod's are its
 //! manifest and the files the manifest names, and those files name.
 
-use crate::plan::{self, digest, Action, Asset, Plan, Target};
+use crate::plan::{self, digest, Action, Asset, Departed, Plan, PodNetworkEntry, Target};
 use crate::scenario::Scenario;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -163,6 +163,44 @@ impl Snapshot {
                 .collect(),
             artifacts,
         }
+    }
+}
+
+impl Snapshot {
+    /// The nodes this record has and `s` does not, with what the record
+    /// says the cluster holds for each (node IP, pod CIDR, VTEP MAC from the
+    /// recorded pod network table; etcd membership): the planner's input
+    /// for removing them ([`crate::plan::plan_removing`]). In record order
+    /// (by name). A record whose pod network table lacks a departed node,
+    /// or cannot be read, is an error naming it.
+    pub fn departed(&self, s: &Scenario) -> Result<Vec<Departed>, String> {
+        let gone: Vec<&String> = self
+            .pod_cidrs
+            .keys()
+            .filter(|n| !s.nodes.iter().any(|m| &m.name == *n))
+            .collect();
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table: Vec<PodNetworkEntry> = match self.artifacts.get("pod-network") {
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| format!("the recorded pod network table cannot be read: {e}"))?,
+            None => Vec::new(),
+        };
+        gone.into_iter()
+            .map(|name| {
+                let e = table.iter().find(|e| &e.node == name).ok_or_else(|| {
+                    format!("the recorded pod network table has no entry for {name}")
+                })?;
+                Ok(Departed {
+                    name: name.clone(),
+                    node_ip: e.node_ip,
+                    pod_cidr: e.pod_cidr,
+                    vtep_mac: e.vtep_mac,
+                    etcd_member: self.etcd_members.contains(name),
+                })
+            })
+            .collect()
     }
 }
 
@@ -355,10 +393,31 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> PlanDiff {
         findings.push(f);
     }
     if old.etcd_members != new.etcd_members {
+        let added = new
+            .etcd_members
+            .iter()
+            .any(|m| !old.etcd_members.contains(m));
+        // Members whose node stays in the scenario are not removed by apply.
+        let kept_nodes: Vec<&str> = old
+            .etcd_members
+            .iter()
+            .filter(|m| !new.etcd_members.contains(m) && new.pod_cidrs.contains_key(*m))
+            .map(String::as_str)
+            .collect();
+        let how = if added {
+            "apply does not add a member to a running etcd cluster: add it with `etcdctl member add` first".to_string()
+        } else if !kept_nodes.is_empty() {
+            format!(
+                "apply removes the members of nodes that left the scenario, not of nodes that stay: remove {} with `etcdctl member remove` first",
+                kept_nodes.join(", ")
+            )
+        } else {
+            "apply removes the departed members with `etcdctl member remove` (remove/etcd-member), each a change the remaining quorum agrees to".to_string()
+        };
         findings.push(Finding {
             severity: Severity::Disruptive,
             what: format!(
-                "etcd members [{}] → [{}]: a membership change; apply does not change the membership of a running etcd cluster: add or remove the member with `etcdctl member add/remove` first",
+                "etcd members [{}] → [{}]: a membership change; {how}",
                 old.etcd_members.join(", "),
                 new.etcd_members.join(", ")
             ),

@@ -129,7 +129,10 @@ impl Stage {
             | Action::PowerOff
             | Action::DisableService { .. }
             | Action::ClearDirectory { .. }
-            | Action::DeleteIptablesChains { .. } => None,
+            | Action::DeleteIptablesChains { .. }
+            // A membership change and an API delete: nothing restarts.
+            | Action::RemoveEtcdMember { .. }
+            | Action::DeleteNode { .. } => None,
         }
     }
 }

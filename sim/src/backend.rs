@@ -48,6 +48,21 @@ pub struct Sim {
     descriptions: std::collections::HashMap<usize, Arc<NetworkDescription>>,
     /// Files with the same bytes on every node, rendered once.
     shared_files: std::collections::HashMap<Asset, Arc<[u8]>>,
+    /// The scenario and plan (addresses) `shared_files` and `rendered` are of.
+    rendered_for: (usize, usize),
+    /// Where [`Sim::pod_routes`] was made from: the address and length of
+    /// the plan's pod network table (a plan with another table gets its own).
+    pod_routes_src: (usize, usize),
+    /// The Node objects the API holds: each kubelet registers its node when
+    /// it starts; `DeleteNode` deletes one. A machine that is gone leaves its
+    /// object behind.
+    pub api_nodes: BTreeSet<String>,
+    /// The etcd cluster's membership as `etcdctl member list` shows it: the
+    /// `--initial-cluster` the first member started with (etcd keeps its
+    /// membership in its data dir; later flags do not change it), less the
+    /// members `etcdctl member remove` removed. Quorum is still counted
+    /// among each member's `--initial-cluster` (components.rs).
+    pub etcd_membership: BTreeSet<String>,
 }
 
 impl SimBackend {
@@ -63,6 +78,10 @@ impl SimBackend {
                 scaled: Default::default(),
                 descriptions: Default::default(),
                 shared_files: Default::default(),
+                rendered_for: (0, 0),
+                pod_routes_src: (0, 0),
+                api_nodes: BTreeSet::new(),
+                etcd_membership: BTreeSet::new(),
             }),
         }
     }
@@ -183,6 +202,17 @@ impl Sim {
     /// The bytes of a `WriteFile` step, from the one source, shared with
     /// every node that got the same bytes.
     fn file_bytes(&mut self, cx: &StepCx<'_>) -> Result<Arc<[u8]>, StepError> {
+        // Another plan (a removal or a rollout over the same machines)
+        // renders its own bytes: nothing rendered for the last one is reused.
+        let key = (
+            std::ptr::from_ref(cx.scenario) as usize,
+            std::ptr::from_ref(cx.plan) as usize,
+        );
+        if self.rendered_for != key {
+            self.rendered_for = key;
+            self.shared_files.clear();
+            self.rendered = None;
+        }
         if let Some((i, b)) = &self.rendered {
             if *i == cx.index {
                 return Ok(b.clone());
@@ -269,9 +299,9 @@ impl Sim {
                 | Action::PowerOff
                 | Action::DisableService { .. }
                 | Action::ClearDirectory { .. }
-                | Action::DeleteIptablesChains { .. }) => {
-                    Err(not_run_on(&id, a, "the operator's machine"))
-                }
+                | Action::DeleteIptablesChains { .. }
+                | Action::RemoveEtcdMember { .. }
+                | Action::DeleteNode { .. }) => Err(not_run_on(&id, a, "the operator's machine")),
             };
         }
         if matches!(cx.step.target, Target::Fabric) {
@@ -315,15 +345,21 @@ impl Sim {
                 | Action::PowerOff
                 | Action::DisableService { .. }
                 | Action::ClearDirectory { .. }
-                | Action::DeleteIptablesChains { .. }) => {
-                    Err(not_run_on(&id, a, "the underlay router"))
-                }
+                | Action::DeleteIptablesChains { .. }
+                | Action::RemoveEtcdMember { .. }
+                | Action::DeleteNode { .. }) => Err(not_run_on(&id, a, "the underlay router")),
             };
+        }
+        if let Action::InstallPodRoutes { .. } = &cx.step.action {
+            self.plan_table(cx);
         }
         let pod_routes = self.pod_routes.clone();
         let node_index = cx.node().unwrap_or(0);
         if let Action::PowerOff = &cx.step.action {
             return Ok(ok(!self.world.nodes[node_index].up));
+        }
+        if let a @ (Action::RemoveEtcdMember { .. } | Action::DeleteNode { .. }) = &cx.step.action {
+            return self.removal_check(cx, a);
         }
         if let Action::ScaleDeployment {
             namespace,
@@ -422,7 +458,9 @@ impl Sim {
             | Action::GenerateTokens { .. }
             | Action::InstallFabricRoutes { .. }
             | Action::PowerOff
-            | Action::ScaleDeployment { .. } => {
+            | Action::ScaleDeployment { .. }
+            | Action::RemoveEtcdMember { .. }
+            | Action::DeleteNode { .. } => {
                 return Err(StepError::failed(format!(
                     "{id}: the simulator does not run {} on a node",
                     action_name(&cx.step.action)
@@ -474,7 +512,9 @@ impl Sim {
                     | Action::PowerOff
                     | Action::DisableService { .. }
                     | Action::ClearDirectory { .. }
-                    | Action::DeleteIptablesChains { .. }) => {
+                    | Action::DeleteIptablesChains { .. }
+                    | Action::RemoveEtcdMember { .. }
+                    | Action::DeleteNode { .. }) => {
                         Err(not_run_on(&id, a, "the operator's machine"))
                     }
                 };
@@ -528,9 +568,9 @@ impl Sim {
                     | Action::PowerOff
                     | Action::DisableService { .. }
                     | Action::ClearDirectory { .. }
-                    | Action::DeleteIptablesChains { .. }) => {
-                        Err(not_run_on(&id, a, "the underlay router"))
-                    }
+                    | Action::DeleteIptablesChains { .. }
+                    | Action::RemoveEtcdMember { .. }
+                    | Action::DeleteNode { .. }) => Err(not_run_on(&id, a, "the underlay router")),
                 };
             }
             Target::Node(_) => {}
@@ -541,13 +581,14 @@ impl Sim {
             None
         };
         if let Action::InstallPodRoutes { .. } = &cx.step.action {
-            if self.pod_routes.is_none() {
-                self.pod_routes = Some(Arc::new(pod_route_table(cx)));
-            }
+            self.plan_table(cx);
         }
         let pod_routes = self.pod_routes.clone();
         let mut addon = None;
         let node_index = cx.node().unwrap_or(0);
+        if let a @ (Action::RemoveEtcdMember { .. } | Action::DeleteNode { .. }) = &cx.step.action {
+            return self.removal_apply(cx, a);
+        }
         if let Action::ScaleDeployment {
             namespace,
             name,
@@ -796,7 +837,9 @@ impl Sim {
             | Action::GenerateTokens { .. }
             | Action::InstallFabricRoutes { .. }
             | Action::PowerOff
-            | Action::ScaleDeployment { .. } => {
+            | Action::ScaleDeployment { .. }
+            | Action::RemoveEtcdMember { .. }
+            | Action::DeleteNode { .. } => {
                 return Err(StepError::failed(format!(
                     "{id}: the simulator does not run {} on a node",
                     action_name(&cx.step.action)
@@ -806,7 +849,133 @@ impl Sim {
         if let Some(a) = addon {
             self.addons.insert(a);
         }
+        self.after_start(cx, node_index);
         Ok(())
+    }
+
+    /// What a start leaves in the cluster's state: a kubelet registers its
+    /// Node object; the first etcd member to run forms the membership from
+    /// its `--initial-cluster`.
+    fn after_start(&mut self, cx: &StepCx<'_>, i: usize) {
+        let node = &self.world.nodes[i];
+        match &cx.step.action {
+            Action::StartService {
+                name: Service::Kubelet,
+            } if node.running("kubelet") => {
+                self.api_nodes.insert(node.name.clone());
+            }
+            Action::StartService {
+                name: Service::Etcd,
+            }
+            | Action::WriteFile {
+                asset: Asset::StaticPod(kscratch_core::plan::Component::Etcd),
+                ..
+            } if self.etcd_membership.is_empty() => {
+                if let Some(names) = components::etcd_initial_names(node) {
+                    self.etcd_membership.extend(names);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The shared pod route table for this plan's pod network: the current
+    /// one while the plan's entries are the same, else a new one (a node
+    /// left or joined): nodes holding the old table then need their routes.
+    fn plan_table(&mut self, cx: &StepCx<'_>) {
+        let net = cx.plan.pod_network();
+        let src = (net.as_ptr() as usize, net.len());
+        match &self.pod_routes {
+            Some(_) if self.pod_routes_src == src => {}
+            Some(t) if same_entries(t, net) => self.pod_routes_src = src,
+            _ => {
+                self.pod_routes = Some(Arc::new(pod_route_table(cx)));
+                self.pod_routes_src = src;
+            }
+        }
+    }
+
+    /// Whether the API still has the Node object, or the etcd membership
+    /// the member; `NotApplicable` when the apiserver does not answer a
+    /// `DeleteNode` (the object stays until deleted by hand).
+    fn removal_check(&mut self, cx: &StepCx<'_>, a: &Action) -> Result<Probe, StepError> {
+        let id = cx.id();
+        let i = cx
+            .node()
+            .ok_or_else(|| StepError::failed(format!("{id}: this action runs on a node")))?;
+        self.node_mut(cx)?;
+        match a {
+            Action::DeleteNode { name } => {
+                if let Err(e) = self.kubectl_reaches(i) {
+                    return Ok(Probe::NotApplicable(format!(
+                        "the apiserver does not answer ({e}): the Node object {name} stays; delete it later with `kubectl delete node {name}`"
+                    )));
+                }
+                Ok(ok(!self.api_nodes.contains(name)))
+            }
+            Action::RemoveEtcdMember { name, .. } => {
+                let members = self.etcd_member_list(cx, i)?;
+                Ok(ok(!members.contains(name)))
+            }
+            other => Err(StepError::failed(format!(
+                "{id}: {} is not a removal action",
+                action_name(other)
+            ))),
+        }
+    }
+
+    fn removal_apply(&mut self, cx: &StepCx<'_>, a: &Action) -> Result<(), StepError> {
+        let id = cx.id();
+        let i = cx
+            .node()
+            .ok_or_else(|| StepError::failed(format!("{id}: this action runs on a node")))?;
+        self.node_mut(cx)?;
+        match a {
+            Action::DeleteNode { name } => {
+                self.kubectl_reaches(i)
+                    .map_err(|e| command_error(&id, format!("kubectl delete node {name}: {e}")))?;
+                self.api_nodes.remove(name);
+                Ok(())
+            }
+            Action::RemoveEtcdMember { name, .. } => {
+                let members = self.etcd_member_list(cx, i)?;
+                if members.contains(name) {
+                    if self.etcd_membership.is_empty() {
+                        self.etcd_membership.extend(members);
+                    }
+                    self.etcd_membership.remove(name);
+                }
+                Ok(())
+            }
+            other => Err(StepError::failed(format!(
+                "{id}: {} is not a removal action",
+                action_name(other)
+            ))),
+        }
+    }
+
+    /// kubectl with the admin kubeconfig on node `i` reaches a healthy apiserver.
+    fn kubectl_reaches(&self, i: usize) -> Result<usize, String> {
+        components::kubectl_server(
+            &self.world.nodes[i],
+            kscratch_core::plan::KubeconfigUser::Admin,
+        )
+        .and_then(|url| components::apiserver_at(&self.world, i, &url))
+    }
+
+    /// `etcdctl member list` through the member on node `i`: it must run
+    /// and be healthy (a member without quorum answers no membership call).
+    fn etcd_member_list(&self, cx: &StepCx<'_>, i: usize) -> Result<BTreeSet<String>, StepError> {
+        let node = &self.world.nodes[i];
+        components::health(node, "etcd")
+            .map_err(|e| command_error(&cx.id(), format!("etcdctl member list: {e}")))?;
+        if !self.etcd_membership.is_empty() {
+            return Ok(self.etcd_membership.clone());
+        }
+        Ok(components::etcd_initial_names(node)
+            .unwrap_or_default()
+            .into_iter()
+            .collect())
     }
 }
 
@@ -913,6 +1082,7 @@ fn net_apply(
                     }
                 }
             }
+            leave_old_entries(node, &table);
             node.routes.shared = Some(SharedRoutes {
                 table,
                 mode,
@@ -940,6 +1110,52 @@ fn net_apply(
     Ok(())
 }
 
+/// Before a node takes a new pod network table: `ip route replace`, `ip
+/// neigh replace` and `bridge fdb replace` for each entry of the new table
+/// leave every other entry where it was, so the old table's entries for
+/// nodes the new one no longer has stay on the node, as its own (until a
+/// removal step deletes them); an entry for a pod CIDR, VTEP or MAC the new
+/// table has is replaced.
+fn leave_old_entries(node: &mut Node, new: &Arc<PodRoutes>) {
+    let Some(old) = node.routes.shared.take() else {
+        return;
+    };
+    if Arc::ptr_eq(&old.table, new) {
+        node.routes.shared = Some(old);
+        return;
+    }
+    let vxlan_dev = match &old.mode {
+        PodRouteMode::Overlay { dev } => Some(dev.clone()),
+        PodRouteMode::Underlay { .. } => None,
+    };
+    for (i, e) in old.table.entries.iter().enumerate() {
+        if Some(i) == old.own || old.removed.contains(&i) || e.node == node.name {
+            continue;
+        }
+        if !new.entries.iter().any(|n| n.pod_cidr == e.pod_cidr) {
+            node.routes.local.push(crate::routes::shared_route(&old, i));
+        }
+        let (Some(dev), Some((vtep, mac))) = (&vxlan_dev, e.vtep) else {
+            continue;
+        };
+        if let Some(LinkKind::Vxlan(x)) = node.links.get_mut(dev).map(|l| &mut l.kind) {
+            if !x.shared_fdb {
+                continue; // its entries are its own already
+            }
+            if !new
+                .entries
+                .iter()
+                .any(|n| n.vtep.map(|v| v.0) == Some(vtep))
+            {
+                x.neighbors.entry(vtep).or_insert(mac);
+            }
+            if !new.entries.iter().any(|n| n.vtep.map(|v| v.1) == Some(mac)) {
+                x.fdb.entry(mac).or_insert(e.node_ip);
+            }
+        }
+    }
+}
+
 /// Whether a node-network action (see [`net_apply`]) holds on `node`.
 fn net_satisfied(node: &Node, action: &Action, pod_routes: Option<&Arc<PodRoutes>>) -> bool {
     match action {
@@ -957,13 +1173,40 @@ fn net_satisfied(node: &Node, action: &Action, pod_routes: Option<&Arc<PodRoutes
             let mode = route_mode(via);
             node.routes.shared.as_ref().is_some_and(|s| {
                 s.mode == mode
-                    && s.removed.is_empty()
-                    && pod_routes.is_some_and(|t| Arc::ptr_eq(t, &s.table))
+                    && pod_routes.is_some_and(|t| {
+                        (Arc::ptr_eq(t, &s.table) && s.removed.is_empty())
+                            || holds_every_entry(node, s, t)
+                    })
             })
         }
         Action::EnsureIptablesRule { table, rule } => node.netfilter.check(*table, rule),
         _ => false,
     }
+}
+
+/// Whether `node`, holding the pod network table `held`, has every entry
+/// of `want` but its own, as the shell's check asks (`ip route show exact`,
+/// and `ip neigh` and `bridge fdb` for an overlay): a table with more
+/// entries (a node that left, not removed yet) holds a smaller one.
+fn holds_every_entry(node: &Node, held: &SharedRoutes, want: &PodRoutes) -> bool {
+    let have: BTreeSet<String> = node.routes.list().iter().map(Route::emit).collect();
+    let vxlan = match &held.mode {
+        PodRouteMode::Overlay { dev } => Some(vxlan_lists(node, dev)),
+        PodRouteMode::Underlay { .. } => None,
+    };
+    want.entries
+        .iter()
+        .filter(|e| e.node != node.name)
+        .all(|e| {
+            have.contains(&crate::routes::entry_route(&held.mode, e).emit())
+                && match (&vxlan, e.vtep) {
+                    (None, _) => true,
+                    (Some((fdb, neigh)), Some((vtep, mac))) => {
+                        fdb.get(&mac) == Some(&e.node_ip) && neigh.get(&vtep) == Some(&mac)
+                    }
+                    (Some(_), None) => false,
+                }
+        })
 }
 
 /// Whether the shared pod route table holds exactly these entries.
@@ -1225,6 +1468,29 @@ fn fabric_route(u: &Underlay, r: &Route) -> Option<IpNet> {
         .get(&net)
         .filter(|via| r.via.is_none_or(|v| v == **via))
         .map(|_| net)
+}
+
+/// The VXLAN device `dev`'s FDB (MAC → remote address) and neighbour (VTEP
+/// → MAC) entries as `bridge fdb` and `ip neigh` list them: its own, and
+/// the shared table's while it uses them.
+pub fn vxlan_lists(
+    node: &Node,
+    dev: &str,
+) -> (
+    std::collections::BTreeMap<MacAddr, std::net::IpAddr>,
+    std::collections::BTreeMap<std::net::IpAddr, MacAddr>,
+) {
+    let Some(LinkKind::Vxlan(x)) = node.links.get(dev).map(|l| &l.kind) else {
+        return Default::default();
+    };
+    let (mut fdb, mut neigh) = (x.fdb.clone(), x.neighbors.clone());
+    if x.shared_fdb {
+        for (ip, mac, node_ip) in shared_vxlan_entries(node) {
+            fdb.entry(mac).or_insert(node_ip);
+            neigh.entry(ip).or_insert(mac);
+        }
+    }
+    (fdb, neigh)
 }
 
 /// The shared pod route table's entries this node holds VXLAN entries for.

@@ -977,6 +977,27 @@ pub fn apiserver_problem(world: &World, node: usize) -> Option<String> {
     None
 }
 
+/// The member names of the `--initial-cluster` the etcd on `node` was
+/// started with (`name=peer-url,...`), `None` when no etcd runs there.
+pub fn etcd_initial_names(node: &Node) -> Option<Vec<String>> {
+    let p = node.static_pods.get("etcd")?;
+    let text = files::read(node, &p.manifest).ok()?;
+    let words = if p.manifest == Asset::Unit(Service::Etcd).path() {
+        r::unit_exec_start(text).ok()?
+    } else {
+        r::static_pod_command(text).ok()?.argv
+    };
+    let argv = Argv::parse(&words).ok()?;
+    Some(match argv.get("initial-cluster") {
+        Some(c) => c
+            .split(',')
+            .filter_map(|m| m.split_once('='))
+            .map(|(name, _)| name.to_string())
+            .collect(),
+        None => argv.get("name").map(String::from).into_iter().collect(),
+    })
+}
+
 /// The members of the etcd cluster the etcd on `node` belongs to, from its
 /// `--initial-cluster` (`name=peer-url,...`): the node each peer URL is on,
 /// `None` for a peer on no node. Without the flag etcd is a cluster of one.

@@ -19,6 +19,7 @@ pub mod kube_proxy;
 pub mod netfilter;
 pub mod packet;
 pub mod prepare;
+pub mod removal;
 pub mod report;
 pub mod rollout;
 pub mod routes;

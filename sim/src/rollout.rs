@@ -37,7 +37,7 @@ pub struct Checked {
 }
 
 impl Checked {
-    fn of(
+    pub(crate) fn of(
         world: &World,
         s: &Scenario,
         prepared: &Prepared,
@@ -200,7 +200,7 @@ impl std::fmt::Display for RolledOut {
 /// Why a rollout cannot be simulated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RolloutError {
-    #[error("the rollout simulation needs the same nodes in both scenarios: {old:?} → {new:?} (adding or removing nodes is not a rollout)")]
+    #[error("the rollout simulation needs the same nodes in both scenarios: {old:?} → {new:?} (adding nodes is not a rollout: apply brings them up at once; a removal is simulated when the new nodes are the old ones less the removed)")]
     Nodes { old: Vec<String>, new: Vec<String> },
     #[error("{0}")]
     Sim(#[from] SimError),
@@ -444,6 +444,7 @@ fn down_plan(plan: &Plan, starts: &[StepRef], world: &World) -> Plan {
                 phase: Phase::Damage,
                 action,
                 deps: 0..0,
+                subject: st.subject,
             })
         })
         .collect();
@@ -455,6 +456,7 @@ fn down_plan(plan: &Plan, starts: &[StepRef], world: &World) -> Plan {
         steps,
         dep_pool: Vec::new(),
         release_dir: plan.release_dir.clone(),
+        departed: plan.departed.clone(),
     }
 }
 

@@ -189,9 +189,13 @@ impl PodRouteMode {
 
 /// Entry `i` of the shared table as this node's `ip route` lists it.
 pub fn shared_route(sh: &SharedRoutes, i: usize) -> Route {
-    let e = &sh.table.entries[i];
+    entry_route(&sh.mode, &sh.table.entries[i])
+}
+
+/// A pod network table entry as a node using it in `mode` lists its route.
+pub fn entry_route(mode: &PodRouteMode, e: &PodRouteEntry) -> Route {
     let mut r = Route::new(RouteDst::Net(e.pod_cidr));
-    match &sh.mode {
+    match mode {
         PodRouteMode::Underlay { dev } => {
             r.via = Some(e.node_ip);
             r.dev = Some(dev.clone());

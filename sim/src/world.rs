@@ -311,3 +311,34 @@ impl Node {
         self.services.get(service).is_some_and(|s| s.running)
     }
 }
+
+impl World {
+    /// The machines named in `gone` leave the world (their nodes, and the
+    /// addresses they answered for); the others keep their order, renumbered,
+    /// as a plan without them numbers its targets. Only before the workload
+    /// exists: pods are indexed by node, so with pods this refuses.
+    pub fn remove_nodes(&mut self, gone: &[String]) -> Result<(), String> {
+        if !self.pods.is_empty() {
+            return Err("nodes can only leave the simulated world before its pods exist".into());
+        }
+        let mut renumber = Vec::with_capacity(self.nodes.len());
+        let mut next = 0;
+        for n in &self.nodes {
+            if gone.contains(&n.name) {
+                renumber.push(None);
+            } else {
+                renumber.push(Some(next));
+                next += 1;
+            }
+        }
+        self.nodes.retain(|n| !gone.contains(&n.name));
+        self.owners = std::mem::take(&mut self.owners)
+            .into_iter()
+            .filter_map(|(ip, o)| match o {
+                Owner::Node(i) => renumber[i].map(|j| (ip, Owner::Node(j))),
+                other => Some((ip, other)),
+            })
+            .collect();
+        Ok(())
+    }
+}

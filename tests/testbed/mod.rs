@@ -14,6 +14,8 @@ mod apply;
 mod differential;
 /// Node lifecycle: losing a control-plane node behind the endpoint.
 mod lifecycle;
+/// Removing a node: its routes, FDB entries and etcd member go.
+mod removal;
 /// `kscratch reset`: a node back to how it was handed over, others untouched.
 mod reset;
 /// A changed input restarts its service; a converged apply restarts nothing.

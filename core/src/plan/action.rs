@@ -142,6 +142,19 @@ pub enum Action {
     /// another chain that jumps to one of them: what `kube-proxy --cleanup`
     /// does to its chains. Other rules and chains stay. None left: satisfied.
     DeleteIptablesChains { table: Table, chains: Vec<String> },
+
+    // Removal: what a node that left the scenario leaves on the remaining
+    // ones (see `plan::removal`); its routes, FDB and neighbour entries go
+    // with `DeleteRoutes`, `DeleteFdbEntries` and `DeleteNeighbors`.
+    /// `etcdctl member remove` the member `name`, asked through the client
+    /// URL `endpoint` of the member the step runs on, unless `member list`
+    /// no longer has it.
+    RemoveEtcdMember { name: String, endpoint: String },
+    /// `kubectl delete node NAME` with the admin kubeconfig unless the Node
+    /// object is absent. When the apiserver does not answer, the step is not
+    /// applicable here (skipped with that reason: the object stays until it
+    /// is deleted by hand), not a failure.
+    DeleteNode { name: String },
 }
 
 impl Action {

@@ -29,6 +29,20 @@ impl<'s> Builder<'s> {
         action: Action,
         deps: &[StepRef],
     ) -> StepRef {
+        self.push_about(target, key, None, phase, action, deps)
+    }
+
+    /// A step about departed node `subject` (an index into the plan's
+    /// departed nodes): its id is `<target>/<key>/<that node>`.
+    pub(super) fn push_about(
+        &mut self,
+        target: Target,
+        key: &'static str,
+        subject: Option<u32>,
+        phase: Phase,
+        action: Action,
+        deps: &[StepRef],
+    ) -> StepRef {
         let r = self.steps.len() as StepRef;
         let start = self.deps.len() as u32;
         self.deps.extend_from_slice(deps);
@@ -38,6 +52,7 @@ impl<'s> Builder<'s> {
             phase,
             action,
             deps: start..self.deps.len() as u32,
+            subject,
         });
         r
     }
@@ -123,7 +138,7 @@ impl<'s> Builder<'s> {
         )
     }
 
-    pub(super) fn finish(self, artifacts: Vec<Artifact>) -> Plan {
+    pub(super) fn finish(self, artifacts: Vec<Artifact>, departed: Vec<String>) -> Plan {
         let s = self.s;
         Plan {
             cluster: s.name.clone(),
@@ -133,6 +148,7 @@ impl<'s> Builder<'s> {
             steps: self.steps,
             dep_pool: self.deps,
             release_dir: s.binaries_dir.clone(),
+            departed,
         }
     }
 }

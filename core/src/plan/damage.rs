@@ -144,6 +144,7 @@ impl<'s> Builder<'s> {
                 phase: Phase::Damage,
                 action,
                 deps: start..self.deps.len() as u32,
+                subject: None,
             });
         }
     }
@@ -157,6 +158,7 @@ impl<'s> Builder<'s> {
             steps: self.steps,
             dep_pool: self.deps,
             release_dir: self.s.binaries_dir.clone(),
+            departed: Vec::new(),
         }
     }
 }

@@ -30,6 +30,7 @@ mod node_base;
 mod pki;
 mod planner;
 mod preflight;
+mod removal;
 mod validate;
 
 pub use action::*;
@@ -37,7 +38,10 @@ pub use asset::*;
 pub use damage::{damage, Damage, FaultError};
 pub use digest::{file_digests, fingerprint, FileDigest};
 pub use output::{to_dot, to_json, Summary};
-pub use planner::{docker_default_rules, masquerade_rule, plan, pod_network_entries, vtep_mac};
+pub use planner::{
+    docker_default_rules, masquerade_rule, plan, plan_removing, pod_network_entries, vtep_mac,
+};
+pub use removal::Departed;
 pub use reset::{reset, Reset, ResetOptions, ResetRefusal};
 
 use crate::scenario::KubeVersion;
@@ -118,6 +122,9 @@ pub struct Step {
     pub action: Action,
     /// Range into [`Plan::dep_pool`]: one flat pool instead of a vector per step.
     pub deps: std::ops::Range<u32>,
+    /// The departed node a removal step is about (index into
+    /// [`Plan::departed`]): its id is `<target>/<key>/<that node>`.
+    pub subject: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +140,9 @@ pub struct Plan {
     pub dep_pool: Vec<StepRef>,
     /// Where `InstallBinary` finds its files on the operator's machine.
     pub release_dir: String,
+    /// Nodes the applied record has and the scenario does not, whose traces
+    /// the removal steps delete ([`plan_removing`]); named by [`Step::subject`].
+    pub departed: Vec<String>,
 }
 
 impl Plan {
@@ -144,8 +154,18 @@ impl Plan {
         }
     }
 
-    /// `node-1/net/bridge`; per-node certificates issued locally are `local/pki/kubelet-client/node-1`.
+    /// `node-1/net/bridge`; per-node certificates issued locally are
+    /// `local/pki/kubelet-client/node-1`; removal steps name the departed
+    /// node: `node-1/remove/route/node-4`.
     pub fn step_id(&self, s: &Step) -> String {
+        if let Some(k) = s.subject {
+            return format!(
+                "{}/{}/{}",
+                self.target_name(s.target),
+                s.key,
+                self.departed[k as usize]
+            );
+        }
         match &s.action {
             Action::IssueCert { node: Some(n), .. } => {
                 format!("{}/{}/{n}", self.target_name(s.target), s.key)
@@ -200,7 +220,7 @@ impl Artifact {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PodNetworkEntry {
     pub node: String,
     pub node_ip: IpAddr,
@@ -208,7 +228,7 @@ pub struct PodNetworkEntry {
     /// `NODE_X_BRIDGE_ADDR`: first address of the pod CIDR, with the pod CIDR's prefix.
     pub bridge_addr: IpNet,
     /// VXLAN tunnel endpoint MAC, derived from the node IP (overlay only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<crate::net::route::MacAddr>,
 }
 

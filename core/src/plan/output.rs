@@ -220,6 +220,17 @@ impl std::fmt::Display for Summary<'_> {
                 String::new()
             }
         )?;
+        if !p.departed.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "removal (nodes the applied record has and the scenario does not): {}",
+                p.departed.join(", ")
+            )?;
+            for st in p.steps.iter().filter(|st| st.subject.is_some()) {
+                writeln!(f, "  {}", p.step_id(st))?;
+            }
+        }
         Ok(())
     }
 }

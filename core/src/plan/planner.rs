@@ -13,6 +13,14 @@ pub use super::node_base::{docker_default_rules, masquerade_rule, pod_network_en
 
 /// Turns a validated scenario into its plan.
 pub fn plan(s: &Scenario) -> Plan {
+    plan_removing(s, &[])
+}
+
+/// The plan of `s` applied over a cluster that also had the `departed`
+/// nodes: [`plan`]'s steps, and the removal steps of each departed node
+/// (its routes, FDB and neighbour entries on the remaining nodes, its etcd
+/// membership and its Node object; see [`super::removal`]).
+pub fn plan_removing(s: &Scenario, departed: &[Departed]) -> Plan {
     let mut b = Builder::new(s);
     let mut cx = Cluster::new(s);
     cx.pki = pki::cluster(&mut b, &cx);
@@ -25,14 +33,18 @@ pub fn plan(s: &Scenario) -> Plan {
     let mut agent_starts = Vec::new();
     let mut etcd_members = Vec::new();
     let mut control_planes = Vec::new();
+    let mut pres = Vec::with_capacity(s.nodes.len());
+    let mut etcd_targets = Vec::new();
     for i in 0..s.nodes.len() {
         let n = NodeCx::new(s, i);
         let pre = preflight::node(&mut b, &cx, &n);
+        pres.push(pre);
         let bins = binaries::node(&mut b, &cx, &n, pre);
         let runtime = node_base::node(&mut b, &cx, &rules, &n, pre);
         let agents = node_agents::node(&mut b, &cx, &n, pre, &bins, runtime);
         agent_starts.extend([agents.kubelet, agents.kube_proxy]);
         if n.etcd {
+            etcd_targets.push(n.t);
             etcd_members.push(etcd::member(&mut b, &cx, &n, pre, &bins, &agents));
         }
         if n.control_plane {
@@ -52,6 +64,18 @@ pub fn plan(s: &Scenario) -> Plan {
             .unwrap_or(0),
     );
     let addons = addons::cluster(&mut b, &cx, t0, &cp.apiserver_ok);
+    let members: Vec<(Target, StepRef)> = etcd_targets.into_iter().zip(etcd_ok.clone()).collect();
+    removal::steps(
+        &mut b,
+        &cx,
+        departed,
+        &removal::Gates {
+            pre: &pres,
+            etcd_ok: &members,
+            apiserver_ok: &cp.apiserver_ok,
+            t0,
+        },
+    );
 
     let mut waits = agent_starts;
     waits.extend(cp.healthy);
@@ -59,5 +83,5 @@ pub fn plan(s: &Scenario) -> Plan {
     waits.extend(addons);
     validate::cluster(&mut b, &cx, t0, waits);
 
-    b.finish(artifacts)
+    b.finish(artifacts, departed.iter().map(|d| d.name.clone()).collect())
 }

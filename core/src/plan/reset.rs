@@ -129,6 +129,7 @@ pub fn reset(s: &Scenario, nodes: &[String], o: &ResetOptions) -> Result<Reset, 
             steps: b.steps,
             dep_pool: b.deps,
             release_dir: s.binaries_dir.clone(),
+            departed: Vec::new(),
         },
         notes,
     })
@@ -260,6 +261,7 @@ impl Chains {
                 phase: Phase::Reset,
                 action,
                 deps: start..self.deps.len() as u32,
+                subject: None,
             });
         }
     }
@@ -369,7 +371,9 @@ fn inverse(s: &Scenario, apply: &Plan, i: usize, st: &Step) -> Vec<(Stage, &'sta
         | Action::PowerOff
         | Action::DisableService { .. }
         | Action::ClearDirectory { .. }
-        | Action::DeleteIptablesChains { .. } => Vec::new(),
+        | Action::DeleteIptablesChains { .. }
+        | Action::RemoveEtcdMember { .. }
+        | Action::DeleteNode { .. } => Vec::new(),
     }
 }
 

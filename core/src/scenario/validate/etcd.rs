@@ -74,7 +74,16 @@ pub(super) fn etcd(
     // Count what the user listed: a typo'd member is still a member they meant.
     let count = e.members.as_ref().map_or(members.len(), Vec::len);
     let here = super::at(r, "etcd.members", "nodes");
-    if count > 0 && count.is_multiple_of(2) {
+    if count == 2 {
+        // Legal for etcd, and the step between 3 members and 1 (a member
+        // removed with its node, `etcdctl member remove`), but no state to stay in.
+        r.warn(
+            Code::Etcd,
+            here,
+            "2 etcd members: an even count tolerates no more failures than 1 (a majority of 2 is 2): fine on the way from 3 members to 1, one removal at a time, not to stay",
+            "add a third member, or go on to 1",
+        );
+    } else if count > 0 && count.is_multiple_of(2) {
         r.error(
             Code::Etcd,
             here,
