@@ -61,6 +61,15 @@ pub struct VerifyArgs {
     /// Seconds to connect to a node, authenticate and start its session.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     connect_timeout: u64,
+    /// Measure every node pair up to this many nodes; above it, a sample
+    /// stratified over the simulator's equivalence classes (odd nodes
+    /// always against every node).
+    #[arg(long, value_name = "N", default_value_t = cmp::ALL_PAIRS_UP_TO)]
+    all_pairs_up_to: usize,
+    /// The sample's seed (the report prints the one it used): the same
+    /// seed on the same cluster and faults measures the same cells.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
 }
 
 impl VerifyArgs {
@@ -87,6 +96,8 @@ impl VerifyArgs {
             accept_new_host_keys,
             known_hosts,
             connect_timeout,
+            all_pairs_up_to: cmp::ALL_PAIRS_UP_TO,
+            seed: None,
         }
     }
 }
@@ -174,6 +185,36 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
     let run = Run::new(seed, args.probes_per_node, kscratch_sim::prepare::POD_PORT);
+    // Which node pairs: all, or a sample over the simulator's classes.
+    let names: Vec<&str> = measured.iter().map(|&i| s.nodes[i].name.as_str()).collect();
+    let sample_seed = args.seed.unwrap_or(seed >> 1);
+    let (strata, odd) = cmp::strata(&sim, s, &names);
+    let pairs = cmp::sample_pairs(
+        names.len(),
+        &strata,
+        &odd,
+        sample_seed,
+        args.all_pairs_up_to,
+    );
+    let sampled = names.len() > args.all_pairs_up_to;
+    let sampling = cmp::Sampling {
+        all_pairs_up_to: args.all_pairs_up_to,
+        sampled,
+        seed: sampled.then_some(sample_seed),
+        node_pairs: pairs.len(),
+        of: names.len() * names.len(),
+        odd_nodes: odd.iter().map(|&k| names[k].to_string()).collect(),
+        pairs: if sampled {
+            pairs
+                .iter()
+                .map(|&(a, b)| [names[a].to_string(), names[b].to_string()])
+                .collect()
+        } else {
+            Vec::new()
+        },
+    };
+    let pair_names: std::collections::BTreeSet<(&str, &str)> =
+        pairs.iter().map(|&(a, b)| (names[a], names[b])).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -184,7 +225,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
         let runs: Vec<Run> = measured.iter().map(|&i| run.on_node(i)).collect();
         // Ctrl-C stops the measuring where it is; what was made is removed all the same.
         let r = tokio::select! {
-            r = measure(&backend, &eps, &runs, args.parallel, egress, &nodes) => r,
+            r = measure(&backend, &eps, &runs, args.parallel, egress, &nodes, &pair_names) => r,
             () = interrupted() => {
                 eprintln!("interrupted: removing what verify made on the nodes");
                 let (mut messages, leftovers) =
@@ -285,6 +326,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
         faults: sim.faults.iter().map(|f| f.to_string()).collect(),
         probes_per_node: args.probes_per_node,
         probes: m.probes.clone(),
+        sampling,
         cells,
         mtu: mtu_cells,
         disagreements,
@@ -368,6 +410,7 @@ async fn measure(
     parallel: usize,
     egress: Option<SocketAddrV4>,
     nodes: &[(String, IpAddr)],
+    pairs: &std::collections::BTreeSet<(&str, &str)>,
 ) -> Result<Measured, Stop> {
     let pool = backend.pool();
     // Every node first: host key, login, sudo; a node that cannot be used stops the run.
@@ -463,9 +506,12 @@ async fn measure(
                     df_payload: None,
                 };
                 let mut v = Vec::new();
+                let paired = |to: &RealProbe| pairs.contains(&(ep.node.as_str(), to.node.as_str()));
                 for &p in &mine {
                     for (q, to) in probes.iter().enumerate() {
-                        v.push((conn(Some(p), to.ip), Kind::Pod(Some(p), q)));
+                        if paired(to) {
+                            v.push((conn(Some(p), to.ip), Kind::Pod(Some(p), q)));
+                        }
                     }
                     if let Some(t) = egress {
                         let c = Connect {
@@ -482,7 +528,7 @@ async fn measure(
                     // IPv4 and UDP headers: the datagram is one pod-MTU packet.
                     let size = prep.mtu.saturating_sub(28);
                     for (q, to) in probes.iter().enumerate() {
-                        if to.index == 0 && to.node != ep.node {
+                        if to.index == 0 && to.node != ep.node && paired(to) {
                             let c = Connect {
                                 df_payload: Some(size),
                                 ..conn(Some(p), to.ip)

@@ -232,6 +232,169 @@ pub struct Egress {
     pub connects: bool,
 }
 
+/// Up to this many measured nodes, verify measures every ordered node pair
+/// (each probe to every probe); above it, a sample ([`sample_pairs`]). At
+/// 16 nodes and 2 probes that is 1,024 connections, a few seconds.
+pub const ALL_PAIRS_UP_TO: usize = 16;
+
+/// Above [`ALL_PAIRS_UP_TO`], the node pairs drawn for each ordered pair of
+/// equivalence classes (same-class pairs included).
+pub const PAIRS_PER_CLASS_PAIR: usize = 2;
+
+/// The measured nodes grouped as the simulator sees them: the equivalence
+/// classes ([`crate::classes::Classes`]) restricted to `measured` (positions
+/// in that list), and the odd nodes: those the classes call odd and every
+/// node alone in its class (its state differs from every other node's).
+pub fn strata(
+    sim: &Simulated,
+    s: &kscratch_core::Scenario,
+    measured: &[&str],
+) -> (Vec<Vec<usize>>, Vec<usize>) {
+    let classes = crate::classes::Classes::compute(&sim.world, s);
+    let at = |n: usize| {
+        let name = &sim.world.nodes[n].name;
+        measured.iter().position(|m| m == name)
+    };
+    let mut odd: Vec<usize> = classes.odd.iter().filter_map(|&n| at(n)).collect();
+    let mut strata = Vec::new();
+    for c in &classes.classes {
+        let members: Vec<usize> = c.iter().filter_map(|&n| at(n)).collect();
+        match members.len() {
+            0 => {}
+            1 => odd.push(members[0]),
+            _ => strata.push(members),
+        }
+    }
+    // A measured node the simulator does not know stands alone.
+    for k in 0..measured.len() {
+        if !odd.contains(&k) && !strata.iter().any(|c| c.contains(&k)) {
+            odd.push(k);
+        }
+    }
+    odd.sort_unstable();
+    (strata, odd)
+}
+
+/// Which ordered node pairs `(from, to)` (positions among `n` measured
+/// nodes; `from == to` is a node's probes to each other) verify measures.
+///
+/// Up to `all_up_to` nodes: every pair. Above it, a sample that repeats
+/// for the same `seed`:
+/// - every node with itself (its own probes, and the node to its pods);
+/// - every odd node against every node, both ways;
+/// - for each ordered pair of strata, [`PAIRS_PER_CLASS_PAIR`] pairs drawn
+///   from it (two different nodes; fewer when it has fewer);
+/// - every node at least once as the source and once as the target of a
+///   pair with another node (a partner drawn at random).
+///
+/// The draws come from SplitMix64, written out here rather than taken from
+/// a crate whose generator may change between versions: a seed printed
+/// today must give the same sample in a later kscratch.
+pub fn sample_pairs(
+    n: usize,
+    strata: &[Vec<usize>],
+    odd: &[usize],
+    seed: u64,
+    all_up_to: usize,
+) -> std::collections::BTreeSet<(usize, usize)> {
+    let mut out = std::collections::BTreeSet::new();
+    if n <= all_up_to {
+        for a in 0..n {
+            for b in 0..n {
+                out.insert((a, b));
+            }
+        }
+        return out;
+    }
+    let mut rng = SplitMix64(seed);
+    for a in 0..n {
+        out.insert((a, a));
+    }
+    for &o in odd {
+        for m in 0..n {
+            out.insert((o, m));
+            out.insert((m, o));
+        }
+    }
+    for x in strata {
+        for y in strata {
+            let candidates = if std::ptr::eq(x, y) {
+                x.len() * (x.len() - 1)
+            } else {
+                x.len() * y.len()
+            };
+            let want = PAIRS_PER_CLASS_PAIR.min(candidates);
+            let mut drawn = std::collections::BTreeSet::new();
+            // Bounded: with at least two candidates per wanted pair, a
+            // duplicate draw is rarer than one in two.
+            for _ in 0..want * 32 {
+                if drawn.len() == want {
+                    break;
+                }
+                let (a, b) = (x[rng.below(x.len())], y[rng.below(y.len())]);
+                if a != b {
+                    drawn.insert((a, b));
+                }
+            }
+            out.extend(drawn);
+        }
+    }
+    if n >= 2 {
+        for a in 0..n {
+            if !out.iter().any(|&(f, t)| f == a && t != a) {
+                let b = (a + 1 + rng.below(n - 1)) % n;
+                out.insert((a, b));
+            }
+            if !out.iter().any(|&(f, t)| t == a && f != a) {
+                let b = (a + 1 + rng.below(n - 1)) % n;
+                out.insert((b, a));
+            }
+        }
+    }
+    out
+}
+
+/// SplitMix64 (Steele, Lea and Flood, 2014): a fixed, documented sequence per seed.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n` (n > 0); the modulo bias is below 2^-40 for any
+    /// cluster size and does not matter for a sample.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// How the measured node pairs were chosen, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sampling {
+    /// Every node pair is measured up to this many nodes.
+    pub all_pairs_up_to: usize,
+    /// True when the pairs are a sample (more nodes than `all_pairs_up_to`).
+    pub sampled: bool,
+    /// The sample's seed (`--seed` repeats it); absent when nothing was sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Ordered node pairs measured (a node with itself included), and of how many.
+    pub node_pairs: usize,
+    pub of: usize,
+    /// Nodes measured against every node because their state differs from
+    /// every other node's (odd, or alone in their equivalence class).
+    pub odd_nodes: Vec<String>,
+    /// The measured node pairs `[from, to]`, when sampled.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<[String; 2]>,
+}
+
 /// Everything `kscratch verify` reports.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -240,6 +403,8 @@ pub struct VerifyReport {
     pub faults: Vec<String>,
     pub probes_per_node: usize,
     pub probes: Vec<RealProbe>,
+    /// Which node pairs were measured: all of them, or a sample.
+    pub sampling: Sampling,
     /// Pod to pod (every probe to every probe, itself included), then each
     /// node to its own probes.
     pub cells: Vec<CellResult>,
@@ -279,6 +444,21 @@ impl fmt::Display for VerifyReport {
         )?;
         if !self.faults.is_empty() {
             writeln!(f, "predicted with faults: {}", self.faults.join(", "))?;
+        }
+        let sm = &self.sampling;
+        if let (true, Some(seed)) = (sm.sampled, sm.seed) {
+            writeln!(
+                f,
+                "sampled: {} of {} node pairs, stratified over the simulator's equivalence classes (more than {} nodes); seed {seed} (`--seed {seed}` repeats this sample); unmeasured cells show `-`",
+                sm.node_pairs, sm.of, sm.all_pairs_up_to
+            )?;
+        }
+        if !sm.odd_nodes.is_empty() && sm.sampled {
+            writeln!(
+                f,
+                "measured against every node (their state differs from every other node's): {}",
+                sm.odd_nodes.join(", ")
+            )?;
         }
         writeln!(
             f,
@@ -428,6 +608,77 @@ mod tests {
             r("node:node2").to_string(),
             "reaches (the receiver saw node2's address)"
         );
+    }
+
+    #[test]
+    fn every_pair_up_to_the_limit_and_above_it_a_sample_that_repeats_for_its_seed() {
+        let all = sample_pairs(4, &[vec![0, 1, 2, 3]], &[], 7, 4);
+        assert_eq!(all.len(), 16);
+        // 40 nodes: two classes of 18, and 4 odd ones.
+        let strata = vec![(0..18).collect::<Vec<_>>(), (18..36).collect()];
+        let odd = vec![36, 37, 38, 39];
+        let a = sample_pairs(40, &strata, &odd, 42, ALL_PAIRS_UP_TO);
+        let b = sample_pairs(40, &strata, &odd, 42, ALL_PAIRS_UP_TO);
+        assert_eq!(a, b, "the same seed gives the same sample");
+        let c = sample_pairs(40, &strata, &odd, 43, ALL_PAIRS_UP_TO);
+        assert_ne!(a, c, "another seed draws other pairs");
+        assert!(a.len() < 40 * 40 / 4, "{} pairs is no sample", a.len());
+        for &o in &odd {
+            for m in 0..40 {
+                assert!(a.contains(&(o, m)) && a.contains(&(m, o)), "{o} with {m}");
+                assert!(c.contains(&(o, m)) && c.contains(&(m, o)), "{o} with {m}");
+            }
+        }
+        for k in 0..40 {
+            assert!(a.contains(&(k, k)), "{k} with itself");
+            assert!(a.iter().any(|&(f, t)| f == k && t != k), "{k} as a source");
+            assert!(a.iter().any(|&(f, t)| t == k && f != k), "{k} as a target");
+        }
+        for x in &strata {
+            for y in &strata {
+                let n = a
+                    .iter()
+                    .filter(|(f, t)| f != t && x.contains(f) && y.contains(t))
+                    .count();
+                assert!(n >= PAIRS_PER_CLASS_PAIR, "{n} pairs between two classes");
+            }
+        }
+    }
+
+    #[test]
+    fn a_faulted_node_is_odd_and_measured_against_every_node() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scenarios/guide-routed.yaml"
+        ))
+        .unwrap();
+        let s = kscratch_core::load("guide-routed.yaml", &text, None)
+            .unwrap()
+            .scenario;
+        let plan = kscratch_core::plan::plan(&s);
+        let names: Vec<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
+        let healthy = crate::simulate(&s, &plan, &Default::default()).unwrap();
+        let (strata, odd) = strata(&healthy, &s, &names);
+        let grouped: usize = strata.iter().map(Vec::len).sum::<usize>() + odd.len();
+        assert_eq!(grouped, names.len());
+        let broken = crate::simulate(
+            &s,
+            &plan,
+            &crate::CheckOptions {
+                faults: vec![
+                    kscratch_core::scenario::Fault::parse("route-missing:node-1:node-3").unwrap(),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (strata, odd) = super::strata(&broken, &s, &names);
+        let one = names.iter().position(|n| *n == "node-1").unwrap();
+        assert!(odd.contains(&one), "{strata:?} {odd:?}");
+        let pairs = sample_pairs(names.len(), &strata, &odd, 1, 0);
+        for m in 0..names.len() {
+            assert!(pairs.contains(&(one, m)) && pairs.contains(&(m, one)));
+        }
     }
 
     #[test]
