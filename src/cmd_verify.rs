@@ -784,7 +784,10 @@ async fn measure(
         // Service VIPs from the nodes where kube-proxy runs (and their last
         // probe), measured alongside, as is each node's apiserver endpoint:
         // one script per node.
-        let base = 61000 + (runs[0].id.bytes().map(u16::from).sum::<u16>() % 2000);
+        // Source ports above the kernel's ephemeral range (ending at 60999 by
+        // default), from a base that differs per run: an earlier run's
+        // entries may still be in conntrack (TIME_WAIT, two minutes).
+        let base = 61000 + (u32::from_str_radix(&runs[0].id, 16).unwrap_or(0) % 3000) as u16;
         vip_plans = (0..eps.len())
             .map(|k| {
                 let mut v = Vec::new();
@@ -802,6 +805,13 @@ async fn measure(
                                 vip,
                                 port,
                                 sport,
+                                src: planned.from.and_then(|i| {
+                                    result
+                                        .probes
+                                        .iter()
+                                        .find(|p| p.node == eps[k].node && p.index == i)
+                                        .map(|p| p.ip)
+                                }),
                             },
                         ));
                     }

@@ -644,6 +644,8 @@ pub struct VipTry {
     /// connection can be found: its reply tuple names the endpoint kube-proxy's
     /// DNAT chose.
     pub sport: u16,
+    /// The probe's address (`None` from the node itself).
+    pub src: Option<IpAddr>,
 }
 
 /// What one [`VipTry`] saw.
@@ -664,23 +666,20 @@ pub enum VipSeen {
 }
 
 /// Makes every connection of `tries` at once (a handshake, then close) and
-/// prints `vip K rc=RC ep=ENDPOINT COMPLAINT` for each.
+/// prints `vip K rc=RC COMPLAINT` for each; then, where the node has
+/// `conntrack`, one dump of its table per VIP as `ct SRC SPORT ENDPOINT`
+/// lines (the original tuple's source and port, the reply's source: the
+/// endpoint DNAT chose; the reply's port is not used, since masquerading
+/// with `--random-fully`, as kube-proxy does, changes it), else `ct none`.
 pub fn vip_script(run: &Run, tries: &[VipTry]) -> Script {
     let mut s = String::from("set -u\n");
     let _ = writeln!(s, "m={}/v; rm -rf \"$m\"; mkdir -p \"$m\"", run.dir());
-    s.push_str("ct=; command -v conntrack >/dev/null 2>&1 && ct=yes\n");
     s.push_str("vip() {\n  k=$1; sp=$2; shift 2\n");
     let _ = writeln!(
         s,
         "  \"$@\" socat -T3 /dev/null \"TCP4:$ADDR:$PORT,connect-timeout={CONNECT_TIMEOUT_SECS},sourceport=$sp,reuseaddr\" 2> \"$m/$k.err\""
     );
-    s.push_str("  rc=$?\n  ep=\n");
-    // conntrack keeps this very connection (its source port is the
-    // filter); the line's last `src=` is the reply's: the endpoint DNAT
-    // chose. (The reply's port is not matched: masquerading with
-    // `--random-fully`, as kube-proxy does, changes it.)
-    s.push_str("  if [ \"$rc\" = 0 ] && [ -n \"$ct\" ]; then\n    ep=$(conntrack -L -p tcp -d \"$ADDR\" --sport \"$sp\" 2>/dev/null | sed -n 's/.* src=\\([0-9.]*\\) .*/\\1/p' | head -n 1)\n  fi\n");
-    s.push_str("  printf 'vip %s rc=%s ep=%s %s\\n' \"$k\" \"$rc\" \"$ep\" \"$(grep ' E ' \"$m/$k.err\" | tail -n 1 | tr '\\n' ' ')\" > \"$m/$k\"\n}\n");
+    s.push_str("  printf 'vip %s rc=%s %s\\n' \"$k\" \"$?\" \"$(grep ' E ' \"$m/$k.err\" | tail -n 1 | tr '\\n' ' ')\" > \"$m/$k\"\n}\n");
     for (k, t) in tries.iter().enumerate() {
         let prefix = match t.from {
             Some(i) => format!("ip netns exec {}", run.netns(i)),
@@ -693,41 +692,79 @@ pub fn vip_script(run: &Run, tries: &[VipTry]) -> Script {
         );
     }
     s.push_str("wait\nfor f in \"$m\"/*; do case $f in *.err) ;; *) [ -e \"$f\" ] && cat \"$f\" ;; esac; done\nrm -rf \"$m\"\n");
+    let vips: std::collections::BTreeSet<IpAddr> = tries.iter().map(|t| t.vip).collect();
+    if !vips.is_empty() {
+        s.push_str("if command -v conntrack >/dev/null 2>&1; then\n");
+        for v in vips {
+            let _ = writeln!(
+                s,
+                "  conntrack -L -p tcp -d {v} 2>/dev/null | sed -n 's/^[^=]*=\\([0-9.]*\\) dst=[0-9.]* sport=\\([0-9]*\\) dport=[0-9]* src=\\([0-9.]*\\) .*/ct \\1 \\2 \\3/p'"
+            );
+        }
+        s.push_str("else\n  echo 'ct none'\nfi\n");
+    }
     script(s)
 }
 
-/// Each try's result from [`vip_script`]'s answer.
+/// Each try's result from [`vip_script`]'s answer. A connection's endpoint
+/// is the conntrack entry from its source port (and, for a probe, its
+/// source address: an entry of an earlier run's probe may hold the same port).
 pub fn parse_vip(tries: &[VipTry], stdout: &str) -> Result<Vec<VipSeen>, VerifyError> {
-    let mut found: BTreeMap<usize, VipSeen> = BTreeMap::new();
+    let mut found: BTreeMap<usize, (bool, String)> = BTreeMap::new();
+    let mut tracked: Vec<(IpAddr, u16, IpAddr)> = Vec::new();
+    let mut conntrack = true;
     for l in stdout.lines() {
+        if l == "ct none" {
+            conntrack = false;
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("ct ") {
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            if let [src, sport, ep] = w[..] {
+                if let (Ok(src), Ok(sport), Ok(ep)) = (src.parse(), sport.parse(), ep.parse()) {
+                    tracked.push((src, sport, ep));
+                }
+            }
+            continue;
+        }
         let Some(rest) = l.strip_prefix("vip ") else {
             continue;
         };
-        let mut w = rest.splitn(4, ' ');
+        let mut w = rest.splitn(3, ' ');
         let k: usize = w
             .next()
             .and_then(|k| k.parse().ok())
             .ok_or_else(|| VerifyError::Node(format!("unexpected line: {l}")))?;
-        let rc = w.next().and_then(|r| r.strip_prefix("rc="));
-        let ep = w.next().and_then(|e| e.strip_prefix("ep="));
-        let complaint = short(w.next().unwrap_or("").trim());
-        let seen = match (rc, ep) {
-            (Some("0"), Some(ep)) => VipSeen::Connected {
-                endpoint: ep.parse().ok(),
-            },
-            (Some(_), Some(_)) if complaint.contains("bind(") => {
-                VipSeen::NotTried { detail: complaint }
-            }
-            (Some(_), Some(_)) => VipSeen::Failed { detail: complaint },
-            _ => return Err(VerifyError::Node(format!("unexpected line: {l}"))),
-        };
-        found.insert(k, seen);
+        let rc = w
+            .next()
+            .and_then(|r| r.strip_prefix("rc="))
+            .ok_or_else(|| VerifyError::Node(format!("unexpected line: {l}")))?;
+        found.insert(k, (rc == "0", short(w.next().unwrap_or("").trim())));
     }
     (0..tries.len())
         .map(|k| {
-            found
+            let (ok, complaint) = found
                 .remove(&k)
-                .ok_or_else(|| VerifyError::Node(format!("VIP connection {k} reported nothing")))
+                .ok_or_else(|| VerifyError::Node(format!("VIP connection {k} reported nothing")))?;
+            let t = &tries[k];
+            Ok(if ok {
+                VipSeen::Connected {
+                    endpoint: if conntrack {
+                        tracked
+                            .iter()
+                            .find(|(src, sport, _)| {
+                                *sport == t.sport && t.src.is_none_or(|s| s == *src)
+                            })
+                            .map(|e| e.2)
+                    } else {
+                        None
+                    },
+                }
+            } else if complaint.contains("bind(") {
+                VipSeen::NotTried { detail: complaint }
+            } else {
+                VipSeen::Failed { detail: complaint }
+            })
         })
         .collect()
 }
@@ -1060,67 +1097,74 @@ mod tests {
     #[test]
     fn vip_connections_name_the_endpoint_conntrack_saw() {
         let r = run();
+        let vip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t = |from: Option<usize>, sport: u16, src: Option<&str>| VipTry {
+            from,
+            vip,
+            port: 443,
+            sport,
+            src: src.map(|s| s.parse().unwrap()),
+        };
         let tries = vec![
-            VipTry {
-                from: Some(1),
-                vip: "10.0.0.1".parse().unwrap(),
-                port: 443,
-                sport: 61001,
-            },
-            VipTry {
-                from: None,
-                vip: "10.0.0.1".parse().unwrap(),
-                port: 443,
-                sport: 61002,
-            },
-            VipTry {
-                from: None,
-                vip: "10.0.0.1".parse().unwrap(),
-                port: 443,
-                sport: 61003,
-            },
+            t(Some(1), 61001, Some("10.10.1.3")),
+            t(None, 61002, None),
+            t(None, 61003, None),
+            t(None, 61004, None),
         ];
-        let t = vip_script(&r, &tries).text;
+        let text = vip_script(&r, &tries).text;
         assert!(
-            t.contains("ADDR=10.0.0.1 PORT=443 vip 0 61001 ip netns exec ksv-00000abc-3-1 &"),
-            "{t}"
+            text.contains("ADDR=10.0.0.1 PORT=443 vip 0 61001 ip netns exec ksv-00000abc-3-1 &"),
+            "{text}"
         );
-        assert!(t.contains("sourceport=$sp,reuseaddr"), "{t}");
-        // The endpoint is the reply tuple's source, for this source port.
-        let sed = t
+        assert!(text.contains("sourceport=$sp,reuseaddr"), "{text}");
+        assert_eq!(
+            text.matches("conntrack -L").count(),
+            1,
+            "one dump per VIP: {text}"
+        );
+        // The original tuple's source and port, the reply's source.
+        let sed = text
             .lines()
             .find(|l| l.contains("conntrack -L"))
             .and_then(|l| l.split("| sed -n ").nth(1))
-            .and_then(|l| l.split(" | head").next())
             .unwrap();
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("printf '%s\\n' 'tcp      6 119 TIME_WAIT src=10.10.1.3 dst=10.0.0.1 sport=61001 dport=443 src=198.51.100.1 dst=10.10.1.3 sport=443 dport=61001 [ASSURED] mark=0 use=1' 'tcp 6 5 CLOSE src=198.51.100.4 dst=10.0.0.1 sport=61001 dport=443 src=10.10.2.7 dst=198.51.100.4 sport=443 dport=40211 mark=0 use=1' | sed -n {sed}"))
+            .arg(format!("printf '%s\\n' 'tcp      6 119 TIME_WAIT src=10.10.1.3 dst=10.0.0.1 sport=61001 dport=443 src=198.51.100.1 dst=10.10.1.3 sport=443 dport=61001 [ASSURED] mark=0 use=1' 'tcp 6 5 CLOSE src=198.51.100.4 dst=10.0.0.1 sport=61002 dport=443 src=10.10.2.7 dst=198.51.100.4 sport=443 dport=40211 mark=0 use=1' 'tcp 6 29 SYN_SENT src=198.51.100.4 dst=10.0.0.1 sport=61009 dport=443 [UNREPLIED] src=10.0.0.1 dst=198.51.100.4 sport=443 dport=61009 mark=0 use=1' | sed -n {sed}"))
             .output()
             .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            "198.51.100.1\n10.10.2.7\n",
+            "ct 10.10.1.3 61001 198.51.100.1\nct 198.51.100.4 61002 10.10.2.7\n",
             "{sed}"
         );
         let seen = parse_vip(
             &tries,
-            "vip 1 rc=1 ep= 2026/12/06 socat[3] E connect(5, AF=2 10.0.0.1:443, 16): Connection timed out \nvip 0 rc=0 ep=198.51.100.1 \nvip 2 rc=1 ep= 2026/12/06 socat[4] E bind(5, {AF=2 0.0.0.0:61003}, 16): Address already in use\n",
+            "vip 1 rc=0 \nvip 0 rc=0 \nvip 2 rc=1 2026/12/06 socat[3] E connect(5, AF=2 10.0.0.1:443, 16): Connection timed out \nvip 3 rc=1 2026/12/06 socat[4] E bind(5, {AF=2 0.0.0.0:61004}, 16): Address already in use\nct 10.10.9.9 61001 198.51.100.2\nct 10.10.1.3 61001 198.51.100.1\nct 198.51.100.4 61002 10.10.2.7\n",
         )
         .unwrap();
+        // An earlier run's probe held port 61001 too: the source address tells them apart.
         assert_eq!(
             seen[0],
             VipSeen::Connected {
                 endpoint: Some("198.51.100.1".parse().unwrap())
             }
         );
-        assert!(matches!(&seen[1], VipSeen::Failed { detail } if detail.contains("timed out")));
-        assert!(
-            matches!(&seen[2], VipSeen::NotTried { .. }),
-            "{:?}",
-            seen[2]
+        assert_eq!(
+            seen[1],
+            VipSeen::Connected {
+                endpoint: Some("10.10.2.7".parse().unwrap())
+            }
         );
-        assert!(parse_vip(&tries, "vip 0 rc=0 ep=\n").is_err());
+        assert!(matches!(&seen[2], VipSeen::Failed { detail } if detail.contains("timed out")));
+        assert!(
+            matches!(&seen[3], VipSeen::NotTried { .. }),
+            "{:?}",
+            seen[3]
+        );
+        let without = parse_vip(&tries[1..2], "vip 0 rc=0 \nct none\n").unwrap();
+        assert_eq!(without[0], VipSeen::Connected { endpoint: None });
+        assert!(parse_vip(&tries, "vip 0 rc=0\n").is_err());
     }
 
     #[test]

@@ -513,15 +513,19 @@ fn stand_in_apiserver(tb: &Testbed, path: &Path) -> Result<Child> {
     if !exe.exists() {
         std::fs::copy("/usr/bin/socat", &exe).map_err(|e| Error::new(e.to_string()))?;
     }
+    // Each connection gets the answer from a file, without a shell (a
+    // shell per connection fell behind when verify's VIP tries and every
+    // node's request came at once), with a deep accept queue.
+    let answer = tb.description.dir.join("apiserver-answer");
+    std::fs::write(&answer, "HTTP/1.0 400 Bad Request\r\n\r\n")
+        .map_err(|e| Error::new(e.to_string()))?;
     let child = tb.node_spawn(
         node,
         &[
             exe.display().to_string(),
-            // The client's request and its end arrive at once: wait for
-            // the answer's shell up to 10 s, not socat's default 0.5 s.
-            "-t10".into(),
-            format!("TCP-LISTEN:{port},fork,reuseaddr"),
-            "SYSTEM:echo HTTP/1.0 400 Bad Request".into(),
+            "-U".into(),
+            format!("TCP-LISTEN:{port},fork,reuseaddr,backlog=1024"),
+            format!("OPEN:{}", answer.display()),
         ],
     )?;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -588,7 +592,12 @@ fn stand_in_kube_proxy(tb: &Testbed, path: &Path, nodes: &[&str]) -> Result<Vec<
         let pod = tb.create_pod(node, "dns-stand-in", &plugin_config(&conflist)?)?;
         children.push(support::spawn_in(
             &pod.netns,
-            &["socat", "TCP-LISTEN:53,fork,reuseaddr", "SYSTEM:true"],
+            &[
+                "socat",
+                "-U",
+                "TCP-LISTEN:53,fork,reuseaddr,backlog=1024",
+                "OPEN:/dev/null",
+            ],
         )?);
         for d in services.iter_mut().filter(|d| d.name == "kube-dns") {
             d.endpoints = vec![(std::net::IpAddr::V4(pod.ip()), 53)];
