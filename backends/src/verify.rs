@@ -37,6 +37,16 @@
 //! listener carries `#ksv-RUN` in its command line, so [`leftovers_script`]
 //! can prove nothing is left.
 //!
+//! A run killed outright (SIGKILL, a lost machine) cannot clean up after
+//! itself. Each run therefore leaves a lease in its state directory, written
+//! before anything else: `owner` names the operator's machine (host name and
+//! boot id) and the verify process (PID and its start time, so a reused PID
+//! is not taken for it). The next run, before it makes anything, lists the
+//! runs on each node ([`runs_script`]), decides which owners are gone
+//! ([`owner_gone`]) and removes what they left ([`cleanup_script`], CNI DEL
+//! included), saying so. A run still being made is waited for: the scripts
+//! that create hold `flock` on the run's `lock` file, which cleanup takes first.
+//!
 //! The scripts are rendered by pure functions (unit-tested here) and run by
 //! the node's agent session ([`crate::ssh::SshPool`]).
 
@@ -57,6 +67,11 @@ pub const CNI_CONFLIST: &str = "/etc/cni/net.d/10-kscratch.conflist";
 /// Where the CNI plugins are looked for, in order.
 pub const CNI_BIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
 
+/// A run whose owner cannot be judged from here (another operator machine,
+/// or no lease) is removed once its directory is this old: every phase of a
+/// run is bounded by a minute, so no live run is anywhere near it.
+pub const STALE_AFTER_SECS: u64 = 3600;
+
 /// Seconds a connector waits for the TCP handshake. Once connected, both
 /// sides wait up to 10 s for the answer after the client's line (socat's
 /// `-t`): the listener forks a shell per connection, and every probe of the
@@ -76,6 +91,183 @@ pub struct Run {
     pub node: usize,
     pub probes: usize,
     pub port: u16,
+    /// The lease written into the run's directory ([`Owner::to_string`]).
+    pub owner: String,
+}
+
+/// Who made a run: the operator's machine and the verify process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub host: String,
+    /// `/proc/sys/kernel/random/boot_id` of the operator's machine.
+    pub boot: String,
+    pub pid: u32,
+    /// The process's start time (`/proc/PID/stat` field 22), which tells it
+    /// from a later process given the same PID.
+    pub start: u64,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "host={} boot={} pid={} start={}",
+            self.host, self.boot, self.pid, self.start
+        )
+    }
+}
+
+impl Owner {
+    /// Parses [`Owner`]'s text; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Owner> {
+        let mut host = None;
+        let mut boot = None;
+        let mut pid = None;
+        let mut start = None;
+        for w in text.split_whitespace() {
+            match w.split_once('=')? {
+                ("host", v) => host = Some(v.to_string()),
+                ("boot", v) => boot = Some(v.to_string()),
+                ("pid", v) => pid = v.parse().ok(),
+                ("start", v) => start = v.parse().ok(),
+                _ => {}
+            }
+        }
+        Some(Owner {
+            host: host?,
+            boot: boot?,
+            pid: pid?,
+            start: start?,
+        })
+    }
+
+    /// This process, as `/proc` describes it (`unknown` where it cannot be read).
+    pub fn this_process() -> Owner {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty() && !t.contains(char::is_whitespace))
+                .unwrap_or_else(|| "unknown".into())
+        };
+        let pid = std::process::id();
+        Owner {
+            host: read("/proc/sys/kernel/hostname"),
+            boot: read("/proc/sys/kernel/random/boot_id"),
+            pid,
+            start: start_time(pid).unwrap_or(0),
+        }
+    }
+}
+
+/// A process's start time from `/proc/PID/stat` (field 22, after the
+/// parenthesised command name, which may hold spaces).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A run found on a node by [`runs_script`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundRun {
+    pub id: String,
+    /// Seconds since its directory last changed.
+    pub age_secs: u64,
+    /// Its lease; `None` when it has none (or one kscratch cannot read).
+    pub owner: Option<Owner>,
+}
+
+/// Why the run's owner is gone (then its leftovers are removed), or `None`
+/// when it may still be running. `me` is this process; `alive(pid, start)`
+/// tells whether that process still runs on this machine.
+pub fn owner_gone(
+    found: &FoundRun,
+    me: &Owner,
+    alive: impl Fn(u32, u64) -> bool,
+) -> Option<String> {
+    let old = found.age_secs >= STALE_AFTER_SECS;
+    match &found.owner {
+        None if old => Some(format!(
+            "it has no owner recorded and is {} s old",
+            found.age_secs
+        )),
+        None => None,
+        Some(o) if o.host == me.host && o.host != "unknown" => {
+            if o.boot != me.boot {
+                Some(format!("its owner's machine {} has rebooted since", o.host))
+            } else if o.pid == me.pid || alive(o.pid, o.start) {
+                None
+            } else {
+                Some(format!("its owner, pid {} on {}, is gone", o.pid, o.host))
+            }
+        }
+        Some(o) if old => Some(format!(
+            "its owner, pid {} on {}, cannot be asked from here and the run is {} s old",
+            o.pid, o.host, found.age_secs
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Whether process `pid` that started at `start` still runs here.
+pub fn process_alive(pid: u32, start: u64) -> bool {
+    start_time(pid) == Some(start)
+}
+
+/// Lists the runs whose state is on the node (theirs for this node index):
+/// `run ID age=SECS OWNER...`.
+pub fn runs_script(node: usize) -> Script {
+    let mut s = String::from("now=$(date +%s)\n");
+    let _ = writeln!(s, "for d in {STATE_ROOT}/*-{node}; do");
+    s.push_str("  [ -d \"$d\" ] || continue\n");
+    let _ = writeln!(s, "  b=${{d##*/}}; id=${{b%-{node}}}");
+    s.push_str("  t=$(stat -c %Y \"$d\" 2>/dev/null || echo \"$now\")\n");
+    s.push_str("  o=$(head -n 1 \"$d/owner\" 2>/dev/null)\n");
+    s.push_str("  echo \"run $id age=$((now - t)) $o\"\ndone\nexit 0\n");
+    script(s)
+}
+
+/// [`runs_script`] for node `node`, then [`prepare_script`]: one round trip.
+/// The answer's leading `run` lines are the runs; [`after_runs`] is the rest.
+pub fn runs_then_prepare_script(node: usize) -> Script {
+    script(format!(
+        "(\n{}\n)\n{}",
+        runs_script(node).text.trim_end(),
+        prepare_script().text
+    ))
+}
+
+/// [`runs_then_prepare_script`]'s answer without its leading `run` lines.
+pub fn after_runs(stdout: &str) -> &str {
+    let mut rest = stdout;
+    while rest.starts_with("run ") {
+        rest = rest.split_once('\n').map_or("", |(_, r)| r);
+    }
+    rest
+}
+
+/// The runs of [`runs_script`]'s answer.
+pub fn parse_runs(stdout: &str) -> Vec<FoundRun> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("run ")?;
+            let (id, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return None;
+            }
+            let (age, owner) = rest.split_once(' ').unwrap_or((rest, ""));
+            Some(FoundRun {
+                id: id.to_string(),
+                age_secs: age
+                    .strip_prefix("age=")
+                    .and_then(|a| a.parse::<i64>().ok())
+                    .map_or(0, |a| a.max(0) as u64),
+                owner: Owner::parse(owner),
+            })
+        })
+        .collect()
 }
 
 /// Why a node cannot be measured.
@@ -95,6 +287,18 @@ impl Run {
             node: 0,
             probes,
             port,
+            owner: String::new(),
+        }
+    }
+
+    /// The run `id` (found on a node) on node `node`, to remove it.
+    pub fn found(id: &str, node: usize) -> Run {
+        Run {
+            id: id.to_string(),
+            node,
+            probes: 0,
+            port: 0,
+            owner: String::new(),
         }
     }
 
@@ -151,7 +355,9 @@ pub fn prepare_script() -> Script {
         CNI_BIN_DIRS.join(" or ")
     );
     s.push_str("echo \"cni-bin $bin\"\n");
-    s.push_str("if [ -n \"$(ps -eo comm= 2>/dev/null | grep -x kube-proxy)\" ]; then echo 'kube-proxy running'; else echo 'kube-proxy not-running'; fi\n");
+    // kube-proxy in this node's network namespace (a host's PID namespace
+    // may hold other machines' processes: containers, the testbed).
+    s.push_str("kp=not-running\nme=$(readlink /proc/self/ns/net)\nfor p in $(ps -eo pid=,comm= 2>/dev/null | sed -n 's/^ *\\([0-9][0-9]*\\) kube-proxy$/\\1/p'); do [ \"$(readlink /proc/$p/ns/net 2>/dev/null)\" = \"$me\" ] && kp=running; done\necho \"kube-proxy $kp\"\n");
     let _ = writeln!(s, "cat {CNI_CONFLIST}");
     script(s)
 }
@@ -217,7 +423,11 @@ pub fn up_script(run: &Run, cni_bin: &str, network: &str) -> Script {
     let dir = run.dir();
     let mut s = String::from("set -u\n");
     let _ = writeln!(s, "dir={dir}\nbin={}", quote(cni_bin));
-    s.push_str("mkdir -p -m 0700 \"$dir\" || exit 4\ncat > \"$dir/net.json\"\necho \"$bin\" > \"$dir/bin\"\n");
+    s.push_str("mkdir -p -m 0700 \"$dir\" || exit 4\n");
+    let _ = writeln!(s, "echo {} > \"$dir/owner\"", quote(&run.owner));
+    // Held while this script creates: a cleanup of a killed run waits for it.
+    s.push_str("exec 9>>\"$dir/lock\"\ncommand -v flock >/dev/null 2>&1 && flock 9\n");
+    s.push_str("cat > \"$dir/net.json\"\necho \"$bin\" > \"$dir/bin\"\n");
     for i in 0..run.probes {
         let ns = run.netns(i);
         let _ = writeln!(s, "ns={ns}\necho \"$ns\" >> \"$dir/netns\"");
@@ -230,7 +440,7 @@ pub fn up_script(run: &Run, cni_bin: &str, network: &str) -> Script {
         );
         let _ = writeln!(
             s,
-            "ip netns exec \"$ns\" socat -t10 -T10 TCP-LISTEN:{port},fork,reuseaddr,backlog=256 'SYSTEM:read l; echo peer=$SOCAT_PEERADDR {mark}' </dev/null >/dev/null 2>&1 &\necho $! >> \"$dir/pids\"",
+            "ip netns exec \"$ns\" socat -t10 -T10 TCP-LISTEN:{port},fork,reuseaddr,backlog=256 'SYSTEM:read l; echo peer=$SOCAT_PEERADDR {mark}' </dev/null >/dev/null 2>&1 9>&- &\necho $! >> \"$dir/pids\"",
             port = run.port,
             mark = run.mark()
         );
@@ -239,7 +449,7 @@ pub fn up_script(run: &Run, cni_bin: &str, network: &str) -> Script {
         // its socket to the child and loses what arrives meanwhile).
         let _ = writeln!(
             s,
-            "ip netns exec \"$ns\" socat -T10 UDP4-RECVFROM:{port},fork,reuseaddr,mtudiscover=2 'SYSTEM:cat {mark}' </dev/null >/dev/null 2>&1 &\necho $! >> \"$dir/pids\"",
+            "ip netns exec \"$ns\" socat -T10 UDP4-RECVFROM:{port},fork,reuseaddr,mtudiscover=2 'SYSTEM:cat {mark}' </dev/null >/dev/null 2>&1 9>&- &\necho $! >> \"$dir/pids\"",
             port = run.port,
             mark = run.mark()
         );
@@ -314,6 +524,8 @@ pub enum Observed {
     Connected,
     /// The DF datagram came back whole.
     Echoed,
+    /// The server answered the request with this many bytes (the apiserver).
+    Answered { bytes: u64 },
     /// No connection: the client's complaint (timeout, refused, reset).
     Failed { detail: String },
 }
@@ -350,6 +562,19 @@ pub fn measure_script(run: &Run, conns: &[Connect]) -> Script {
         }
     }
     s.push_str("wait\nfor f in \"$m\"/*; do [ -e \"$f\" ] && cat \"$f\"; done\nrm -rf \"$m\"\n");
+    script(s)
+}
+
+/// Runs scripts (without stdin) at once on the node, each in its own
+/// subshell, and waits for all: one round trip for several measurements
+/// whose answers have their own line prefixes.
+pub fn together(scripts: &[Script]) -> Script {
+    let mut s = String::new();
+    for sc in scripts {
+        debug_assert!(matches!(sc.stdin, Stdin::Empty));
+        let _ = writeln!(s, "(\n{}\n) &", sc.text.trim_end());
+    }
+    s.push_str("wait\n");
     script(s)
 }
 
@@ -407,6 +632,191 @@ pub fn parse_measure(conns: &[Connect], stdout: &str) -> Result<Vec<Observed>, V
         .collect()
 }
 
+/// One connection to a Service VIP: from probe `from` of this node (or
+/// the node itself, `None`), from source port `sport`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipTry {
+    pub from: Option<usize>,
+    pub vip: IpAddr,
+    pub port: u16,
+    /// A fixed source port (above the kernel's ephemeral range, distinct
+    /// per try), so that the node's conntrack entry of this very
+    /// connection can be found: its reply tuple names the endpoint kube-proxy's
+    /// DNAT chose.
+    pub sport: u16,
+    /// The probe's address (`None` from the node itself).
+    pub src: Option<IpAddr>,
+}
+
+/// What one [`VipTry`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VipSeen {
+    /// The handshake completed; the endpoint from conntrack when the node
+    /// has the tool.
+    Connected {
+        endpoint: Option<IpAddr>,
+    },
+    Failed {
+        detail: String,
+    },
+    /// The source port was taken on the node: nothing was measured.
+    NotTried {
+        detail: String,
+    },
+}
+
+/// Makes every connection of `tries` at once (a handshake, then close) and
+/// prints `vip K rc=RC COMPLAINT` for each; then, where the node has
+/// `conntrack`, one dump of its table per VIP as `ct SRC SPORT ENDPOINT`
+/// lines (the original tuple's source and port, the reply's source: the
+/// endpoint DNAT chose; the reply's port is not used, since masquerading
+/// with `--random-fully`, as kube-proxy does, changes it), else `ct none`.
+pub fn vip_script(run: &Run, tries: &[VipTry]) -> Script {
+    let mut s = String::from("set -u\n");
+    let _ = writeln!(s, "m={}/v; rm -rf \"$m\"; mkdir -p \"$m\"", run.dir());
+    s.push_str("vip() {\n  k=$1; sp=$2; shift 2\n");
+    let _ = writeln!(
+        s,
+        "  \"$@\" socat -T3 /dev/null \"TCP4:$ADDR:$PORT,connect-timeout={CONNECT_TIMEOUT_SECS},sourceport=$sp,reuseaddr\" 2> \"$m/$k.err\""
+    );
+    s.push_str("  printf 'vip %s rc=%s %s\\n' \"$k\" \"$?\" \"$(grep ' E ' \"$m/$k.err\" | tail -n 1 | tr '\\n' ' ')\" > \"$m/$k\"\n}\n");
+    for (k, t) in tries.iter().enumerate() {
+        let prefix = match t.from {
+            Some(i) => format!("ip netns exec {}", run.netns(i)),
+            None => "env".into(),
+        };
+        let _ = writeln!(
+            s,
+            "ADDR={} PORT={} vip {k} {} {prefix} &",
+            t.vip, t.port, t.sport
+        );
+    }
+    s.push_str("wait\nfor f in \"$m\"/*; do case $f in *.err) ;; *) [ -e \"$f\" ] && cat \"$f\" ;; esac; done\nrm -rf \"$m\"\n");
+    let vips: std::collections::BTreeSet<IpAddr> = tries.iter().map(|t| t.vip).collect();
+    if !vips.is_empty() {
+        s.push_str("if command -v conntrack >/dev/null 2>&1; then\n");
+        for v in vips {
+            let _ = writeln!(
+                s,
+                "  conntrack -L -p tcp -d {v} 2>/dev/null | sed -n 's/^[^=]*=\\([0-9.]*\\) dst=[0-9.]* sport=\\([0-9]*\\) dport=[0-9]* src=\\([0-9.]*\\) .*/ct \\1 \\2 \\3/p'"
+            );
+        }
+        s.push_str("else\n  echo 'ct none'\nfi\n");
+    }
+    script(s)
+}
+
+/// Each try's result from [`vip_script`]'s answer. A connection's endpoint
+/// is the conntrack entry from its source port (and, for a probe, its
+/// source address: an entry of an earlier run's probe may hold the same port).
+pub fn parse_vip(tries: &[VipTry], stdout: &str) -> Result<Vec<VipSeen>, VerifyError> {
+    let mut found: BTreeMap<usize, (bool, String)> = BTreeMap::new();
+    let mut tracked: Vec<(IpAddr, u16, IpAddr)> = Vec::new();
+    let mut conntrack = true;
+    for l in stdout.lines() {
+        if l == "ct none" {
+            conntrack = false;
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("ct ") {
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            if let [src, sport, ep] = w[..] {
+                if let (Ok(src), Ok(sport), Ok(ep)) = (src.parse(), sport.parse(), ep.parse()) {
+                    tracked.push((src, sport, ep));
+                }
+            }
+            continue;
+        }
+        let Some(rest) = l.strip_prefix("vip ") else {
+            continue;
+        };
+        let mut w = rest.splitn(3, ' ');
+        let k: usize = w
+            .next()
+            .and_then(|k| k.parse().ok())
+            .ok_or_else(|| VerifyError::Node(format!("unexpected line: {l}")))?;
+        let rc = w
+            .next()
+            .and_then(|r| r.strip_prefix("rc="))
+            .ok_or_else(|| VerifyError::Node(format!("unexpected line: {l}")))?;
+        found.insert(k, (rc == "0", short(w.next().unwrap_or("").trim())));
+    }
+    (0..tries.len())
+        .map(|k| {
+            let (ok, complaint) = found
+                .remove(&k)
+                .ok_or_else(|| VerifyError::Node(format!("VIP connection {k} reported nothing")))?;
+            let t = &tries[k];
+            Ok(if ok {
+                VipSeen::Connected {
+                    endpoint: if conntrack {
+                        tracked
+                            .iter()
+                            .find(|(src, sport, _)| {
+                                *sport == t.sport && t.src.is_none_or(|s| s == *src)
+                            })
+                            .map(|e| e.2)
+                    } else {
+                        None
+                    },
+                }
+            } else if complaint.contains("bind(") {
+                VipSeen::NotTried { detail: complaint }
+            } else {
+                VipSeen::Failed { detail: complaint }
+            })
+        })
+        .collect()
+}
+
+/// The node's connection to the apiserver endpoint `host:port` (as its
+/// kubeconfigs name it): a TCP handshake, then a plain HTTP request, which
+/// a TLS server such as the apiserver answers with `400 Bad Request`.
+/// Through a TCP proxy (haproxy) the answer comes only from a server
+/// behind it, so an accepting proxy with no server is no pass. Prints
+/// `apiserver rc=RC bytes=N COMPLAINT`.
+pub fn apiserver_script(host: &str, port: u16) -> Script {
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut s = String::from("set -u\nf=$(mktemp) || exit 4\n");
+    let _ =
+        writeln!(
+        s,
+        "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | socat -t10 -T10 - {} > \"$f\" 2> \"$f.err\"",
+        quote(&format!("TCP:{addr},connect-timeout={CONNECT_TIMEOUT_SECS}"))
+    );
+    s.push_str("rc=$?\necho \"apiserver rc=$rc bytes=$(wc -c < \"$f\") $(tail -n 1 \"$f.err\" | tr '\\n' ' ')\"\nrm -f \"$f\" \"$f.err\"\n");
+    script(s)
+}
+
+/// What [`apiserver_script`] saw.
+pub fn parse_apiserver(stdout: &str) -> Result<Observed, VerifyError> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("apiserver "))
+        .ok_or_else(|| VerifyError::Node(format!("unexpected answer: {stdout}")))?;
+    let mut w = line.splitn(3, ' ');
+    let rc = w.next().and_then(|r| r.strip_prefix("rc="));
+    let bytes = w
+        .next()
+        .and_then(|b| b.strip_prefix("bytes="))
+        .and_then(|b| b.trim().parse::<u64>().ok())
+        .ok_or_else(|| VerifyError::Node(format!("unexpected answer: {line}")))?;
+    let complaint = w.next().unwrap_or("").trim();
+    Ok(match (rc, bytes) {
+        (_, 1..) => Observed::Answered { bytes },
+        (Some("0"), 0) => Observed::Failed {
+            detail: "connected, but nothing answered the request".into(),
+        },
+        _ => Observed::Failed {
+            detail: short(complaint),
+        },
+    })
+}
+
 /// socat's complaint without its timestamp and pid prefix.
 fn short(text: &str) -> String {
     let t = text.rsplit(" E ").next().unwrap_or(text).trim();
@@ -425,6 +835,8 @@ pub fn cleanup_script(run: &Run) -> Script {
     let mut s = String::new();
     let _ = writeln!(s, "dir={}", run.dir());
     s.push_str("[ -d \"$dir\" ] || exit 0\n");
+    // A run killed while it created: what it still creates finishes first.
+    s.push_str("if [ -f \"$dir/lock\" ] && command -v flock >/dev/null 2>&1; then flock -w 30 \"$dir/lock\" true; fi\n");
     s.push_str("if [ -f \"$dir/pids\" ]; then for p in $(cat \"$dir/pids\"); do kill \"$p\" 2>/dev/null; done; fi\n");
     s.push_str("bin=$(cat \"$dir/bin\" 2>/dev/null)\nst=0\n");
     s.push_str("if [ -f \"$dir/netns\" ]; then\n  for ns in $(cat \"$dir/netns\"); do\n");
@@ -587,6 +999,224 @@ mod tests {
             l.contains("grep -rl 'ksv-00000abc-3-' /var/lib/cni/networks"),
             "{l}"
         );
+    }
+
+    #[test]
+    fn a_run_whose_owner_is_gone_is_found_and_one_that_may_run_is_left_alone() {
+        let me = Owner {
+            host: "op".into(),
+            boot: "b1".into(),
+            pid: 100,
+            start: 5,
+        };
+        assert_eq!(Owner::parse(&me.to_string()), Some(me.clone()));
+        assert_eq!(Owner::parse("host=op pid=1"), None);
+        let found = parse_runs(
+            "run 0000abcd age=12 host=op boot=b1 pid=42 start=7\nrun 0000beef age=4000 \nrun ../x age=1\nnoise\n",
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].id, "0000abcd");
+        assert_eq!(found[0].age_secs, 12);
+        let killed = &found[0];
+        // pid 42 with start time 7 is gone: removed, saying why.
+        let why = owner_gone(killed, &me, |_, _| false).unwrap();
+        assert_eq!(why, "its owner, pid 42 on op, is gone");
+        // Still running: left alone.
+        assert_eq!(owner_gone(killed, &me, |p, s| p == 42 && s == 7), None);
+        // The operator's machine rebooted: whatever runs now is not its owner.
+        let rebooted = Owner {
+            boot: "b2".into(),
+            ..me.clone()
+        };
+        assert!(owner_gone(killed, &rebooted, |_, _| true)
+            .unwrap()
+            .contains("rebooted"));
+        // Another operator's run: only once it is older than any run can take.
+        let other = FoundRun {
+            owner: Some(Owner {
+                host: "elsewhere".into(),
+                ..me.clone()
+            }),
+            ..killed.clone()
+        };
+        assert_eq!(owner_gone(&other, &me, |_, _| false), None);
+        let old = FoundRun {
+            age_secs: STALE_AFTER_SECS,
+            ..other
+        };
+        assert!(owner_gone(&old, &me, |_, _| true).is_some());
+        // No lease: old, it goes; young, it may be a run being made.
+        assert!(owner_gone(&found[1], &me, |_, _| true).is_some());
+        let young = FoundRun {
+            age_secs: 3,
+            ..found[1].clone()
+        };
+        assert_eq!(owner_gone(&young, &me, |_, _| false), None);
+        // This process is alive, as /proc says.
+        let now = Owner::this_process();
+        assert!(process_alive(now.pid, now.start));
+        assert!(!process_alive(now.pid, now.start + 1));
+    }
+
+    #[test]
+    fn the_lease_is_written_first_and_creating_holds_the_runs_lock() {
+        let r = Run {
+            owner: "host=op boot=b1 pid=42 start=7".into(),
+            ..run()
+        };
+        let t = up_script(&r, "/usr/lib/cni", "{}").text;
+        let lease = t
+            .find("echo 'host=op boot=b1 pid=42 start=7' > \"$dir/owner\"")
+            .unwrap();
+        let lock = t.find("flock 9").unwrap();
+        assert!(
+            lease < lock && lock < t.find("ip netns add").unwrap(),
+            "{t}"
+        );
+        // The listeners outlive the script: they must not hold the lock.
+        assert_eq!(t.matches("9>&- &").count(), 2 * r.probes, "{t}");
+        let c = cleanup_script(&r).text;
+        assert!(
+            c.find("flock -w 30 \"$dir/lock\" true").unwrap() < c.find("kill").unwrap(),
+            "{c}"
+        );
+        let both = runs_then_prepare_script(3).text;
+        assert!(
+            both.find("for d in").unwrap() < both.find("cni-bin").unwrap(),
+            "{both}"
+        );
+        assert_eq!(
+            after_runs("run 0000abcd age=1 \nrun 0000beef age=2 \ncni-bin /x\nrest"),
+            "cni-bin /x\nrest"
+        );
+        let l = runs_script(3).text;
+        assert!(l.contains("for d in /run/kscratch-verify/*-3; do"), "{l}");
+        assert!(l.contains("id=${b%-3}"), "{l}");
+    }
+
+    #[test]
+    fn vip_connections_name_the_endpoint_conntrack_saw() {
+        let r = run();
+        let vip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t = |from: Option<usize>, sport: u16, src: Option<&str>| VipTry {
+            from,
+            vip,
+            port: 443,
+            sport,
+            src: src.map(|s| s.parse().unwrap()),
+        };
+        let tries = vec![
+            t(Some(1), 61001, Some("10.10.1.3")),
+            t(None, 61002, None),
+            t(None, 61003, None),
+            t(None, 61004, None),
+        ];
+        let text = vip_script(&r, &tries).text;
+        assert!(
+            text.contains("ADDR=10.0.0.1 PORT=443 vip 0 61001 ip netns exec ksv-00000abc-3-1 &"),
+            "{text}"
+        );
+        assert!(text.contains("sourceport=$sp,reuseaddr"), "{text}");
+        assert_eq!(
+            text.matches("conntrack -L").count(),
+            1,
+            "one dump per VIP: {text}"
+        );
+        // The original tuple's source and port, the reply's source.
+        let sed = text
+            .lines()
+            .find(|l| l.contains("conntrack -L"))
+            .and_then(|l| l.split("| sed -n ").nth(1))
+            .unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\n' 'tcp      6 119 TIME_WAIT src=10.10.1.3 dst=10.0.0.1 sport=61001 dport=443 src=198.51.100.1 dst=10.10.1.3 sport=443 dport=61001 [ASSURED] mark=0 use=1' 'tcp 6 5 CLOSE src=198.51.100.4 dst=10.0.0.1 sport=61002 dport=443 src=10.10.2.7 dst=198.51.100.4 sport=443 dport=40211 mark=0 use=1' 'tcp 6 29 SYN_SENT src=198.51.100.4 dst=10.0.0.1 sport=61009 dport=443 [UNREPLIED] src=10.0.0.1 dst=198.51.100.4 sport=443 dport=61009 mark=0 use=1' | sed -n {sed}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ct 10.10.1.3 61001 198.51.100.1\nct 198.51.100.4 61002 10.10.2.7\n",
+            "{sed}"
+        );
+        let seen = parse_vip(
+            &tries,
+            "vip 1 rc=0 \nvip 0 rc=0 \nvip 2 rc=1 2026/12/06 socat[3] E connect(5, AF=2 10.0.0.1:443, 16): Connection timed out \nvip 3 rc=1 2026/12/06 socat[4] E bind(5, {AF=2 0.0.0.0:61004}, 16): Address already in use\nct 10.10.9.9 61001 198.51.100.2\nct 10.10.1.3 61001 198.51.100.1\nct 198.51.100.4 61002 10.10.2.7\n",
+        )
+        .unwrap();
+        // An earlier run's probe held port 61001 too: the source address tells them apart.
+        assert_eq!(
+            seen[0],
+            VipSeen::Connected {
+                endpoint: Some("198.51.100.1".parse().unwrap())
+            }
+        );
+        assert_eq!(
+            seen[1],
+            VipSeen::Connected {
+                endpoint: Some("10.10.2.7".parse().unwrap())
+            }
+        );
+        assert!(matches!(&seen[2], VipSeen::Failed { detail } if detail.contains("timed out")));
+        assert!(
+            matches!(&seen[3], VipSeen::NotTried { .. }),
+            "{:?}",
+            seen[3]
+        );
+        let without = parse_vip(&tries[1..2], "vip 0 rc=0 \nct none\n").unwrap();
+        assert_eq!(without[0], VipSeen::Connected { endpoint: None });
+        assert!(parse_vip(&tries, "vip 0 rc=0\n").is_err());
+    }
+
+    #[test]
+    fn kube_proxy_counts_only_in_this_nodes_network_namespace() {
+        let t = prepare_script().text;
+        let line = t.lines().find(|l| l.starts_with("kp=")).unwrap();
+        let rest: Vec<&str> = t
+            .lines()
+            .skip_while(|l| !l.starts_with("kp="))
+            .take(4)
+            .collect();
+        assert_eq!(rest.len(), 4, "{t}");
+        // No kube-proxy process here: not running.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(rest.join("\n"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "kube-proxy not-running\n",
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn the_apiserver_connection_counts_when_the_server_answers() {
+        let t = apiserver_script("198.51.100.1", 6443).text;
+        assert!(
+            t.contains("printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | socat -t10 -T10 - 'TCP:198.51.100.1:6443,connect-timeout=2'"),
+            "{t}"
+        );
+        assert!(apiserver_script("::1", 6443)
+            .text
+            .contains("'TCP:[::1]:6443,"));
+        assert_eq!(
+            parse_apiserver("apiserver rc=0 bytes=76 \n").unwrap(),
+            Observed::Answered { bytes: 76 }
+        );
+        assert_eq!(
+            parse_apiserver("apiserver rc=0 bytes=0 \n").unwrap(),
+            Observed::Failed {
+                detail: "connected, but nothing answered the request".into()
+            }
+        );
+        assert_eq!(
+            parse_apiserver("apiserver rc=1 bytes=0 2026/12/06 socat[9] E connect(5, AF=2 198.51.100.1:6443, 16): Connection refused \n").unwrap(),
+            Observed::Failed {
+                detail: "connect(5, AF=2 198.51.100.1:6443, 16): Connection refused".into()
+            }
+        );
+        assert!(parse_apiserver("nonsense").is_err());
     }
 
     #[test]

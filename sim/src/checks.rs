@@ -957,6 +957,17 @@ fn apiserver(inp: &CheckInput<'_>) -> CheckResult {
     c.finish(CheckKind::Apiserver)
 }
 
+/// Node `n`'s connection to the apiserver endpoint, as the apiserver check
+/// probes it (the components' own health checks aside): `kscratch verify`
+/// holds its real connection against this.
+pub(crate) fn node_reaches_apiserver(world: &World, s: &Scenario, n: NodeId) -> Result<(), String> {
+    match &s.control_plane_endpoint {
+        Some(e) => endpoint_probe(world, n, e),
+        None => master_probe(world, n, s.master_ip, s.security.model.apiserver_port()),
+    }
+    .map_err(|e| e.reason)
+}
+
 /// A connection from node `n` to the apiserver at `MASTER_IP`: the node
 /// holding that address answers with its kube-apiserver.
 fn master_probe(world: &World, n: NodeId, master: IpAddr, port: u16) -> Result<(), ProbeError> {
