@@ -19,10 +19,12 @@
 //! operator's machine knows. Nothing here reads a file or a clock.
 
 use crate::shell::{self, QuoteError};
+use ipnet::IpNet;
 use kscratch_core::net::route::{FdbEntry, Neighbor, Route};
 use kscratch_core::plan::Plan;
 use kscratch_core::plan::{
-    Action, Asset, Component, PodRouteVia, PreflightCheck, Service, VxlanDevice, PKI_DIR,
+    bridge_mac, Action, Asset, Component, PodRouteVia, PreflightCheck, Service, VxlanDevice,
+    PKI_DIR,
 };
 use kscratch_core::ports;
 use kscratch_core::render as krender;
@@ -230,7 +232,7 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
             chains,
         } => Rendered::Remote(delete_iptables(table.name(), rules, chains)?),
         Action::CreateBridge { name, addr, mtu } => {
-            Rendered::Remote(create_bridge(name, &addr.to_string(), *mtu)?)
+            Rendered::Remote(create_bridge(name, addr, *mtu)?)
         }
         Action::CreateVxlan(dev) => Rendered::Remote(create_vxlan(dev)?),
         Action::InstallPodRoutes { via, .. } => {
@@ -952,13 +954,18 @@ fn inet(addr: &str) -> &'static str {
     }
 }
 
-fn create_bridge(name: &str, addr: &str, mtu: u32) -> R<StepScripts> {
+/// `cbr0` with its MTU, its set MAC ([`bridge_mac`]: a bridge whose MAC was
+/// never set changes it as ports come and go) and its address.
+fn create_bridge(name: &str, net: &IpNet, mtu: u32) -> R<StepScripts> {
+    let addr = net.to_string();
     let n = q(name)?;
-    let a = q(addr)?;
-    let has_addr = q(&format!(" {} {addr} ", inet(addr)))?;
+    let a = q(&addr)?;
+    let mac = bridge_mac(net.addr());
+    let has_addr = q(&format!(" {} {addr} ", inet(&addr)))?;
     let check = format!(
         "[ -d /sys/class/net/{n}/bridge ] || exit 1\n\
          [ \"$(cat /sys/class/net/{n}/mtu)\" = {mtu} ] || exit 1\n\
+         [ \"$(cat /sys/class/net/{n}/address)\" = {mac} ] || exit 1\n\
          ip -o link show dev {n} | grep -q '[<,]UP[,>]' || exit 1\n\
          ip -o addr show dev {n} | grep -qF -- {has_addr} || exit 1\n\
          exit 0\n"
@@ -968,6 +975,7 @@ fn create_bridge(name: &str, addr: &str, mtu: u32) -> R<StepScripts> {
          if [ -e /sys/class/net/{n} ] && [ ! -d /sys/class/net/{n}/bridge ]; then\n  echo {msg} >&2\n  exit 1\nfi\n\
          [ -d /sys/class/net/{n}/bridge ] || ip link add {n} type bridge\n\
          ip link set dev {n} mtu {mtu}\n\
+         ip link set dev {n} address {mac}\n\
          ip addr replace {a} dev {n}\n\
          ip link set dev {n} up\n",
         msg = q(&format!("{name} exists and is not a bridge: remove it first"))?

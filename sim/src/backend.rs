@@ -1003,6 +1003,9 @@ fn net_apply(
                     .or_insert_with(|| "1".into());
             }
         }
+        // The bridge's MAC (`plan::bridge_mac`) is not modelled: the walk
+        // resolves no neighbours on the bridge, and the set MAC is what keeps
+        // a real bridge's MAC from following its ports.
         Action::CreateBridge { name, addr, mtu } => {
             let link = node.links.entry(name.clone()).or_insert_with(|| Link {
                 name: name.clone(),

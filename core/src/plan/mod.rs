@@ -39,7 +39,8 @@ pub use damage::{damage, Damage, FaultError};
 pub use digest::{file_digests, fingerprint, FileDigest};
 pub use output::{to_dot, to_json, Summary};
 pub use planner::{
-    docker_default_rules, masquerade_rule, plan, plan_removing, pod_network_entries, vtep_mac,
+    bridge_mac, docker_default_rules, masquerade_rule, plan, plan_removing, pod_network_entries,
+    vtep_mac,
 };
 pub use removal::Departed;
 pub use reset::{reset, Reset, ResetOptions, ResetRefusal};

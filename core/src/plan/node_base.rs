@@ -281,6 +281,23 @@ pub fn docker_default_rules() -> Vec<Rule> {
     .collect()
 }
 
+/// The MAC `cbr0` is given: 0a:58 + the last four octets of its address,
+/// the locally administered prefix the CNI plugins use for addresses they
+/// derive from an IP. A bridge whose MAC was never set follows the lowest
+/// MAC of its ports and becomes 00:00:00:00:00:00 when the last port leaves,
+/// so every pod start or stop could change the gateway MAC that the other
+/// pods have cached; a set MAC stays (the kernel's `addr_assign_type` 3).
+pub fn bridge_mac(addr: IpAddr) -> MacAddr {
+    let o = match addr {
+        IpAddr::V4(v) => v.octets(),
+        IpAddr::V6(v) => {
+            let o = v.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+}
+
 /// A stable, locally administered MAC for a node's VTEP: 0e + the IPv4 address + 00.
 pub fn vtep_mac(ip: IpAddr) -> MacAddr {
     match ip {

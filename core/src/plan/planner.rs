@@ -9,7 +9,9 @@ use super::context::{Cluster, NodeCx};
 use super::*;
 use crate::scenario::Scenario;
 
-pub use super::node_base::{docker_default_rules, masquerade_rule, pod_network_entries, vtep_mac};
+pub use super::node_base::{
+    bridge_mac, docker_default_rules, masquerade_rule, pod_network_entries, vtep_mac,
+};
 
 /// Turns a validated scenario into its plan.
 pub fn plan(s: &Scenario) -> Plan {

@@ -26,7 +26,7 @@
 use super::ParseError;
 use crate::net::iptables::{Rule, Table};
 use crate::net::route::MacAddr;
-use crate::plan::{Action, PodNetworkEntry, PodRouteVia, VxlanDevice};
+use crate::plan::{bridge_mac, Action, PodNetworkEntry, PodRouteVia, VxlanDevice};
 use crate::scenario::{PodTraffic, Scenario};
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -127,6 +127,15 @@ impl NetworkDescription {
             }
             out.push('\n');
         }
+        // Derived from each bridge address, written out so that the
+        // re-applier needs no arithmetic (see `plan::bridge_mac`).
+        for e in &self.nodes {
+            out.push_str(&format!(
+                "bridge-mac {} {}\n",
+                e.node,
+                bridge_mac(e.bridge_addr.addr())
+            ));
+        }
         out
     }
 
@@ -196,6 +205,22 @@ impl NetworkDescription {
                             None => None,
                         },
                     })
+                }
+                ("bridge-mac", [name, mac]) => {
+                    let mac = MacAddr::parse(mac).map_err(|e| err(i, format!("{e}")))?;
+                    let Some(e) = d.nodes.iter().find(|e| e.node == *name) else {
+                        return Err(err(
+                            i,
+                            format!("bridge-mac names `{name}`, which no earlier node line has"),
+                        ));
+                    };
+                    let want = bridge_mac(e.bridge_addr.addr());
+                    if mac != want {
+                        return Err(err(
+                            i,
+                            format!("bridge-mac of {name} is {mac}, but its bridge address {} gives {want}", e.bridge_addr),
+                        ));
+                    }
                 }
                 _ => return Err(err(i, format!("`{line}` is not understood"))),
             }
@@ -328,6 +353,9 @@ if [ -e "/sys/class/net/$bridge" ] && [ ! -d "/sys/class/net/$bridge/bridge" ]; 
 fi
 [ -d "/sys/class/net/$bridge/bridge" ] || ip link add "$bridge" type bridge
 ip link set dev "$bridge" mtu "$mtu"
+# A set MAC stays; an unset one follows the bridge's ports (plan::bridge_mac).
+my_brmac=$(value "bridge-mac $me")
+[ -z "$my_brmac" ] || ip link set dev "$bridge" address "$my_brmac"
 ip addr replace "$my_br" dev "$bridge"
 ip link set dev "$bridge" up
 if [ "$traffic" = vxlan ]; then
@@ -429,6 +457,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_node_has_its_bridge_mac_and_an_edited_one_is_refused() {
+        let d = NetworkDescription::of(&load(ROUTED));
+        let text = d.emit();
+        // node a's cbr0 is 10.10.0.1/24: 0a:58 (locally administered,
+        // unicast) and the address.
+        assert!(text.contains("bridge-mac a 0a:58:0a:0a:00:01\n"), "{text}");
+        assert!(text.contains("bridge-mac b 0a:58:0a:0a:01:01\n"), "{text}");
+        let edited = text.replace(
+            "bridge-mac b 0a:58:0a:0a:01:01",
+            "bridge-mac b 0a:58:0a:0a:01:02",
+        );
+        let e = NetworkDescription::parse(&edited).expect_err("a MAC its address does not give");
+        assert!(e.to_string().contains("bridge-mac of b is 0a:58:0a:0a:01:02, but its bridge address 10.10.1.1/24 gives 0a:58:0a:0a:01:01"), "{e}");
+        let e = NetworkDescription::parse(&text.replace("bridge-mac b", "bridge-mac c"))
+            .expect_err("an unknown node");
+        assert!(e.to_string().contains("names `c`"), "{e}");
     }
 
     #[test]
