@@ -130,6 +130,10 @@ impl Script {
 pub struct StepScripts {
     pub check: Script,
     pub apply: Script,
+    /// The check right after a successful apply, when it can be cheaper
+    /// than `check` because the apply proved part of it (an upload hashed
+    /// the file it placed); `None`: `check`.
+    pub verify: Option<Script>,
 }
 
 /// What rendering decided for an action.
@@ -269,6 +273,7 @@ pub fn render(cx: &RenderCx<'_>, action: &Action) -> R<Rendered> {
                     "if {check_cmd} 2>/dev/null; then exit 0; fi\nexit 1\n"
                 )),
                 apply: Script::new(format!("set -e\n{check_cmd} 2>/dev/null || {append}\n")),
+                verify: None,
             })
         }
         Action::StartService { name } => {
@@ -326,12 +331,23 @@ pub const VERIFY_MARKER: &str = "kscratch-verify=";
 /// the stdin; if it fails, its status is the script's. Otherwise the check
 /// runs (stdin closed) and the script prints [`VERIFY_MARKER`] and the
 /// check's status as its last line, and exits 0.
+///
+/// A step with its own `verify` (an upload) runs its apply in the script's
+/// shell instead (it exits on failure itself), and `verify` as the check,
+/// which may read the apply's variables.
 pub fn apply_then_check(s: &StepScripts) -> Script {
-    let text = format!(
-        "(\n{apply})\nstatus=$?\n[ \"$status\" = 0 ] || exit \"$status\"\n(\n{check}) </dev/null\necho \"{VERIFY_MARKER}$?\"\n",
-        apply = s.apply.text,
-        check = s.check.text
-    );
+    let text = match &s.verify {
+        None => format!(
+            "(\n{apply})\nstatus=$?\n[ \"$status\" = 0 ] || exit \"$status\"\n(\n{check}) </dev/null\necho \"{VERIFY_MARKER}$?\"\n",
+            apply = s.apply.text,
+            check = s.check.text
+        ),
+        Some(verify) => format!(
+            "{apply}(\n{verify}) </dev/null\necho \"{VERIFY_MARKER}$?\"\n",
+            apply = s.apply.text,
+            verify = verify.text
+        ),
+    };
     Script {
         text,
         stdin: s.apply.stdin.clone(),
@@ -453,6 +469,10 @@ fn binary_want(dest: &str, bin: &Binary) -> FileWant {
 /// and **before** the rename: a transfer cut short (the operator's process
 /// killed, the connection lost) leaves the previous file in place.
 fn upload(want: &FileWant, stdin: Stdin) -> R<StepScripts> {
+    upload_owned(want, stdin, "0:0")
+}
+
+fn upload_owned(want: &FileWant, stdin: Stdin, owner: &str) -> R<StepScripts> {
     let FileWant {
         path: dest,
         mode,
@@ -463,7 +483,7 @@ fn upload(want: &FileWant, stdin: Stdin) -> R<StepScripts> {
     let d = q(dest)?;
     let mode_text = format!("{mode:o}");
     let sum_line = q(&format!("{sha256}  {dest}"))?;
-    let meta = q(&format!("{mode_text} 0:0"))?;
+    let meta = q(&format!("{mode_text} {owner}"))?;
     let check = format!(
         "[ -f {d} ] || exit 1\n\
          [ \"$(stat -c '%a %u:%g' {d})\" = {meta} ] || exit 1\n\
@@ -477,27 +497,40 @@ fn upload(want: &FileWant, stdin: Stdin) -> R<StepScripts> {
     let corrupt = q(&format!(
         "upload of {dest} does not match its SHA-256 {sha256}, the previous file is kept"
     ))?;
-    let sha256 = q(sha256)?;
+    // No `set -e` and no subshell: [`apply_then_check`] runs this in the
+    // script's own shell, so that the check after it can read `$hashed`.
     let apply = format!(
-        "set -e\n\
-         [ -d {dir} ] || mkdir -p {dir}\n\
-         tmp=$(mktemp {dir}/.kscratch.XXXXXX)\n\
+        "[ -d {dir} ] || mkdir -p {dir} || exit 1\n\
+         tmp=$(mktemp {dir}/.kscratch.XXXXXX) || exit 1\n\
          trap 'rm -f \"$tmp\"' EXIT\n\
-         cat > \"$tmp\"\n\
+         cat > \"$tmp\" || exit 1\n\
+         chmod {mode:04o} \"$tmp\" && chown {owner} \"$tmp\" || exit 1\n\
+         # The file's identity as hashed: the rename changes only its ctime.\n\
+         hashed=$(stat -c '%d:%i:%.9Y' \"$tmp\") || exit 1\n\
          # The SHA-256 covers the size; the size only tells a cut transfer from corrupt bytes.\n\
-         if ! printf '%s  %s\\n' {sha256} \"$tmp\" | sha256sum -c --status; then\n\
+         if ! sha256sum -c --status <<KSCRATCH_EOF\n\
+         {sha256}  $tmp\n\
+         KSCRATCH_EOF\n\
+         then\n\
          \x20 got=$(wc -c < \"$tmp\")\n\
          \x20 if [ \"$got\" -ne {size} ]; then echo {short} \"$got\" >&2; else echo {corrupt} >&2; fi\n\
          \x20 exit 1\n\
          fi\n\
-         chmod {mode:04o} \"$tmp\"\n\
-         chown 0:0 \"$tmp\"\n\
-         mv -f \"$tmp\" {d}\n\
+         mv -f \"$tmp\" {d} || exit 1\n\
          trap - EXIT\n"
+    );
+    // Right after the apply: the placed file is the one hashed (same
+    // device, inode and mtime) and has its type, size, mode and owner.
+    // Not hashed again (a 21 MB etcd took a second on the loaded testbed).
+    let placed = q(&format!("{:x} {size} {mode_text} 0:0 ", 0o100000 | mode))?;
+    let verify = format!(
+        "[ \"$(stat -c '%f %s %a %u:%g %d:%i:%.9Y' -- {d} 2>/dev/null)\" = {placed}\"$hashed\" ] || exit 1\n\
+         exit 0\n"
     );
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::with_stdin(apply, stdin),
+        verify: Some(Script::new(verify)),
     })
 }
 
@@ -764,6 +797,7 @@ fn preflight(checks: &[PreflightCheck]) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(s),
         apply: Script::new("true\n".into()),
+        verify: None,
     })
 }
 
@@ -785,6 +819,7 @@ fn pull_image(runtime: &Runtime, image: &str) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(format!("command -v {tool} >/dev/null 2>&1 || {{ echo {reason}; exit {EXIT_NOT_APPLICABLE}; }}\nif {present}; then exit 0; fi\nexit 1\n")),
         apply: Script::new(format!("set -e\n{pull}\n")),
+        verify: None,
     })
 }
 
@@ -806,6 +841,7 @@ fn set_sysctl(key: &str, value: &str) -> R<StepScripts> {
         apply: Script::new(format!(
             "set -e\nsysctl -q -w {kv}\nmkdir -p /etc/sysctl.d\nprintf '%s\\n' {line} > {f}.tmp\nmv -f {f}.tmp {f}\n"
         )),
+        verify: None,
     })
 }
 
@@ -830,6 +866,7 @@ fn load_module(name: &str) -> R<StepScripts> {
         apply: Script::new(format!(
             "set -e\n{loaded} || modprobe {n}\nmkdir -p /etc/modules-load.d\nprintf '%s\\n' {n} > {f}.tmp\nmv -f {f}.tmp {f}\n"
         )),
+        verify: None,
     })
 }
 
@@ -838,6 +875,7 @@ fn delete_link(name: &str) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(format!("if ip link show dev {n} >/dev/null 2>&1; then exit 1; fi\nexit 0\n")),
         apply: Script::new(format!("set -e\nif ip link show dev {n} >/dev/null 2>&1; then\n  ip link set dev {n} down\n  ip link delete {n}\nfi\n")),
+        verify: None,
     })
 }
 
@@ -872,6 +910,7 @@ fn delete_iptables(
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(format!("set -e\n{apply}")),
+        verify: None,
     })
 }
 
@@ -906,6 +945,7 @@ fn create_bridge(name: &str, addr: &str, mtu: u32) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(apply),
+        verify: None,
     })
 }
 
@@ -959,6 +999,7 @@ fn create_vxlan(v: &VxlanDevice) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(apply),
+        verify: None,
     })
 }
 
@@ -1024,6 +1065,7 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
         return Ok(StepScripts {
             check: Script::new("exit 0\n".into()),
             apply: Script::new("true\n".into()),
+            verify: None,
         });
     }
     // The batches are here-documents: visible in a dry run, and not secret.
@@ -1038,6 +1080,7 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(apply),
+        verify: None,
     })
 }
 
@@ -1065,6 +1108,7 @@ fn delete_routes(routes: &[Route]) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(apply),
+        verify: None,
     })
 }
 
@@ -1088,6 +1132,7 @@ fn insert_iptables(table: &str, rule: &kscratch_core::net::iptables::Rule) -> R<
             "if {check_cmd} 2>/dev/null; then exit 0; fi\nexit 1\n"
         )),
         apply: Script::new(format!("set -e\n{check_cmd} 2>/dev/null || {insert}\n")),
+        verify: None,
     })
 }
 
@@ -1126,6 +1171,7 @@ fn set_link_down(name: &str) -> R<StepScripts> {
             "set -e\n{}",
             deferred(&marker, &format!("ip link set dev {n} down"))?
         )),
+        verify: None,
     })
 }
 
@@ -1137,6 +1183,7 @@ fn set_link_mtu(name: &str, mtu: u32) -> R<StepScripts> {
             "{exists}[ \"$(cat /sys/class/net/{n}/mtu)\" = {mtu} ] || exit 1\nexit 0\n"
         )),
         apply: Script::new(format!("set -e\nip link set dev {n} mtu {mtu}\n")),
+        verify: None,
     })
 }
 
@@ -1167,6 +1214,7 @@ fn delete_fdb(entries: &[FdbEntry]) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(apply),
+        verify: None,
     })
 }
 
@@ -1191,6 +1239,7 @@ fn delete_neighbors(entries: &[Neighbor]) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(apply),
+        verify: None,
     })
 }
 
@@ -1241,6 +1290,7 @@ fn stop_service(name: &str) -> R<StepScripts> {
              \x20 rm -f {pid}\n\
              fi\n"
         )),
+        verify: None,
     })
 }
 
@@ -1254,6 +1304,7 @@ fn delete_file(path: &str) -> R<StepScripts> {
     Ok(StepScripts {
         check: Script::new(format!("if [ -e {p} ]; then exit 1; fi\nexit 0\n")),
         apply: Script::new(format!("set -e\nrm -f {p}\n{reload}")),
+        verify: None,
     })
 }
 
@@ -1268,6 +1319,7 @@ fn unload_module(name: &str) -> R<StepScripts> {
         apply: Script::new(format!(
             "set -e\nrm -f {f}\nif {loaded}; then modprobe -r {n}; fi\n"
         )),
+        verify: None,
     })
 }
 
@@ -1287,6 +1339,7 @@ fn scale_deployment(
         apply: Script::new(format!(
             "set -e\nkubectl --kubeconfig {k} --request-timeout=20s -n {ns} scale deployment {n} --replicas={replicas}\n"
         )),
+        verify: None,
     })
 }
 
@@ -1300,6 +1353,7 @@ fn power_off() -> R<StepScripts> {
             "set -e\n{}",
             deferred(marker, "systemctl poweroff || poweroff")?
         )),
+        verify: None,
     })
 }
 
@@ -1389,6 +1443,7 @@ fn start_oneshot(name: &str, argv: &[String]) -> R<StepScripts> {
                 secret: false,
             },
         ),
+        verify: None,
     })
 }
 
@@ -1497,6 +1552,7 @@ fn start_service(s: &Scenario, node: usize, service: Service) -> R<StepScripts> 
                 secret: false,
             },
         ),
+        verify: None,
     })
 }
 
@@ -1574,6 +1630,7 @@ exit 1
     Ok(StepScripts {
         check: Script::new(check),
         apply: Script::new(apply),
+        verify: None,
     })
 }
 
@@ -1624,6 +1681,7 @@ fn apply_manifest(asset: Asset, user: kscratch_core::plan::KubeconfigUser) -> R<
             kubectl_guard()
         )),
         apply: Script::new(format!("set -e\nkubectl --kubeconfig {k} apply -f {f}\n")),
+        verify: None,
     })
 }
 
@@ -1650,6 +1708,7 @@ fn validate_cluster(nodes: &[String], components: &[String]) -> R<StepScripts> {
         apply: Script::new(format!(
             "{validate}i=0\nwhile [ $i -lt 300 ]; do\n  if valid; then exit 0; fi\n  sleep 2; i=$((i+2))\ndone\necho 'the cluster did not validate in 300s: nodes not Ready or /readyz failing' >&2\nexit 1\n"
         )),
+        verify: None,
     })
 }
 
@@ -1961,6 +2020,90 @@ mod tests {
             "Debug shows the key"
         );
         parses(&r.apply.text);
+    }
+
+    /// The apply and its check after, as `apply_then_check` sends them:
+    /// a whole upload is placed and verified by identity (hashed once); a
+    /// cut one is refused before the rename and leaves the file and no
+    /// temporary behind; a file changed after the hash fails the check.
+    #[test]
+    fn an_upload_is_hashed_once_before_its_rename_and_verified_by_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = |flag: &str| {
+            let out = Command::new("id").arg(flag).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let owner = format!("{}:{}", id("-u"), id("-g"));
+        let dest = dir.path().join("sub dir/etcd");
+        let dest_text = dest.display().to_string();
+        let new = b"the new binary\n".repeat(1000);
+        let want = bytes_want(&dest_text, 0o755, &new);
+        let run = |stdin: &[u8], verify: Option<&str>| {
+            let mut s = upload_owned(&want, Stdin::Empty, &owner).unwrap();
+            if let Some(v) = verify {
+                s.verify = Some(Script::new(v.to_string()));
+            }
+            let script = apply_then_check(&s);
+            parses(&script.text);
+            let mut child = Command::new("sh")
+                .arg("-c")
+                .arg(&script.text)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(stdin).unwrap();
+            let out = child.wait_with_output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let leftovers = || {
+            std::fs::read_dir(dest.parent().unwrap())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".kscratch."))
+                .count()
+        };
+        // Whole: placed, and the check after it holds without a second hash.
+        let (status, stdout, stderr) = run(&new, None);
+        assert_eq!(status, Some(0), "{stderr}");
+        assert_eq!(parse_verify(&stdout), Some((0, String::new())), "{stdout}");
+        assert_eq!(std::fs::read(&dest).unwrap(), new);
+        assert_eq!(leftovers(), 0);
+        // Cut short: refused before the rename, the placed file is kept.
+        let (status, _, stderr) = run(&new[..new.len() / 2], None);
+        assert_eq!(status, Some(1));
+        assert!(
+            stderr.contains("cut short, the previous file is kept"),
+            "{stderr}"
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), new);
+        assert_eq!(leftovers(), 0);
+        // Same size, other bytes: refused too.
+        let mut flipped = new.clone();
+        flipped[7] ^= 1;
+        let (status, _, stderr) = run(&flipped, None);
+        assert_eq!(status, Some(1));
+        assert!(stderr.contains("does not match its SHA-256"), "{stderr}");
+        assert_eq!(std::fs::read(&dest).unwrap(), new);
+        // A same-size write after the hash (here: right before the check,
+        // a clock tick later) changes the mtime the check compares.
+        let s = upload_owned(&want, Stdin::Empty, &owner).unwrap();
+        let verify = s.verify.unwrap().text;
+        let tampered = format!(
+            "sleep 0.05; printf x | dd of={} bs=1 seek=3 conv=notrunc status=none\n{verify}",
+            q(&dest_text).unwrap()
+        );
+        let (status, stdout, _) = run(&new, Some(&tampered));
+        assert_eq!(status, Some(0));
+        assert_eq!(parse_verify(&stdout).map(|v| v.0), Some(1), "{stdout}");
+        // The full check (a converged run's) still hashes.
+        assert!(s.check.text.contains("sha256sum -c"));
     }
 
     /// Runs `script` with `sh`, a `stat` and a `sha256sum` in front of the
@@ -2566,6 +2709,7 @@ mod tests {
                     secret: false,
                 },
             ),
+            verify: None,
         };
         let run = apply_then_check(&fake);
         let out = Command::new("sh")
@@ -2581,6 +2725,7 @@ mod tests {
         let failing = StepScripts {
             check: fake.check.clone(),
             apply: Script::new("set -e\nfalse\necho never\n".into()),
+            verify: None,
         };
         let out = Command::new("sh")
             .arg("-c")

@@ -517,8 +517,35 @@ impl SshPool {
         scripts: &[Script],
         timeout: Duration,
     ) -> Result<Vec<Output>, SshError> {
+        let mut outs = Vec::with_capacity(scripts.len());
+        let elapsed = self
+            .run_batch_each(ep, scripts, timeout, &mut |_, o| outs.push(o))
+            .await?;
+        // `timeout` on the node answers 124 when it had to stop the script.
+        if let [only] = outs.as_slice() {
+            if only.status == Some(124) && elapsed >= timeout {
+                return Err(SshError::Timeout {
+                    node: ep.node.clone(),
+                    command: first_line(&scripts[0].text),
+                    secs: timeout.as_secs(),
+                });
+            }
+        }
+        Ok(outs)
+    }
+
+    /// [`SshPool::run_batch`], handing each answer to `answer` (with the
+    /// script's index) as soon as it is read; returns how long the exchange
+    /// took. On an error, the scripts not answered yet may or may not have run.
+    pub async fn run_batch_each(
+        &self,
+        ep: &Endpoint,
+        scripts: &[Script],
+        timeout: Duration,
+        answer: &mut (dyn FnMut(usize, Output) + Send),
+    ) -> Result<Duration, SshError> {
         if scripts.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Duration::ZERO);
         }
         let slot = self.session_slot(ep);
         let mut g = slot.lock().await;
@@ -548,21 +575,23 @@ impl SshPool {
                 for s in scripts {
                     ids.push(session.send(s, &s.text, timeout).await?);
                 }
-                let mut outs = Vec::with_capacity(scripts.len());
-                for id in ids {
+                for (k, id) in ids.into_iter().enumerate() {
                     let f = session.receive().await?;
                     if f.id != id {
                         return Err(format!("the agent answered request {} for {id}", f.id));
                     }
-                    outs.push(Output {
-                        status: Some(f.status),
-                        signal: None,
-                        stdout: f.stdout,
-                        stderr: f.stderr,
-                    });
+                    answer(
+                        k,
+                        Output {
+                            status: Some(f.status),
+                            signal: None,
+                            stdout: f.stdout,
+                            stderr: f.stderr,
+                        },
+                    );
                 }
                 session.in_flight = false;
-                Ok(outs)
+                Ok(())
             };
             tokio::time::timeout(total, async {
                 tokio::select! {
@@ -585,17 +614,7 @@ impl SshPool {
             e.busy += elapsed;
         });
         match result {
-            Ok(Ok(outs)) => {
-                // `timeout` on the node answers 124 when it had to stop the script.
-                if scripts.len() == 1 && outs[0].status == Some(124) && elapsed >= timeout {
-                    return Err(SshError::Timeout {
-                        node: ep.node.clone(),
-                        command: first_line,
-                        secs: timeout.as_secs(),
-                    });
-                }
-                Ok(outs)
-            }
+            Ok(Ok(())) => Ok(elapsed),
             Ok(Err(message)) => {
                 // The session is suspect: the next command starts a new one
                 // (and a new connection, if this one is gone).
