@@ -16,7 +16,9 @@
 //!   the two outputs' bytes.
 //!
 //! Requests are pipelined: [`SshPool::run_batch`] writes several and then
-//! reads their answers, one round trip for all of a node's checks.
+//! reads their answers, one round trip for all of a node's checks, or for a
+//! batch of its applies ([`SshPool::run_batch_each`] hands each answer over
+//! as soon as it is read).
 //!
 //! Dead nodes fail fast: a node whose connection cannot be opened (or
 //! re-opened after a loss, at most [`MAX_RECONNECTS`] times) is marked

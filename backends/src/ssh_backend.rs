@@ -16,6 +16,15 @@
 //!   the operator's machine for its wanted content, under
 //!   `<state dir>/file-records/<node>` ([`FileRecords`]); any write, mode
 //!   change or replacement changes that identity.
+//! - The executor hands over a node's independent ready steps as one batch
+//!   ([`Backend::check_batch`], [`Backend::apply_batch`]): the checks not
+//!   answered yet go in one round trip (files again by one script), the
+//!   applies, each with its check after, pipelined in another, each answer
+//!   reported as soon as it is read.
+//! - An upload hashes the received file before its rename and notes its
+//!   identity (`dev:ino:mtime`); the check right after compares the placed
+//!   file's identity, type, size, mode and owner instead of hashing it
+//!   again ([`shell_render`]'s `verify`).
 //! - A node marked unreachable (see [`crate::ssh`]) has its steps
 //!   [`Probe::NotApplicable`] with that reason, at once, without another
 //!   connection attempt; the other nodes go on.
