@@ -55,6 +55,19 @@ pub enum Stdin {
     },
     /// A local file, streamed (release binaries).
     File(PathBuf),
+    /// One after another: the files of a batch of uploads ([`uploads`]).
+    Parts(Vec<Stdin>),
+}
+
+impl Stdin {
+    /// Whether any part is secret.
+    pub fn is_secret(&self) -> bool {
+        match self {
+            Stdin::Bytes { secret, .. } => *secret,
+            Stdin::Parts(parts) => parts.iter().any(Stdin::is_secret),
+            Stdin::Empty | Stdin::File(_) => false,
+        }
+    }
 }
 
 impl fmt::Debug for Stdin {
@@ -69,6 +82,7 @@ impl fmt::Debug for Stdin {
                 if *secret { ", secret" } else { "" }
             ),
             Stdin::File(p) => write!(f, "File({})", p.display()),
+            Stdin::Parts(parts) => f.debug_list().entries(parts).finish(),
         }
     }
 }
@@ -121,6 +135,15 @@ impl Script {
                 sha256_hex(bytes)
             )),
             Stdin::File(p) => Some(format!("stdin: the local file {}", p.display())),
+            Stdin::Parts(parts) => Some(format!(
+                "stdin: {} files one after another{}",
+                parts.len(),
+                if self.stdin.is_secret() {
+                    " (secrets among them, not shown)"
+                } else {
+                    ""
+                }
+            )),
         }
     }
 }
@@ -546,6 +569,190 @@ fn write_file(path: &str, mode: u32, bytes: &[u8], secret: bool) -> R<StepScript
 
 fn install_binary(dest: &str, bin: &Binary) -> R<StepScripts> {
     upload(&binary_want(dest, bin), Stdin::File(bin.path.clone()))
+}
+
+/// The line of an [`uploads`] answer for file `K` (0-based): `ok`, or why
+/// it was not placed.
+const UPLOADED_MARKER: &str = "kscratch-upload";
+/// The line of an [`uploads`] answer with the check after placing file `K`:
+/// its status.
+const PLACED_MARKER: &str = "kscratch-placed";
+
+/// One script that places several files of a node (a batch of upload
+/// steps), their bytes one after another on stdin ([`Stdin::Parts`]), as
+/// [`upload`] places one, with a few commands for all of them instead of a
+/// dozen for each: every file is received into its own temporary file; one
+/// `chmod` per mode and one `chown` set them; one `stat` notes their
+/// identities, types, sizes, modes and owners and one `sha256sum` hashes
+/// them; then each one whose size, SHA-256 and metadata match is renamed
+/// into place, the others are removed (a transfer cut short or corrupt
+/// never replaces a file); last, one `stat` of the placed files checks
+/// that each is the file hashed (same device, inode and mtime). Every
+/// rename happens after every file was received, so the answer follows the
+/// first rename within a few commands.
+///
+/// Read the answer with [`parse_uploads`]; the script itself exits 0.
+pub fn uploads(files: &[(FileWant, Stdin)]) -> R<Script> {
+    uploads_owned(files, "0:0")
+}
+
+fn uploads_owned(files: &[(FileWant, Stdin)], owner: &str) -> R<Script> {
+    let mut text = String::new();
+    let mut receive = String::new();
+    let mut dirs: Vec<&str> = Vec::new();
+    let mut modes: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let mut all_temps = Vec::new();
+    let mut stat_arms = String::new();
+    let mut sum_arms = String::new();
+    let mut place = String::new();
+    let mut placed_arms = String::new();
+    let mut dests = Vec::new();
+    for (k, (want, _)) in files.iter().enumerate() {
+        if !want.batchable() {
+            return Err(ShellRenderError::Invalid {
+                what: want.path.clone(),
+                message: "a path with a newline or a backslash is uploaded on its own".into(),
+            });
+        }
+        let dir = parent(&want.path);
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+            text.push_str(&format!("[ -d {d} ] || mkdir -p {d}\n", d = q(dir)?));
+        }
+        let d = q(&want.path)?;
+        let t = format!("{}/.kscratch.$$.{k}", q(dir)?);
+        let size = want.size;
+        text.push_str(&format!("t{k}={t}\n"));
+        // A temporary file that cannot be made still has its bytes read.
+        receive.push_str(&format!(
+            "if ! head -c {size} > \"$t{k}\"; then e{k}='cannot write a temporary file next to it'; head -c {size} > /dev/null; fi\n"
+        ));
+        modes
+            .entry(want.mode)
+            .or_default()
+            .push(format!("\"$t{k}\""));
+        all_temps.push(format!("\"$t{k}\""));
+        let meta = format!("{:x} {size} {:o} {owner}", 0o100000 | want.mode, want.mode);
+        stat_arms.push_str(&format!(
+            "    \"$t{k}\") z{k}=$s; [ \"$t $s $m $o\" = {meta} ] && i{k}=$k ;;\n",
+            meta = q(&meta)?
+        ));
+        sum_arms.push_str(&format!(
+            "    \"$t{k}\") [ \"$h\" = {sha} ] && h{k}=1 ;;\n",
+            sha = want.sha256
+        ));
+        let short = q(&format!(
+            "upload of {} cut short, the previous file is kept: expected {size} bytes, received",
+            want.path
+        ))?;
+        let corrupt = q(&format!(
+            "upload of {} does not match its SHA-256 {}, the previous file is kept",
+            want.path, want.sha256
+        ))?;
+        let wrong = q(&format!(
+            "the received copy of {} is not a regular file with mode {:o} owned by {owner}, the previous file is kept",
+            want.path, want.mode
+        ))?;
+        place.push_str(&format!(
+            "if [ -n \"$e{k}\" ]; then echo \"{UPLOADED_MARKER} {k} $e{k}\"\n\
+             elif [ -z \"$h{k}\" ] && [ \"$z{k}\" != {size} ]; then echo \"{UPLOADED_MARKER} {k}\" {short} \"${{z{k}:-0}}\"\n\
+             elif [ -z \"$h{k}\" ]; then echo \"{UPLOADED_MARKER} {k}\" {corrupt}\n\
+             elif [ -z \"$i{k}\" ]; then echo \"{UPLOADED_MARKER} {k}\" {wrong}\n\
+             elif mv -f \"$t{k}\" {d}; then echo \"{UPLOADED_MARKER} {k} ok\"; p{k}=1\n\
+             else echo \"{UPLOADED_MARKER} {k} cannot rename it into place\"; fi\n"
+        ));
+        placed_arms.push_str(&format!(
+            "    {d}) [ -n \"$p{k}\" ] && [ \"$t $s $m $o $k\" = {meta}\" $i{k}\" ] && echo \"{PLACED_MARKER} {k} 0\" && ok{k}=1 ;;\n",
+            meta = q(&format!("{:x} {size} {:o} {owner}", 0o100000 | want.mode, want.mode))?
+        ));
+        dests.push(d);
+    }
+    let temps = all_temps.join(" ");
+    // Whatever happens, no temporary file stays (a renamed one is gone already).
+    text.push_str(&format!("trap 'rm -f {temps} 2>/dev/null' EXIT\n"));
+    text.push_str(&receive);
+    for (mode, ts) in &modes {
+        text.push_str(&format!("chmod {mode:04o} {} 2>/dev/null\n", ts.join(" ")));
+    }
+    text.push_str(&format!(
+        "chown {owner} {temps} 2>/dev/null\n\
+         st=$(stat -c '%f %s %a %u:%g %d:%i:%.9Y %n' -- {temps} 2>/dev/null)\n\
+         while read -r t s m o k n; do\n\
+         \x20 case \"$n\" in\n\
+         {stat_arms}\
+         \x20 esac\n\
+         done <<KSCRATCH_EOF\n\
+         $st\n\
+         KSCRATCH_EOF\n\
+         sums=$(sha256sum -- {temps} 2>/dev/null)\n\
+         while read -r h n; do\n\
+         \x20 case \"$n\" in\n\
+         {sum_arms}\
+         \x20 esac\n\
+         done <<KSCRATCH_EOF\n\
+         $sums\n\
+         KSCRATCH_EOF\n\
+         {place}\
+         st=$(stat -c '%f %s %a %u:%g %d:%i:%.9Y %n' -- {dests} 2>/dev/null)\n\
+         while read -r t s m o k n; do\n\
+         \x20 case \"$n\" in\n\
+         {placed_arms}\
+         \x20 esac\n\
+         done <<KSCRATCH_EOF\n\
+         $st\n\
+         KSCRATCH_EOF\n",
+        dests = dests.join(" ")
+    ));
+    for (k, _) in files.iter().enumerate() {
+        text.push_str(&format!(
+            "[ -z \"$p{k}\" ] || [ -n \"$ok{k}\" ] || echo \"{PLACED_MARKER} {k} 1\"\n"
+        ));
+    }
+    text.push_str("exit 0\n");
+    let stdin = Stdin::Parts(files.iter().map(|(_, s)| s.clone()).collect());
+    Ok(Script { text, stdin })
+}
+
+/// What [`uploads`] did with one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    /// `Ok(check status)`: placed, and the check after it answered that
+    /// status; `Err(why)`: not placed.
+    pub result: Result<u32, String>,
+}
+
+/// Reads the answer of [`uploads`] for `n` files; `None` when a file is not
+/// answered for.
+pub fn parse_uploads(n: usize, stdout: &str) -> Option<Vec<Uploaded>> {
+    let mut placed: Vec<Option<Result<(), String>>> = vec![None; n];
+    let mut checked: Vec<Option<u32>> = vec![None; n];
+    for line in stdout.lines() {
+        if let Some(rest) = line.strip_prefix(UPLOADED_MARKER) {
+            let (k, what) = rest.trim_start().split_once(' ')?;
+            let k: usize = k.parse().ok()?;
+            *placed.get_mut(k)? = Some(if what == "ok" {
+                Ok(())
+            } else {
+                Err(what.to_string())
+            });
+        } else if let Some(rest) = line.strip_prefix(PLACED_MARKER) {
+            let (k, status) = rest.trim_start().split_once(' ')?;
+            let k: usize = k.parse().ok()?;
+            *checked.get_mut(k)? = Some(status.trim().parse().ok()?);
+        }
+    }
+    placed
+        .into_iter()
+        .zip(checked)
+        .map(|(p, c)| {
+            Some(Uploaded {
+                result: match p? {
+                    Ok(()) => Ok(c?),
+                    Err(why) => Err(why),
+                },
+            })
+        })
+        .collect()
 }
 
 /// How old (node clock, seconds) a file's last change must be before its
@@ -2104,6 +2311,116 @@ mod tests {
         assert_eq!(parse_verify(&stdout).map(|v| v.0), Some(1), "{stdout}");
         // The full check (a converged run's) still hashes.
         assert!(s.check.text.contains("sha256sum -c"));
+    }
+
+    /// A batch of uploads in one script: each file placed as one upload
+    /// would be, a cut stream or corrupt bytes refused file by file before
+    /// any rename, no temporary file left, and the check after each placed
+    /// file answered.
+    #[test]
+    fn a_batch_of_uploads_places_each_whole_file_and_refuses_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = |flag: &str| {
+            let out = Command::new("id").arg(flag).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let owner = format!("{}:{}", id("-u"), id("-g"));
+        let at = |name: &str| dir.path().join(name).display().to_string();
+        let run = |files: &[(FileWant, Stdin)], stdin: &[u8]| {
+            let script = uploads_owned(files, &owner).unwrap();
+            parses(&script.text);
+            let mut child = Command::new("sh")
+                .arg("-c")
+                .arg(&script.text)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(stdin).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0));
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let r: Vec<Result<u32, String>> = parse_uploads(files.len(), &stdout)
+                .unwrap_or_else(|| panic!("{stdout}"))
+                .into_iter()
+                .map(|u| u.result)
+                .collect();
+            r
+        };
+        let leftovers = || {
+            let mut n = 0;
+            for d in [dir.path().to_path_buf(), dir.path().join("new dir")] {
+                if let Ok(rd) = std::fs::read_dir(d) {
+                    n += rd
+                        .filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().starts_with(".kscratch."))
+                        .count();
+                }
+            }
+            n
+        };
+        let (a, b, c) = (
+            b"alpha\n".repeat(300),
+            b"beta\n".repeat(500),
+            b"gamma\n".to_vec(),
+        );
+        std::fs::write(at("b"), b"the previous b\n").unwrap();
+        let files = vec![
+            (bytes_want(&at("new dir/a"), 0o600, &a), Stdin::Empty),
+            (bytes_want(&at("b"), 0o644, &b), Stdin::Empty),
+            (bytes_want(&at("c"), 0o755, &c), Stdin::Empty),
+        ];
+        // Whole: all three placed with their modes, each checked after.
+        let all: Vec<u8> = [a.clone(), b.clone(), c.clone()].concat();
+        assert_eq!(run(&files, &all), [Ok(0), Ok(0), Ok(0)]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |n: &str| std::fs::metadata(at(n)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            (mode("new dir/a"), mode("b"), mode("c")),
+            (0o600, 0o644, 0o755)
+        );
+        assert_eq!(std::fs::read(at("b")).unwrap(), b);
+        assert_eq!(leftovers(), 0);
+        // The stream cut in b: a is placed, b and c are refused, b kept.
+        std::fs::write(at("b"), b"the previous b\n").unwrap();
+        let cut = &all[..a.len() + b.len() / 2];
+        let r = run(&files, cut);
+        assert_eq!(r[0], Ok(0));
+        for (i, got) in [(1, b.len() / 2), (2, 0)] {
+            let why = r[i].clone().unwrap_err();
+            assert!(
+                why.contains("cut short, the previous file is kept"),
+                "{why}"
+            );
+            assert!(why.ends_with(&format!("received {got}")), "{why}");
+        }
+        assert_eq!(std::fs::read(at("b")).unwrap(), b"the previous b\n");
+        assert_eq!(leftovers(), 0);
+        // Same size, other bytes in c: refused, the others placed.
+        let mut bad = all.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let r = run(&files, &bad);
+        assert_eq!(&r[..2], [Ok(0), Ok(0)]);
+        assert!(
+            r[2].clone()
+                .unwrap_err()
+                .contains("does not match its SHA-256"),
+            "{r:?}"
+        );
+        assert_eq!(std::fs::read(at("c")).unwrap(), c);
+        assert_eq!(leftovers(), 0);
+        // A file that cannot be received (its directory is a file) does not
+        // shift the next one's bytes.
+        std::fs::write(at("blocker"), b"").unwrap();
+        let files = vec![
+            (bytes_want(&at("blocker/x"), 0o644, &a), Stdin::Empty),
+            (bytes_want(&at("c"), 0o755, &c), Stdin::Empty),
+        ];
+        let r = run(&files, &[a.clone(), c.clone()].concat());
+        assert!(r[0].is_err(), "{r:?}");
+        assert_eq!(r[1], Ok(0));
     }
 
     /// Runs `script` with `sh`, a `stat` and a `sha256sum` in front of the

@@ -40,8 +40,8 @@
 use crate::render::{load_material, render_tree, Material, PKI_STORE};
 use crate::shell_render::{
     self, apply_then_check, files_check, parse_files_check, parse_verify, Binary, FileFound,
-    FileWant, Inputs, RenderCx, Rendered, Script, StepScripts, EXIT_NEEDED, EXIT_NOT_APPLICABLE,
-    EXIT_SATISFIED,
+    FileWant, Inputs, RenderCx, Rendered, Script, Stdin, StepScripts, EXIT_NEEDED,
+    EXIT_NOT_APPLICABLE, EXIT_SATISFIED,
 };
 use crate::ssh::{Endpoint, Output, SshConfig, SshError, SshPool};
 use async_trait::async_trait;
@@ -962,41 +962,152 @@ impl Backend for SshBackend {
                 Err(e) => done(k, Err(e)),
             }
         }
-        if let Ok(mut a) = self.applied.lock() {
-            a.extend(sent.iter().map(|(k, _)| cxs[*k].index));
-        }
-        if let Ok(mut c) = self.commands.lock() {
-            for (k, _) in &sent {
-                *c.entry(cxs[*k].index).or_default() += 1;
+        // The uploads among them go as one script ([`shell_render::uploads`]).
+        let mut files: Vec<(usize, FileWant)> = Vec::new();
+        let mut parts: Vec<(FileWant, Stdin)> = Vec::new();
+        let mut rest = Vec::with_capacity(sent.len());
+        for (k, s) in sent {
+            match self
+                .file_want(&cxs[k])
+                .filter(|_| !matches!(s.apply.stdin, Stdin::Empty))
+            {
+                Some(w) => {
+                    files.push((k, w.clone()));
+                    parts.push((w, s.apply.stdin));
+                }
+                None => rest.push((k, s)),
             }
         }
-        let scripts: Vec<Script> = sent.iter().map(|(_, s)| apply_then_check(s)).collect();
+        let sent = rest;
+        let uploads = if parts.is_empty() {
+            None
+        } else {
+            match shell_render::uploads(&parts) {
+                Ok(script) => Some(script),
+                Err(e) => {
+                    for (k, _) in files.drain(..) {
+                        done(k, Err(StepError::failed(format!("{}: {e}", cxs[k].id()))));
+                    }
+                    None
+                }
+            }
+        };
+        let ids = |ks: &mut dyn Iterator<Item = usize>| -> Vec<StepRef> {
+            ks.map(|k| cxs[k].index).collect()
+        };
+        let every: Vec<StepRef> = ids(&mut files
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(sent.iter().map(|(k, _)| *k)));
+        if let Ok(mut a) = self.applied.lock() {
+            a.extend(every.iter().copied());
+        }
+        if let Ok(mut c) = self.commands.lock() {
+            for i in &every {
+                *c.entry(*i).or_default() += 1;
+            }
+        }
+        let has_uploads = uploads.is_some();
+        let mut scripts: Vec<Script> = Vec::with_capacity(sent.len() + 1);
+        scripts.extend(uploads);
+        scripts.extend(sent.iter().map(|(_, s)| apply_then_check(s)));
         let timeout = sent
             .iter()
             .map(|(k, _)| self.timeout(&cxs[*k]))
             .fold(self.opts.step_timeout, Duration::max);
-        let mut answered = vec![false; sent.len()];
+        let mut answered = vec![false; scripts.len()];
         let r = self
             .pool
             .run_batch_each(ep, &scripts, timeout, &mut |j, o| {
-                let (k, s) = &sent[j];
                 answered[j] = true;
+                if has_uploads && j == 0 {
+                    self.uploads_answer(cxs, &files, &o, done);
+                    return;
+                }
+                let (k, s) = &sent[j - usize::from(has_uploads)];
                 done(*k, self.applied_answer(&cxs[*k], s, &o));
             })
             .await;
         if let Err(e) = r {
             let kind = e.kind();
-            for ((k, _), a) in sent.iter().zip(&answered) {
-                if !a {
-                    done(
-                        *k,
-                        Err(StepError::new(
-                            kind,
-                            format!("{}: apply: {e}", cxs[*k].id()),
-                        )),
-                    );
+            let failed = |k: usize| {
+                done(
+                    k,
+                    Err(StepError::new(kind, format!("{}: apply: {e}", cxs[k].id()))),
+                )
+            };
+            if has_uploads && !answered[0] {
+                files.iter().for_each(|(k, _)| failed(*k));
+            }
+            for (j, (k, _)) in sent.iter().enumerate() {
+                if !answered[j + usize::from(has_uploads)] {
+                    failed(*k);
                 }
             }
+        }
+    }
+}
+
+impl SshBackend {
+    /// Hands over each file's result of an [`shell_render::uploads`] answer.
+    fn uploads_answer(
+        &self,
+        cxs: &[StepCx<'_>],
+        files: &[(usize, FileWant)],
+        out: &Output,
+        done: &(dyn Fn(usize, Result<(), StepError>) + Send + Sync),
+    ) {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let parsed = (out.status == Some(0))
+            .then(|| shell_render::parse_uploads(files.len(), &stdout))
+            .flatten();
+        let Some(parsed) = parsed else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            for (k, w) in files {
+                done(
+                    *k,
+                    Err(StepError::new(
+                        ErrorKind::Command,
+                        format!(
+                            "{}: placing {} with {} other files failed on {} (status {:?}): {}",
+                            cxs[*k].id(),
+                            w.path,
+                            files.len() - 1,
+                            cxs[*k].plan.target_name(cxs[*k].step.target),
+                            out.status,
+                            stderr.trim()
+                        ),
+                    )),
+                );
+            }
+            return;
+        };
+        for ((k, _), u) in files.iter().zip(parsed) {
+            let cx = &cxs[*k];
+            let r = match u.result {
+                Ok(status) => {
+                    match probe_of(Some(status), "") {
+                        Some(p) => {
+                            if let Ok(mut v) = self.verified.lock() {
+                                v.insert(cx.index, p);
+                            }
+                        }
+                        None => {
+                            tracing::debug!(step = %cx.id(), "the check after the upload answered {status}")
+                        }
+                    }
+                    Ok(())
+                }
+                Err(why) => Err(StepError::new(
+                    ErrorKind::Command,
+                    format!(
+                        "{}: apply failed on {}: {why}",
+                        cx.id(),
+                        cx.plan.target_name(cx.step.target)
+                    ),
+                )),
+            };
+            done(*k, r);
         }
     }
 }
