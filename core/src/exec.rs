@@ -168,9 +168,10 @@ impl Outcome {
 
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
-    /// Steps in flight at once, over all targets. 1 runs the plan in its own order.
+    /// Steps (or batches, see `batch`) in flight at once, over all targets.
+    /// 1 runs the plan in its own order.
     pub max_parallel: usize,
-    /// Steps in flight at once on one target.
+    /// Steps (or batches) in flight at once on one target.
     pub per_target: usize,
     /// Ready steps of one target (none depending on another) started
     /// together, at most: their checks, then their applies, each go to the
