@@ -16,7 +16,9 @@
 //!   the two outputs' bytes.
 //!
 //! Requests are pipelined: [`SshPool::run_batch`] writes several and then
-//! reads their answers, one round trip for all of a node's checks.
+//! reads their answers, one round trip for all of a node's checks, or for a
+//! batch of its applies ([`SshPool::run_batch_each`] hands each answer over
+//! as soon as it is read).
 //!
 //! Dead nodes fail fast: a node whose connection cannot be opened (or
 //! re-opened after a loss, at most [`MAX_RECONNECTS`] times) is marked
@@ -345,14 +347,25 @@ impl Session {
     ) -> Result<u64, String> {
         let id = self.next_id;
         self.next_id += 1;
-        let stdin_len = match &script.stdin {
-            Stdin::Empty => 0,
-            Stdin::Bytes { bytes, .. } => bytes.len() as u64,
-            Stdin::File(p) => tokio::fs::metadata(p)
-                .await
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?
-                .len(),
-        };
+        // The stdin's parts, each with its length (taken now: a file is
+        // sent with exactly that length).
+        let mut parts: Vec<(&Stdin, u64)> = Vec::new();
+        let mut stack = vec![&script.stdin];
+        while let Some(p) = stack.pop() {
+            match p {
+                Stdin::Empty => {}
+                Stdin::Bytes { bytes, .. } => parts.push((p, bytes.len() as u64)),
+                Stdin::File(f) => parts.push((
+                    p,
+                    tokio::fs::metadata(f)
+                        .await
+                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?
+                        .len(),
+                )),
+                Stdin::Parts(inner) => stack.extend(inner.iter().rev()),
+            }
+        }
+        let stdin_len: u64 = parts.iter().map(|(_, n)| n).sum();
         // The agent reads the script line by line: it must end with a newline.
         let mut text = text.to_string();
         if !text.ends_with('\n') {
@@ -364,31 +377,48 @@ impl Session {
         let lines = text.bytes().filter(|&b| b == b'\n').count();
         let mut msg = format!("{id} {lines} {stdin_len} {}\n", timeout.as_secs()).into_bytes();
         msg.extend_from_slice(text.as_bytes());
-        if let Stdin::Bytes { bytes, .. } = &script.stdin {
-            msg.extend_from_slice(bytes);
-        }
-        self.ch.data_bytes(msg).await.map_err(|e| e.to_string())?;
-        if let Stdin::File(p) = &script.stdin {
-            // Large reads, handed over whole: a copy through an 8 KiB buffer
-            // (a blocking file read and a channel message per 8 KiB) moved a
-            // 21 MB binary in 2.6 s on the loaded testbed.
-            let mut f = tokio::fs::File::open(p)
-                .await
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            let mut left = stdin_len;
-            while left > 0 {
-                let mut chunk = vec![0u8; left.min(UPLOAD_CHUNK) as usize];
-                // Exactly the announced length: a file that shrank meanwhile
-                // is an error here (the session is then dropped), and one
-                // that grew is cut at that length.
-                f.read_exact(&mut chunk)
-                    .await
-                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-                left -= chunk.len() as u64;
-                self.ch.data_bytes(chunk).await.map_err(|e| e.to_string())?;
+        for (part, len) in parts {
+            match part {
+                Stdin::Bytes { bytes, .. } => msg.extend_from_slice(bytes),
+                Stdin::File(p) => {
+                    if !msg.is_empty() {
+                        self.ch
+                            .data_bytes(std::mem::take(&mut msg))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    self.stream_file(p, len).await?;
+                }
+                Stdin::Empty | Stdin::Parts(_) => {}
             }
         }
+        if !msg.is_empty() {
+            self.ch.data_bytes(msg).await.map_err(|e| e.to_string())?;
+        }
         Ok(id)
+    }
+
+    /// Streams exactly `len` bytes of the local file `p`.
+    async fn stream_file(&mut self, p: &Path, len: u64) -> Result<(), String> {
+        // Large reads, handed over whole: a copy through an 8 KiB buffer
+        // (a blocking file read and a channel message per 8 KiB) moved a
+        // 21 MB binary in 2.6 s on the loaded testbed.
+        let mut f = tokio::fs::File::open(p)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let mut left = len;
+        while left > 0 {
+            let mut chunk = vec![0u8; left.min(UPLOAD_CHUNK) as usize];
+            // Exactly the announced length: a file that shrank meanwhile
+            // is an error here (the session is then dropped), and one
+            // that grew is cut at that length.
+            f.read_exact(&mut chunk)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            left -= chunk.len() as u64;
+            self.ch.data_bytes(chunk).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Reads one answer.
@@ -517,8 +547,35 @@ impl SshPool {
         scripts: &[Script],
         timeout: Duration,
     ) -> Result<Vec<Output>, SshError> {
+        let mut outs = Vec::with_capacity(scripts.len());
+        let elapsed = self
+            .run_batch_each(ep, scripts, timeout, &mut |_, o| outs.push(o))
+            .await?;
+        // `timeout` on the node answers 124 when it had to stop the script.
+        if let [only] = outs.as_slice() {
+            if only.status == Some(124) && elapsed >= timeout {
+                return Err(SshError::Timeout {
+                    node: ep.node.clone(),
+                    command: first_line(&scripts[0].text),
+                    secs: timeout.as_secs(),
+                });
+            }
+        }
+        Ok(outs)
+    }
+
+    /// [`SshPool::run_batch`], handing each answer to `answer` (with the
+    /// script's index) as soon as it is read; returns how long the exchange
+    /// took. On an error, the scripts not answered yet may or may not have run.
+    pub async fn run_batch_each(
+        &self,
+        ep: &Endpoint,
+        scripts: &[Script],
+        timeout: Duration,
+        answer: &mut (dyn FnMut(usize, Output) + Send),
+    ) -> Result<Duration, SshError> {
         if scripts.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Duration::ZERO);
         }
         let slot = self.session_slot(ep);
         let mut g = slot.lock().await;
@@ -548,21 +605,23 @@ impl SshPool {
                 for s in scripts {
                     ids.push(session.send(s, &s.text, timeout).await?);
                 }
-                let mut outs = Vec::with_capacity(scripts.len());
-                for id in ids {
+                for (k, id) in ids.into_iter().enumerate() {
                     let f = session.receive().await?;
                     if f.id != id {
                         return Err(format!("the agent answered request {} for {id}", f.id));
                     }
-                    outs.push(Output {
-                        status: Some(f.status),
-                        signal: None,
-                        stdout: f.stdout,
-                        stderr: f.stderr,
-                    });
+                    answer(
+                        k,
+                        Output {
+                            status: Some(f.status),
+                            signal: None,
+                            stdout: f.stdout,
+                            stderr: f.stderr,
+                        },
+                    );
                 }
                 session.in_flight = false;
-                Ok(outs)
+                Ok(())
             };
             tokio::time::timeout(total, async {
                 tokio::select! {
@@ -585,17 +644,7 @@ impl SshPool {
             e.busy += elapsed;
         });
         match result {
-            Ok(Ok(outs)) => {
-                // `timeout` on the node answers 124 when it had to stop the script.
-                if scripts.len() == 1 && outs[0].status == Some(124) && elapsed >= timeout {
-                    return Err(SshError::Timeout {
-                        node: ep.node.clone(),
-                        command: first_line,
-                        secs: timeout.as_secs(),
-                    });
-                }
-                Ok(outs)
-            }
+            Ok(Ok(())) => Ok(elapsed),
             Ok(Err(message)) => {
                 // The session is suspect: the next command starts a new one
                 // (and a new connection, if this one is gone).

@@ -16,6 +16,15 @@
 //!   the operator's machine for its wanted content, under
 //!   `<state dir>/file-records/<node>` ([`FileRecords`]); any write, mode
 //!   change or replacement changes that identity.
+//! - The executor hands over a node's independent ready steps as one batch
+//!   ([`Backend::check_batch`], [`Backend::apply_batch`]): the checks not
+//!   answered yet go in one round trip (files again by one script), the
+//!   applies, each with its check after, pipelined in another, each answer
+//!   reported as soon as it is read.
+//! - An upload hashes the received file before its rename and notes its
+//!   identity (`dev:ino:mtime`); the check right after compares the placed
+//!   file's identity, type, size, mode and owner instead of hashing it
+//!   again ([`shell_render`]'s `verify`).
 //! - A node marked unreachable (see [`crate::ssh`]) has its steps
 //!   [`Probe::NotApplicable`] with that reason, at once, without another
 //!   connection attempt; the other nodes go on.
@@ -31,8 +40,8 @@
 use crate::render::{load_material, render_tree, Material, PKI_STORE};
 use crate::shell_render::{
     self, apply_then_check, files_check, parse_files_check, parse_verify, Binary, FileFound,
-    FileWant, Inputs, RenderCx, Rendered, Script, StepScripts, EXIT_NEEDED, EXIT_NOT_APPLICABLE,
-    EXIT_SATISFIED,
+    FileWant, Inputs, RenderCx, Rendered, Script, Stdin, StepScripts, EXIT_NEEDED,
+    EXIT_NOT_APPLICABLE, EXIT_SATISFIED,
 };
 use crate::ssh::{Endpoint, Output, SshConfig, SshError, SshPool};
 use async_trait::async_trait;
@@ -726,45 +735,105 @@ impl SshBackend {
     }
 }
 
+impl SshBackend {
+    /// A node step's check when it is answered without asking the node
+    /// (verified by its apply, prefetched, unreachable, not applicable):
+    /// `Err(probe)`; otherwise the scripts to check it live with.
+    async fn answered(&self, cx: &StepCx<'_>) -> Result<Result<StepScripts, Probe>, StepError> {
+        // The verification right after an apply already ran, in the apply's command.
+        if let Some(p) = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|mut v| v.remove(&cx.index))
+        {
+            return Ok(Err(p));
+        }
+        if let Some(p) = self.unreachable(cx) {
+            return Ok(Err(p));
+        }
+        let scripts = match self.scripts(cx)? {
+            Ok(s) => s,
+            Err(probe) => return Ok(Err(probe)),
+        };
+        if let Some(p) = self.prefetched(cx).await? {
+            return Ok(Err(p));
+        }
+        if let Some(p) = self.unreachable(cx) {
+            return Ok(Err(p));
+        }
+        Ok(Ok(scripts))
+    }
+
+    async fn live_check(&self, cx: &StepCx<'_>, scripts: &StepScripts) -> Result<Probe, StepError> {
+        let out = match self.run(cx, &scripts.check, "check").await {
+            Err(e) if self.unreachable(cx).is_some() => {
+                tracing::debug!("{e}");
+                return Ok(self.unreachable(cx).unwrap_or(Probe::Needed));
+            }
+            other => other?,
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        probe_of(out.status, &stdout)
+            .ok_or_else(|| command_failed(cx, "check", &scripts.check, &out))
+    }
+
+    /// The node all of `cxs` run on, if they are node steps of one node.
+    fn one_node(cxs: &[StepCx<'_>]) -> Option<usize> {
+        let n = cxs.first()?.node()?;
+        cxs.iter().all(|c| c.node() == Some(n)).then_some(n)
+    }
+
+    /// Reads the answer of an [`apply_then_check`] script: the check after
+    /// the apply is kept for the executor's verification.
+    fn applied_answer(
+        &self,
+        cx: &StepCx<'_>,
+        scripts: &StepScripts,
+        out: &Output,
+    ) -> Result<(), StepError> {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match (out.status, parse_verify(&stdout)) {
+            (Some(0), Some((status, text))) => {
+                let probe = probe_of(Some(status), &text).ok_or_else(|| {
+                    StepError::new(
+                        ErrorKind::Command,
+                        format!(
+                            "{}: the check after apply failed on {} (exit status {status}): {}",
+                            cx.id(),
+                            cx.plan.target_name(cx.step.target),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
+                    )
+                })?;
+                if let Ok(mut v) = self.verified.lock() {
+                    v.insert(cx.index, probe);
+                }
+                Ok(())
+            }
+            _ => Err(command_failed(cx, "apply", &scripts.apply, out)),
+        }
+    }
+
+    /// The scripts of a remote step to apply, or why it cannot be.
+    fn apply_scripts(&self, cx: &StepCx<'_>) -> Result<StepScripts, StepError> {
+        match self.scripts(cx)? {
+            Ok(s) => Ok(s),
+            Err(Probe::NotApplicable(r)) => Err(StepError::failed(format!("{}: {r}", cx.id()))),
+            Err(_) => Err(StepError::failed(format!("{}: nothing to apply", cx.id()))),
+        }
+    }
+}
+
 #[async_trait]
 impl Backend for SshBackend {
     async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
         match cx.step.target {
             Target::Local => self.local_check(cx),
-            Target::Fabric | Target::Node(_) => {
-                // The verification right after an apply already ran, in the apply's command.
-                if let Some(p) = self
-                    .verified
-                    .lock()
-                    .ok()
-                    .and_then(|mut v| v.remove(&cx.index))
-                {
-                    return Ok(p);
-                }
-                if let Some(p) = self.unreachable(cx) {
-                    return Ok(p);
-                }
-                let scripts = match self.scripts(cx)? {
-                    Ok(s) => s,
-                    Err(probe) => return Ok(probe),
-                };
-                if let Some(p) = self.prefetched(cx).await? {
-                    return Ok(p);
-                }
-                if let Some(p) = self.unreachable(cx) {
-                    return Ok(p);
-                }
-                let out = match self.run(cx, &scripts.check, "check").await {
-                    Err(e) if self.unreachable(cx).is_some() => {
-                        tracing::debug!("{e}");
-                        return Ok(self.unreachable(cx).unwrap_or(Probe::Needed));
-                    }
-                    other => other?,
-                };
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                probe_of(out.status, &stdout)
-                    .ok_or_else(|| command_failed(cx, "check", &scripts.check, &out))
-            }
+            Target::Fabric | Target::Node(_) => match self.answered(cx).await? {
+                Err(p) => Ok(p),
+                Ok(scripts) => self.live_check(cx, &scripts).await,
+            },
         }
     }
 
@@ -772,34 +841,304 @@ impl Backend for SshBackend {
         match cx.step.target {
             Target::Local => self.local_apply(cx).await,
             Target::Fabric | Target::Node(_) => {
-                let scripts = match self.scripts(cx)? {
-                    Ok(s) => s,
-                    Err(Probe::NotApplicable(r)) => {
-                        return Err(StepError::failed(format!("{}: {r}", cx.id())))
-                    }
-                    Err(_) => {
-                        return Err(StepError::failed(format!("{}: nothing to apply", cx.id())))
-                    }
-                };
+                let scripts = self.apply_scripts(cx)?;
                 if let Ok(mut a) = self.applied.lock() {
                     a.insert(cx.index);
                 }
                 let both = apply_then_check(&scripts);
                 let out = self.run(cx, &both, "apply").await?;
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                match (out.status, parse_verify(&stdout)) {
-                    (Some(0), Some((status, text))) => {
-                        let probe = probe_of(Some(status), &text).ok_or_else(|| {
-                            StepError::new(ErrorKind::Command, format!("{}: the check after apply failed on {} (exit status {status}): {}", cx.id(), cx.plan.target_name(cx.step.target), String::from_utf8_lossy(&out.stderr).trim()))
-                        })?;
-                        if let Ok(mut v) = self.verified.lock() {
-                            v.insert(cx.index, probe);
-                        }
-                        Ok(())
+                self.applied_answer(cx, &scripts, &out)
+            }
+        }
+    }
+
+    /// A node's steps not answered without asking it are checked in one
+    /// round trip: their uploaded files by one [`files_check`] script, the
+    /// others' checks pipelined behind it.
+    async fn check_batch(&self, cxs: &[StepCx<'_>]) -> Vec<Result<Probe, StepError>> {
+        let mut out: Vec<Option<Result<Probe, StepError>>> = cxs.iter().map(|_| None).collect();
+        let Some(node) = Self::one_node(cxs) else {
+            for (k, cx) in cxs.iter().enumerate() {
+                out[k] = Some(self.check(cx).await);
+            }
+            return out.into_iter().flatten().collect();
+        };
+        let mut live: Vec<(usize, StepScripts)> = Vec::new();
+        for (k, cx) in cxs.iter().enumerate() {
+            match self.answered(cx).await {
+                Ok(Err(p)) => out[k] = Some(Ok(p)),
+                Ok(Ok(scripts)) => live.push((k, scripts)),
+                Err(e) => out[k] = Some(Err(e)),
+            }
+        }
+        if live.len() > 1 {
+            if let Some(ep) = self.endpoints.get(node) {
+                let mut files: Vec<(usize, FileWant)> = Vec::new();
+                let mut others: Vec<(usize, Script)> = Vec::new();
+                for (k, scripts) in live.iter() {
+                    match self.file_want(&cxs[*k]) {
+                        Some(w) => files.push((*k, w)),
+                        None => others.push((*k, scripts.check.clone())),
                     }
-                    _ => Err(command_failed(cx, "apply", &scripts.apply, &out)),
+                }
+                let wants: Vec<FileWant> = files.iter().map(|(_, w)| w.clone()).collect();
+                let mut records = self.records(&ep.node);
+                let recorded: Vec<Option<String>> =
+                    wants.iter().map(|w| records.vouches(w)).collect();
+                let files_script = if wants.is_empty() {
+                    None
+                } else {
+                    files_check(&wants, &recorded).ok()
+                };
+                if files_script.is_none() {
+                    // Each file is checked on its own below.
+                    files.clear();
+                }
+                let has_files = files_script.is_some();
+                let mut all: Vec<Script> = Vec::with_capacity(others.len() + 1);
+                all.extend(files_script);
+                all.extend(others.iter().map(|(_, s)| s.clone()));
+                if let Ok(mut c) = self.commands.lock() {
+                    for &k in files
+                        .iter()
+                        .map(|(k, _)| k)
+                        .chain(others.iter().map(|(k, _)| k))
+                    {
+                        *c.entry(cxs[k].index).or_default() += 1;
+                    }
+                }
+                let timeout = others
+                    .iter()
+                    .map(|(k, _)| self.timeout(&cxs[*k]))
+                    .fold(self.opts.step_timeout, Duration::max);
+                match self.pool.run_batch(ep, &all, timeout).await {
+                    Ok(mut outs) => {
+                        if has_files && !outs.is_empty() {
+                            let o = outs.remove(0);
+                            let stdout = String::from_utf8_lossy(&o.stdout);
+                            let found = (o.status == Some(0))
+                                .then(|| parse_files_check(&wants, &recorded, &stdout))
+                                .flatten();
+                            if let Some(found) = found {
+                                for ((k, w), f) in files.iter().zip(&found) {
+                                    out[*k] = Some(Ok(if f.holds {
+                                        Probe::Satisfied
+                                    } else {
+                                        Probe::Needed
+                                    }));
+                                    records.update(w, f);
+                                }
+                                self.save_records(&ep.node, &records);
+                            }
+                        }
+                        for ((k, _), o) in others.iter().zip(outs) {
+                            // An error status is left to the check on its own, which reports it.
+                            if let Some(p) = probe_of(o.status, &String::from_utf8_lossy(&o.stdout))
+                            {
+                                out[*k] = Some(Ok(p));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let kind = e.kind();
+                        for (k, _) in &live {
+                            let cx = &cxs[*k];
+                            out[*k] = Some(match self.unreachable(cx) {
+                                Some(p) => Ok(p),
+                                None => {
+                                    Err(StepError::new(kind, format!("{}: check: {e}", cx.id())))
+                                }
+                            });
+                        }
+                    }
                 }
             }
+        }
+        for (k, scripts) in &live {
+            if out[*k].is_none() {
+                out[*k] = Some(self.live_check(&cxs[*k], scripts).await);
+            }
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(StepError::failed("not checked"))))
+            .collect()
+    }
+
+    /// A node's applies pipelined in one round trip, each one's answer
+    /// (with its check after) handed over as soon as it is read.
+    async fn apply_batch(
+        &self,
+        cxs: &[StepCx<'_>],
+        done: &(dyn Fn(usize, Result<(), StepError>) + Send + Sync),
+    ) {
+        let Some(node) = Self::one_node(cxs) else {
+            for (k, cx) in cxs.iter().enumerate() {
+                done(k, self.apply(cx).await);
+            }
+            return;
+        };
+        let Some(ep) = self.endpoints.get(node) else {
+            for (k, cx) in cxs.iter().enumerate() {
+                done(
+                    k,
+                    Err(StepError::failed(format!("{}: no node {node}", cx.id()))),
+                );
+            }
+            return;
+        };
+        let mut sent: Vec<(usize, StepScripts)> = Vec::new();
+        for (k, cx) in cxs.iter().enumerate() {
+            match self.apply_scripts(cx) {
+                Ok(s) => sent.push((k, s)),
+                Err(e) => done(k, Err(e)),
+            }
+        }
+        // The uploads among them go as one script ([`shell_render::uploads`]).
+        let mut files: Vec<(usize, FileWant)> = Vec::new();
+        let mut parts: Vec<(FileWant, Stdin)> = Vec::new();
+        let mut rest = Vec::with_capacity(sent.len());
+        for (k, s) in sent {
+            match self
+                .file_want(&cxs[k])
+                .filter(|_| !matches!(s.apply.stdin, Stdin::Empty))
+            {
+                Some(w) => {
+                    files.push((k, w.clone()));
+                    parts.push((w, s.apply.stdin));
+                }
+                None => rest.push((k, s)),
+            }
+        }
+        let sent = rest;
+        let uploads = if parts.is_empty() {
+            None
+        } else {
+            match shell_render::uploads(&parts) {
+                Ok(script) => Some(script),
+                Err(e) => {
+                    for (k, _) in files.drain(..) {
+                        done(k, Err(StepError::failed(format!("{}: {e}", cxs[k].id()))));
+                    }
+                    None
+                }
+            }
+        };
+        let ids = |ks: &mut dyn Iterator<Item = usize>| -> Vec<StepRef> {
+            ks.map(|k| cxs[k].index).collect()
+        };
+        let every: Vec<StepRef> = ids(&mut files
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(sent.iter().map(|(k, _)| *k)));
+        if let Ok(mut a) = self.applied.lock() {
+            a.extend(every.iter().copied());
+        }
+        if let Ok(mut c) = self.commands.lock() {
+            for i in &every {
+                *c.entry(*i).or_default() += 1;
+            }
+        }
+        let has_uploads = uploads.is_some();
+        let mut scripts: Vec<Script> = Vec::with_capacity(sent.len() + 1);
+        scripts.extend(uploads);
+        scripts.extend(sent.iter().map(|(_, s)| apply_then_check(s)));
+        let timeout = sent
+            .iter()
+            .map(|(k, _)| self.timeout(&cxs[*k]))
+            .fold(self.opts.step_timeout, Duration::max);
+        let mut answered = vec![false; scripts.len()];
+        let r = self
+            .pool
+            .run_batch_each(ep, &scripts, timeout, &mut |j, o| {
+                answered[j] = true;
+                if has_uploads && j == 0 {
+                    self.uploads_answer(cxs, &files, &o, done);
+                    return;
+                }
+                let (k, s) = &sent[j - usize::from(has_uploads)];
+                done(*k, self.applied_answer(&cxs[*k], s, &o));
+            })
+            .await;
+        if let Err(e) = r {
+            let kind = e.kind();
+            let failed = |k: usize| {
+                done(
+                    k,
+                    Err(StepError::new(kind, format!("{}: apply: {e}", cxs[k].id()))),
+                )
+            };
+            if has_uploads && !answered[0] {
+                files.iter().for_each(|(k, _)| failed(*k));
+            }
+            for (j, (k, _)) in sent.iter().enumerate() {
+                if !answered[j + usize::from(has_uploads)] {
+                    failed(*k);
+                }
+            }
+        }
+    }
+}
+
+impl SshBackend {
+    /// Hands over each file's result of an [`shell_render::uploads`] answer.
+    fn uploads_answer(
+        &self,
+        cxs: &[StepCx<'_>],
+        files: &[(usize, FileWant)],
+        out: &Output,
+        done: &(dyn Fn(usize, Result<(), StepError>) + Send + Sync),
+    ) {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let parsed = (out.status == Some(0))
+            .then(|| shell_render::parse_uploads(files.len(), &stdout))
+            .flatten();
+        let Some(parsed) = parsed else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            for (k, w) in files {
+                done(
+                    *k,
+                    Err(StepError::new(
+                        ErrorKind::Command,
+                        format!(
+                            "{}: placing {} with {} other files failed on {} (status {:?}): {}",
+                            cxs[*k].id(),
+                            w.path,
+                            files.len() - 1,
+                            cxs[*k].plan.target_name(cxs[*k].step.target),
+                            out.status,
+                            stderr.trim()
+                        ),
+                    )),
+                );
+            }
+            return;
+        };
+        for ((k, _), u) in files.iter().zip(parsed) {
+            let cx = &cxs[*k];
+            let r = match u.result {
+                Ok(status) => {
+                    match probe_of(Some(status), "") {
+                        Some(p) => {
+                            if let Ok(mut v) = self.verified.lock() {
+                                v.insert(cx.index, p);
+                            }
+                        }
+                        None => {
+                            tracing::debug!(step = %cx.id(), "the check after the upload answered {status}")
+                        }
+                    }
+                    Ok(())
+                }
+                Err(why) => Err(StepError::new(
+                    ErrorKind::Command,
+                    format!(
+                        "{}: apply failed on {}: {why}",
+                        cx.id(),
+                        cx.plan.target_name(cx.step.target)
+                    ),
+                )),
+            };
+            done(*k, r);
         }
     }
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a backend sees of the step it runs.
+#[derive(Clone, Copy)]
 pub struct StepCx<'a> {
     pub plan: &'a Plan,
     pub scenario: &'a Scenario,
@@ -73,6 +74,32 @@ pub trait Backend: Send + Sync {
     async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError>;
     /// Makes the step's desired state hold.
     async fn apply(&self, cx: &StepCx<'_>) -> Result<(), StepError>;
+
+    /// Checks several steps of one target, none of which depends on
+    /// another, answering in the same order. The default checks them one
+    /// after another; a backend may ask them all in one round trip.
+    async fn check_batch(&self, cxs: &[StepCx<'_>]) -> Vec<Result<Probe, StepError>> {
+        let mut out = Vec::with_capacity(cxs.len());
+        for cx in cxs {
+            out.push(self.check(cx).await);
+        }
+        out
+    }
+
+    /// Applies several steps of one target, none of which depends on
+    /// another, telling `done` the result of each (by its index in `cxs`)
+    /// as soon as it is known, so that a run killed half-way has journaled
+    /// what finished. The default applies them one after another; a
+    /// backend may send them all in one round trip.
+    async fn apply_batch(
+        &self,
+        cxs: &[StepCx<'_>],
+        done: &(dyn Fn(usize, Result<(), StepError>) + Send + Sync),
+    ) {
+        for (k, cx) in cxs.iter().enumerate() {
+            done(k, self.apply(cx).await);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -141,10 +168,20 @@ impl Outcome {
 
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
-    /// Steps in flight at once, over all targets. 1 runs the plan in its own order.
+    /// Steps (or batches, see `batch`) in flight at once, over all targets.
+    /// 1 runs the plan in its own order.
     pub max_parallel: usize,
-    /// Steps in flight at once on one target.
+    /// Steps (or batches) in flight at once on one target.
     pub per_target: usize,
+    /// Ready steps of one target (none depending on another) started
+    /// together, at most: their checks, then their applies, each go to the
+    /// backend as one batch ([`Backend::check_batch`],
+    /// [`Backend::apply_batch`]), and the batch takes one of the target's
+    /// `per_target` places. A health wait or a cluster validation is never
+    /// batched: it waits on other machines, and what was batched with it
+    /// would wait too; nor are the operator's own steps (the PKI). 1 starts
+    /// every step on its own.
+    pub batch: usize,
     /// Retries of a step after a connection-level error (never after others).
     pub connection_retries: u32,
     /// Check only: report what would change, change nothing.
@@ -167,6 +204,7 @@ impl Default for ExecOptions {
         ExecOptions {
             max_parallel: 16,
             per_target: 1,
+            batch: 16,
             connection_retries: 2,
             dry_run: false,
             verify: true,
@@ -183,6 +221,7 @@ impl ExecOptions {
         ExecOptions {
             max_parallel: 1,
             per_target: 1,
+            batch: 1,
             ..ExecOptions::default()
         }
     }
@@ -271,92 +310,21 @@ pub async fn execute(
     let mut ready: BTreeSet<StepRef> = (0..n as StepRef)
         .filter(|&i| pending[i as usize] == 0)
         .collect();
+    // Units in flight (one step, or a batch of one target's steps); each
+    // ends with its target. Their steps' outcomes come through `finished`
+    // one by one, as soon as each is known.
     let mut running = FuturesUnordered::new();
+    let (report, mut finished) = futures::channel::mpsc::unbounded::<(StepRef, Outcome)>();
     let mut on_target: BTreeMap<Target, usize> = BTreeMap::new();
     let max_parallel = opts.max_parallel.max(1);
     let per_target = opts.per_target.max(1);
+    let batch = opts.batch.max(1);
     let mut gate = opts.rollout.as_ref().map(|r| Gate::new(r, n));
     let mut done = 0usize;
 
-    while done < n {
-        // Start the lowest-numbered ready steps that fit the limits (and, in
-        // a rollout, whose wave is open).
-        let mut started = Vec::new();
-        for &i in &ready {
-            if running.len() + started.len() >= max_parallel {
-                break;
-            }
-            if gate.as_ref().is_some_and(|g| !g.may_start(i)) {
-                continue;
-            }
-            let step = &plan.steps[i as usize];
-            let busy = on_target.get(&step.target).copied().unwrap_or(0)
-                + started
-                    .iter()
-                    .filter(|&&j: &&StepRef| plan.steps[j as usize].target == step.target)
-                    .count();
-            if busy < per_target {
-                started.push(i);
-            }
-        }
-        let progress = !started.is_empty();
-        for i in started {
-            ready.remove(&i);
-            let step = &plan.steps[i as usize];
-            // A step whose dependency did not succeed is skipped, not run; so
-            // is a wave's step after the rollout stopped.
-            let skipped = gate.as_ref().and_then(|g| g.stopped(plan, i)).or_else(|| {
-                skipped_by_deps(plan, deps_of(plan, opts, i), |d| {
-                    outcomes[d as usize].as_ref()
-                })
-            });
-            if let Some(o) = skipped {
-                observer.finished(plan, i, &o);
-                if let Some(g) = &mut gate {
-                    g.finished(plan, i, &o, observer);
-                }
-                finish(
-                    i,
-                    o,
-                    &mut outcomes,
-                    &mut pending,
-                    &counts,
-                    &dependents,
-                    &mut ready,
-                );
-                done += 1;
-                continue;
-            }
-            *on_target.entry(step.target).or_default() += 1;
-            if let Some(g) = &mut gate {
-                g.announce(plan, i, observer);
-            }
-            observer.started(plan, i);
-            let cx = StepCx {
-                plan,
-                scenario,
-                index: i,
-                step,
-            };
-            let restart = inputs_changed(plan, step, opts, |d| outcomes[d as usize].as_ref());
-            running.push(async move {
-                let o = run_step(backend, &cx, opts, restart).await;
-                (i, o)
-            });
-        }
-        if running.is_empty() {
-            if !progress && done < n {
-                // Unreachable for a valid plan (every dependency is earlier,
-                // every wave's dependencies are in it or before it), but never hang.
-                break;
-            }
-            continue;
-        }
-        if let Some((i, o)) = running.next().await {
-            let t = plan.steps[i as usize].target;
-            if let Some(c) = on_target.get_mut(&t) {
-                *c -= 1;
-            }
+    macro_rules! settle {
+        ($i:expr, $o:expr) => {{
+            let (i, o): (StepRef, Outcome) = ($i, $o);
             observer.finished(plan, i, &o);
             if let Some(g) = &mut gate {
                 g.finished(plan, i, &o, observer);
@@ -371,6 +339,114 @@ pub async fn execute(
                 &mut ready,
             );
             done += 1;
+        }};
+    }
+
+    while done < n {
+        // Start the lowest-numbered ready steps that fit the limits (and, in
+        // a rollout, whose wave is open); a ready step of a target that is
+        // starting a unit now joins it, up to `batch` steps.
+        let mut units: Vec<Vec<StepRef>> = Vec::new();
+        for &i in &ready {
+            if gate.as_ref().is_some_and(|g| !g.may_start(i)) {
+                continue;
+            }
+            let step = &plan.steps[i as usize];
+            if batchable(step) {
+                if let Some(u) = units.iter_mut().find(|u| {
+                    let first = &plan.steps[u[0] as usize];
+                    first.target == step.target && u.len() < batch && batchable(first)
+                }) {
+                    u.push(i);
+                    continue;
+                }
+            }
+            if running.len() + units.len() >= max_parallel {
+                continue;
+            }
+            let busy = on_target.get(&step.target).copied().unwrap_or(0)
+                + units
+                    .iter()
+                    .filter(|u| plan.steps[u[0] as usize].target == step.target)
+                    .count();
+            if busy < per_target {
+                units.push(vec![i]);
+            }
+        }
+        let progress = !units.is_empty();
+        for unit in units {
+            let mut run = Vec::with_capacity(unit.len());
+            for i in unit {
+                ready.remove(&i);
+                // A step whose dependency did not succeed is skipped, not run; so
+                // is a wave's step after the rollout stopped.
+                let skipped = gate.as_ref().and_then(|g| g.stopped(plan, i)).or_else(|| {
+                    skipped_by_deps(plan, deps_of(plan, opts, i), |d| {
+                        outcomes[d as usize].as_ref()
+                    })
+                });
+                match skipped {
+                    Some(o) => settle!(i, o),
+                    None => run.push(i),
+                }
+            }
+            let Some(&first) = run.first() else {
+                continue;
+            };
+            let target = plan.steps[first as usize].target;
+            *on_target.entry(target).or_default() += 1;
+            let mut cxs = Vec::with_capacity(run.len());
+            for i in run {
+                if let Some(g) = &mut gate {
+                    g.announce(plan, i, observer);
+                }
+                observer.started(plan, i);
+                let step = &plan.steps[i as usize];
+                let cx = StepCx {
+                    plan,
+                    scenario,
+                    index: i,
+                    step,
+                };
+                let restart = inputs_changed(plan, step, opts, |d| outcomes[d as usize].as_ref());
+                cxs.push((cx, restart));
+            }
+            let report = report.clone();
+            running.push(async move {
+                run_unit(backend, &cxs, opts, &report).await;
+                target
+            });
+        }
+        if running.is_empty() {
+            if !progress && done < n {
+                // Unreachable for a valid plan (every dependency is earlier,
+                // every wave's dependencies are in it or before it), but never hang.
+                break;
+            }
+            continue;
+        }
+        // Whichever comes first: a step's outcome, or the end of a unit
+        // (whose outcomes were all sent before it ended).
+        let ended = {
+            let next_outcome = finished.next();
+            let next_unit = running.next();
+            futures::pin_mut!(next_unit);
+            match futures::future::select(next_outcome, next_unit).await {
+                futures::future::Either::Left((Some((i, o)), _)) => {
+                    settle!(i, o);
+                    None
+                }
+                futures::future::Either::Left((None, _)) => None,
+                futures::future::Either::Right((t, _)) => t,
+            }
+        };
+        if let Some(t) = ended {
+            if let Some(c) = on_target.get_mut(&t) {
+                *c -= 1;
+            }
+            while let Ok((i, o)) = finished.try_recv() {
+                settle!(i, o);
+            }
         }
     }
     Report {
@@ -382,6 +458,104 @@ pub async fn execute(
                 })
             })
             .collect(),
+    }
+}
+
+/// Whether a step may share a batch: a remote step that is not a health
+/// wait or a cluster validation, which wait on other machines (what was
+/// batched with them would wait too). The operator's own steps cost no
+/// round trip, and one of them may make what the others check (one key
+/// store render generates every missing key): they run one by one.
+fn batchable(step: &Step) -> bool {
+    step.target != Target::Local
+        && !matches!(
+            step.action,
+            crate::plan::Action::WaitHealthy { .. } | crate::plan::Action::ValidateCluster { .. }
+        )
+}
+
+/// Runs one unit: a lone step as [`run_step`] does; a batch's checks in
+/// one [`Backend::check_batch`], then the applies of those that need one in
+/// one [`Backend::apply_batch`], each verified and reported as its result
+/// arrives. A step that met a connection error is then run on its own,
+/// checked again first, never blindly re-applied.
+async fn run_unit(
+    backend: &dyn Backend,
+    cxs: &[(StepCx<'_>, bool)],
+    opts: &ExecOptions,
+    report: &futures::channel::mpsc::UnboundedSender<(StepRef, Outcome)>,
+) {
+    let send = |i: StepRef, o: Outcome| {
+        // The executor outlives every unit: the receiver is never gone.
+        let _ = report.unbounded_send((i, o));
+    };
+    if let [(cx, restart)] = cxs {
+        send(cx.index, run_step(backend, cx, opts, *restart, 0).await);
+        return;
+    }
+    let retry = |e: &StepError| e.kind == ErrorKind::Connection && opts.connection_retries > 0;
+    let all: Vec<StepCx<'_>> = cxs.iter().map(|(cx, _)| *cx).collect();
+    let mut probes = backend.check_batch(&all).await.into_iter();
+    let mut again = Vec::new();
+    let mut to_apply: Vec<(usize, bool)> = Vec::new();
+    for (k, (cx, restart)) in cxs.iter().enumerate() {
+        match probes.next() {
+            Some(Ok(p)) => match decide(p, *restart, opts) {
+                Next::Done(o) => send(cx.index, o),
+                Next::Apply { restart_only } => to_apply.push((k, restart_only)),
+            },
+            Some(Err(e)) if !retry(&e) => send(cx.index, Outcome::Failed { error: e }),
+            // A lost connection, or no answer at all: checked again on its own.
+            Some(Err(_)) | None => again.push(k),
+        }
+    }
+    if !to_apply.is_empty() {
+        let batch: Vec<StepCx<'_>> = to_apply.iter().map(|&(k, _)| cxs[k].0).collect();
+        let (tell, mut results) = futures::channel::mpsc::unbounded();
+        let applying = async move {
+            let done = move |j: usize, r: Result<(), StepError>| {
+                let _ = tell.unbounded_send((j, r));
+            };
+            backend.apply_batch(&batch, &done).await;
+        };
+        let verifying = async {
+            let mut reported = vec![false; to_apply.len()];
+            let mut again = Vec::new();
+            while let Some((j, r)) = results.next().await {
+                let Some(&(k, restart_only)) = to_apply.get(j) else {
+                    continue;
+                };
+                if std::mem::replace(&mut reported[j], true) {
+                    continue;
+                }
+                let cx = &cxs[k].0;
+                let verified = match r {
+                    Ok(()) => after_apply(backend, cx, opts, restart_only).await,
+                    Err(e) => Err(e),
+                };
+                match verified {
+                    Ok(o) => send(cx.index, o),
+                    Err(e) if retry(&e) => again.push(k),
+                    Err(error) => send(cx.index, Outcome::Failed { error }),
+                }
+            }
+            // A step the backend never reported is checked again on its own.
+            again.extend(
+                reported
+                    .iter()
+                    .zip(&to_apply)
+                    .filter(|(r, _)| !**r)
+                    .map(|(_, &(k, _))| k),
+            );
+            again
+        };
+        let ((), more) = futures::future::join(applying, verifying).await;
+        again.extend(more);
+    }
+    again.sort_unstable();
+    for k in again {
+        let (cx, restart) = &cxs[k];
+        send(cx.index, run_step(backend, cx, opts, *restart, 1).await);
     }
 }
 
@@ -425,7 +599,7 @@ async fn execute_in_order(
                     step,
                 };
                 let restart = inputs_changed(plan, step, opts, |d| outcomes[d as usize].as_ref());
-                run_step(backend, &cx, opts, restart).await
+                run_step(backend, &cx, opts, restart, 0).await
             }
         };
         observer.finished(plan, i, &o);
@@ -626,13 +800,15 @@ fn inputs_changed<'o>(
     })
 }
 
+/// Checks, then applies if needed, retrying after connection-level errors
+/// (each retry checks again first); `attempt` counts the tries already made.
 async fn run_step(
     backend: &dyn Backend,
     cx: &StepCx<'_>,
     opts: &ExecOptions,
     restart: bool,
+    mut attempt: u32,
 ) -> Outcome {
-    let mut attempt = 0;
     loop {
         match check_then_apply(backend, cx, opts, restart).await {
             Err(e) if e.kind == ErrorKind::Connection && attempt < opts.connection_retries => {
@@ -644,43 +820,68 @@ async fn run_step(
     }
 }
 
+/// What a step's check leaves to do.
+enum Next {
+    Done(Outcome),
+    /// Apply (`restart_only`: a running service whose inputs changed).
+    Apply {
+        restart_only: bool,
+    },
+}
+
+fn decide(probe: Probe, restart: bool, opts: &ExecOptions) -> Next {
+    match probe {
+        // Running, but with inputs that changed since it started: restart
+        // (a service's apply is enable-and-restart on every backend).
+        Probe::Satisfied if restart && opts.dry_run => Next::Done(Outcome::WouldChange),
+        Probe::Satisfied if restart => Next::Apply { restart_only: true },
+        Probe::Satisfied => Next::Done(Outcome::Ok),
+        Probe::NotApplicable(reason) => Next::Done(Outcome::Skipped { reason }),
+        Probe::Needed if opts.dry_run => Next::Done(Outcome::WouldChange),
+        Probe::Needed => Next::Apply {
+            restart_only: false,
+        },
+    }
+}
+
+/// After a successful apply: the check again, when `verify` asks for it.
+async fn after_apply(
+    backend: &dyn Backend,
+    cx: &StepCx<'_>,
+    opts: &ExecOptions,
+    restart_only: bool,
+) -> Result<Outcome, StepError> {
+    if opts.verify {
+        match backend.check(cx).await? {
+            Probe::Satisfied => {}
+            _ if restart_only => {
+                return Err(StepError::failed(format!(
+                    "{}: restarted, but the service is not running",
+                    cx.id()
+                )))
+            }
+            other => {
+                return Err(StepError::failed(format!(
+                    "{}: applied, but the state still does not hold ({other:?})",
+                    cx.id()
+                )))
+            }
+        }
+    }
+    Ok(Outcome::Changed)
+}
+
 async fn check_then_apply(
     backend: &dyn Backend,
     cx: &StepCx<'_>,
     opts: &ExecOptions,
     restart: bool,
 ) -> Result<Outcome, StepError> {
-    match backend.check(cx).await? {
-        // Running, but with inputs that changed since it started: restart
-        // (a service's apply is enable-and-restart on every backend).
-        Probe::Satisfied if restart && opts.dry_run => Ok(Outcome::WouldChange),
-        Probe::Satisfied if restart => {
+    match decide(backend.check(cx).await?, restart, opts) {
+        Next::Done(o) => Ok(o),
+        Next::Apply { restart_only } => {
             backend.apply(cx).await?;
-            if opts.verify && backend.check(cx).await? != Probe::Satisfied {
-                return Err(StepError::failed(format!(
-                    "{}: restarted, but the service is not running",
-                    cx.id()
-                )));
-            }
-            Ok(Outcome::Changed)
-        }
-        Probe::Satisfied => Ok(Outcome::Ok),
-        Probe::NotApplicable(reason) => Ok(Outcome::Skipped { reason }),
-        Probe::Needed if opts.dry_run => Ok(Outcome::WouldChange),
-        Probe::Needed => {
-            backend.apply(cx).await?;
-            if opts.verify {
-                match backend.check(cx).await? {
-                    Probe::Satisfied => {}
-                    other => {
-                        return Err(StepError::failed(format!(
-                            "{}: applied, but the state still does not hold ({other:?})",
-                            cx.id()
-                        )))
-                    }
-                }
-            }
-            Ok(Outcome::Changed)
+            after_apply(backend, cx, opts, restart_only).await
         }
     }
 }
@@ -843,6 +1044,226 @@ mod tests {
         };
         run(&p, &s, &b, &opts);
         assert_eq!(*b.log.lock().unwrap(), [id("b/service/kube-proxy")]);
+    }
+
+    /// [`Fake`] that records its batches, and fails the first apply of
+    /// the steps named in `flaky` with a connection error.
+    struct Batching {
+        inner: Fake,
+        flaky: Mutex<BTreeSet<String>>,
+        checks: Mutex<Vec<StepRef>>,
+        batches: Mutex<Vec<Vec<StepRef>>>,
+    }
+
+    impl Batching {
+        fn new(fail: &[&str], flaky: &[&str]) -> Batching {
+            Batching {
+                inner: Fake {
+                    done: Mutex::default(),
+                    fail: fail.iter().map(|s| s.to_string()).collect(),
+                    log: Mutex::default(),
+                },
+                flaky: Mutex::new(flaky.iter().map(|s| s.to_string()).collect()),
+                checks: Mutex::default(),
+                batches: Mutex::default(),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Batching {
+        async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
+            self.checks.lock().unwrap().push(cx.index);
+            self.inner.check(cx).await
+        }
+        async fn apply(&self, cx: &StepCx<'_>) -> Result<(), StepError> {
+            if self.flaky.lock().unwrap().remove(&cx.id()) {
+                self.inner.log.lock().unwrap().push(cx.index);
+                return Err(StepError::new(ErrorKind::Connection, "lost"));
+            }
+            self.inner.apply(cx).await
+        }
+        async fn apply_batch(
+            &self,
+            cxs: &[StepCx<'_>],
+            done: &(dyn Fn(usize, Result<(), StepError>) + Send + Sync),
+        ) {
+            self.batches
+                .lock()
+                .unwrap()
+                .push(cxs.iter().map(|c| c.index).collect());
+            for (k, cx) in cxs.iter().enumerate() {
+                done(k, self.apply(cx).await);
+            }
+        }
+    }
+
+    /// Every dependency of `i`, direct or not.
+    fn ancestors(p: &Plan, i: StepRef) -> BTreeSet<StepRef> {
+        let mut seen = BTreeSet::new();
+        let mut stack = p.deps(&p.steps[i as usize]).to_vec();
+        while let Some(d) = stack.pop() {
+            if seen.insert(d) {
+                stack.extend_from_slice(p.deps(&p.steps[d as usize]));
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn batches_hold_one_targets_independent_steps_and_keep_dependency_order() {
+        let (s, p) = ha();
+        let b = Batching::new(&[], &[]);
+        let r = run_batching(&p, &s, &b, &ExecOptions::default());
+        assert!(r.succeeded(), "{:?}", r.outcomes);
+        assert_eq!(r.count("changed"), p.steps.len());
+        let batches = b.batches.lock().unwrap().clone();
+        assert!(
+            batches.iter().any(|b| b.len() > 1),
+            "nothing was batched: {batches:?}"
+        );
+        for batch in &batches {
+            let t = p.steps[batch[0] as usize].target;
+            for &i in batch {
+                assert_eq!(p.steps[i as usize].target, t, "{batch:?}");
+                assert!(batchable(&p.steps[i as usize]) || batch.len() == 1);
+                for &j in batch {
+                    assert!(
+                        !ancestors(&p, i).contains(&j),
+                        "{batch:?}: {i} depends on {j}"
+                    );
+                }
+            }
+        }
+        // Every step was applied after each of its dependencies.
+        let log = b.inner.log.lock().unwrap().clone();
+        let at: BTreeMap<StepRef, usize> = log.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+        for (i, st) in p.steps.iter().enumerate() {
+            for d in p.deps(st) {
+                assert!(
+                    at[d] < at[&(i as StepRef)],
+                    "{} before {}",
+                    p.step_id(st),
+                    p.step_id(&p.steps[*d as usize])
+                );
+            }
+        }
+        // The same outcomes as one step at a time, and a second run changes nothing.
+        let one = Batching::new(&[], &[]);
+        let single = run_batching(
+            &p,
+            &s,
+            &one,
+            &ExecOptions {
+                batch: 1,
+                ..ExecOptions::default()
+            },
+        );
+        assert_eq!(single, r);
+        assert!(one.batches.lock().unwrap().is_empty());
+        let again = run_batching(&p, &s, &b, &ExecOptions::default());
+        assert_eq!(again.count("ok"), p.steps.len());
+    }
+
+    #[test]
+    fn a_failed_step_in_a_batch_skips_its_dependents_and_spares_its_batch() {
+        let (s, p) = ha();
+        let failing = batched_with_dependents(&p, &s);
+        let failing = failing.as_str();
+        let b = Batching::new(&[failing], &[]);
+        let r = run_batching(&p, &s, &b, &ExecOptions::default());
+        let id = |o: &str| p.steps.iter().position(|s| p.step_id(s) == o).unwrap() as StepRef;
+        let f = id(failing);
+        let batches = b.batches.lock().unwrap().clone();
+        let batch = batches
+            .iter()
+            .find(|b| b.contains(&f))
+            .expect("the bridge was applied in a batch");
+        assert!(batch.len() > 1, "{batch:?}");
+        assert_eq!(r.outcomes[f as usize].name(), "failed");
+        for &j in batch.iter().filter(|&&j| j != f) {
+            assert_eq!(
+                r.outcomes[j as usize].name(),
+                "changed",
+                "{}",
+                p.step_id(&p.steps[j as usize])
+            );
+        }
+        for (i, o) in r.outcomes.iter().enumerate() {
+            if ancestors(&p, i as StepRef).contains(&f) {
+                assert_eq!(o.name(), "skipped", "{}", p.step_id(&p.steps[i]));
+            }
+        }
+        assert!(r.count("skipped") > 0);
+        // Dry run: checked in batches, nothing applied.
+        let dry = Batching::new(&[], &[]);
+        let r = run_batching(
+            &p,
+            &s,
+            &dry,
+            &ExecOptions {
+                dry_run: true,
+                ..ExecOptions::default()
+            },
+        );
+        assert_eq!(r.count("would-change"), p.steps.len());
+        assert!(dry.inner.log.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batched_step_that_lost_its_connection_is_checked_again_never_blindly_reapplied() {
+        let (s, p) = ha();
+        let lost = batched_with_dependents(&p, &s);
+        let lost = lost.as_str();
+        let b = Batching::new(&[], &[lost]);
+        let r = run_batching(&p, &s, &b, &ExecOptions::default());
+        assert!(r.succeeded(), "{:?}", r.outcomes);
+        let i = p.steps.iter().position(|s| p.step_id(s) == lost).unwrap() as StepRef;
+        assert!(b
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.len() > 1 && b.contains(&i)));
+        let calls = |v: &Mutex<Vec<StepRef>>| v.lock().unwrap().iter().filter(|&&j| j == i).count();
+        // check, apply (lost), check, apply, check after apply.
+        assert_eq!(calls(&b.inner.log), 2);
+        assert_eq!(calls(&b.checks), 3);
+        // No retries allowed: it fails with the connection error.
+        let b = Batching::new(&[], &[lost]);
+        let r = run_batching(
+            &p,
+            &s,
+            &b,
+            &ExecOptions {
+                connection_retries: 0,
+                ..ExecOptions::default()
+            },
+        );
+        assert_eq!(r.outcomes[i as usize].name(), "failed");
+    }
+
+    /// A step applied in a batch of several, with dependents: the last of
+    /// the first such batch of a clean run (the fake is deterministic).
+    fn batched_with_dependents(p: &Plan, s: &Scenario) -> String {
+        let b = Batching::new(&[], &[]);
+        run_batching(p, s, &b, &ExecOptions::default());
+        let batches = b.batches.lock().unwrap().clone();
+        let has_dependents = |i: StepRef| p.steps.iter().any(|st| p.deps(st).contains(&i));
+        batches
+            .iter()
+            .filter(|b| b.len() > 1)
+            .flat_map(|b| b.iter().rev())
+            .find(|&&i| has_dependents(i))
+            .map(|&i| p.step_id(&p.steps[i as usize]))
+            .expect("a batched step with dependents")
+    }
+
+    fn run_batching(p: &Plan, s: &Scenario, b: &Batching, opts: &ExecOptions) -> Report {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(execute(p, s, b, opts, &mut Quiet))
     }
 
     fn ha() -> (Scenario, Plan) {

@@ -1141,22 +1141,26 @@ fn apply_finds_same_size_drift_and_rechecks_a_step_whose_session_died() -> Resul
     fourth.assert_no_failure()?;
     let changed = fourth.changed();
     println!("after drift, changed: {changed:?}");
-    let drifted = [
-        "node1/bin/etcd",
-        "node2/file/cni-config",
-        "node3/file/cni-config",
-    ];
-    assert!(
-        drifted.iter().all(|d| changed.iter().any(|c| c == d)),
-        "{changed:?}"
-    );
-    // Nothing else is rewritten. (A restart of etcd, whose binary was just
-    // put back, was seen once in this test and not from the CLI; it is not
-    // what this test is about, so it is allowed here and printed above.)
-    assert!(
-        changed
-            .iter()
-            .all(|c| drifted.contains(&c.as_str()) || c == "node1/service/etcd"),
+    // The three drifted files are put back, and etcd, whose binary was
+    // replaced, is restarted by the "a changed input restarts its service"
+    // rule (its running process still executes the replaced binary);
+    // nothing else is rewritten or restarted. (etcd's health wait may find
+    // the restarted member still starting, and wait for it: that is not a
+    // change of the node, so it is left out here.)
+    let mut changed: Vec<&str> = changed
+        .iter()
+        .map(String::as_str)
+        .filter(|c| *c != "node1/wait/etcd")
+        .collect();
+    changed.sort_unstable();
+    assert_eq!(
+        changed,
+        [
+            "node1/bin/etcd",
+            "node1/service/etcd",
+            "node2/file/cni-config",
+            "node3/file/cni-config",
+        ],
         "{changed:?}"
     );
     assert_eq!(sum(node1, etcd)?, etcd_sum);
