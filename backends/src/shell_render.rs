@@ -380,6 +380,7 @@ fn remove_etcd_member(name: &str, endpoint: &str) -> R<StepScripts> {
         n = q(name)?
     );
     Ok(StepScripts {
+        verify: None,
         check: Script::new(format!("{prologue}[ -z \"$id\" ] && exit 0\nexit 1\n")),
         // etcd's strict reconfiguration check refuses a removal ("unhealthy
         // cluster") until the members have been connected for 5 s, as just
@@ -407,6 +408,7 @@ fn delete_node(name: &str) -> R<StepScripts> {
         "the apiserver does not answer: the Node object {name} stays; delete it later with `kubectl delete node {name}`"
     ))?;
     Ok(StepScripts {
+        verify: None,
         check: Script::new(format!(
             "{}if ! out=$(kubectl --kubeconfig {k} --request-timeout=20s get node {n} --ignore-not-found -o name 2>/dev/null); then echo {stays}; exit {EXIT_NOT_APPLICABLE}; fi\n[ -z \"$out\" ] && exit 0\nexit 1\n",
             kubectl_guard()
@@ -1611,6 +1613,7 @@ fn disable_service(name: &str) -> R<StepScripts> {
         .join(" || ");
     let stop = stop_process_group("  ");
     Ok(StepScripts {
+        verify: None,
         check: Script::new(format!(
             "if [ -d /run/systemd/system ]; then\n\
              \x20 if systemctl is-active --quiet {u}; then exit 1; fi\n\
@@ -1659,6 +1662,7 @@ fn delete_iptables_chains(table: &str, patterns: &[String]) -> R<StepScripts> {
     );
     let chains = format!("iptables -w -t {t} -S | sed -n 's/^-N //p'");
     Ok(StepScripts {
+        verify: None,
         check: Script::new(format!(
             "{named}{chains} | while IFS= read -r c; do\n  if named \"$c\"; then exit 1; fi\ndone || exit 1\nexit 0\n"
         )),
@@ -1693,6 +1697,7 @@ fn clear_directory(path: &str) -> R<StepScripts> {
     let p = q(path)?;
     let nonempty = format!("[ -d {p} ] && [ -n \"$(ls -A {p})\" ]");
     Ok(StepScripts {
+        verify: None,
         check: Script::new(format!("if {nonempty}; then exit 1; fi\nexit 0\n")),
         apply: Script::new(format!(
             "set -e\nif [ -d {p} ]; then find {p} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +; fi\n"
@@ -2480,11 +2485,12 @@ mod tests {
             r.check.text,
             "[ -d /sys/class/net/cbr0/bridge ] || exit 1\n\
              [ \"$(cat /sys/class/net/cbr0/mtu)\" = 1500 ] || exit 1\n\
+             [ \"$(cat /sys/class/net/cbr0/address)\" = 0a:58:0a:0a:00:01 ] || exit 1\n\
              ip -o link show dev cbr0 | grep -q '[<,]UP[,>]' || exit 1\n\
              ip -o addr show dev cbr0 | grep -qF -- ' inet 10.10.0.1/24 ' || exit 1\n\
              exit 0\n"
         );
-        assert!(r.apply.text.contains("[ -d /sys/class/net/cbr0/bridge ] || ip link add cbr0 type bridge\nip link set dev cbr0 mtu 1500\nip addr replace 10.10.0.1/24 dev cbr0\nip link set dev cbr0 up\n"), "{}", r.apply.text);
+        assert!(r.apply.text.contains("[ -d /sys/class/net/cbr0/bridge ] || ip link add cbr0 type bridge\nip link set dev cbr0 mtu 1500\nip link set dev cbr0 address 0a:58:0a:0a:00:01\nip addr replace 10.10.0.1/24 dev cbr0\nip link set dev cbr0 up\n"), "{}", r.apply.text);
         parses(&r.check.text);
         parses(&r.apply.text);
     }
