@@ -191,31 +191,11 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
         rollout,
         ..ExecOptions::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| load::Error::Apply(format!("cannot start the async runtime: {e}")))?;
+    let rt = runtime()?;
     // One apply of this cluster at a time (a dry run writes nothing and takes no lock).
-    let _lock = if args.dry_run {
-        None
-    } else {
-        match ApplyLock::acquire(&opts.state_dir) {
-            Ok(l) => {
-                if let Some(pid) = &l.stale {
-                    eprintln!(
-                        "note: {} was left by PID {pid}, which is no longer running it; taken over",
-                        l.path().display()
-                    );
-                }
-                Some(l)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                eprintln!("nothing was run on any node");
-                return Ok(ExitCode::from(1));
-            }
-        }
+    let _lock = match cluster_lock(&opts.state_dir, args.dry_run) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
     };
     let backend = SshBackend::new(&scenario, &plan, opts);
 
@@ -641,6 +621,41 @@ impl Observer for ApplyObserver {
 /// trust on first use creates it).
 /// The known_hosts file of `apply` and `verify`: `--known-hosts`, else
 /// `~/.ssh/known_hosts`, checked as [`check_known_hosts`] does.
+/// The async runtime the SSH commands run on: two workers (the transport
+/// is IO-bound; the scripts run on the nodes).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, load::Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| load::Error::Apply(format!("cannot start the async runtime: {e}")))
+}
+
+/// The cluster's apply lock (apply and reset share it), or the exit code
+/// after saying who holds it; `None` for a dry run, which changes nothing.
+/// A lock left by a dead process is taken over, and said so.
+pub(crate) fn cluster_lock(state_dir: &Path, dry_run: bool) -> Result<Option<ApplyLock>, ExitCode> {
+    if dry_run {
+        return Ok(None);
+    }
+    match ApplyLock::acquire(state_dir) {
+        Ok(l) => {
+            if let Some(pid) = &l.stale {
+                eprintln!(
+                    "note: {} was left by PID {pid}, which is no longer running it; taken over",
+                    l.path().display()
+                );
+            }
+            Ok(Some(l))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("nothing was run on any node");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
 pub(crate) fn known_hosts_file(given: Option<&Path>) -> Result<PathBuf, load::Error> {
     let path = match given {
         Some(p) => p.to_path_buf(),

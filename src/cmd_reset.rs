@@ -17,7 +17,6 @@
 //! unreachable, a host key was refused or the lock is held, 2 invalid input
 //! or a refusal.
 
-use crate::apply_lock::ApplyLock;
 use crate::cmd_apply::{dry_run_listing, init_tracing, known_hosts_file, summary, ApplyObserver};
 use crate::load;
 use kscratch_backends::ssh::{SshConfig, SshError};
@@ -110,32 +109,12 @@ pub fn run(args: ResetArgs) -> Result<ExitCode, load::Error> {
         dry_run: args.dry_run,
         ..ExecOptions::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| load::Error::Apply(format!("cannot start the async runtime: {e}")))?;
+    let rt = crate::cmd_apply::runtime()?;
     // Not while an apply of this cluster runs (nor another reset): the
     // same lock (a dry run changes nothing and takes none).
-    let _lock = if args.dry_run {
-        None
-    } else {
-        match ApplyLock::acquire(&backend_opts.state_dir) {
-            Ok(l) => {
-                if let Some(pid) = &l.stale {
-                    eprintln!(
-                        "note: {} was left by PID {pid}, which is no longer running it; taken over",
-                        l.path().display()
-                    );
-                }
-                Some(l)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                eprintln!("nothing was run on any node");
-                return Ok(ExitCode::from(1));
-            }
-        }
+    let _lock = match crate::cmd_apply::cluster_lock(&backend_opts.state_dir, args.dry_run) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
     };
     let backend = SshBackend::new(&scenario, &plan, backend_opts);
     let fingerprint = kscratch_core::plan::fingerprint(&scenario, &plan);
