@@ -2214,11 +2214,12 @@ mod tests {
             r.check.text,
             "[ -d /sys/class/net/cbr0/bridge ] || exit 1\n\
              [ \"$(cat /sys/class/net/cbr0/mtu)\" = 1500 ] || exit 1\n\
+             [ \"$(cat /sys/class/net/cbr0/address)\" = 0a:58:0a:0a:00:01 ] || exit 1\n\
              ip -o link show dev cbr0 | grep -q '[<,]UP[,>]' || exit 1\n\
              ip -o addr show dev cbr0 | grep -qF -- ' inet 10.10.0.1/24 ' || exit 1\n\
              exit 0\n"
         );
-        assert!(r.apply.text.contains("[ -d /sys/class/net/cbr0/bridge ] || ip link add cbr0 type bridge\nip link set dev cbr0 mtu 1500\nip addr replace 10.10.0.1/24 dev cbr0\nip link set dev cbr0 up\n"), "{}", r.apply.text);
+        assert!(r.apply.text.contains("[ -d /sys/class/net/cbr0/bridge ] || ip link add cbr0 type bridge\nip link set dev cbr0 mtu 1500\nip link set dev cbr0 address 0a:58:0a:0a:00:01\nip addr replace 10.10.0.1/24 dev cbr0\nip link set dev cbr0 up\n"), "{}", r.apply.text);
         parses(&r.check.text);
         parses(&r.apply.text);
     }
