@@ -144,7 +144,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
         faults,
         extra_services: 0,
     };
-    let sim = kscratch_sim::simulate(s, &plan, &opts)
+    let mut sim = kscratch_sim::simulate(s, &plan, &opts)
         .map_err(|e| load::Error::Usage(format!("error: {e}")))?;
     let check = kscratch_sim::check(s, &plan, &opts)
         .map_err(|e| load::Error::Usage(format!("error: {e}")))?;
@@ -197,6 +197,11 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
     };
     // Which node pairs: all, or a sample over the simulator's classes.
     let names: Vec<&str> = measured.iter().map(|&i| s.nodes[i].name.as_str()).collect();
+    // The probes are CNI ADDs made after the faults: the prediction is the
+    // cluster after them (an ADD turns ip_forward on again, as any pod start
+    // does; `cmp::probes_attached`).
+    cmp::probes_attached(&mut sim, &names)
+        .map_err(|e| load::Error::Usage(format!("error: {e}")))?;
     // 32 bits by default: short to type, exact in any JSON reader.
     let sample_seed = args.seed.unwrap_or((seed >> 16) & 0xffff_ffff);
     let (strata, odd) = cmp::strata(&sim, s, &names);

@@ -453,29 +453,7 @@ fn start_pod(world: &mut World, n: NodeId, name: &str) -> Result<(), String> {
     let pod_id = world.pods.len();
     let veth = format!("veth{pod_id:04x}");
     let node = &mut world.nodes[n];
-    // The CNI bridge plugin creates the bridge if needed and, as gateway,
-    // gives it the gateway address and turns on ip_forward.
-    let link = node.links.entry(bridge.clone()).or_insert_with(|| Link {
-        name: bridge.clone(),
-        kind: LinkKind::Bridge,
-        mtu,
-        up: true,
-        addrs: vec![],
-        master: None,
-    });
-    let gw_net = IpNet::new(gateway, subnet.prefix_len()).map_err(|e| e.to_string())?;
-    let mut added = false;
-    if sets_forward && !link.addrs.contains(&gw_net) {
-        link.addrs.push(gw_net);
-        added = true;
-    }
-    if added {
-        crate::backend::add_connected(node, &bridge, gw_net);
-    }
-    if sets_forward {
-        node.sysctls
-            .insert("net.ipv4.ip_forward".into(), "1".into());
-    }
+    bridge_add_host_side(node, &bridge, subnet, gateway, mtu, sets_forward)?;
     node.links.insert(
         veth.clone(),
         Link {
@@ -517,6 +495,60 @@ fn start_pod(world: &mut World, n: NodeId, name: &str) -> Result<(), String> {
     });
     world.owners.insert(ip, Owner::Pod(pod_id));
     Ok(())
+}
+
+/// What every CNI ADD of the `bridge` plugin does on the host, whichever
+/// pod it is for: it creates the bridge if needed and, as gateway
+/// (`isGateway`), gives it the gateway address and turns on
+/// `net.ipv4.ip_forward` (upstream containernetworking/plugins bridge.go,
+/// `cmdAdd`: `ensureAddr` then `enableIPForward` on every ADD, not only the
+/// first). So a pod start heals `ip_forward=0` and a lost bridge address.
+fn bridge_add_host_side(
+    node: &mut Node,
+    bridge: &str,
+    subnet: IpNet,
+    gateway: IpAddr,
+    mtu: u32,
+    is_gateway: bool,
+) -> Result<(), String> {
+    let link = node
+        .links
+        .entry(bridge.to_string())
+        .or_insert_with(|| Link {
+            name: bridge.to_string(),
+            kind: LinkKind::Bridge,
+            mtu,
+            up: true,
+            addrs: vec![],
+            master: None,
+        });
+    let gw_net = IpNet::new(gateway, subnet.prefix_len()).map_err(|e| e.to_string())?;
+    let mut added = false;
+    if is_gateway && !link.addrs.contains(&gw_net) {
+        link.addrs.push(gw_net);
+        added = true;
+    }
+    if added {
+        crate::backend::add_connected(node, bridge, gw_net);
+    }
+    if is_gateway {
+        node.sysctls
+            .insert("net.ipv4.ip_forward".into(), "1".into());
+    }
+    Ok(())
+}
+
+/// The host side of pods attached with the node's own CNI config after
+/// everything else (kscratch verify's probes are such CNI ADDs, made after
+/// any damage): [`bridge_add_host_side`] on node `n`, when it runs
+/// containerd with a CNI bridge config. The pods themselves are not added:
+/// the simulator's test pods stand for them.
+pub fn cni_add_on(world: &mut World, n: NodeId) -> Result<(), String> {
+    let node = &mut world.nodes[n];
+    let Some(RuntimeState::Cni(c)) = node.runtime.clone().filter(|_| node.up) else {
+        return Ok(());
+    };
+    bridge_add_host_side(node, &c.bridge, c.subnet, c.gateway, c.mtu, c.is_gateway)
 }
 
 /// What a kube-proxy with the default settings and this cluster CIDR

@@ -143,6 +143,26 @@ pub fn predicts_pods_on(sim: &Simulated, node: &str) -> bool {
         })
 }
 
+/// Verify's probes are pods attached by each node's own CNI config after
+/// the faults, and a CNI ADD changes the host: the bridge plugin with
+/// `isGateway` turns `net.ipv4.ip_forward` on again and puts the gateway
+/// address back on the bridge, on every ADD (as a kubelet starting any pod
+/// would). The prediction verify holds its measurements against is the
+/// simulated cluster after those ADDs on the `nodes` it probes; `kscratch
+/// check` (no pod started after the faults) keeps the fault as is.
+pub fn probes_attached(sim: &mut Simulated, nodes: &[&str]) -> Result<(), String> {
+    for name in nodes {
+        let n = sim
+            .world
+            .nodes
+            .iter()
+            .position(|x| x.name == *name)
+            .ok_or_else(|| format!("no node {name} in the simulation"))?;
+        crate::prepare::cni_add_on(&mut sim.world, n)?;
+    }
+    Ok(())
+}
+
 /// The simulator's verdict for one cell, with the trace's endpoints.
 pub fn predict(
     sim: &Simulated,
@@ -1074,5 +1094,61 @@ mod tests {
             t.starts_with("trace node-1/probe-a → node-3/probe-a"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_probe_attached_with_is_gateway_turns_ip_forward_on_again() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scenarios/guide-routed.yaml"
+        ))
+        .unwrap();
+        let s = kscratch_core::load("guide-routed.yaml", &text, None)
+            .unwrap()
+            .scenario;
+        let plan = kscratch_core::plan::plan(&s);
+        let nodes: Vec<(String, IpAddr)> = s.nodes.iter().map(|n| (n.name.clone(), n.ip)).collect();
+        let probe = |node: &str| RealProbe {
+            name: format!("{node}/p0"),
+            node: node.into(),
+            index: 0,
+            ip: ip("10.99.0.1"),
+        };
+        let (a, c) = (probe("node-1"), probe("node-3"));
+        let mut sim = crate::simulate(
+            &s,
+            &plan,
+            &crate::CheckOptions {
+                faults: vec![
+                    kscratch_core::scenario::Fault::parse("ip-forward-off:node-3").unwrap(),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // The fault on its own: node-3 forwards nothing to its pods.
+        let (seen, _, _) = predict(&sim, Client::Probe(&a), &c, &nodes).unwrap();
+        assert_eq!(seen, Seen::Fails { detail: None });
+        // Probes attached on node-1 only leave node-3 as it is.
+        probes_attached(&mut sim, &["node-1"]).unwrap();
+        let (seen, _, _) = predict(&sim, Client::Probe(&a), &c, &nodes).unwrap();
+        assert_eq!(seen, Seen::Fails { detail: None });
+        // A probe attached on node-3 (the bridge plugin with isGateway) heals it.
+        probes_attached(&mut sim, &["node-1", "node-3"]).unwrap();
+        let n3 = sim
+            .world
+            .nodes
+            .iter()
+            .position(|n| n.name == "node-3")
+            .unwrap();
+        assert!(sim.world.nodes[n3].ip_forward());
+        let (seen, _, _) = predict(&sim, Client::Probe(&a), &c, &nodes).unwrap();
+        assert_eq!(
+            seen,
+            Seen::Reaches {
+                peer: "sender".into()
+            }
+        );
+        assert!(probes_attached(&mut sim, &["node-9"]).is_err());
     }
 }

@@ -7,16 +7,37 @@
 //! stage by stage, faults are added: each stage's new faults are compiled to
 //! their damage plan (`kscratch_core::plan::damage`, what `kscratch apply
 //! --fault` runs) and executed over SSH on the real nodes, while the
-//! simulator runs the same damage plan on its nodes. At every stage, every
-//! cell is measured with real TCP connections and compared with the
-//! simulator's verdict for the same connection (request and reply):
-//! - every pod to every pod, same-node pairs and a pod to its own IP included,
-//!   with the source address the receiver saw;
-//! - every pod to the outside host (egress, masqueraded or not);
-//! - every node to its own pods;
-//! - pods and nodes to the Service VIPs, through the simulator's kube-proxy
-//!   rules loaded into each real node with `iptables-restore` where the
-//!   simulator's kube-proxy programmed them.
+//! simulator runs the same damage plan on its nodes. At every stage the real
+//! cluster is measured and held against the simulator's verdict for the
+//! same connections (request and reply).
+//!
+//! Where every node answers over SSH, the product measures: `kscratch verify
+//! --fault ...` with the stage's faults must find every cell as predicted
+//! (exit 0, or 1 when the prediction itself fails a check; no disagreement):
+//! - every probe to every probe, same-node pairs and a probe to its own IP
+//!   included, with the source address the receiver saw;
+//! - every node to its own probes;
+//! - pod-MTU DF datagrams between nodes;
+//! - every node to the apiserver endpoint (a stand-in listener, as in the
+//!   verify tests: the testbed runs no apiserver).
+//!
+//! The test's own harness measures what verify cannot hold against a
+//! prediction, on the test's own pods:
+//! - every pod to the outside host (egress, masqueraded or not, with the
+//!   source address it saw: verify's egress target only says whether it
+//!   answered);
+//! - pods and nodes to the simulator's own test Services (`kscratch/*`),
+//!   through its kube-proxy rules loaded into each real node with
+//!   `iptables-restore` where the simulator's kube-proxy programmed them
+//!   (these Services exist only in the simulation: verify measures only the
+//!   Services every real cluster has, where a kube-proxy process runs).
+//!
+//! Once a node is down or its NIC is, verify cannot run (it refuses an
+//! unreachable node, exit 2): those stages are measured by the harness
+//! alone, every pod to every pod and every node to its own pods included.
+//! Verify's probes are CNI ADDs, which turn `ip_forward` on again on every
+//! node (the bridge plugin with `isGateway`); the harness's prediction after
+//! a verify run includes them (`kscratch_sim::verify::probes_attached`).
 //!
 //! A fault that breaks one direction shows in both cells of the pair: the
 //! matrix holds both directions, and every cell is asserted.
@@ -25,7 +46,8 @@
 //! only those are done the testbed's way (see [`OnTheTestbed`]): switching
 //! the machine off (its links go down instead) and unloading br_netfilter
 //! (the namespace's `net.bridge.bridge-nf-call-iptables=0` instead, the
-//! per-namespace switch of the same hook). Scaling the DNS Deployment is not
+//! per-namespace switch of the same hook). Restarting containerd holds by
+//! itself: the testbed has none, and its CNI ADDs read the config from disk. Scaling the DNS Deployment is not
 //! applicable here (no apiserver). Faults about docker do not apply
 //! to these containerd scenarios, and the testbed has no apiserver or DNS
 //! pod: `dns-pod-down` and `kube-proxy-down` act on the simulator's Services
@@ -33,12 +55,13 @@
 
 use super::apply::{apply_in_process, check_tools, plugin_config, scenario_copy};
 use super::support::{self, Error, Pod, Probe, Result, Testbed};
+use super::verify::{nothing_left, stand_in_apiserver, verify_json};
 use kscratch_backends::ssh::SshConfig;
 use kscratch_backends::ssh_backend::{state_dir, SshBackend, SshBackendOptions};
 use kscratch_core::exec::{
     self, Backend, ExecOptions, Outcome, Probe as StepProbe, StepCx, StepError,
 };
-use kscratch_core::plan::Action;
+use kscratch_core::plan::{Action, Service};
 use kscratch_core::scenario::Fault;
 use kscratch_core::Scenario;
 use kscratch_sim::netfilter::{explore, TakeFirst};
@@ -152,6 +175,7 @@ fn differential(file: &str, stages: Stages) -> Result<()> {
         4,
     )?;
     let path = scenario_copy(&tb, file, 4)?;
+    let mut apiserver = stand_in_apiserver(&tb, &path)?;
     let applied = apply_in_process(&path, &tb.description.known_hosts)?;
     let text = std::fs::read_to_string(&path).map_err(|e| Error::new(e.to_string()))?;
     let scenario = kscratch_core::load(&path.display().to_string(), &text, None)
@@ -177,6 +201,8 @@ fn differential(file: &str, stages: Stages) -> Result<()> {
 
     let mut faults: Vec<Fault> = Vec::new();
     let mut wrong: Vec<String> = Vec::new();
+    let names: Vec<&str> = tb.nodes().iter().map(|n| n.name.as_str()).collect();
+    let mut verify_ran = false;
     for (title, new) in stages {
         let new: Vec<Fault> = new
             .iter()
@@ -186,7 +212,7 @@ fn differential(file: &str, stages: Stages) -> Result<()> {
             inject(&tb, &path, &scenario, &new)?;
         }
         faults.extend(new);
-        let sim = kscratch_sim::simulate(
+        let mut sim = kscratch_sim::simulate(
             &scenario,
             &plan,
             &CheckOptions {
@@ -196,8 +222,21 @@ fn differential(file: &str, stages: Stages) -> Result<()> {
         )
         .map_err(|e| Error::new(e.to_string()))?;
         sync_service_rules(&tb, &scenario, &sim)?;
-        let mut real = measure(&tb, &sim, &pods)?;
-        let mut predicted = predict(&sim, &pods)?;
+        let mut disagree: Vec<String> = Vec::new();
+        // Verify needs every node over SSH; a node that is off or whose NIC
+        // is down leaves the stage to the harness.
+        let reachable = !faults
+            .iter()
+            .any(|f| matches!(f, Fault::NodeDown { .. } | Fault::NicDown { .. }));
+        if reachable {
+            disagree.extend(verify_agrees(&tb, &path, &faults, file, title)?);
+            verify_ran = true;
+        }
+        if verify_ran {
+            kscratch_sim::verify::probes_attached(&mut sim, &names).map_err(Error::new)?;
+        }
+        let mut real = measure(&tb, &pods, !reachable)?;
+        let mut predicted = predict(&sim, &pods, !reachable)?;
         // The testbed cannot switch a machine off: its links go down, but its
         // pods' namespaces keep running, so a pod there still reaches itself
         // and its neighbour over the bridge. On a machine that is really off
@@ -222,18 +261,18 @@ fn differential(file: &str, stages: Stages) -> Result<()> {
         }
         real.retain(|k, _| !inside_off(k));
         predicted.retain(|k, _| !inside_off(k));
-        let mut disagree: Vec<String> = real
-            .iter()
-            .filter(|(k, v)| predicted.get(*k) != Some(*v))
-            .map(|(k, v)| {
-                format!(
-                    "  {} → {}: real {v:?}, simulator {:?}",
-                    k.0,
-                    k.1,
-                    predicted.get(k)
-                )
-            })
-            .collect();
+        disagree.extend(
+            real.iter()
+                .filter(|(k, v)| predicted.get(*k) != Some(*v))
+                .map(|(k, v)| {
+                    format!(
+                        "  {} → {}: real {v:?}, simulator {:?}",
+                        k.0,
+                        k.1,
+                        predicted.get(k)
+                    )
+                }),
+        );
         disagree.extend(
             predicted
                 .keys()
@@ -257,12 +296,67 @@ fn differential(file: &str, stages: Stages) -> Result<()> {
             wrong.push(format!("[{file}] {title}:\n{}", disagree.join("\n")));
         }
     }
+    let _ = apiserver.kill();
+    let _ = apiserver.wait();
     assert!(
         wrong.is_empty(),
         "the real kernel and the simulator disagree:\n{}",
         wrong.join("\n")
     );
     Ok(())
+}
+
+/// `kscratch verify --format json` with the stage's faults: every cell it
+/// measures must agree with its prediction, and it leaves nothing behind.
+/// Returns the disagreements.
+fn verify_agrees(
+    tb: &Testbed,
+    path: &Path,
+    faults: &[Fault],
+    file: &str,
+    title: &str,
+) -> Result<Vec<String>> {
+    let texts: Vec<String> = faults.iter().map(|f| f.to_string()).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for f in &texts {
+        args.extend(["--fault", f.as_str()]);
+    }
+    let started = Instant::now();
+    let v = verify_json(
+        &path.display().to_string(),
+        &tb.description.known_hosts.display().to_string(),
+        &args,
+    )?;
+    let len = |k: &str| v.doc[k].as_array().map_or(0, Vec::len);
+    println!(
+        "[{file}] {title}: kscratch verify: exit {:?} in {:.1} s, {} cells, {} pod-MTU, {} apiserver, {} Service cells; {} disagree",
+        v.code,
+        started.elapsed().as_secs_f64(),
+        len("cells"),
+        len("mtu"),
+        len("apiserver"),
+        len("services"),
+        v.doc["disagreements"]
+    );
+    if !matches!(v.code, Some(0) | Some(1)) {
+        return Err(Error::new(format!(
+            "kscratch verify exited {:?}:\n{}",
+            v.code, v.stderr
+        )));
+    }
+    nothing_left(tb)?;
+    let mut wrong: Vec<String> = v
+        .wrong()
+        .lines()
+        .map(|l| format!("  verify: {l}"))
+        .collect();
+    if wrong.is_empty() && v.doc["disagreements"] != 0 {
+        wrong.push(format!(
+            "  verify counts {} disagreements",
+            v.doc["disagreements"]
+        ));
+    }
+    Ok(wrong)
 }
 
 /// Runs the faults' damage plan on the real nodes, as `kscratch apply
@@ -381,6 +475,15 @@ impl Backend for OnTheTestbed<'_> {
                     StepProbe::Needed
                 })
             }
+            // The testbed runs no containerd: the restart that makes it reread
+            // its configuration holds by itself, since every CNI ADD here (the
+            // test's pods, verify's probes) reads the conflist from disk. (The
+            // SSH backend would call it not applicable, a skip, and skip every
+            // later node's damage that depends on it: only node1 would get a
+            // raised pod MTU while the simulator raises it everywhere.)
+            Action::StartService {
+                name: Service::Containerd,
+            } => Ok(StepProbe::Satisfied),
             // kubectl is there, the apiserver is not: the DNS Deployment exists only in the simulator.
             Action::ScaleDeployment { .. } => Ok(StepProbe::NotApplicable(
                 "the testbed runs no apiserver and no DNS pod".into(),
@@ -408,6 +511,10 @@ impl Backend for OnTheTestbed<'_> {
                 )
                 .map(|_| ())
             }
+            // No containerd to restart (see `check`).
+            Action::StartService {
+                name: Service::Containerd,
+            } => Ok(()),
             _ => self.ssh.apply(cx).await,
         }
     }
@@ -478,13 +585,13 @@ fn seen(p: Probe) -> Seen {
     }
 }
 
-/// Real connections: every pod to every pod (on its own node and to its own
-/// IP too), every pod to the outside host, every node to its own pods.
-fn measure(tb: &Testbed, sim: &kscratch_sim::Simulated, pods: &[Pod]) -> Result<Matrix> {
-    let _ = sim;
+/// Real connections: every pod to the outside host; with `cells`, every
+/// pod to every pod (on its own node and to its own IP too) and every node
+/// to its own pods.
+fn measure(tb: &Testbed, pods: &[Pod], cells: bool) -> Result<Matrix> {
     let mut m = Matrix::new();
     for from in pods {
-        for to in pods {
+        for to in pods.iter().filter(|_| cells) {
             m.insert(
                 (from.name.clone(), to.name.clone()),
                 seen(tb.probe_pod_to_pod(from, to)?),
@@ -498,7 +605,7 @@ fn measure(tb: &Testbed, sim: &kscratch_sim::Simulated, pods: &[Pod]) -> Result<
         )?;
         m.insert((from.name.clone(), "outside".into()), seen(s));
     }
-    for node in tb.nodes() {
+    for node in tb.nodes().iter().filter(|_| cells) {
         for to in pods.iter().filter(|p| p.node == node.name) {
             let s = tb.tcp_probe(
                 &node.netns,
@@ -549,7 +656,7 @@ fn sim_node(w: &kscratch_sim::world::World, name: &str) -> Result<usize> {
 }
 
 /// The simulator's verdict for the same connections (the request, then the reply).
-fn predict(sim: &kscratch_sim::Simulated, pods: &[Pod]) -> Result<Matrix> {
+fn predict(sim: &kscratch_sim::Simulated, pods: &[Pod], cells: bool) -> Result<Matrix> {
     let w = &sim.world;
     let mut m = Matrix::new();
     let verdict = |r: Option<(Place, IpAddr)>, want: Place| match r {
@@ -558,7 +665,7 @@ fn predict(sim: &kscratch_sim::Simulated, pods: &[Pod]) -> Result<Matrix> {
     };
     for from in pods {
         let (src_place, src) = sim_pod(w, from)?;
-        for to in pods {
+        for to in pods.iter().filter(|_| cells) {
             let (dst_place, dst) = sim_pod(w, to)?;
             let r = tcp_connect(w, src_place, src, dst, 8080, &mut TakeFirst);
             m.insert((from.name.clone(), to.name.clone()), verdict(r, dst_place));
@@ -576,7 +683,7 @@ fn predict(sim: &kscratch_sim::Simulated, pods: &[Pod]) -> Result<Matrix> {
             verdict(r, Place::Outside),
         );
     }
-    for to in pods {
+    for to in pods.iter().filter(|_| cells) {
         let n = sim_node(w, &to.node)?;
         let (dst_place, dst) = sim_pod(w, to)?;
         let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);

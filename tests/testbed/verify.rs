@@ -493,7 +493,7 @@ fn verify_vxlan_agrees_with_and_without_a_fault() -> Result<()> {
 /// nodes' kubeconfigs name (MASTER_IP on the security model's port) and
 /// answers a request as a TLS apiserver answers plain HTTP, `400 Bad
 /// Request`. Killed by the caller (or with the testbed).
-fn stand_in_apiserver(tb: &Testbed, path: &Path) -> Result<Child> {
+pub(super) fn stand_in_apiserver(tb: &Testbed, path: &Path) -> Result<Child> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::new(e.to_string()))?;
     let s = kscratch_core::load(&path.display().to_string(), &text, None)
         .map_err(|d| Error::new(d.to_string()))?
@@ -638,10 +638,10 @@ fn text_of(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-struct VerifyRun {
-    code: Option<i32>,
-    doc: serde_json::Value,
-    stderr: String,
+pub(super) struct VerifyRun {
+    pub(super) code: Option<i32>,
+    pub(super) doc: serde_json::Value,
+    pub(super) stderr: String,
 }
 
 impl VerifyRun {
@@ -665,7 +665,7 @@ impl VerifyRun {
             .collect()
     }
     /// The cells that disagree, whole, for failure messages.
-    fn wrong(&self) -> String {
+    pub(super) fn wrong(&self) -> String {
         self.cells()
             .iter()
             .chain(self.doc["mtu"].as_array().into_iter().flatten())
@@ -701,7 +701,7 @@ impl VerifyRun {
     }
 }
 
-fn verify_json(scenario: &str, kh: &str, extra: &[&str]) -> Result<VerifyRun> {
+pub(super) fn verify_json(scenario: &str, kh: &str, extra: &[&str]) -> Result<VerifyRun> {
     let mut args = vec!["verify", scenario, "--known-hosts", kh, "--format", "json"];
     args.extend_from_slice(extra);
     let out = kscratch(&args)?;
@@ -738,7 +738,7 @@ fn apply(scenario: &str, kh: &str, extra: &[&str]) -> Result<()> {
 /// Nothing of any verify run on any node: state directories, namespaces
 /// (seen from the node and from the host), host-local allocations held by a
 /// probe, listener processes.
-fn nothing_left(tb: &Testbed) -> Result<()> {
+pub(super) fn nothing_left(tb: &Testbed) -> Result<()> {
     let left = what_is_left(tb)?;
     if left.is_empty() {
         Ok(())
