@@ -876,6 +876,38 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The bundled guide-routed scenario and its plan.
+    fn guide_routed() -> (kscratch_core::Scenario, kscratch_core::plan::Plan) {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scenarios/guide-routed.yaml"
+        ))
+        .unwrap();
+        let s = kscratch_core::load("guide-routed.yaml", &text, None)
+            .unwrap()
+            .scenario;
+        let plan = kscratch_core::plan::plan(&s);
+        (s, plan)
+    }
+
+    /// The simulated cluster with one fault.
+    fn with_fault(
+        s: &kscratch_core::Scenario,
+        plan: &kscratch_core::plan::Plan,
+        fault: &str,
+    ) -> Simulated {
+        let faults = vec![kscratch_core::scenario::Fault::parse(fault).unwrap()];
+        crate::simulate(
+            s,
+            plan,
+            &crate::CheckOptions {
+                faults,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
     #[test]
     fn what_the_receiver_saw_is_named_by_meaning() {
         let nodes = vec![("node1".to_string(), ip("198.51.100.1"))];
@@ -1001,31 +1033,13 @@ mod tests {
 
     #[test]
     fn a_faulted_node_is_odd_and_measured_against_every_node() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scenarios/guide-routed.yaml"
-        ))
-        .unwrap();
-        let s = kscratch_core::load("guide-routed.yaml", &text, None)
-            .unwrap()
-            .scenario;
-        let plan = kscratch_core::plan::plan(&s);
+        let (s, plan) = guide_routed();
         let names: Vec<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
         let healthy = crate::simulate(&s, &plan, &Default::default()).unwrap();
         let (strata, odd) = strata(&healthy, &s, &names);
         let grouped: usize = strata.iter().map(Vec::len).sum::<usize>() + odd.len();
         assert_eq!(grouped, names.len());
-        let broken = crate::simulate(
-            &s,
-            &plan,
-            &crate::CheckOptions {
-                faults: vec![
-                    kscratch_core::scenario::Fault::parse("route-missing:node-1:node-3").unwrap(),
-                ],
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let broken = with_fault(&s, &plan, "route-missing:node-1:node-3");
         let (strata, odd) = super::strata(&broken, &s, &names);
         let one = names.iter().position(|n| *n == "node-1").unwrap();
         assert!(odd.contains(&one), "{strata:?} {odd:?}");
@@ -1037,15 +1051,7 @@ mod tests {
 
     #[test]
     fn probes_stand_for_the_simulators_test_pods_and_faults_change_the_prediction() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scenarios/guide-routed.yaml"
-        ))
-        .unwrap();
-        let s = kscratch_core::load("guide-routed.yaml", &text, None)
-            .unwrap()
-            .scenario;
-        let plan = kscratch_core::plan::plan(&s);
+        let (s, plan) = guide_routed();
         let nodes: Vec<(String, IpAddr)> = s.nodes.iter().map(|n| (n.name.clone(), n.ip)).collect();
         let probe = |node: &str, index: usize| RealProbe {
             name: format!("{node}/p{index}"),
@@ -1073,17 +1079,7 @@ mod tests {
         assert_eq!(from, "node-1");
         assert!(matches!(seen, Seen::Reaches { .. }), "{seen:?}");
 
-        let broken = crate::simulate(
-            &s,
-            &plan,
-            &crate::CheckOptions {
-                faults: vec![
-                    kscratch_core::scenario::Fault::parse("route-missing:node-1:node-3").unwrap(),
-                ],
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let broken = with_fault(&s, &plan, "route-missing:node-1:node-3");
         let (seen, from, to) = predict(&broken, Client::Probe(&a), &c, &nodes).unwrap();
         assert_eq!(seen, Seen::Fails { detail: None });
         // The reply leg fails the other way: both directions break.
@@ -1098,15 +1094,7 @@ mod tests {
 
     #[test]
     fn a_probe_attached_with_is_gateway_turns_ip_forward_on_again() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scenarios/guide-routed.yaml"
-        ))
-        .unwrap();
-        let s = kscratch_core::load("guide-routed.yaml", &text, None)
-            .unwrap()
-            .scenario;
-        let plan = kscratch_core::plan::plan(&s);
+        let (s, plan) = guide_routed();
         let nodes: Vec<(String, IpAddr)> = s.nodes.iter().map(|n| (n.name.clone(), n.ip)).collect();
         let probe = |node: &str| RealProbe {
             name: format!("{node}/p0"),
@@ -1115,17 +1103,7 @@ mod tests {
             ip: ip("10.99.0.1"),
         };
         let (a, c) = (probe("node-1"), probe("node-3"));
-        let mut sim = crate::simulate(
-            &s,
-            &plan,
-            &crate::CheckOptions {
-                faults: vec![
-                    kscratch_core::scenario::Fault::parse("ip-forward-off:node-3").unwrap(),
-                ],
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let mut sim = with_fault(&s, &plan, "ip-forward-off:node-3");
         // The fault on its own: node-3 forwards nothing to its pods.
         let (seen, _, _) = predict(&sim, Client::Probe(&a), &c, &nodes).unwrap();
         assert_eq!(seen, Seen::Fails { detail: None });
