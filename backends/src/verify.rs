@@ -667,8 +667,8 @@ pub enum VipSeen {
 
 /// Makes every connection of `tries` at once (a handshake, then close) and
 /// prints `vip K rc=RC COMPLAINT` for each; then, where the node has
-/// `conntrack`, one dump of its table per VIP as `ct SRC SPORT ENDPOINT`
-/// lines (the original tuple's source and port, the reply's source: the
+/// `conntrack`, one dump of its table per VIP as `ct SRC SPORT
+/// DST DPORT ENDPOINT` lines (the original tuple, the reply's source: the
 /// endpoint DNAT chose; the reply's port is not used, since masquerading
 /// with `--random-fully`, as kube-proxy does, changes it), else `ct none`.
 pub fn vip_script(run: &Run, tries: &[VipTry]) -> Script {
@@ -698,7 +698,7 @@ pub fn vip_script(run: &Run, tries: &[VipTry]) -> Script {
         for v in vips {
             let _ = writeln!(
                 s,
-                "  conntrack -L -p tcp -d {v} 2>/dev/null | sed -n 's/^[^=]*=\\([0-9.]*\\) dst=[0-9.]* sport=\\([0-9]*\\) dport=[0-9]* src=\\([0-9.]*\\) .*/ct \\1 \\2 \\3/p'"
+                "  conntrack -L -p tcp -d {v} 2>/dev/null | sed -n 's/^[^=]*=\\([0-9.]*\\) dst=\\([0-9.]*\\) sport=\\([0-9]*\\) dport=\\([0-9]*\\) src=\\([0-9.]*\\) .*/ct \\1 \\3 \\2 \\4 \\5/p'"
             );
         }
         s.push_str("else\n  echo 'ct none'\nfi\n");
@@ -706,12 +706,25 @@ pub fn vip_script(run: &Run, tries: &[VipTry]) -> Script {
     script(s)
 }
 
+/// One `ct` line of [`vip_script`]: a conntrack entry's original tuple and
+/// the endpoint its reply came from.
+struct Tracked {
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    endpoint: IpAddr,
+}
+
 /// Each try's result from [`vip_script`]'s answer. A connection's endpoint
-/// is the conntrack entry from its source port (and, for a probe, its
-/// source address: an entry of an earlier run's probe may hold the same port).
+/// is the conntrack entry with its whole original tuple: the source port
+/// alone is not enough, since an earlier run's entries (TIME_WAIT, two
+/// minutes) may hold the same port towards another VIP, and an earlier
+/// run's probe may have had the same port from another address. A new
+/// connection with an old entry's whole tuple replaces that entry.
 pub fn parse_vip(tries: &[VipTry], stdout: &str) -> Result<Vec<VipSeen>, VerifyError> {
     let mut found: BTreeMap<usize, (bool, String)> = BTreeMap::new();
-    let mut tracked: Vec<(IpAddr, u16, IpAddr)> = Vec::new();
+    let mut tracked: Vec<Tracked> = Vec::new();
     let mut conntrack = true;
     for l in stdout.lines() {
         if l == "ct none" {
@@ -720,9 +733,21 @@ pub fn parse_vip(tries: &[VipTry], stdout: &str) -> Result<Vec<VipSeen>, VerifyE
         }
         if let Some(rest) = l.strip_prefix("ct ") {
             let w: Vec<&str> = rest.split_whitespace().collect();
-            if let [src, sport, ep] = w[..] {
-                if let (Ok(src), Ok(sport), Ok(ep)) = (src.parse(), sport.parse(), ep.parse()) {
-                    tracked.push((src, sport, ep));
+            if let [src, sport, dst, dport, ep] = w[..] {
+                if let (Ok(src), Ok(sport), Ok(dst), Ok(dport), Ok(ep)) = (
+                    src.parse(),
+                    sport.parse(),
+                    dst.parse(),
+                    dport.parse(),
+                    ep.parse(),
+                ) {
+                    tracked.push(Tracked {
+                        src,
+                        sport,
+                        dst,
+                        dport,
+                        endpoint: ep,
+                    });
                 }
             }
             continue;
@@ -752,10 +777,13 @@ pub fn parse_vip(tries: &[VipTry], stdout: &str) -> Result<Vec<VipSeen>, VerifyE
                     endpoint: if conntrack {
                         tracked
                             .iter()
-                            .find(|(src, sport, _)| {
-                                *sport == t.sport && t.src.is_none_or(|s| s == *src)
+                            .find(|e| {
+                                e.sport == t.sport
+                                    && e.dst == t.vip
+                                    && e.dport == t.port
+                                    && t.src.is_none_or(|s| s == e.src)
                             })
-                            .map(|e| e.2)
+                            .map(|e| e.endpoint)
                     } else {
                         None
                     },
@@ -1135,15 +1163,18 @@ mod tests {
             .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            "ct 10.10.1.3 61001 198.51.100.1\nct 198.51.100.4 61002 10.10.2.7\n",
+            "ct 10.10.1.3 61001 10.0.0.1 443 198.51.100.1\nct 198.51.100.4 61002 10.0.0.1 443 10.10.2.7\n",
             "{sed}"
         );
         let seen = parse_vip(
             &tries,
-            "vip 1 rc=0 \nvip 0 rc=0 \nvip 2 rc=1 2026/12/06 socat[3] E connect(5, AF=2 10.0.0.1:443, 16): Connection timed out \nvip 3 rc=1 2026/12/06 socat[4] E bind(5, {AF=2 0.0.0.0:61004}, 16): Address already in use\nct 10.10.9.9 61001 198.51.100.2\nct 10.10.1.3 61001 198.51.100.1\nct 198.51.100.4 61002 10.10.2.7\n",
+            "vip 1 rc=0 \nvip 0 rc=0 \nvip 2 rc=1 2026/12/06 socat[3] E connect(5, AF=2 10.0.0.1:443, 16): Connection timed out \nvip 3 rc=1 2026/12/06 socat[4] E bind(5, {AF=2 0.0.0.0:61004}, 16): Address already in use\nct 10.10.9.9 61001 10.0.0.1 443 198.51.100.2\nct 198.51.100.4 61002 10.0.0.10 53 198.51.100.1\nct 10.10.1.3 61001 10.0.0.1 443 198.51.100.1\nct 198.51.100.4 61002 10.0.0.1 443 10.10.2.7\n",
         )
         .unwrap();
-        // An earlier run's probe held port 61001 too: the source address tells them apart.
+        // An earlier run's probe held port 61001 too: the source address
+        // tells them apart. An earlier run's node connection to another
+        // VIP held port 61002 (listed first, as CI once saw): the
+        // destination tells them apart.
         assert_eq!(
             seen[0],
             VipSeen::Connected {
