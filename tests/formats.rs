@@ -37,29 +37,9 @@ fn has_jsonschema() -> bool {
 
 /// Validates `doc` against `docs/schema/<schema>` with python3-jsonschema.
 fn assert_schema(schema: &str, doc: &[u8], what: &str) {
-    let dir = tempdir("schema");
-    let file = dir.join("doc.json");
-    std::fs::write(&file, doc).unwrap();
-    let script = "import json,sys,jsonschema\n\
-        s=json.load(open(sys.argv[1])); d=json.load(open(sys.argv[2]))\n\
-        jsonschema.validators.validator_for(s).check_schema(s)\n\
-        v=jsonschema.validators.validator_for(s)(s, format_checker=jsonschema.FormatChecker())\n\
-        errs=sorted(v.iter_errors(d), key=lambda e: list(e.path))\n\
-        [print(list(e.path), e.message) for e in errs]\n\
-        sys.exit(1 if errs else 0)";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(root().join("docs/schema").join(schema))
-        .arg(&file)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{what} does not match docs/schema/{schema}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = crate::support::schema_errors(schema, doc) {
+        panic!("{what} {e}");
+    }
 }
 
 /// A fresh directory of its own for each call (tests run in parallel).

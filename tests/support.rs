@@ -135,3 +135,37 @@ pub fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// How `doc` fails `docs/schema/<schema>`, checked with python3-jsonschema
+/// (the schema itself first, formats too): `Err` lists each error with its
+/// path. python3 or jsonschema missing is an `Err` as well; callers that
+/// may skip ask `formats::has_jsonschema` first.
+pub fn schema_errors(schema: &str, doc: &[u8]) -> Result<(), String> {
+    let dir = tempdir("schema");
+    let file = dir.join("doc.json");
+    std::fs::write(&file, doc).map_err(|e| format!("{}: {e}", file.display()))?;
+    let script = "import json,sys,jsonschema\n\
+        s=json.load(open(sys.argv[1])); d=json.load(open(sys.argv[2]))\n\
+        jsonschema.validators.validator_for(s).check_schema(s)\n\
+        v=jsonschema.validators.validator_for(s)(s, format_checker=jsonschema.FormatChecker())\n\
+        errs=sorted(v.iter_errors(d), key=lambda e: list(e.path))\n\
+        [print(list(e.path), e.message) for e in errs]\n\
+        sys.exit(1 if errs else 0)";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(root().join("docs/schema").join(schema))
+        .arg(&file)
+        .output()
+        .map_err(|e| format!("python3: {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "does not match docs/schema/{schema}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}

@@ -114,7 +114,7 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
     assert_eq!(v.code, Some(0), "{}\n{}", v.stderr, v.wrong());
     assert_eq!(v.doc["schemaVersion"], 1);
     assert_eq!(v.doc["kind"], "verify");
-    matches_schema(&tb, &v.doc)?;
+    matches_schema(&v.doc)?;
     // 16 probes: every probe to every probe, and each node to its 2 probes.
     assert_eq!(v.cells().len(), 16 * 16 + 16, "{}", v.doc);
     assert!(v.disagreeing().is_empty(), "{:?}", v.disagreeing());
@@ -198,7 +198,7 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
     apply(&scenario, &kh, &["--fault", fault, "--break-my-cluster"])?;
     let v = verify_json(&scenario, &kh, &[])?;
     assert_eq!(v.code, Some(1), "{}", v.stderr);
-    matches_schema(&tb, &v.doc)?;
+    matches_schema(&v.doc)?;
     let broken: BTreeSet<(String, String)> = v.disagreeing().into_iter().collect();
     let mut expected = BTreeSet::new();
     for i in 0..2 {
@@ -259,7 +259,7 @@ fn verify_routed_8_nodes_agrees_then_names_exactly_the_cells_a_fault_breaks() ->
     let sample = ["--fault", fault, "--all-pairs-up-to", "4", "--seed", "7"];
     let a = verify_json(&scenario, &kh, &sample)?;
     let b = verify_json(&scenario, &kh, &sample)?;
-    matches_schema(&tb, &a.doc)?;
+    matches_schema(&a.doc)?;
     let sampling = &a.doc["sampling"];
     assert_eq!(sampling["sampled"], true, "{sampling}");
     assert_eq!(sampling["seed"], 7, "{sampling}");
@@ -371,7 +371,7 @@ fn verify_vxlan_agrees_with_and_without_a_fault() -> Result<()> {
         "{}",
         v.doc["services"]
     );
-    matches_schema(&tb, &v.doc)?;
+    matches_schema(&v.doc)?;
     nothing_left(&tb)?;
 
     // FORWARD DROP on node2: its pods lose every other node, and (bridged
@@ -784,35 +784,11 @@ fn what_is_left(tb: &Testbed) -> Result<Vec<String>> {
     Ok(left)
 }
 
-/// `doc` matches `docs/schema/verify.schema.json` (python3-jsonschema, which
-/// `.ci/run` installs; missing, it is an error here, never a skip).
-fn matches_schema(tb: &Testbed, doc: &serde_json::Value) -> Result<()> {
-    let file = tb.description.dir.join("verify.json");
-    std::fs::write(&file, doc.to_string()).map_err(|e| Error::new(e.to_string()))?;
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema/verify.schema.json");
-    let script = "import json,sys,jsonschema\n\
-        s=json.load(open(sys.argv[1])); d=json.load(open(sys.argv[2]))\n\
-        v=jsonschema.validators.validator_for(s)(s)\n\
-        errs=list(v.iter_errors(d))\n\
-        [print(list(e.path), e.message) for e in errs]\n\
-        sys.exit(1 if errs else 0)";
-    let out = support::run_bounded(
-        Command::new("python3")
-            .args(["-c", script])
-            .arg(&schema)
-            .arg(&file),
-        Duration::from_secs(30),
-    )?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::new(format!(
-            "verify --format json does not match {}:\n{}{}",
-            schema.display(),
-            text(&out.stdout),
-            text(&out.stderr)
-        )))
-    }
+/// `doc` matches `docs/schema/verify.schema.json` (python3-jsonschema, which `.ci/run`
+/// installs; missing, it is an error here, never a skip).
+fn matches_schema(doc: &serde_json::Value) -> Result<()> {
+    crate::support::schema_errors("verify.schema.json", doc.to_string().as_bytes())
+        .map_err(|e| Error::new(format!("verify --format json {e}")))
 }
 
 fn kscratch(args: &[&str]) -> Result<Output> {
