@@ -350,3 +350,28 @@ fn the_damage_plan_targets_the_nodes_it_names() {
     let d = damage(&s, &[Fault::parse("route-missing:worker-1").unwrap()]).unwrap();
     assert_eq!(d.live.steps[0].target, Target::Fabric);
 }
+
+#[test]
+fn a_faults_steps_wait_only_for_the_step_before_on_the_same_node() {
+    // overlay-mtu damages every node: bridge MTU, CNI config, runtime
+    // stop and start on each. A node's steps stay in order (the config is
+    // written before the runtime restarts); no node waits for another, so
+    // a step skipped on one node (its runtime not installed) holds back
+    // only that node's later steps.
+    let s = scenario("scenarios/vxlan-overlay.yaml");
+    let p = damage(&s, &[Fault::parse("overlay-mtu:1500").unwrap()])
+        .unwrap()
+        .combined();
+    assert!(s.nodes.len() > 1);
+    assert_eq!(p.steps.len(), 4 * s.nodes.len());
+    for (i, step) in p.steps.iter().enumerate() {
+        let deps = p.deps(step);
+        let before_on_same = p.steps[..i].iter().rposition(|o| o.target == step.target);
+        assert_eq!(
+            deps,
+            before_on_same.map(|d| d as u32).as_slice(),
+            "{}",
+            p.step_id(step)
+        );
+    }
+}

@@ -478,9 +478,8 @@ impl Backend for OnTheTestbed<'_> {
             // The testbed runs no containerd: the restart that makes it reread
             // its configuration holds by itself, since every CNI ADD here (the
             // test's pods, verify's probes) reads the conflist from disk. (The
-            // SSH backend would call it not applicable, a skip, and skip every
-            // later node's damage that depends on it: only node1 would get a
-            // raised pod MTU while the simulator raises it everywhere.)
+            // SSH backend would call it not applicable: a skip, where the
+            // simulator restarts containerd.)
             Action::StartService {
                 name: Service::Containerd,
             } => Ok(StepProbe::Satisfied),

@@ -130,14 +130,17 @@ impl<'s> Builder<'s> {
         }
     }
 
-    /// One fault's steps: each depends on the one before, so that a config
-    /// file is written before its daemon restarts.
+    /// One fault's steps: each depends on the one before it on the same
+    /// target, so that a config file is written before its daemon
+    /// restarts. Steps on different targets do not wait for each other: a
+    /// step skipped on one node (its daemon not installed there) must not
+    /// silently hold back the fault on every later node.
     fn chain(&mut self, steps: Vec<(Target, &'static str, Action)>) {
-        let mut prev: Option<u32> = None;
+        let mut prev: std::collections::BTreeMap<Target, u32> = Default::default();
         for (target, key, action) in steps {
             let start = self.deps.len() as u32;
-            self.deps.extend(prev);
-            prev = Some(self.steps.len() as u32);
+            self.deps.extend(prev.get(&target).copied());
+            prev.insert(target, self.steps.len() as u32);
             self.steps.push(Step {
                 target,
                 key,
