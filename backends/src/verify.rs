@@ -567,14 +567,21 @@ pub fn measure_script(run: &Run, conns: &[Connect]) -> Script {
 
 /// Runs scripts (without stdin) at once on the node, each in its own
 /// subshell, and waits for all: one round trip for several measurements
-/// whose answers have their own line prefixes.
+/// whose answers have their own line prefixes. Each subshell writes to a
+/// file of its own, printed whole after the wait: on one shared stdout a
+/// buffered writer (`sed` flushes every 4 KiB, not at line ends) let
+/// another script's line land inside one of its lines.
 pub fn together(scripts: &[Script]) -> Script {
-    let mut s = String::new();
-    for sc in scripts {
+    let mut s = String::from("t=$(mktemp -d) || exit 4\n");
+    for (k, sc) in scripts.iter().enumerate() {
         debug_assert!(matches!(sc.stdin, Stdin::Empty));
-        let _ = writeln!(s, "(\n{}\n) &", sc.text.trim_end());
+        let _ = writeln!(s, "(\n{}\n) > \"$t/{k}\" &", sc.text.trim_end());
     }
     s.push_str("wait\n");
+    for k in 0..scripts.len() {
+        let _ = writeln!(s, "cat \"$t/{k}\"");
+    }
+    s.push_str("rm -rf \"$t\"\n");
     script(s)
 }
 
@@ -1120,6 +1127,25 @@ mod tests {
         let l = runs_script(3).text;
         assert!(l.contains("for d in /run/kscratch-verify/*-3; do"), "{l}");
         assert!(l.contains("id=${b%-3}"), "{l}");
+    }
+
+    #[test]
+    fn scripts_run_together_never_split_each_others_lines() {
+        // The first writes half a line, the second a whole line while the
+        // first is still writing, then the first ends its line.
+        let a = script("head -c 5000 /dev/zero | tr '\\0' a; sleep 0.3; echo\necho a-done".into());
+        let b = script("sleep 0.1; echo b-line".into());
+        let text = together(&[a, b]).text;
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&text)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}\n{out}");
+        assert_eq!(lines[0], "a".repeat(5000), "{text}");
+        assert_eq!(lines[1..], ["a-done", "b-line"], "{text}");
     }
 
     #[test]
