@@ -14,7 +14,8 @@
 //! cell disagrees, the prediction fails a check, or cleanup left something;
 //! 2 invalid input, a node that cannot be reached or measured (nothing is
 //! created on any node before every node answered); 130 interrupted
-//! (Ctrl-C), after removing what it made.
+//! (Ctrl-C), after the scripts running on the nodes end and what it made
+//! is removed.
 
 use crate::load;
 use kscratch_backends::ssh::{Endpoint, Output, SshConfig, SshError};
@@ -27,6 +28,7 @@ use kscratch_sim::CheckOptions;
 use std::net::{IpAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -328,15 +330,31 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, load::Error> {
     let started = Instant::now();
     let measured_run = rt.block_on(async {
         let runs: Vec<Run> = measured.iter().map(|&i| run.on_node(i)).collect();
-        // Ctrl-C stops the measuring where it is; what was made is removed all the same.
+        // Ctrl-C stops the run at the end of the scripts running on the
+        // nodes, then what was made is removed through the same sessions.
+        // Abandoning a script half-way would make the cleanup run in a new
+        // session alongside it, and a probe made after the cleanup looked
+        // would stay. A second Ctrl-C stops at once.
+        let stop = AtomicBool::new(false);
+        let run = measure(&backend, &eps, &runs, &me, args.parallel, &targets, &stop);
+        tokio::pin!(run);
         let r = tokio::select! {
-            r = measure(&backend, &eps, &runs, &me, args.parallel, &targets) => r,
+            r = &mut run => r,
             () = interrupted() => {
-                eprintln!("interrupted: removing what verify made on the nodes");
-                let (mut messages, leftovers) =
-                    cleanup(backend.pool(), &eps, &runs, args.parallel).await;
-                messages.extend(leftovers.iter().map(|l| format!("cleanup left {l}")));
-                Err(Stop { messages, created: true, interrupted: true })
+                eprintln!(
+                    "interrupted: removing what verify made on the nodes once the scripts running there end (Ctrl-C again stops at once)"
+                );
+                stop.store(true, Ordering::Relaxed);
+                tokio::select! {
+                    r = &mut run => r,
+                    () = interrupted() => Err(Stop {
+                        messages: vec![
+                            "interrupted again: what verify made may be left on the nodes; the next `kscratch verify` (or `--cleanup-only`) removes it".into(),
+                        ],
+                        created: true,
+                        interrupted: true,
+                    }),
+                }
             }
         };
         backend.pool().disconnect_all().await;
@@ -628,6 +646,9 @@ fn failed(ep: &Endpoint, what: &str, r: Result<Output, SshError>) -> Result<Stri
     }
 }
 
+/// Measures; `stop` (Ctrl-C) is looked at between the rounds of scripts:
+/// set, the run creates nothing more, measures nothing more, and removes
+/// what it made.
 async fn measure(
     backend: &SshBackend,
     eps: &[&Endpoint],
@@ -635,7 +656,14 @@ async fn measure(
     me: &remote::Owner,
     parallel: usize,
     targets: &Targets<'_>,
+    stop: &AtomicBool,
 ) -> Result<Measured, Stop> {
+    let stopped = || stop.load(Ordering::Relaxed);
+    let interrupted_before_creating = || Stop {
+        messages: Vec::new(),
+        created: false,
+        interrupted: true,
+    };
     let Targets {
         egress,
         nodes,
@@ -658,6 +686,9 @@ async fn measure(
             created: false,
             interrupted: false,
         });
+    }
+    if stopped() {
+        return Err(interrupted_before_creating());
     }
     // The checks, and the runs earlier verifies left, in one round trip.
     let answers = remote::on_nodes(pool, eps, parallel, PHASE_TIMEOUT, |k| {
@@ -689,6 +720,9 @@ async fn measure(
     let indices: Vec<usize> = runs.iter().map(|r| r.node).collect();
     for l in reap(pool, eps, &indices, me, parallel, listed).await.1 {
         eprintln!("error: {l}");
+    }
+    if stopped() {
+        return Err(interrupted_before_creating());
     }
 
     // From here on, cleanup runs whatever happens.
@@ -733,7 +767,7 @@ async fn measure(
     // Each node's answer to the measuring script, and its VIP connections.
     let mut outs: Vec<Result<String, String>> = Vec::new();
     let mut vip_plans: Vec<Vec<(usize, remote::VipTry)>> = Vec::new();
-    if problems.is_empty() {
+    if problems.is_empty() && !stopped() {
         // Per node: its probes to every probe, the node to its own probes,
         // its first probe's DF datagram to every other node's first probe,
         // and egress.
@@ -890,7 +924,7 @@ async fn measure(
     }
 
     // What each node's VIP connections saw.
-    if problems.is_empty() {
+    if problems.is_empty() && !outs.is_empty() {
         for ((ep, out), plan) in eps.iter().zip(&outs).zip(&vip_plans) {
             if plan.is_empty() {
                 continue;
@@ -912,7 +946,7 @@ async fn measure(
     }
 
     // Each node to the apiserver endpoint; nothing is made for it.
-    if problems.is_empty() {
+    if problems.is_empty() && !outs.is_empty() {
         for (ep, out) in eps.iter().zip(&outs) {
             let Ok(out) = out else { continue };
             match remote::parse_apiserver(out).map_err(|e| format!("{}: {e}", ep.node)) {
@@ -938,12 +972,12 @@ async fn measure(
     let (more, leftovers) = cleanup(pool, eps, runs, parallel).await;
     problems.extend(more);
     result.leftovers = leftovers;
-    if !problems.is_empty() {
+    if !problems.is_empty() || stopped() {
         problems.extend(result.leftovers.iter().map(|l| format!("cleanup left {l}")));
         return Err(Stop {
             messages: problems,
             created: true,
-            interrupted: false,
+            interrupted: stopped(),
         });
     }
     Ok(result)

@@ -446,10 +446,13 @@ pub fn up_script(run: &Run, cni_bin: &str, network: &str) -> Script {
         );
         // The DF echo: each datagram back to its sender, as large, DF set.
         // RECVFROM keeps one socket and forks per datagram (LISTEN hands
-        // its socket to the child and loses what arrives meanwhile).
+        // its socket to the child and loses what arrives meanwhile). The
+        // child's one datagram is its input's end: `-t10` waits for `cat`'s
+        // echo as long as the TCP listener waits; socat's default of 0.5 s
+        // lost echoes on a loaded node whose `sh -c cat` started late.
         let _ = writeln!(
             s,
-            "ip netns exec \"$ns\" socat -T10 UDP4-RECVFROM:{port},fork,reuseaddr,mtudiscover=2 'SYSTEM:cat {mark}' </dev/null >/dev/null 2>&1 9>&- &\necho $! >> \"$dir/pids\"",
+            "ip netns exec \"$ns\" socat -t10 -T10 UDP4-RECVFROM:{port},fork,reuseaddr,mtudiscover=2 'SYSTEM:cat {mark}' </dev/null >/dev/null 2>&1 9>&- &\necho $! >> \"$dir/pids\"",
             port = run.port,
             mark = run.mark()
         );
@@ -1015,7 +1018,7 @@ mod tests {
         assert!(t.contains("#ksv-00000abc'"), "{t}");
         assert!(
             t.contains(
-                "UDP4-RECVFROM:8080,fork,reuseaddr,mtudiscover=2 'SYSTEM:cat #ksv-00000abc'"
+                "socat -t10 -T10 UDP4-RECVFROM:8080,fork,reuseaddr,mtudiscover=2 'SYSTEM:cat #ksv-00000abc'"
             ),
             "{t}"
         );

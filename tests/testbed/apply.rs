@@ -512,22 +512,51 @@ impl Recorder<'_> {
 impl Backend for Recorder<'_> {
     async fn check(&self, cx: &StepCx<'_>) -> std::result::Result<ExecProbe, StepError> {
         let r = self.inner.check(cx).await;
-        let result = match &r {
-            Ok(ExecProbe::NotApplicable(_)) => "not-applicable".to_string(),
-            Ok(p) => format!("{p:?}"),
-            Err(e) => format!("{:?} error", e.kind),
-        };
-        self.note(cx, "check", result);
+        self.note(cx, "check", probe_result(&r));
         r
     }
     async fn apply(&self, cx: &StepCx<'_>) -> std::result::Result<(), StepError> {
         let r = self.inner.apply(cx).await;
-        let result = match &r {
-            Ok(()) => "ok".to_string(),
-            Err(e) => format!("{:?} error", e.kind),
-        };
-        self.note(cx, "apply", result);
+        self.note(cx, "apply", apply_result(&r));
         r
+    }
+    // The SSH backend's own batches, as the CLI's apply uses them: the
+    // calls are recorded one per step, in the order the answers arrive.
+    async fn check_batch(
+        &self,
+        cxs: &[StepCx<'_>],
+    ) -> Vec<std::result::Result<ExecProbe, StepError>> {
+        let r = self.inner.check_batch(cxs).await;
+        for (cx, r) in cxs.iter().zip(&r) {
+            self.note(cx, "check", probe_result(r));
+        }
+        r
+    }
+    async fn apply_batch(
+        &self,
+        cxs: &[StepCx<'_>],
+        done: &(dyn Fn(usize, std::result::Result<(), StepError>) + Send + Sync),
+    ) {
+        let noted = |k: usize, r: std::result::Result<(), StepError>| {
+            self.note(&cxs[k], "apply", apply_result(&r));
+            done(k, r);
+        };
+        self.inner.apply_batch(cxs, &noted).await;
+    }
+}
+
+fn probe_result(r: &std::result::Result<ExecProbe, StepError>) -> String {
+    match r {
+        Ok(ExecProbe::NotApplicable(_)) => "not-applicable".to_string(),
+        Ok(p) => format!("{p:?}"),
+        Err(e) => format!("{:?} error", e.kind),
+    }
+}
+
+fn apply_result(r: &std::result::Result<(), StepError>) -> String {
+    match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("{:?} error", e.kind),
     }
 }
 
