@@ -446,13 +446,17 @@ pub fn up_script(run: &Run, cni_bin: &str, network: &str) -> Script {
         );
         // The DF echo: each datagram back to its sender, as large, DF set.
         // RECVFROM keeps one socket and forks per datagram (LISTEN hands
-        // its socket to the child and loses what arrives meanwhile). The
-        // child's one datagram is its input's end: `-t10` waits for `cat`'s
-        // echo as long as the TCP listener waits; socat's default of 0.5 s
-        // lost echoes on a loaded node whose `sh -c cat` started late.
+        // its socket to the child and loses what arrives meanwhile); the
+        // parent takes the next datagram only once a child has read its
+        // own. The echo is socat's `PIPE`, in the child itself: a `sh -c
+        // cat` per datagram (two more programs started) made a loaded
+        // node's listener fall behind its senders' retries, and each try
+        // then timed out. `-t10`: the child's one datagram is its input's
+        // end; socat's default of 0.5 s could end it before the echo. The
+        // mark is the log prefix, so the listener's argv carries it.
         let _ = writeln!(
             s,
-            "ip netns exec \"$ns\" socat -t10 -T10 UDP4-RECVFROM:{port},fork,reuseaddr,mtudiscover=2 'SYSTEM:cat {mark}' </dev/null >/dev/null 2>&1 9>&- &\necho $! >> \"$dir/pids\"",
+            "ip netns exec \"$ns\" socat -lp '{mark}' -t10 -T10 UDP4-RECVFROM:{port},fork,reuseaddr,mtudiscover=2 PIPE </dev/null >/dev/null 2>&1 9>&- &\necho $! >> \"$dir/pids\"",
             port = run.port,
             mark = run.mark()
         );
@@ -1018,7 +1022,7 @@ mod tests {
         assert!(t.contains("#ksv-00000abc'"), "{t}");
         assert!(
             t.contains(
-                "socat -t10 -T10 UDP4-RECVFROM:8080,fork,reuseaddr,mtudiscover=2 'SYSTEM:cat #ksv-00000abc'"
+                "socat -lp '#ksv-00000abc' -t10 -T10 UDP4-RECVFROM:8080,fork,reuseaddr,mtudiscover=2 PIPE"
             ),
             "{t}"
         );
