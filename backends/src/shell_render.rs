@@ -2603,6 +2603,30 @@ mod tests {
         parses(&r.apply.text);
     }
 
+    /// `uid:gid` of this process, as a chown target the test may use.
+    fn current_owner() -> String {
+        let id = |flag: &str| {
+            let out = Command::new("id").arg(flag).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        format!("{}:{}", id("-u"), id("-g"))
+    }
+
+    /// Runs `text` with `sh -c`, `stdin` written to it.
+    fn sh_with_stdin(text: &str, stdin: &[u8]) -> std::process::Output {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(text)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// The apply and its check after, as `apply_then_check` sends them:
     /// a whole upload is placed and verified by identity (hashed once); a
     /// cut one is refused before the rename and leaves the file and no
@@ -2610,11 +2634,7 @@ mod tests {
     #[test]
     fn an_upload_is_hashed_once_before_its_rename_and_verified_by_identity() {
         let dir = tempfile::tempdir().unwrap();
-        let id = |flag: &str| {
-            let out = Command::new("id").arg(flag).output().unwrap();
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
-        let owner = format!("{}:{}", id("-u"), id("-g"));
+        let owner = current_owner();
         let dest = dir.path().join("sub dir/etcd");
         let dest_text = dest.display().to_string();
         let new = b"the new binary\n".repeat(1000);
@@ -2626,17 +2646,7 @@ mod tests {
             }
             let script = apply_then_check(&s);
             parses(&script.text);
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(&script.text)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(stdin).unwrap();
-            let out = child.wait_with_output().unwrap();
+            let out = sh_with_stdin(&script.text, stdin);
             (
                 out.status.code(),
                 String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -2694,26 +2704,12 @@ mod tests {
     #[test]
     fn a_batch_of_uploads_places_each_whole_file_and_refuses_the_others() {
         let dir = tempfile::tempdir().unwrap();
-        let id = |flag: &str| {
-            let out = Command::new("id").arg(flag).output().unwrap();
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
-        let owner = format!("{}:{}", id("-u"), id("-g"));
+        let owner = current_owner();
         let at = |name: &str| dir.path().join(name).display().to_string();
         let run = |files: &[(FileWant, Stdin)], stdin: &[u8]| {
             let script = uploads_owned(files, &owner).unwrap();
             parses(&script.text);
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(&script.text)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(stdin).unwrap();
-            let out = child.wait_with_output().unwrap();
+            let out = sh_with_stdin(&script.text, stdin);
             assert_eq!(out.status.code(), Some(0));
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
             let r: Vec<Result<u32, String>> = parse_uploads(files.len(), &stdout)
@@ -2854,11 +2850,7 @@ mod tests {
     #[test]
     fn many_files_are_checked_with_one_stat_and_one_sha256sum() {
         let dir = tempfile::tempdir().unwrap();
-        let id = |flag: &str| {
-            let out = Command::new("id").arg(flag).output().unwrap();
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
-        let owner = format!("{}:{}", id("-u"), id("-g"));
+        let owner = current_owner();
         let files_dir = dir.path().join("etc dir");
         std::fs::create_dir_all(&files_dir).unwrap();
         let at = |name: &str| files_dir.join(name).display().to_string();
