@@ -401,15 +401,7 @@ pub async fn execute(
                     g.announce(plan, i, observer);
                 }
                 observer.started(plan, i);
-                let step = &plan.steps[i as usize];
-                let cx = StepCx {
-                    plan,
-                    scenario,
-                    index: i,
-                    step,
-                };
-                let restart = inputs_changed(plan, step, opts, |d| outcomes[d as usize].as_ref());
-                cxs.push((cx, restart));
+                cxs.push(step_to_run(plan, scenario, i, opts, &outcomes));
             }
             let report = report.clone();
             running.push(async move {
@@ -579,7 +571,6 @@ async fn execute_in_order(
     let mut gate = opts.rollout.as_ref().map(|r| Gate::new(r, n));
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     for i in order {
-        let step = &plan.steps[i as usize];
         if let Some(g) = &mut gate {
             g.announce(plan, i, observer);
         }
@@ -592,13 +583,7 @@ async fn execute_in_order(
             Some(skipped) => skipped,
             None => {
                 observer.started(plan, i);
-                let cx = StepCx {
-                    plan,
-                    scenario,
-                    index: i,
-                    step,
-                };
-                let restart = inputs_changed(plan, step, opts, |d| outcomes[d as usize].as_ref());
+                let (cx, restart) = step_to_run(plan, scenario, i, opts, &outcomes);
                 run_step(backend, &cx, opts, restart, 0).await
             }
         };
@@ -769,6 +754,28 @@ fn finish(
             ready.insert(d);
         }
     }
+}
+
+/// Step `i`'s context, and whether its inputs changed (a running service
+/// restarts), from the outcomes so far: what both schedulers hand to a backend.
+fn step_to_run<'a>(
+    plan: &'a Plan,
+    scenario: &'a Scenario,
+    i: StepRef,
+    opts: &ExecOptions,
+    outcomes: &[Option<Outcome>],
+) -> (StepCx<'a>, bool) {
+    let step = &plan.steps[i as usize];
+    let restart = inputs_changed(plan, step, opts, |d| outcomes[d as usize].as_ref());
+    (
+        StepCx {
+            plan,
+            scenario,
+            index: i,
+            step,
+        },
+        restart,
+    )
 }
 
 /// Whether `step` starts a service one of whose inputs changed in this run
