@@ -318,22 +318,33 @@ pub const NETWORK_UP: &str = r#"#!/bin/sh
 # Written by kscratch: re-applies this node's pod network from the
 # description the plan wrote (kscratch-network.service runs it at boot,
 # before the container runtime). Every command converges: on a node that
-# `kscratch apply` left as it is, nothing changes.
+# `kscratch apply` left as it is, nothing changes. The description is read
+# with the shell's own `read`, and the links, addresses, routes and
+# neighbours go to one `ip -batch`: a process per line and per node made
+# this script start 30-odd programs on every node.
 set -eu
 set -f
 conf=${1:-/etc/kscratch/network.conf}
-value() { sed -n "s/^$1 //p" "$conf"; }
-iface=$(value interface)
-set -- $(value bridge)
-bridge=$1 mtu=$3
-set -- $(value pod-traffic)
-traffic=$1 vxlan=${2:-} vni=${4:-} port=${6:-}
+iface= bridge= mtu= traffic= vxlan= vni= port= rule= modules= sysctls=
+while read -r key rest; do
+  set -- $rest
+  case "$key" in
+    interface) iface=$1 ;;
+    bridge) bridge=$1 mtu=$3 ;;
+    pod-traffic) traffic=$1 vxlan=${2:-} vni=${4:-} port=${6:-} ;;
+    module) modules="$modules $1" ;;
+    sysctl) sysctls="$sysctls $1=$2" ;;
+    masquerade) rule=$rest ;;
+  esac
+done < "$conf"
+# This node: the one whose address is on the interface (" ADDR/" in `ip -o addr`).
+addrs=$(ip -o addr show dev "$iface" 2>/dev/null) || addrs=
 me=""
 while read -r kind name ip cidr braddr mac; do
   [ "$kind" = node ] || continue
-  if [ -n "$(ip -o addr show dev "$iface" to "$ip" 2>/dev/null)" ]; then
-    me=$name my_ip=$ip my_cidr=$cidr my_br=$braddr my_mac=${mac:-}
-  fi
+  case "$addrs" in
+    *" $ip/"*) me=$name my_ip=$ip my_cidr=$cidr my_br=$braddr my_mac=${mac:-} ;;
+  esac
 done < "$conf"
 if [ -z "$me" ]; then
   echo "kscratch-network: no node of $conf has its address on $iface" >&2
@@ -345,39 +356,63 @@ loaded() {
   [ "$1" = br_netfilter ] && [ -d /proc/sys/net/bridge ] && return 0
   grep -qs "/$1.ko" "/lib/modules/$(uname -r)/modules.builtin"
 }
-value module | while read -r m; do loaded "$m" || modprobe "$m"; done
-value sysctl | while read -r k v; do sysctl -qw "$k=$v"; done
+for m in $modules; do loaded "$m" || modprobe "$m"; done
+[ -z "$sysctls" ] || sysctl -qw $sysctls
 if [ -e "/sys/class/net/$bridge" ] && [ ! -d "/sys/class/net/$bridge/bridge" ]; then
   echo "kscratch-network: $bridge exists and is not a bridge" >&2
   exit 1
 fi
-[ -d "/sys/class/net/$bridge/bridge" ] || ip link add "$bridge" type bridge
-ip link set dev "$bridge" mtu "$mtu"
 # A set MAC stays; an unset one follows the bridge's ports (plan::bridge_mac).
-my_brmac=$(value "bridge-mac $me")
-[ -z "$my_brmac" ] || ip link set dev "$bridge" address "$my_brmac"
-ip addr replace "$my_br" dev "$bridge"
-ip link set dev "$bridge" up
+my_brmac=
+while read -r key name mac; do
+  if [ "$key" = bridge-mac ] && [ "$name" = "$me" ]; then my_brmac=$mac; fi
+done < "$conf"
+[ -d "/sys/class/net/$bridge/bridge" ] || ip link add "$bridge" type bridge
+links="link set dev $bridge mtu $mtu
+"
+[ -z "$my_brmac" ] || links="${links}link set dev $bridge address $my_brmac
+"
+links="${links}addr replace $my_br dev $bridge
+link set dev $bridge up
+"
 if [ "$traffic" = vxlan ]; then
-  ip link show dev "$vxlan" >/dev/null 2>&1 ||
+  [ -e "/sys/class/net/$vxlan" ] ||
     ip link add "$vxlan" type vxlan id "$vni" local "$my_ip" dev "$iface" dstport "$port" nolearning
-  ip link set dev "$vxlan" address "$my_mac" mtu "$mtu"
-  ip addr replace "${my_cidr%/*}/32" dev "$vxlan"
-  ip link set dev "$vxlan" up
+  links="${links}link set dev $vxlan address $my_mac mtu $mtu
+addr replace ${my_cidr%/*}/32 dev $vxlan
+link set dev $vxlan up
+"
 fi
+ip -batch - <<EOF
+$links
+EOF
+routes= fdb=
 while read -r kind name ip cidr braddr mac; do
   [ "$kind" = node ] && [ "$name" != "$me" ] || continue
   case "$traffic" in
-    routed) ip route replace "$cidr" via "$ip" dev "$iface" ;;
+    routed) routes="${routes}route replace $cidr via $ip dev $iface
+" ;;
     vxlan)
       vtep=${cidr%/*}
-      ip route replace "$cidr" via "$vtep" dev "$vxlan" onlink
-      ip neigh replace "$vtep" lladdr "$mac" dev "$vxlan" nud permanent
-      bridge fdb replace "$mac" dev "$vxlan" dst "$ip" self permanent
+      routes="${routes}route replace $cidr via $vtep dev $vxlan onlink
+neigh replace $vtep lladdr $mac dev $vxlan nud permanent
+"
+      fdb="${fdb}fdb replace $mac dev $vxlan dst $ip self permanent
+"
       ;;
   esac
 done < "$conf"
-rule=$(value masquerade)
+# FDB entries first: a route through the VTEP is useless until its MAC is known.
+if [ -n "$fdb" ]; then
+  bridge -batch - <<EOF
+$fdb
+EOF
+fi
+if [ -n "$routes" ]; then
+  ip -batch - <<EOF
+$routes
+EOF
+fi
 if [ -n "$rule" ]; then
   set -- $rule
   shift 2
