@@ -1004,6 +1004,7 @@ const SOFT_COMMANDS: &[&str] = &["containerd", "dockerd"];
 
 fn preflight(checks: &[PreflightCheck]) -> R<StepScripts> {
     let mut s = String::from("failed=0\nfail() { echo \"preflight: $*\" >&2; failed=1; }\n");
+    let mut listed = false;
     for c in checks {
         match c {
             PreflightCheck::Platform { os, arch } => {
@@ -1053,14 +1054,23 @@ fn preflight(checks: &[PreflightCheck]) -> R<StepScripts> {
                 ));
             }
             PreflightCheck::PortFree { port, held_by } => {
+                // One `ss` without `-p` for every port (`-p` reads every
+                // process's file descriptors: 0.1 s on a loaded node); the
+                // owner is asked only of a port that something holds.
+                if !listed {
+                    s.push_str("listening=$(ss -Htln 2>/dev/null)\n");
+                    listed = true;
+                }
+                s.push_str(&format!("case \"$listening\" in *:{port}' '*)\n"));
                 let listeners = format!("$(ss -Htlnp 'sport = :{port}' 2>/dev/null)");
                 match held_by.or_else(|| ports::owner(*port)).map(ports::Daemon::name) {
                     Some(owner) => s.push_str(&format!(
-                        "l=\"{listeners}\"; [ -z \"$l\" ] || case \"$l\" in *'\"{owner}\"'*) ;; *) fail {msg} ;; esac\n",
+                        "  l=\"{listeners}\"; [ -z \"$l\" ] || case \"$l\" in *'\"{owner}\"'*) ;; *) fail {msg} ;; esac\n",
                         msg = q(&format!("TCP port {port} is in use by another program than {owner}"))?
                     )),
-                    None => s.push_str(&format!("[ -z \"{listeners}\" ] || fail {msg}\n", msg = q(&format!("TCP port {port} is in use"))?)),
+                    None => s.push_str(&format!("  [ -z \"{listeners}\" ] || fail {msg}\n", msg = q(&format!("TCP port {port} is in use"))?)),
                 }
+                s.push_str(";;\nesac\n");
             }
             PreflightCheck::NodeAddress { ip, interface } => {
                 s.push_str(&format!(
@@ -1109,20 +1119,34 @@ fn sysctl_file(key: &str) -> String {
 }
 
 fn set_sysctl(key: &str, value: &str) -> R<StepScripts> {
-    let (k, v) = (q(key)?, q(value)?);
     let file = sysctl_file(key);
     let f = q(&file)?;
     let line = q(&format!("{key} = {value}"))?;
     let kv = q(&format!("{key}={value}"))?;
     Ok(StepScripts {
         check: Script::new(format!(
-            "[ \"$(sysctl -n {k} 2>/dev/null)\" = {v} ] || exit 1\n[ \"$(cat {f} 2>/dev/null)\" = {line} ] || exit 1\nexit 0\n"
+            // `sysctl -n`, not the shell's `read` of /proc/sys: the kernel's
+            // integer handlers answer only a read from offset 0, and `read`
+            // takes one byte at a time (it got "3" of "32768").
+            "[ \"$(sysctl -n {k} 2>/dev/null)\" = {v} ] || exit 1\n{persisted} || exit 1\nexit 0\n",
+            k = q(key)?,
+            v = q(value)?,
+            persisted = file_is_line(&file, &format!("{key} = {value}"))?,
         )),
         apply: Script::new(format!(
-            "set -e\nsysctl -q -w {kv}\nmkdir -p /etc/sysctl.d\nprintf '%s\\n' {line} > {f}.tmp\nmv -f {f}.tmp {f}\n"
+            "set -e\nsysctl -q -w {kv}\n[ -d /etc/sysctl.d ] || mkdir -p /etc/sysctl.d\nprintf '%s\\n' {line} > {f}.tmp\nmv -f {f}.tmp {f}\n"
         )),
         verify: None,
     })
+}
+
+/// A test (no process) that file `path` holds exactly one line, `line`.
+fn file_is_line(path: &str, line: &str) -> R<String> {
+    Ok(format!(
+        "{{ IFS= read -r l && ! IFS= read -r x && [ -z \"$x\" ] && [ \"$l\" = {line} ]; }} 2>/dev/null < {path}",
+        line = q(line)?,
+        path = q(path)?
+    ))
 }
 
 /// A test that a module is loaded or built in. Built-in modules without
@@ -1142,9 +1166,12 @@ fn load_module(name: &str) -> R<StepScripts> {
     let loaded = module_loaded(name)?;
     let f = q(&kscratch_core::plan::module_dropin(name))?;
     Ok(StepScripts {
-        check: Script::new(format!("{loaded} || exit 1\n[ \"$(cat {f} 2>/dev/null)\" = {n} ] || exit 1\nexit 0\n")),
+        check: Script::new(format!(
+            "{loaded} || exit 1\n{persisted} || exit 1\nexit 0\n",
+            persisted = file_is_line(&kscratch_core::plan::module_dropin(name), name)?
+        )),
         apply: Script::new(format!(
-            "set -e\n{loaded} || modprobe {n}\nmkdir -p /etc/modules-load.d\nprintf '%s\\n' {n} > {f}.tmp\nmv -f {f}.tmp {f}\n"
+            "set -e\n{loaded} || modprobe {n}\n[ -d /etc/modules-load.d ] || mkdir -p /etc/modules-load.d\nprintf '%s\\n' {n} > {f}.tmp\nmv -f {f}.tmp {f}\n"
         )),
         verify: None,
     })
@@ -1207,25 +1234,33 @@ fn inet(addr: &str) -> &'static str {
 fn create_bridge(name: &str, net: &IpNet, mtu: u32) -> R<StepScripts> {
     let addr = net.to_string();
     let n = q(name)?;
-    let a = q(&addr)?;
     let mac = bridge_mac(net.addr());
     let has_addr = q(&format!(" {} {addr} ", inet(&addr)))?;
+    // The shell's own `read` of sysfs, not a `cat` or an `ip` per field:
+    // every node runs this check at least twice per apply. `flags` bit 0 is
+    // IFF_UP, the "UP" that `ip link` shows.
     let check = format!(
         "[ -d /sys/class/net/{n}/bridge ] || exit 1\n\
-         [ \"$(cat /sys/class/net/{n}/mtu)\" = {mtu} ] || exit 1\n\
-         [ \"$(cat /sys/class/net/{n}/address)\" = {mac} ] || exit 1\n\
-         ip -o link show dev {n} | grep -q '[<,]UP[,>]' || exit 1\n\
+         read -r mtu < /sys/class/net/{n}/mtu && [ \"$mtu\" = {mtu} ] || exit 1\n\
+         read -r mac < /sys/class/net/{n}/address && [ \"$mac\" = {mac} ] || exit 1\n\
+         read -r flags < /sys/class/net/{n}/flags && [ $((flags & 1)) = 1 ] || exit 1\n\
          ip -o addr show dev {n} | grep -qF -- {has_addr} || exit 1\n\
          exit 0\n"
     );
+    let batch = [
+        vec!["link", "set", "dev", name, "mtu", &mtu.to_string()],
+        vec!["link", "set", "dev", name, "address", &mac.to_string()],
+        vec!["addr", "replace", &addr, "dev", name],
+        vec!["link", "set", "dev", name, "up"],
+    ]
+    .iter()
+    .map(|args| Ok(format!("{}\n", shell::join(args.iter().copied())?)))
+    .collect::<R<String>>()?;
     let apply = format!(
         "set -e\n\
          if [ -e /sys/class/net/{n} ] && [ ! -d /sys/class/net/{n}/bridge ]; then\n  echo {msg} >&2\n  exit 1\nfi\n\
          [ -d /sys/class/net/{n}/bridge ] || ip link add {n} type bridge\n\
-         ip link set dev {n} mtu {mtu}\n\
-         ip link set dev {n} address {mac}\n\
-         ip addr replace {a} dev {n}\n\
-         ip link set dev {n} up\n",
+         ip -batch - <<'{HEREDOC}'\n{batch}{HEREDOC}\n",
         msg = q(&format!("{name} exists and is not a bridge: remove it first"))?
     );
     Ok(StepScripts {
@@ -1299,18 +1334,17 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
         .get(node)
         .map(|e| e.node.clone())
         .unwrap_or_default();
-    let mut check = String::new();
+    let mut routes: Vec<String> = Vec::new();
+    let mut neighbors: Vec<String> = Vec::new();
+    let mut fdb: Vec<String> = Vec::new();
     let mut ip_batch = String::new();
     let mut fdb_batch = String::new();
+    let mut overlay_dev = None;
     for e in entries.iter().filter(|e| e.node != me) {
         match via {
             PodRouteVia::Underlay { dev } => {
                 let r = Route::via(e.pod_cidr, e.node_ip, dev);
-                check.push_str(&format!(
-                    "ip route show exact {c} | sed 's/ *$//' | grep -qxF {line} || exit 1\n",
-                    c = q(&e.pod_cidr.to_string())?,
-                    line = q(&r.emit())?
-                ));
+                routes.push(r.emit());
                 ip_batch.push_str(&format!("route replace {}\n", shell::join(r.to_args())?));
             }
             PodRouteVia::Overlay { dev } => {
@@ -1325,25 +1359,23 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
                 };
                 let n = Neighbor::permanent(vtep, dev, mac);
                 let f = FdbEntry::vxlan(mac, dev, e.node_ip);
-                let d = q(dev)?;
-                check.push_str(&format!(
-                    "ip route show exact {c} | sed 's/ *$//' | grep -qxF {line} || exit 1\n",
-                    c = q(&e.pod_cidr.to_string())?,
-                    line = q(&r.emit())?
-                ));
-                check.push_str(&format!(
-                    "ip neigh show dev {d} | sed 's/ *$//' | grep -qxF {line} || exit 1\n",
-                    line = q(&format!("{vtep} lladdr {mac} PERMANENT"))?
-                ));
-                check.push_str(&format!(
-                    "bridge fdb show dev {d} | sed 's/ *$//' | grep -qxF {line} || exit 1\n",
-                    line = q(&format!("{mac} dst {} self permanent", e.node_ip))?
-                ));
+                overlay_dev = Some(dev);
+                routes.push(r.emit());
+                neighbors.push(format!("{vtep} lladdr {mac} PERMANENT"));
+                fdb.push(format!("{mac} dst {} self permanent", e.node_ip));
                 ip_batch.push_str(&format!("route replace {}\n", shell::join(r.to_args())?));
                 ip_batch.push_str(&format!("neigh replace {}\n", shell::join(n.to_args())?));
                 fdb_batch.push_str(&format!("fdb replace {}\n", shell::join(f.to_args())?));
             }
         }
+    }
+    // One listing per table, however many peers: a listing per peer cost
+    // three processes each, on every node, in every check.
+    let mut check = all_listed("ip route show", &routes);
+    if let Some(dev) = overlay_dev {
+        let d = q(dev)?;
+        check.push_str(&all_listed(&format!("ip neigh show dev {d}"), &neighbors));
+        check.push_str(&all_listed(&format!("bridge fdb show dev {d}"), &fdb));
     }
     check.push_str("exit 0\n");
     if ip_batch.is_empty() {
@@ -1368,6 +1400,22 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
         apply: Script::new(apply),
         verify: None,
     })
+}
+
+/// A check that each of `want` is a whole line of what `list` prints
+/// (trailing blanks trimmed, as `ip` pads some lines): one listing and one
+/// `grep` for any number of lines. `grep -f -` takes the listing's lines as
+/// the patterns and counts the wanted lines (fd 3) that equal one of them.
+fn all_listed(list: &str, want: &[String]) -> String {
+    if want.is_empty() {
+        return String::new();
+    }
+    let lines: String = want.iter().map(|l| format!("{l}\n")).collect();
+    format!(
+        "n=$({list} | sed 's/ *$//' | grep -cxF -f - /dev/fd/3 3<<'{HEREDOC}'\n{lines}{HEREDOC}\n)\n\
+         [ \"$n\" = {count} ] || exit 1\n",
+        count = want.len()
+    )
 }
 
 /// `ip route del` for each route that `ip route show` lists with the same
@@ -1937,7 +1985,7 @@ fn start_service(s: &Scenario, node: usize, service: Service) -> R<StepScripts> 
          chmod 0755 {dir}/{name}.run.tmp\n\
          mv -f {dir}/{name}.run.tmp {dir}/{name}.run\n\
          setsid sh -c 'echo $$ > \"$1\"; exec sh \"$2\"' {n} {dir}/{name}.pid {dir}/{name}.run >> {dir}/{name}.log 2>&1 < /dev/null &\n\
-         i=0; while [ ! -s {dir}/{name}.pid ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
+         i=0; while [ ! -s {dir}/{name}.pid ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i+1)); done\n\
          [ -s {dir}/{name}.pid ]\n"
     );
     Ok(StepScripts {
@@ -2008,18 +2056,26 @@ fn wait_healthy(component: Component, url: &str, timeout_secs: u32) -> R<StepScr
 exit 1
 "
     );
-    // Polled five times a second: a daemon is often up within a second,
-    // and the wait is on the first apply's critical path.
+    // Polled 20 times a second for the first 2 s, then five times: a daemon
+    // is often up well within a second (etcd in about 0.3 s), and the wait
+    // is on the first apply's critical path; a slow one is not worth a
+    // probe process every 50 ms.
+    let t = u64::from(timeout_secs);
+    let (fast, polls) = if t <= 2 {
+        (t * 20, t * 20)
+    } else {
+        (40, 40 + (t - 2) * 5)
+    };
     let apply = format!(
         "{probe}{fresh}i=0
 while [ $i -lt {polls} ]; do
   if probe && fresh; then exit 0; fi
-  sleep 0.2; i=$((i+1))
+  if [ $i -lt {fast} ]; then sleep 0.05; else sleep 0.2; fi
+  i=$((i+1))
 done
 echo {msg} >&2
 exit 1
 ",
-        polls = u64::from(timeout_secs) * 5,
         msg = q(&format!(
             "{component} is not healthy at {url} after {timeout_secs}s, or still the process from before its manifest changed"
         ))?
@@ -2484,13 +2540,13 @@ mod tests {
         assert_eq!(
             r.check.text,
             "[ -d /sys/class/net/cbr0/bridge ] || exit 1\n\
-             [ \"$(cat /sys/class/net/cbr0/mtu)\" = 1500 ] || exit 1\n\
-             [ \"$(cat /sys/class/net/cbr0/address)\" = 0a:58:0a:0a:00:01 ] || exit 1\n\
-             ip -o link show dev cbr0 | grep -q '[<,]UP[,>]' || exit 1\n\
+             read -r mtu < /sys/class/net/cbr0/mtu && [ \"$mtu\" = 1500 ] || exit 1\n\
+             read -r mac < /sys/class/net/cbr0/address && [ \"$mac\" = 0a:58:0a:0a:00:01 ] || exit 1\n\
+             read -r flags < /sys/class/net/cbr0/flags && [ $((flags & 1)) = 1 ] || exit 1\n\
              ip -o addr show dev cbr0 | grep -qF -- ' inet 10.10.0.1/24 ' || exit 1\n\
              exit 0\n"
         );
-        assert!(r.apply.text.contains("[ -d /sys/class/net/cbr0/bridge ] || ip link add cbr0 type bridge\nip link set dev cbr0 mtu 1500\nip link set dev cbr0 address 0a:58:0a:0a:00:01\nip addr replace 10.10.0.1/24 dev cbr0\nip link set dev cbr0 up\n"), "{}", r.apply.text);
+        assert!(r.apply.text.contains("[ -d /sys/class/net/cbr0/bridge ] || ip link add cbr0 type bridge\nip -batch - <<'KSCRATCH_EOF'\nlink set dev cbr0 mtu 1500\nlink set dev cbr0 address 0a:58:0a:0a:00:01\naddr replace 10.10.0.1/24 dev cbr0\nlink set dev cbr0 up\nKSCRATCH_EOF\n"), "{}", r.apply.text);
         parses(&r.check.text);
         parses(&r.apply.text);
     }
@@ -2499,7 +2555,13 @@ mod tests {
     fn routed_pod_routes_cover_every_other_node_through_one_batch() {
         let (s, p) = load(SCENARIO);
         let r = scripts(&s, &p, "a/net/pod-routes", Inputs::default());
-        assert_eq!(r.check.text, "ip route show exact 10.10.1.0/24 | sed 's/ *$//' | grep -qxF '10.10.1.0/24 via 198.51.100.2 dev eth0' || exit 1\nexit 0\n");
+        assert_eq!(
+            r.check.text.matches("ip route show").count(),
+            1,
+            "{}",
+            r.check.text
+        );
+        parses(&r.check.text);
         assert_eq!(
             r.apply.text,
             "set -e\nip -batch - <<'KSCRATCH_EOF'\nroute replace 10.10.1.0/24 via 198.51.100.2 dev eth0\nKSCRATCH_EOF\n"
@@ -2508,31 +2570,109 @@ mod tests {
         parses(&r.apply.text);
     }
 
+    /// The drop-in check reads the file itself: exactly the one line holds;
+    /// another value, a second line, or no file does not.
+    #[test]
+    fn a_one_line_file_check_wants_exactly_that_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("90-kscratch.conf");
+        let check = format!(
+            "{} || exit 1\nexit 0\n",
+            file_is_line(f.to_str().unwrap(), "net.ipv4.ip_forward = 1").unwrap()
+        );
+        let status = |content: Option<&str>| {
+            let _ = std::fs::remove_file(&f);
+            if let Some(c) = content {
+                std::fs::write(&f, c).unwrap();
+            }
+            run_with(dir.path(), &check).0
+        };
+        assert_eq!(status(Some("net.ipv4.ip_forward = 1\n")), Some(0));
+        assert_eq!(status(Some("net.ipv4.ip_forward = 0\n")), Some(1));
+        assert_eq!(status(Some("net.ipv4.ip_forward = 1\nmore\n")), Some(1));
+        assert_eq!(status(Some("net.ipv4.ip_forward = 1\nmore")), Some(1));
+        assert_eq!(status(None), Some(1));
+    }
+
+    /// One `ip route show` serves every peer: all present (among others,
+    /// padded with blanks as `ip` pads some lines) holds; one missing, or
+    /// one through another gateway, does not.
+    #[test]
+    fn the_pod_routes_check_lists_the_table_once_and_wants_every_peer() {
+        let text = SCENARIO.replace(
+            "  - {name: b, ip: 198.51.100.2}\n",
+            "  - {name: b, ip: 198.51.100.2}\n  - {name: c, ip: 198.51.100.3}\n",
+        );
+        let (s, p) = load(&text);
+        let r = scripts(&s, &p, "a/net/pod-routes", Inputs::default());
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path();
+        let routes = |text: &str| fake(bin, "ip", &format!("cat <<'EOF'\n{text}EOF\n"));
+        let b = "10.10.1.0/24 via 198.51.100.2 dev eth0 \n";
+        let c = "10.10.2.0/24 via 198.51.100.3 dev eth0\n";
+        let other = "default via 198.51.100.254 dev eth0\n10.10.0.0/24 dev cbr0 proto kernel scope link src 10.10.0.1\n";
+        routes(&format!("{other}{c}{b}"));
+        assert_eq!(run_with(bin, &r.check.text).0, Some(0), "{}", r.check.text);
+        routes(&format!("{other}{b}"));
+        assert_eq!(
+            run_with(bin, &r.check.text).0,
+            Some(1),
+            "c's route is missing"
+        );
+        routes(&format!(
+            "{other}{b}10.10.2.0/24 via 198.51.100.9 dev eth0\n"
+        ));
+        assert_eq!(
+            run_with(bin, &r.check.text).0,
+            Some(1),
+            "c's route has another gateway"
+        );
+        routes("");
+        assert_eq!(run_with(bin, &r.check.text).0, Some(1), "no routes at all");
+    }
+
     #[test]
     fn overlay_routes_come_with_neighbour_and_fdb_entries() {
         let text = SCENARIO.replace("podTraffic: routed", "podTraffic: vxlan");
         let (s, p) = load(&text);
         let r = scripts(&s, &p, "b/net/pod-routes", Inputs::default());
-        assert!(
-            r.check
-                .text
-                .contains("grep -qxF '10.10.0.0/24 via 10.10.0.0 dev vxlan0 onlink'"),
-            "{}",
-            r.check.text
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path();
+        let listing = |name: &str, text: &str| {
+            fake(bin, name, &format!("cat <<'EOF'\n{text}EOF\n"));
+        };
+        let route = "10.10.0.0/24 via 10.10.0.0 dev vxlan0 onlink \n";
+        let neigh = "10.10.0.0 lladdr 0e:c6:33:64:01:00 PERMANENT\n";
+        let fdb = "0e:c6:33:64:01:00 dst 198.51.100.1 self permanent\n";
+        // ip answers both `route show` and `neigh show`: one fake for both.
+        let ip = |routes: &str, neighs: &str| {
+            fake(
+                bin,
+                "ip",
+                &format!("case \"$1\" in route) cat <<'EOF'\n{routes}EOF\n;; neigh) cat <<'EOF'\n{neighs}EOF\n;; esac\n"),
+            );
+        };
+        ip(route, neigh);
+        listing("bridge", fdb);
+        assert_eq!(run_with(bin, &r.check.text).0, Some(0), "{}", r.check.text);
+        listing("bridge", "");
+        assert_eq!(
+            run_with(bin, &r.check.text).0,
+            Some(1),
+            "the FDB entry is missing"
         );
-        assert!(
-            r.check
-                .text
-                .contains("grep -qxF '10.10.0.0 lladdr 0e:c6:33:64:01:00 PERMANENT'"),
-            "{}",
-            r.check.text
+        listing("bridge", fdb);
+        ip(route, "10.10.0.0 lladdr 0e:c6:33:64:01:01 PERMANENT\n");
+        assert_eq!(
+            run_with(bin, &r.check.text).0,
+            Some(1),
+            "the neighbour has another MAC"
         );
-        assert!(
-            r.check
-                .text
-                .contains("grep -qxF '0e:c6:33:64:01:00 dst 198.51.100.1 self permanent'"),
-            "{}",
-            r.check.text
+        ip("10.10.0.0/24 via 10.10.0.0 dev vxlan0\n", neigh);
+        assert_eq!(
+            run_with(bin, &r.check.text).0,
+            Some(1),
+            "the route is not onlink"
         );
         assert_eq!(
             r.apply.text,
@@ -3125,6 +3265,64 @@ mod tests {
             .text
             .ends_with("[ \"$failed\" = 0 ] || exit 2\nexit 0\n"));
         parses(&r.check.text);
+    }
+
+    /// The port checks list the listeners once without `-p`; the owner is
+    /// asked (`ss -p`) only of a held port: a free node runs one `ss`.
+    #[test]
+    fn the_port_checks_ask_for_owners_only_of_held_ports() {
+        let r = preflight(&[
+            PreflightCheck::PortFree {
+                port: 2379,
+                held_by: Some(ports::Daemon::Etcd),
+            },
+            PreflightCheck::PortFree {
+                port: 10250,
+                held_by: None,
+            },
+        ])
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path();
+        let log = bin.join("calls");
+        let ss = |plain: &str, owner: &str| {
+            fake(
+                bin,
+                "ss",
+                &format!(
+                    "echo \"$*\" >> {log}\ncase \"$1\" in -Htln) printf '%s' '{plain}' ;; *) printf '%s' '{owner}' ;; esac\n",
+                    log = log.display()
+                ),
+            );
+        };
+        let run = |what: &str| {
+            let _ = std::fs::remove_file(&log);
+            let status = run_with(bin, &r.check.text).0;
+            let calls = std::fs::read_to_string(&log).unwrap_or_default();
+            (status, calls.lines().count(), what.to_string())
+        };
+        ss(
+            "LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\nLISTEN 0 128 0.0.0.0:23790 0.0.0.0:*\n",
+            "",
+        );
+        assert_eq!(run("free"), (Some(0), 1, "free".into()));
+        let etcd = "LISTEN 0 4096 198.51.100.1:2379 0.0.0.0:* users:((\"etcd\",pid=7,fd=8))\n";
+        ss("LISTEN 0 4096 198.51.100.1:2379 0.0.0.0:*\n", etcd);
+        assert_eq!(
+            run("etcd holds its port"),
+            (Some(0), 2, "etcd holds its port".into())
+        );
+        let other = "LISTEN 0 4096 [::]:2379 [::]:* users:((\"nc\",pid=7,fd=3))\n";
+        ss("LISTEN 0 4096 [::]:2379 [::]:*\n", other);
+        assert_eq!(
+            run("another program"),
+            (Some(2), 2, "another program".into())
+        );
+        ss(
+            "LISTEN 0 4096 0.0.0.0:10250 0.0.0.0:*\n",
+            "LISTEN 0 4096 0.0.0.0:10250 0.0.0.0:*\n",
+        );
+        assert_eq!(run("kubelet port"), (Some(2), 2, "kubelet port".into()));
     }
 
     #[test]
