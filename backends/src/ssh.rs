@@ -218,6 +218,17 @@ pub struct NodeStats {
 /// How much of a streamed file is read and handed to the channel at once.
 const UPLOAD_CHUNK: u64 = 1 << 20;
 
+/// The ciphers offered, best first: AES-GCM before russh's default
+/// ChaCha20-Poly1305, because both ends run it in hardware (AES-NI, ARMv8
+/// crypto) where ChaCha20 is software; it carries the binaries.
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
 /// Re-connections allowed per node and run after a lost connection; then
 /// the node is marked unreachable.
 pub const MAX_RECONNECTS: u64 = 2;
@@ -863,6 +874,10 @@ impl SshPool {
             keepalive_interval: Some(self.config.keepalive),
             keepalive_max: 3,
             nodelay: true,
+            preferred: russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(CIPHERS),
+                ..russh::Preferred::DEFAULT
+            },
             ..Default::default()
         });
         let client = Client {
