@@ -369,7 +369,15 @@ pub async fn execute(
                     .iter()
                     .filter(|u| plan.steps[u[0] as usize].target == step.target)
                     .count();
-            if busy < per_target {
+            // The operator's own steps run one at a time whatever
+            // `per_target` says: one key store render makes what the other
+            // PKI steps check, and two at once would both render it.
+            let limit = if step.target == Target::Local {
+                1
+            } else {
+                per_target
+            };
+            if busy < limit {
                 units.push(vec![i]);
             }
         }
@@ -952,6 +960,66 @@ mod tests {
         assert_eq!(log, (0..p.steps.len() as StepRef).collect::<Vec<_>>());
         let again = run(&p, &s, &b, &ExecOptions::sequential());
         assert_eq!(again.count("ok"), p.steps.len());
+    }
+
+    /// [`Fake`] that notes how many of the operator's own steps are in
+    /// flight at once (each check and apply yields once in the middle).
+    struct LocalCount {
+        inner: Fake,
+        now: Mutex<usize>,
+        most: Mutex<usize>,
+    }
+
+    impl LocalCount {
+        async fn around<T>(&self, cx: &StepCx<'_>, f: impl std::future::Future<Output = T>) -> T {
+            let local = cx.step.target == Target::Local;
+            if local {
+                let mut n = self.now.lock().unwrap();
+                *n += 1;
+                let mut m = self.most.lock().unwrap();
+                *m = (*m).max(*n);
+            }
+            tokio::task::yield_now().await;
+            let out = f.await;
+            if local {
+                *self.now.lock().unwrap() -= 1;
+            }
+            out
+        }
+    }
+
+    #[async_trait]
+    impl Backend for LocalCount {
+        async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
+            self.around(cx, self.inner.check(cx)).await
+        }
+        async fn apply(&self, cx: &StepCx<'_>) -> Result<(), StepError> {
+            self.around(cx, self.inner.apply(cx)).await
+        }
+    }
+
+    #[test]
+    fn the_operators_own_steps_run_one_at_a_time_with_several_per_node() {
+        let (s, p) = guide();
+        let b = LocalCount {
+            inner: Fake {
+                done: Mutex::default(),
+                fail: BTreeSet::new(),
+                log: Mutex::default(),
+            },
+            now: Mutex::default(),
+            most: Mutex::default(),
+        };
+        let opts = ExecOptions {
+            per_target: 4,
+            ..ExecOptions::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let r = rt.block_on(execute(&p, &s, &b, &opts, &mut Quiet));
+        assert_eq!(r.count("changed"), p.steps.len());
+        assert_eq!(*b.most.lock().unwrap(), 1);
     }
 
     #[test]
