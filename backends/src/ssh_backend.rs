@@ -629,8 +629,7 @@ impl SshBackend {
             .get(node)
             .ok_or_else(|| StepError::failed(format!("no node {node}")))?;
         let skipped = self.skipped_anyway();
-        let mut steps = Vec::new();
-        let mut scripts = Vec::new();
+        let mut others: Vec<(StepRef, Script)> = Vec::new();
         let mut files: Vec<(StepRef, FileWant)> = Vec::new();
         for (j, st) in self.plan.steps.iter().enumerate() {
             if st.target != Target::Node(node as u32) || skipped.contains(&(j as StepRef)) {
@@ -647,76 +646,94 @@ impl SshBackend {
                 continue;
             }
             if let Ok(Rendered::Remote(r)) = self.render_step(&jcx) {
-                steps.push(j as StepRef);
-                scripts.push(r.check);
+                others.push((j as StepRef, r.check));
             }
         }
-        // Every uploaded file of the node in one script: one `stat`,
-        // one `sha256sum` (see [`files_check`]).
-        let wants: Vec<FileWant> = files.iter().map(|(_, w)| w.clone()).collect();
-        let mut records = self.records(&ep.node);
-        let recorded: Vec<Option<String>> = wants.iter().map(|w| records.vouches(w)).collect();
-        let files_script = match files_check(&wants, &recorded) {
-            Ok(s) if !wants.is_empty() => Some(s),
-            _ => None,
-        };
-        let has_files = files_script.is_some();
-        let mut all = Vec::with_capacity(scripts.len() + 1);
-        all.extend(files_script);
-        all.extend(scripts);
-        let mut answers = BTreeMap::new();
-        if let Ok(mut c) = self.commands.lock() {
-            for &j in files.iter().map(|(j, _)| j).chain(&steps) {
-                *c.entry(j).or_default() += 1;
-            }
-        }
-        match self.pool.run_batch(ep, &all, self.opts.step_timeout).await {
-            Ok(mut outs) => {
-                if has_files && !outs.is_empty() {
-                    let out = outs.remove(0);
-                    let stdout = String::from_utf8_lossy(&out.stdout);
-                    let found = (out.status == Some(0))
-                        .then(|| parse_files_check(&wants, &recorded, &stdout))
-                        .flatten();
-                    match found {
-                        Some(found) => {
-                            for ((j, w), f) in files.iter().zip(&found) {
-                                answers.insert(
-                                    *j,
-                                    if f.holds {
-                                        Probe::Satisfied
-                                    } else {
-                                        Probe::Needed
-                                    },
-                                );
-                                records.update(w, f);
-                            }
-                            self.save_records(&ep.node, &records);
-                        }
-                        // Left to each file's own live check, which reports it.
-                        None => tracing::debug!(
-                            node = %ep.node,
-                            "the batched file check answered {:?}: {}",
-                            out.status,
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        ),
-                    }
-                }
-                for (j, out) in steps.iter().zip(outs) {
-                    let stdout = String::from_utf8_lossy(&out.stdout);
-                    // An error status is left to the live check, which reports it.
-                    if let Some(p) = probe_of(out.status, &stdout) {
-                        answers.insert(*j, p);
-                    }
-                }
-            }
+        // Every uploaded file of the node in one script, with the other checks.
+        let answers = match self
+            .batched_checks(ep, &files, &others, self.opts.step_timeout)
+            .await
+        {
+            Ok(answers) => answers,
             Err(e) => {
                 tracing::debug!(node = %ep.node, "batched checks failed: {e}");
+                BTreeMap::new()
             }
-        }
+        };
         *pre = Some(answers);
         drop(pre);
         Ok(slot)
+    }
+
+    /// One round trip of checks on a node: every file of `files` in one
+    /// script (one `stat`, one `sha256sum`, the node's recorded identities:
+    /// see [`files_check`]), each of `others` as it is. The answers by step;
+    /// a step without one (an error status, an answer that does not parse,
+    /// files that cannot be checked together) is left to its own live
+    /// check, which reports it.
+    async fn batched_checks(
+        &self,
+        ep: &Endpoint,
+        files: &[(StepRef, FileWant)],
+        others: &[(StepRef, Script)],
+        timeout: Duration,
+    ) -> Result<BTreeMap<StepRef, Probe>, SshError> {
+        let wants: Vec<FileWant> = files.iter().map(|(_, w)| w.clone()).collect();
+        let mut records = self.records(&ep.node);
+        let recorded: Vec<Option<String>> = wants.iter().map(|w| records.vouches(w)).collect();
+        let files_script = if wants.is_empty() {
+            None
+        } else {
+            files_check(&wants, &recorded).ok()
+        };
+        let has_files = files_script.is_some();
+        let mut all: Vec<Script> = Vec::with_capacity(others.len() + 1);
+        all.extend(files_script);
+        all.extend(others.iter().map(|(_, s)| s.clone()));
+        if all.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        if let Ok(mut c) = self.commands.lock() {
+            let checked_files = files.iter().filter(|_| has_files).map(|(j, _)| j);
+            for &j in checked_files.chain(others.iter().map(|(j, _)| j)) {
+                *c.entry(j).or_default() += 1;
+            }
+        }
+        let mut outs = self.pool.run_batch(ep, &all, timeout).await?;
+        let mut answers = BTreeMap::new();
+        if has_files && !outs.is_empty() {
+            let out = outs.remove(0);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let found = (out.status == Some(0))
+                .then(|| parse_files_check(&wants, &recorded, &stdout))
+                .flatten();
+            match found {
+                Some(found) => {
+                    for ((j, w), f) in files.iter().zip(&found) {
+                        let p = if f.holds {
+                            Probe::Satisfied
+                        } else {
+                            Probe::Needed
+                        };
+                        answers.insert(*j, p);
+                        records.update(w, f);
+                    }
+                    self.save_records(&ep.node, &records);
+                }
+                None => tracing::debug!(
+                    node = %ep.node,
+                    "the batched file check answered {:?}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            }
+        }
+        for ((j, _), out) in others.iter().zip(outs) {
+            if let Some(p) = probe_of(out.status, &String::from_utf8_lossy(&out.stdout)) {
+                answers.insert(*j, p);
+            }
+        }
+        Ok(answers)
     }
 
     async fn run(&self, cx: &StepCx<'_>, script: &Script, what: &str) -> Result<Output, StepError> {
@@ -873,69 +890,25 @@ impl Backend for SshBackend {
         }
         if live.len() > 1 {
             if let Some(ep) = self.endpoints.get(node) {
-                let mut files: Vec<(usize, FileWant)> = Vec::new();
-                let mut others: Vec<(usize, Script)> = Vec::new();
+                let mut files: Vec<(StepRef, FileWant)> = Vec::new();
+                let mut others: Vec<(StepRef, Script)> = Vec::new();
                 for (k, scripts) in live.iter() {
-                    match self.file_want(&cxs[*k]) {
-                        Some(w) => files.push((*k, w)),
-                        None => others.push((*k, scripts.check.clone())),
-                    }
-                }
-                let wants: Vec<FileWant> = files.iter().map(|(_, w)| w.clone()).collect();
-                let mut records = self.records(&ep.node);
-                let recorded: Vec<Option<String>> =
-                    wants.iter().map(|w| records.vouches(w)).collect();
-                let files_script = if wants.is_empty() {
-                    None
-                } else {
-                    files_check(&wants, &recorded).ok()
-                };
-                if files_script.is_none() {
-                    // Each file is checked on its own below.
-                    files.clear();
-                }
-                let has_files = files_script.is_some();
-                let mut all: Vec<Script> = Vec::with_capacity(others.len() + 1);
-                all.extend(files_script);
-                all.extend(others.iter().map(|(_, s)| s.clone()));
-                if let Ok(mut c) = self.commands.lock() {
-                    for &k in files
-                        .iter()
-                        .map(|(k, _)| k)
-                        .chain(others.iter().map(|(k, _)| k))
-                    {
-                        *c.entry(cxs[k].index).or_default() += 1;
+                    let cx = &cxs[*k];
+                    match self.file_want(cx) {
+                        Some(w) => files.push((cx.index, w)),
+                        None => others.push((cx.index, scripts.check.clone())),
                     }
                 }
                 let timeout = others
                     .iter()
-                    .map(|(k, _)| self.timeout(&cxs[*k]))
+                    .filter_map(|(j, _)| cxs.iter().find(|cx| cx.index == *j))
+                    .map(|cx| self.timeout(cx))
                     .fold(self.opts.step_timeout, Duration::max);
-                match self.pool.run_batch(ep, &all, timeout).await {
-                    Ok(mut outs) => {
-                        if has_files && !outs.is_empty() {
-                            let o = outs.remove(0);
-                            let stdout = String::from_utf8_lossy(&o.stdout);
-                            let found = (o.status == Some(0))
-                                .then(|| parse_files_check(&wants, &recorded, &stdout))
-                                .flatten();
-                            if let Some(found) = found {
-                                for ((k, w), f) in files.iter().zip(&found) {
-                                    out[*k] = Some(Ok(if f.holds {
-                                        Probe::Satisfied
-                                    } else {
-                                        Probe::Needed
-                                    }));
-                                    records.update(w, f);
-                                }
-                                self.save_records(&ep.node, &records);
-                            }
-                        }
-                        for ((k, _), o) in others.iter().zip(outs) {
-                            // An error status is left to the check on its own, which reports it.
-                            if let Some(p) = probe_of(o.status, &String::from_utf8_lossy(&o.stdout))
-                            {
-                                out[*k] = Some(Ok(p));
+                match self.batched_checks(ep, &files, &others, timeout).await {
+                    Ok(answers) => {
+                        for (k, _) in &live {
+                            if let Some(p) = answers.get(&cxs[*k].index) {
+                                out[*k] = Some(Ok(p.clone()));
                             }
                         }
                     }
