@@ -97,6 +97,16 @@ pub struct ApplyArgs {
 /// A node and why it could not be used.
 type NodeError = (String, SshError);
 
+/// A run that a refused host key or an unusable key stopped before any
+/// command ran: each refusal, and exit 1.
+pub(crate) fn refused_run(refused: Vec<NodeError>) -> ExitCode {
+    for (_, e) in refused {
+        eprintln!("error: {e}");
+    }
+    eprintln!("nothing was run on any node");
+    ExitCode::from(1)
+}
+
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -294,13 +304,7 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode, load::Error> {
     });
     let report = match outcome {
         Ok(r) => r,
-        Err(refused) => {
-            for (_, e) in refused {
-                eprintln!("error: {e}");
-            }
-            eprintln!("nothing was run on any node");
-            return Ok(ExitCode::from(1));
-        }
+        Err(refused) => return Ok(refused_run(refused)),
     };
     let wall = started.elapsed();
     if args.dry_run {

@@ -17,7 +17,9 @@
 //! unreachable, a host key was refused or the lock is held, 2 invalid input
 //! or a refusal.
 
-use crate::cmd_apply::{dry_run_listing, init_tracing, known_hosts_file, summary, ApplyObserver};
+use crate::cmd_apply::{
+    dry_run_listing, init_tracing, known_hosts_file, refused_run, summary, ApplyObserver,
+};
 use crate::load;
 use kscratch_backends::ssh::{SshConfig, SshError};
 use kscratch_backends::ssh_backend::{state_dir, SshBackend, SshBackendOptions};
@@ -150,13 +152,7 @@ pub fn run(args: ResetArgs) -> Result<ExitCode, load::Error> {
     });
     let report = match outcome {
         Ok(r) => r,
-        Err(refused) => {
-            for (_, e) in refused {
-                eprintln!("error: {e}");
-            }
-            eprintln!("nothing was run on any node");
-            return Ok(ExitCode::from(1));
-        }
+        Err(refused) => return Ok(refused_run(refused)),
     };
     let wall = started.elapsed();
     let failed = report
