@@ -1155,17 +1155,18 @@ fn sysctl_file(key: &str) -> String {
 fn set_sysctl(key: &str, value: &str) -> R<StepScripts> {
     let file = sysctl_file(key);
     let f = q(&file)?;
-    let line = q(&format!("{key} = {value}"))?;
+    let text = format!("{key} = {value}");
+    let line = q(&text)?;
     let kv = q(&format!("{key}={value}"))?;
     Ok(StepScripts {
         check: Script::new(format!(
             // `sysctl -n`, not the shell's `read` of /proc/sys: the kernel's
             // integer handlers answer only a read from offset 0, and `read`
-            // takes one byte at a time (it got "3" of "32768").
+            // takes one byte at a time (it would get "3" of "32768").
             "[ \"$(sysctl -n {k} 2>/dev/null)\" = {v} ] || exit 1\n{persisted} || exit 1\nexit 0\n",
             k = q(key)?,
             v = q(value)?,
-            persisted = file_is_line(&file, &format!("{key} = {value}"))?,
+            persisted = file_is_line(&file, &text)?,
         )),
         apply: Script::new(format!(
             "set -e\nsysctl -q -w {kv}\n[ -d /etc/sysctl.d ] || mkdir -p /etc/sysctl.d\nprintf '%s\\n' {line} > {f}.tmp\nmv -f {f}.tmp {f}\n"
@@ -1198,11 +1199,12 @@ fn module_loaded(name: &str) -> R<String> {
 fn load_module(name: &str) -> R<StepScripts> {
     let n = q(name)?;
     let loaded = module_loaded(name)?;
-    let f = q(&kscratch_core::plan::module_dropin(name))?;
+    let file = kscratch_core::plan::module_dropin(name);
+    let f = q(&file)?;
     Ok(StepScripts {
         check: Script::new(format!(
             "{loaded} || exit 1\n{persisted} || exit 1\nexit 0\n",
-            persisted = file_is_line(&kscratch_core::plan::module_dropin(name), name)?
+            persisted = file_is_line(&file, name)?
         )),
         apply: Script::new(format!(
             "set -e\n{loaded} || modprobe {n}\n[ -d /etc/modules-load.d ] || mkdir -p /etc/modules-load.d\nprintf '%s\\n' {n} > {f}.tmp\nmv -f {f}.tmp {f}\n"
@@ -1373,7 +1375,6 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
     let mut fdb: Vec<String> = Vec::new();
     let mut ip_batch = String::new();
     let mut fdb_batch = String::new();
-    let mut overlay_dev = None;
     for e in entries.iter().filter(|e| e.node != me) {
         match via {
             PodRouteVia::Underlay { dev } => {
@@ -1393,7 +1394,6 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
                 };
                 let n = Neighbor::permanent(vtep, dev, mac);
                 let f = FdbEntry::vxlan(mac, dev, e.node_ip);
-                overlay_dev = Some(dev);
                 routes.push(r.emit());
                 neighbors.push(format!("{vtep} lladdr {mac} PERMANENT"));
                 fdb.push(format!("{mac} dst {} self permanent", e.node_ip));
@@ -1406,7 +1406,7 @@ fn pod_routes(plan: &Plan, node: usize, via: &PodRouteVia) -> R<StepScripts> {
     // One listing per table, however many peers: a listing per peer cost
     // three processes each, on every node, in every check.
     let mut check = all_listed("ip route show", &routes);
-    if let Some(dev) = overlay_dev {
+    if let PodRouteVia::Overlay { dev } = via {
         let d = q(dev)?;
         check.push_str(&all_listed(&format!("ip neigh show dev {d}"), &neighbors));
         check.push_str(&all_listed(&format!("bridge fdb show dev {d}"), &fdb));
