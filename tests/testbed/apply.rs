@@ -91,6 +91,13 @@ impl ReachabilityMatrix {
 
 static EGRESS_PORT: AtomicU16 = AtomicU16::new(41_000);
 
+/// The sizes of the files an upload to /usr/local/bin is receiving: a lone
+/// upload's temporary file, or a batch's in its temporary directory.
+const PARTIAL_UPLOADS: &str = "for f in /usr/local/bin/.kscratch.* /usr/local/bin/.kscratch.*/*; \
+     do [ -f \"$f\" ] && stat -c %s \"$f\"; done; true";
+/// Whatever an upload to /usr/local/bin left there: temporary files and directories.
+const LEFT_UPLOADS: &str = "ls -A /usr/local/bin | grep '^\\.kscratch\\.' || true";
+
 #[test]
 #[ignore = "needs KSCRATCH_TESTBED=1 and root"]
 fn apply_routed_4_nodes_then_real_pods_reach_each_other_without_nat() -> Result<()> {
@@ -932,8 +939,7 @@ fn apply_refuses_a_second_apply_never_installs_a_killed_upload_and_marks_a_dead_
         .spawn()
         .map_err(io)?;
     let upload_pid = upload.id();
-    let partial =
-        "for f in /usr/local/bin/.kscratch.*; do [ -f \"$f\" ] && stat -c %s \"$f\"; done; true";
+    let partial = PARTIAL_UPLOADS;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = 0u64;
     while Instant::now() < deadline && upload.try_wait().map_err(io)?.is_none() {
@@ -958,7 +964,7 @@ fn apply_refuses_a_second_apply_never_installs_a_killed_upload_and_marks_a_dead_
     // refuses it: the good file stays, the temporary file goes.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let left = tb.node_run(node1, &["sh", "-c", partial])?;
+        let left = tb.node_run(node1, &["sh", "-c", LEFT_UPLOADS])?;
         if left.trim().is_empty() {
             break;
         }
@@ -1209,8 +1215,7 @@ fn apply_finds_same_size_drift_and_rechecks_a_step_whose_session_died() -> Resul
     std::fs::write(&release, &padded).map_err(io)?;
     let padded_sum = kscratch_backends::shell_render::sha256_hex(&padded);
     drop(padded);
-    let partial =
-        "for f in /usr/local/bin/.kscratch.*; do [ -f \"$f\" ] && stat -c %s \"$f\"; done; true";
+    let partial = PARTIAL_UPLOADS;
     let log = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     let (applied, killed) = std::thread::scope(|s| {
@@ -1261,7 +1266,7 @@ fn apply_finds_same_size_drift_and_rechecks_a_step_whose_session_died() -> Resul
     assert_eq!(calls, expected, "killed {killed:?}");
     assert_eq!(applied.stats["node1"].connects, 2, "{:?}", applied.stats);
     assert_eq!(sum(node1, etcd)?, padded_sum);
-    let left = tb.node_run(node1, &["sh", "-c", partial])?;
+    let left = tb.node_run(node1, &["sh", "-c", LEFT_UPLOADS])?;
     assert!(
         left.trim().is_empty(),
         "a partial upload was left behind: {left}"
