@@ -204,7 +204,10 @@ impl Default for ExecOptions {
         ExecOptions {
             max_parallel: 16,
             per_target: 1,
-            batch: 16,
+            // A control-plane node's certificates, keys and kubeconfigs
+            // (about 30) fit in one batch with its other ready steps; 16
+            // split them into three round trips on the first apply.
+            batch: 64,
             connection_retries: 2,
             dry_run: false,
             verify: true,
