@@ -31,13 +31,17 @@
 //! - Local steps (the PKI) run on the operator's machine: key material is
 //!   generated (or kept) by [`crate::render::render_tree`] in the state
 //!   directory, `<scenario dir>/.kscratch/<cluster>/`, which also receives the
-//!   rendered tree of every node's files. Keys there are 0600.
+//!   rendered tree of every node's files. Keys there are 0600. An apply
+//!   starts that render once every node accepted the handshake, while the
+//!   agents start ([`Early`]); the first PKI step reports what it made. A
+//!   render that made anything counts every PKI step as applied, so the
+//!   checks of files made from the material fetched before it are stale.
 //! - A release binary missing from the release directory, a daemon that is
 //!   not installed on the node, and the fabric router (not reachable over
 //!   SSH) make their step [`Probe::NotApplicable`] with the reason: the
 //!   executor then skips the step and its dependents and says why.
 
-use crate::render::{load_material, render_tree, Material, PKI_STORE};
+use crate::render::{load_material, render_tree, Material, RenderReport, PKI_STORE};
 use crate::shell_render::{
     self, apply_then_check, files_check, parse_files_check, parse_verify, Binary, FileFound,
     FileWant, Inputs, RenderCx, Rendered, Script, Stdin, StepScripts, EXIT_NEEDED,
@@ -105,6 +109,27 @@ pub struct SshBackend {
     scenario: Scenario,
     /// Steps the executor will skip without checking them (see [`SshBackend::skipped_anyway`]).
     skipped_anyway: OnceLock<BTreeSet<StepRef>>,
+    /// The key material render started while the nodes connect (see [`Early`]).
+    early: tokio::sync::Mutex<Early>,
+}
+
+/// The key store render [`SshBackend::connect_all`] starts once every node
+/// accepted the handshake, so that the material is there when the
+/// executor's PKI steps come (on 8 loaded testbed nodes it took 0.5 s,
+/// after the connections, while node1's first batch was still running).
+/// The first PKI step checked after it answers "needed" for what it
+/// generated and its apply reports it, so the run says "changed" as if
+/// that step had rendered it.
+enum Early {
+    NotStarted,
+    Running(tokio::task::JoinHandle<Result<RenderReport, crate::render::Error>>),
+    /// Done: what it generated, and the step that reports it, once one claimed it.
+    Done {
+        report: RenderReport,
+        claimed_by: Option<StepRef>,
+    },
+    /// Failed, or nothing to render: the PKI steps render as usual.
+    Over,
 }
 
 /// What the shell renderer needs for `cx`'s step, with its file bytes and
@@ -148,6 +173,7 @@ impl SshBackend {
             plan: plan.clone(),
             scenario: scenario.clone(),
             skipped_anyway: OnceLock::new(),
+            early: tokio::sync::Mutex::new(Early::NotStarted),
         }
     }
 
@@ -209,6 +235,7 @@ impl SshBackend {
         if failed.iter().any(|(_, e)| e.is_refusal()) {
             return failed;
         }
+        self.start_early_render().await;
         let down: BTreeSet<String> = failed.iter().map(|(n, _)| n.clone()).collect();
         let sessions = self
             .endpoints
@@ -338,6 +365,71 @@ impl SshBackend {
         self.opts.state_dir.join(PKI_STORE)
     }
 
+    /// Starts the [`Early`] render, unless this is a dry run or the plan
+    /// has no PKI step.
+    async fn start_early_render(&self) {
+        let mut early = self.early.lock().await;
+        if self.opts.dry_run
+            || !matches!(*early, Early::NotStarted)
+            || !self.plan.steps.iter().any(|st| st.target == Target::Local)
+        {
+            return;
+        }
+        let (s, plan, dir) = (
+            self.scenario.clone(),
+            self.plan.clone(),
+            self.opts.state_dir.clone(),
+        );
+        *early = Early::Running(tokio::task::spawn_blocking(move || {
+            render_tree(&s, &plan, &dir)
+        }));
+    }
+
+    /// Waits for the [`Early`] render, if one runs; whether step `i` is the
+    /// PKI step that reports what it generated (the first one checked).
+    async fn reports_early_render(&self, i: StepRef) -> bool {
+        let mut early = self.early.lock().await;
+        if let Early::Running(h) = &mut *early {
+            *early = match h.await {
+                Ok(Ok(report)) if !report.generated.is_empty() => Early::Done {
+                    report,
+                    claimed_by: None,
+                },
+                Ok(Ok(_)) => Early::Over,
+                Ok(Err(e)) => {
+                    tracing::debug!("the key store render while connecting failed: {e}");
+                    Early::Over
+                }
+                Err(e) => {
+                    tracing::debug!("the key store render while connecting failed: {e}");
+                    Early::Over
+                }
+            };
+            // Loaded before the render (the checks fetched while connecting).
+            self.forget_material();
+        }
+        match &mut *early {
+            Early::Done { claimed_by, .. } => *claimed_by.get_or_insert(i) == i,
+            _ => false,
+        }
+    }
+
+    /// Marks every PKI step applied: one render may have made any step's
+    /// material, and the checks of the files made from it that were
+    /// fetched before the render are stale.
+    fn every_pki_step_applied(&self) {
+        if let Ok(mut a) = self.applied.lock() {
+            a.extend(
+                self.plan
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, st)| st.target == Target::Local)
+                    .map(|(j, _)| j as StepRef),
+            );
+        }
+    }
+
     fn material(&self, s: &Scenario) -> Result<Arc<Material>, StepError> {
         let mut g = self
             .material
@@ -441,6 +533,19 @@ impl SshBackend {
         if let Ok(mut a) = self.applied.lock() {
             a.insert(cx.index);
         }
+        {
+            let mut early = self.early.lock().await;
+            if let Early::Done { report, claimed_by } = &*early {
+                if *claimed_by == Some(cx.index) {
+                    for e in &report.generated {
+                        tracing::info!(step = %cx.id(), "generated {} ({:?})", e.name, e.why);
+                    }
+                    *early = Early::Over;
+                    self.every_pki_step_applied();
+                    return Ok(());
+                }
+            }
+        }
         // One render generates whatever is missing or stale, for every PKI step at once.
         let _g = self.pki.lock().await;
         let (s, plan, dir) = (
@@ -454,6 +559,9 @@ impl SshBackend {
             .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))?;
         for e in &report.generated {
             tracing::info!(step = %cx.id(), "generated {} ({:?})", e.name, e.why);
+        }
+        if !report.generated.is_empty() {
+            self.every_pki_step_applied();
         }
         self.forget_material();
         Ok(())
@@ -846,6 +954,7 @@ impl SshBackend {
 impl Backend for SshBackend {
     async fn check(&self, cx: &StepCx<'_>) -> Result<Probe, StepError> {
         match cx.step.target {
+            Target::Local if self.reports_early_render(cx.index).await => Ok(Probe::Needed),
             Target::Local => self.local_check(cx),
             Target::Fabric | Target::Node(_) => match self.answered(cx).await? {
                 Err(p) => Ok(p),
@@ -1366,6 +1475,13 @@ mod tests {
             r.outcomes
         );
         assert!(local.iter().all(|&i| r.outcomes[i].succeeded()));
+        // One render made every step's material: the checks of the files
+        // made from any of it that were fetched before are stale.
+        let applied = b.applied.lock().unwrap().clone();
+        assert!(
+            local.iter().all(|&i| applied.contains(&(i as StepRef))),
+            "{applied:?}"
+        );
         let key = dir.path().join(".kscratch/t/local/pki/ca.key");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -1395,6 +1511,99 @@ mod tests {
             .all(|o| !matches!(o, kscratch_core::exec::Outcome::Failed { .. })));
         let again = run(&SshBackend::new(&s, &plan, opts));
         assert!(local.iter().all(|&i| again.outcomes[i].name() == "ok"));
+    }
+
+    /// The key store render started while the nodes connect: the first PKI
+    /// step reports it (one "changed", as when that step renders), every
+    /// PKI step counts as applied (the checks fetched before it are
+    /// stale), and a dry run starts none.
+    #[test]
+    fn a_render_started_while_connecting_is_reported_by_the_first_pki_step() {
+        let s = kscratch_core::load("t.yaml", SCENARIO, None)
+            .unwrap()
+            .scenario;
+        let plan = kscratch_core::plan::plan(&s);
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SshBackendOptions {
+            ssh: SshConfig::new(dir.path().join("known_hosts")),
+            scenario_dir: dir.path().to_path_buf(),
+            state_dir: dir.path().join(".kscratch/t"),
+            step_timeout: Duration::from_secs(5),
+            dry_run: true,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dry = SshBackend::new(&s, &plan, opts.clone());
+        rt.block_on(dry.start_early_render());
+        assert!(matches!(*rt.block_on(dry.early.lock()), Early::NotStarted));
+        assert!(!opts.state_dir.exists());
+
+        let b = SshBackend::new(
+            &s,
+            &plan,
+            SshBackendOptions {
+                dry_run: false,
+                ..opts.clone()
+            },
+        );
+        rt.block_on(b.start_early_render());
+        assert!(matches!(*rt.block_on(b.early.lock()), Early::Running(_)));
+        let r = rt.block_on(execute(
+            &plan,
+            &s,
+            &b,
+            &ExecOptions {
+                connection_retries: 0,
+                ..ExecOptions::default()
+            },
+            &mut Quiet,
+        ));
+        let local: Vec<usize> = (0..plan.steps.len())
+            .filter(|&i| plan.steps[i].target == Target::Local)
+            .collect();
+        let changed: Vec<usize> = local
+            .iter()
+            .copied()
+            .filter(|&i| r.outcomes[i].name() == "changed")
+            .collect();
+        assert_eq!(changed.len(), 1, "{:?}", r.outcomes);
+        assert!(local.iter().all(|&i| r.outcomes[i].succeeded()));
+        assert!(matches!(*rt.block_on(b.early.lock()), Early::Over));
+        let applied = b.applied.lock().unwrap().clone();
+        assert!(
+            local.iter().all(|&i| applied.contains(&(i as StepRef))),
+            "every PKI step counts as applied: {applied:?}"
+        );
+        assert!(opts.state_dir.join("local/pki/ca.key").exists());
+        // Nothing left to render: no step claims anything.
+        let again = SshBackend::new(
+            &s,
+            &plan,
+            SshBackendOptions {
+                dry_run: false,
+                ..opts
+            },
+        );
+        rt.block_on(again.start_early_render());
+        let r = rt.block_on(execute(
+            &plan,
+            &s,
+            &again,
+            &ExecOptions {
+                connection_retries: 0,
+                ..ExecOptions::default()
+            },
+            &mut Quiet,
+        ));
+        assert!(local.iter().all(|&i| r.outcomes[i].name() == "ok"));
+        assert!(again
+            .applied
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|&i| plan.steps[i as usize].target != Target::Local));
     }
 
     #[test]
