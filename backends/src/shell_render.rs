@@ -887,16 +887,10 @@ fn uploads_owned(
     }
     text.push_str(&format!(
         "chown {owner} {temps} 2>/dev/null\n\
-         st=$(stat -c '%f %s %a %u:%g %d:%i:%.9Y %n' -- {temps} 2>/dev/null)\n\
-         while read -r t s m o k n; do\n\
-         \x20 case \"$n\" in\n\
-         {stat_arms}\
-         \x20 esac\n\
-         done <<KSCRATCH_EOF\n\
-         $st\n\
-         KSCRATCH_EOF\n\
+         {stat_temps}\
          {hash_after}\
          {decide}",
+        stat_temps = stat_each(&temps, &stat_arms),
         // Never a `sha256sum` without files: it would hash the rest of stdin.
         hash_after = if hashed_after.is_empty() {
             String::new()
@@ -932,17 +926,7 @@ fn uploads_owned(
              else echo \"{UPLOADED_MARKER} {k} ok\"; p{k}=1; fi\n"
         ));
     }
-    text.push_str(&format!(
-        "st=$(stat -c '%f %s %a %u:%g %d:%i:%.9Y %n' -- {dests} 2>/dev/null)\n\
-         while read -r t s m o k n; do\n\
-         \x20 case \"$n\" in\n\
-         {placed_arms}\
-         \x20 esac\n\
-         done <<KSCRATCH_EOF\n\
-         $st\n\
-         KSCRATCH_EOF\n",
-        dests = dests.join(" "),
-    ));
+    text.push_str(&stat_each(&dests.join(" "), &placed_arms));
     for (k, _) in files.iter().enumerate() {
         text.push_str(&format!(
             "[ -z \"$p{k}\" ] || [ -n \"$ok{k}\" ] || echo \"{PLACED_MARKER} {k} 1\"\n"
@@ -953,6 +937,22 @@ fn uploads_owned(
         text,
         stdin: Stdin::Parts(stdin_parts),
     })
+}
+
+/// One `stat` of `paths` (shell words), each line read into `t s m o k n`
+/// (type, size, mode, owner, identity, name) and matched by name against
+/// `arms` (`case` arms).
+fn stat_each(paths: &str, arms: &str) -> String {
+    format!(
+        "st=$(stat -c '%f %s %a %u:%g %d:%i:%.9Y %n' -- {paths} 2>/dev/null)\n\
+         while read -r t s m o k n; do\n\
+         \x20 case \"$n\" in\n\
+         {arms}\
+         \x20 esac\n\
+         done <<KSCRATCH_EOF\n\
+         $st\n\
+         KSCRATCH_EOF\n"
+    )
 }
 
 /// What [`uploads`] did with one file.

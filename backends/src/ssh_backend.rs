@@ -1426,31 +1426,58 @@ mod tests {
         assert_eq!(resolve(Path::new("/b"), "/k"), PathBuf::from("/k"));
     }
 
-    /// The PKI runs locally: the first local step generates the whole store,
-    /// the others then find their material; a second run changes nothing.
-    /// Node steps fail (nothing listens on 127.0.0.1:9) as connection errors.
-    #[test]
-    fn local_pki_steps_generate_once_and_are_then_satisfied() {
-        let s = kscratch_core::load("t.yaml", SCENARIO, None)
-            .unwrap()
-            .scenario;
-        let plan = kscratch_core::plan::plan(&s);
-        let dir = tempfile::tempdir().unwrap();
-        let opts = SshBackendOptions {
-            ssh: SshConfig::new(dir.path().join("known_hosts")),
-            scenario_dir: dir.path().to_path_buf(),
-            state_dir: dir.path().join(".kscratch/t"),
-            step_timeout: Duration::from_secs(5),
-            dry_run: false,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let run = |b: &SshBackend| {
-            rt.block_on(execute(
-                &plan,
-                &s,
+    /// The one-node scenario, its plan, a state directory and options for
+    /// it, and a runtime to run the executor on.
+    struct Fixture {
+        s: Scenario,
+        plan: Plan,
+        dir: tempfile::TempDir,
+        opts: SshBackendOptions,
+        rt: tokio::runtime::Runtime,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let s = kscratch_core::load("t.yaml", SCENARIO, None)
+                .unwrap()
+                .scenario;
+            let plan = kscratch_core::plan::plan(&s);
+            let dir = tempfile::tempdir().unwrap();
+            let opts = SshBackendOptions {
+                ssh: SshConfig::new(dir.path().join("known_hosts")),
+                scenario_dir: dir.path().to_path_buf(),
+                state_dir: dir.path().join(".kscratch/t"),
+                step_timeout: Duration::from_secs(5),
+                dry_run: false,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            Fixture {
+                s,
+                plan,
+                dir,
+                opts,
+                rt,
+            }
+        }
+
+        fn backend(&self, dry_run: bool) -> SshBackend {
+            SshBackend::new(
+                &self.s,
+                &self.plan,
+                SshBackendOptions {
+                    dry_run,
+                    ..self.opts.clone()
+                },
+            )
+        }
+
+        fn run(&self, b: &SshBackend) -> kscratch_core::exec::Report {
+            self.rt.block_on(execute(
+                &self.plan,
+                &self.s,
                 b,
                 &ExecOptions {
                     connection_retries: 0,
@@ -1458,12 +1485,25 @@ mod tests {
                 },
                 &mut Quiet,
             ))
-        };
-        let b = SshBackend::new(&s, &plan, opts.clone());
-        let r = run(&b);
-        let local: Vec<usize> = (0..plan.steps.len())
-            .filter(|&i| plan.steps[i].target == Target::Local)
-            .collect();
+        }
+
+        fn local_steps(&self) -> Vec<usize> {
+            (0..self.plan.steps.len())
+                .filter(|&i| self.plan.steps[i].target == Target::Local)
+                .collect()
+        }
+    }
+
+    /// The PKI runs locally: the first local step generates the whole store,
+    /// the others then find their material; a second run changes nothing.
+    /// Node steps fail (nothing listens on 127.0.0.1:9) as connection errors.
+    #[test]
+    fn local_pki_steps_generate_once_and_are_then_satisfied() {
+        let f = Fixture::new();
+        let (plan, dir) = (&f.plan, &f.dir);
+        let b = f.backend(false);
+        let r = f.run(&b);
+        let local = f.local_steps();
         assert!(!local.is_empty());
         assert_eq!(
             local
@@ -1509,7 +1549,7 @@ mod tests {
             .outcomes
             .iter()
             .all(|o| !matches!(o, kscratch_core::exec::Outcome::Failed { .. })));
-        let again = run(&SshBackend::new(&s, &plan, opts));
+        let again = f.run(&f.backend(false));
         assert!(local.iter().all(|&i| again.outcomes[i].name() == "ok"));
     }
 
@@ -1519,110 +1559,53 @@ mod tests {
     /// stale), and a dry run starts none.
     #[test]
     fn a_render_started_while_connecting_is_reported_by_the_first_pki_step() {
-        let s = kscratch_core::load("t.yaml", SCENARIO, None)
-            .unwrap()
-            .scenario;
-        let plan = kscratch_core::plan::plan(&s);
-        let dir = tempfile::tempdir().unwrap();
-        let opts = SshBackendOptions {
-            ssh: SshConfig::new(dir.path().join("known_hosts")),
-            scenario_dir: dir.path().to_path_buf(),
-            state_dir: dir.path().join(".kscratch/t"),
-            step_timeout: Duration::from_secs(5),
-            dry_run: true,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let dry = SshBackend::new(&s, &plan, opts.clone());
-        rt.block_on(dry.start_early_render());
-        assert!(matches!(*rt.block_on(dry.early.lock()), Early::NotStarted));
-        assert!(!opts.state_dir.exists());
-
-        let b = SshBackend::new(
-            &s,
-            &plan,
-            SshBackendOptions {
-                dry_run: false,
-                ..opts.clone()
-            },
-        );
-        rt.block_on(b.start_early_render());
-        assert!(matches!(*rt.block_on(b.early.lock()), Early::Running(_)));
-        let r = rt.block_on(execute(
-            &plan,
-            &s,
-            &b,
-            &ExecOptions {
-                connection_retries: 0,
-                ..ExecOptions::default()
-            },
-            &mut Quiet,
+        let f = Fixture::new();
+        let dry = f.backend(true);
+        f.rt.block_on(dry.start_early_render());
+        assert!(matches!(
+            *f.rt.block_on(dry.early.lock()),
+            Early::NotStarted
         ));
-        let local: Vec<usize> = (0..plan.steps.len())
-            .filter(|&i| plan.steps[i].target == Target::Local)
-            .collect();
-        let changed: Vec<usize> = local
+        assert!(!f.opts.state_dir.exists());
+
+        let b = f.backend(false);
+        f.rt.block_on(b.start_early_render());
+        assert!(matches!(*f.rt.block_on(b.early.lock()), Early::Running(_)));
+        let r = f.run(&b);
+        let local = f.local_steps();
+        let changed = local
             .iter()
-            .copied()
-            .filter(|&i| r.outcomes[i].name() == "changed")
-            .collect();
-        assert_eq!(changed.len(), 1, "{:?}", r.outcomes);
+            .filter(|&&i| r.outcomes[i].name() == "changed")
+            .count();
+        assert_eq!(changed, 1, "{:?}", r.outcomes);
         assert!(local.iter().all(|&i| r.outcomes[i].succeeded()));
-        assert!(matches!(*rt.block_on(b.early.lock()), Early::Over));
+        assert!(matches!(*f.rt.block_on(b.early.lock()), Early::Over));
         let applied = b.applied.lock().unwrap().clone();
         assert!(
             local.iter().all(|&i| applied.contains(&(i as StepRef))),
             "every PKI step counts as applied: {applied:?}"
         );
-        assert!(opts.state_dir.join("local/pki/ca.key").exists());
+        assert!(f.opts.state_dir.join("local/pki/ca.key").exists());
         // Nothing left to render: no step claims anything.
-        let again = SshBackend::new(
-            &s,
-            &plan,
-            SshBackendOptions {
-                dry_run: false,
-                ..opts
-            },
-        );
-        rt.block_on(again.start_early_render());
-        let r = rt.block_on(execute(
-            &plan,
-            &s,
-            &again,
-            &ExecOptions {
-                connection_retries: 0,
-                ..ExecOptions::default()
-            },
-            &mut Quiet,
-        ));
+        let again = f.backend(false);
+        f.rt.block_on(again.start_early_render());
+        let r = f.run(&again);
         assert!(local.iter().all(|&i| r.outcomes[i].name() == "ok"));
         assert!(again
             .applied
             .lock()
             .unwrap()
             .iter()
-            .all(|&i| plan.steps[i as usize].target != Target::Local));
+            .all(|&i| f.plan.steps[i as usize].target != Target::Local));
     }
 
     #[test]
     fn a_binary_missing_from_the_release_dir_is_not_applicable() {
-        let s = kscratch_core::load("t.yaml", SCENARIO, None)
-            .unwrap()
-            .scenario;
-        let plan = kscratch_core::plan::plan(&s);
-        let dir = tempfile::tempdir().unwrap();
+        let f = Fixture::new();
+        let (s, plan, dir, rt) = (&f.s, &f.plan, &f.dir, &f.rt);
         std::fs::create_dir_all(dir.path().join("kubernetes/server/bin")).unwrap();
         std::fs::write(dir.path().join("kubernetes/server/bin/etcd"), b"etcd").unwrap();
-        let opts = SshBackendOptions {
-            ssh: SshConfig::new(dir.path().join("known_hosts")),
-            scenario_dir: dir.path().to_path_buf(),
-            state_dir: dir.path().join(".kscratch/t"),
-            step_timeout: Duration::from_secs(5),
-            dry_run: false,
-        };
-        let b = SshBackend::new(&s, &plan, opts);
+        let b = f.backend(false);
         let cx = |id: &str| {
             let i = plan
                 .steps
@@ -1630,16 +1613,12 @@ mod tests {
                 .position(|st| plan.step_id(st) == id)
                 .unwrap();
             StepCx {
-                plan: &plan,
-                scenario: &s,
+                plan,
+                scenario: s,
                 index: i as StepRef,
                 step: &plan.steps[i],
             }
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let probe = rt.block_on(b.check(&cx("a/bin/kubelet"))).unwrap();
         let Probe::NotApplicable(reason) = probe else {
             panic!("{probe:?}")
