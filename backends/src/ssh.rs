@@ -6,8 +6,8 @@
 //! which cost 300-480 ms per command on the testbed (more on a loaded
 //! machine). The agent is started once per node (under `sudo -n` for a
 //! non-root user) and then costs a few forks per script:
-//! - a request is a header line `ID SCRIPT_LEN STDIN_LEN TIMEOUT_SECS`, the
-//!   script's bytes, then exactly `STDIN_LEN` bytes of stdin (file contents
+//! - a request is a header line `ID LINES STDIN_LEN TIMEOUT_SECS`, the
+//!   script's lines, then exactly `STDIN_LEN` bytes of stdin (file contents
 //!   and binaries, secrets included: never argv, never the script text);
 //! - the agent checks the script arrived whole (a truncated script never
 //!   runs), runs it with `sh` under coreutils `timeout` when the node has it,
@@ -285,6 +285,23 @@ struct Session {
     in_flight: bool,
 }
 
+/// A request's header line `ID LINES STDIN_LEN TIMEOUT_SECS` and its
+/// script (its stdin follows).
+fn request(id: u64, text: &str, stdin_len: u64, timeout: Duration) -> Result<Vec<u8>, String> {
+    // The agent reads the script line by line: it must end with a newline.
+    let mut text = text.to_string();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    if text.contains('\0') {
+        return Err("a script cannot contain a NUL byte".into());
+    }
+    let lines = text.bytes().filter(|&b| b == b'\n').count();
+    let mut msg = format!("{id} {lines} {stdin_len} {}\n", timeout.as_secs()).into_bytes();
+    msg.extend_from_slice(text.as_bytes());
+    Ok(msg)
+}
+
 /// One answer of the agent.
 struct Frame {
     id: u64,
@@ -377,17 +394,7 @@ impl Session {
             }
         }
         let stdin_len: u64 = parts.iter().map(|(_, n)| n).sum();
-        // The agent reads the script line by line: it must end with a newline.
-        let mut text = text.to_string();
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        if text.contains('\0') {
-            return Err("a script cannot contain a NUL byte".into());
-        }
-        let lines = text.bytes().filter(|&b| b == b'\n').count();
-        let mut msg = format!("{id} {lines} {stdin_len} {}\n", timeout.as_secs()).into_bytes();
-        msg.extend_from_slice(text.as_bytes());
+        let mut msg = request(id, text, stdin_len, timeout)?;
         for (part, len) in parts {
             match part {
                 Stdin::Bytes { bytes, .. } => msg.extend_from_slice(bytes),
@@ -1163,6 +1170,72 @@ mod tests {
             secs: 1,
         };
         assert_eq!(t.kind(), ErrorKind::Timeout);
+    }
+
+    /// Runs the agent with `sh`, writes `input` to it and closes its
+    /// stdin; returns its answers (status, stdout) and whatever it wrote
+    /// after the last one.
+    fn agent_answers(input: &[u8]) -> (Vec<(u32, String)>, String) {
+        use std::io::Read as _;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(AGENT)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let mut out = Vec::new();
+        child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+        child.wait().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut rest = text.strip_prefix("KSA-READY 1\n").unwrap();
+        let mut answers = Vec::new();
+        while let Some((header, after)) = rest.split_once('\n') {
+            let f: Vec<&str> = header.split(' ').collect();
+            assert_eq!(f[0], "KSA", "{text}");
+            let (olen, elen): (usize, usize) = (f[3].parse().unwrap(), f[4].parse().unwrap());
+            answers.push((f[2].parse().unwrap(), after[..olen].to_string()));
+            rest = &after[olen + elen..];
+        }
+        (answers, rest.to_string())
+    }
+
+    /// The agent runs each request's script, with or without stdin, in
+    /// order, and a script cut short never runs (nor does anything after
+    /// it).
+    #[test]
+    fn the_agent_runs_requests_in_order_and_never_a_cut_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let t = Duration::from_secs(30);
+        let first = request(1, "echo first; exit 3", 0, t).unwrap();
+        assert_eq!(first, b"1 1 0 30\necho first; exit 3\n");
+        let mut input = first;
+        input.extend(request(2, "x=$((6 * 7))\necho \"two $x\"\n", 0, t).unwrap());
+        input.extend(request(3, "read x; echo \"got $x\"", 6, t).unwrap());
+        input.extend(b"hello\n");
+        input.extend(request(4, "cat > /dev/null; echo drained", 3, t).unwrap());
+        input.extend(b"ab\n");
+        let (answers, rest) = agent_answers(&input);
+        assert_eq!(
+            answers,
+            [
+                (3, "first\n".to_string()),
+                (0, "two 42\n".to_string()),
+                (0, "got hello\n".to_string()),
+                (0, "drained\n".to_string()),
+            ]
+        );
+        assert_eq!(rest, "");
+        // Cut: the header promises a line more than comes.
+        let cut = request(5, &format!("touch {}\necho done", marker.display()), 0, t).unwrap();
+        let mut input = request(6, "echo before", 0, t).unwrap();
+        input.extend_from_slice(&cut[..cut.len() - "echo done\n".len()]);
+        let (answers, _) = agent_answers(&input);
+        assert_eq!(answers, [(0, "before\n".to_string())]);
+        assert!(!marker.exists(), "a cut script ran");
     }
 
     #[tokio::test]
