@@ -895,16 +895,10 @@ fn uploads_owned(
         hash_after = if hashed_after.is_empty() {
             String::new()
         } else {
-            format!(
-                "sums=$(sha256sum -- {} 2>/dev/null)\n\
-                 while read -r h n; do\n\
-                 \x20 case \"$n\" in\n\
-                 {sum_arms}\
-                 \x20 esac\n\
-                 done <<KSCRATCH_EOF\n\
-                 $sums\n\
-                 KSCRATCH_EOF\n",
-                hashed_after.join(" ")
+            each_line(
+                &format!("sha256sum -- {}", hashed_after.join(" ")),
+                "h n",
+                &sum_arms,
             )
         },
     ));
@@ -943,14 +937,26 @@ fn uploads_owned(
 /// (type, size, mode, owner, identity, name) and matched by name against
 /// `arms` (`case` arms).
 fn stat_each(paths: &str, arms: &str) -> String {
+    each_line(
+        &format!("stat -c '%f %s %a %u:%g %d:%i:%.9Y %n' -- {paths}"),
+        "t s m o k n",
+        arms,
+    )
+}
+
+/// Runs `command` (its errors discarded), reads each line of its output
+/// into `fields` (the last one `n`, a file name) and matches `n` against
+/// `arms` (`case` arms), in the script's own shell, so that the arms can
+/// set variables.
+fn each_line(command: &str, fields: &str, arms: &str) -> String {
     format!(
-        "st=$(stat -c '%f %s %a %u:%g %d:%i:%.9Y %n' -- {paths} 2>/dev/null)\n\
-         while read -r t s m o k n; do\n\
+        "out=$({command} 2>/dev/null)\n\
+         while read -r {fields}; do\n\
          \x20 case \"$n\" in\n\
          {arms}\
          \x20 esac\n\
          done <<KSCRATCH_EOF\n\
-         $st\n\
+         $out\n\
          KSCRATCH_EOF\n"
     )
 }
@@ -2923,9 +2929,15 @@ mod tests {
 
     /// Runs `text` with `sh -c`, `stdin` written to it.
     fn sh_with_stdin(text: &str, stdin: &[u8]) -> std::process::Output {
+        sh_in(text, stdin, &std::env::var("PATH").unwrap())
+    }
+
+    /// [`sh_with_stdin`] with this `PATH`.
+    fn sh_in(text: &str, stdin: &[u8], path: &str) -> std::process::Output {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(text)
+            .env("PATH", path)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -3084,18 +3096,7 @@ mod tests {
             parses(&script.text);
             let mut stdin = stdin_bytes(&script.stdin);
             damage(&mut stdin);
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(&script.text)
-                .env("PATH", &path)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(&stdin).unwrap();
-            let out = child.wait_with_output().unwrap();
+            let out = sh_in(&script.text, &stdin, &path);
             assert_eq!(out.status.code(), Some(0));
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
             let r: Vec<Result<u32, String>> = parse_uploads(files.len(), &stdout)
@@ -3228,18 +3229,7 @@ mod tests {
             std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&script.text)
-            .env("PATH", path)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = sh_in(&script.text, stdin, &path);
         assert!(
             out.status.success(),
             "{}",

@@ -390,16 +390,16 @@ impl SshBackend {
     async fn reports_early_render(&self, i: StepRef) -> bool {
         let mut early = self.early.lock().await;
         if let Early::Running(h) = &mut *early {
-            *early = match h.await {
-                Ok(Ok(report)) if !report.generated.is_empty() => Early::Done {
+            let rendered = match h.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            *early = match rendered {
+                Ok(report) if !report.generated.is_empty() => Early::Done {
                     report,
                     claimed_by: None,
                 },
-                Ok(Ok(_)) => Early::Over,
-                Ok(Err(e)) => {
-                    tracing::debug!("the key store render while connecting failed: {e}");
-                    Early::Over
-                }
+                Ok(_) => Early::Over,
                 Err(e) => {
                     tracing::debug!("the key store render while connecting failed: {e}");
                     Early::Over
@@ -414,10 +414,17 @@ impl SshBackend {
         }
     }
 
-    /// Marks every PKI step applied: one render may have made any step's
-    /// material, and the checks of the files made from it that were
-    /// fetched before the render are stale.
-    fn every_pki_step_applied(&self) {
+    /// Logs what a render made, for step `cx`, and then marks every PKI
+    /// step applied: one render may have made any step's material, and the
+    /// checks of the files made from it that were fetched before the
+    /// render are stale.
+    fn report_generated(&self, cx: &StepCx<'_>, report: &RenderReport) {
+        for e in &report.generated {
+            tracing::info!(step = %cx.id(), "generated {} ({:?})", e.name, e.why);
+        }
+        if report.generated.is_empty() {
+            return;
+        }
         if let Ok(mut a) = self.applied.lock() {
             a.extend(
                 self.plan
@@ -537,11 +544,8 @@ impl SshBackend {
             let mut early = self.early.lock().await;
             if let Early::Done { report, claimed_by } = &*early {
                 if *claimed_by == Some(cx.index) {
-                    for e in &report.generated {
-                        tracing::info!(step = %cx.id(), "generated {} ({:?})", e.name, e.why);
-                    }
+                    self.report_generated(cx, report);
                     *early = Early::Over;
-                    self.every_pki_step_applied();
                     return Ok(());
                 }
             }
@@ -557,12 +561,7 @@ impl SshBackend {
             .await
             .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))?
             .map_err(|e| StepError::failed(format!("{}: {e}", cx.id())))?;
-        for e in &report.generated {
-            tracing::info!(step = %cx.id(), "generated {} ({:?})", e.name, e.why);
-        }
-        if !report.generated.is_empty() {
-            self.every_pki_step_applied();
-        }
+        self.report_generated(cx, &report);
         self.forget_material();
         Ok(())
     }

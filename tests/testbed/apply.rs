@@ -939,12 +939,11 @@ fn apply_refuses_a_second_apply_never_installs_a_killed_upload_and_marks_a_dead_
         .spawn()
         .map_err(io)?;
     let upload_pid = upload.id();
-    let partial = PARTIAL_UPLOADS;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = 0u64;
     while Instant::now() < deadline && upload.try_wait().map_err(io)?.is_none() {
         seen = tb
-            .node_run(node1, &["sh", "-c", partial])?
+            .node_run(node1, &["sh", "-c", PARTIAL_UPLOADS])?
             .lines()
             .filter_map(|l| l.trim().parse::<u64>().ok())
             .max()
@@ -1215,14 +1214,13 @@ fn apply_finds_same_size_drift_and_rechecks_a_step_whose_session_died() -> Resul
     std::fs::write(&release, &padded).map_err(io)?;
     let padded_sum = kscratch_backends::shell_render::sha256_hex(&padded);
     drop(padded);
-    let partial = PARTIAL_UPLOADS;
     let log = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     let (applied, killed) = std::thread::scope(|s| {
         let killer = s.spawn(|| -> Result<Vec<u32>> {
             while !stop.load(Ordering::Relaxed) {
                 let seen = tb
-                    .node_run(node1, &["sh", "-c", partial])?
+                    .node_run(node1, &["sh", "-c", PARTIAL_UPLOADS])?
                     .lines()
                     .filter_map(|l| l.trim().parse::<u64>().ok())
                     .max()
