@@ -658,9 +658,10 @@ const PLACED_MARKER: &str = "kscratch-placed";
 ///   next to its destination (`.kscratch.<token>`, one per directory, all
 ///   made by one `mkdir`): release binaries and files of
 ///   [`STREAM_HASH_MIN`] or more first, each by `head` and hashed as it
-///   arrives (by `openssl dgst` where the node has it, see [`PICK_SHA256`]); then all the other files by one `tar`, from one archive at
-///   the end of stdin ([`Stdin::Parts`]). A node without `tar` receives
-///   the archive's files with two `head`s each instead;
+///   arrives ([`PICK_SHA256`]); then all the other files by one `tar`,
+///   from one archive at the end of stdin ([`Stdin::Parts`]). A node
+///   without `tar` receives the archive's files with two `head`s each
+///   instead;
 /// - the archive's headers carry each file's mode and owner, which `tar`
 ///   run by root restores; one `chmod` per mode and one `chown` set those
 ///   of the streamed files, and of any other that does not show them (cut
@@ -768,7 +769,7 @@ fn uploads_owned<'a>(
     let mut archived: Vec<(usize, u64, u64)> = Vec::new(); // (k, data offset, length)
     let mut secret = false;
     // Streamed files by mode; archived ones by mode (their indices).
-    let mut modes: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let mut streamed_modes: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let mut archived_modes: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     let mut all_temps = Vec::new();
     let mut stat_arms = String::new();
@@ -828,7 +829,7 @@ fn uploads_owned<'a>(
                 sha = want.sha256
             ));
             stdin_parts.push(stdin.clone());
-            modes
+            streamed_modes
                 .entry(want.mode)
                 .or_default()
                 .push(format!("\"$t{k}\""));
@@ -899,11 +900,15 @@ fn uploads_owned<'a>(
     }
     let temps = all_temps.join(" ");
     // The streamed files were made by `tee`, under the agent's umask.
-    for (mode, ts) in &modes {
+    for (mode, ts) in &streamed_modes {
         text.push_str(&format!("chmod {mode:04o} {} 2>/dev/null\n", ts.join(" ")));
     }
-    if !modes.is_empty() {
-        let streamed: Vec<&str> = modes.values().flatten().map(String::as_str).collect();
+    if !streamed_modes.is_empty() {
+        let streamed: Vec<&str> = streamed_modes
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
         text.push_str(&format!(
             "chown {owner} {} 2>/dev/null\n",
             streamed.join(" ")
@@ -1352,8 +1357,9 @@ fn set_sysctl(key: &str, value: &str) -> R<StepScripts> {
     let f = q(&file)?;
     let text = format!("{key} = {value}");
     let line = q(&text)?;
-    // The shell writes the value itself where the key names its file
-    // (a `/` in a key stands for a `.` in an interface name: `sysctl` then).
+    // The shell writes the value to its /proc/sys file (no program); a key
+    // written with `/` separators (an interface name with a `.`) goes
+    // through `sysctl`, which knows that form.
     let write = if key.contains('/') {
         format!("sysctl -q -w {}", q(&format!("{key}={value}"))?)
     } else {
