@@ -587,12 +587,7 @@ fn upload_owned(want: &FileWant, stdin: Stdin, owner: &str) -> R<StepScripts> {
          exit 0\n"
     );
     let dir = q(parent(dest))?;
-    let short = q(&format!(
-        "upload of {dest} cut short, the previous file is kept: expected {size} bytes, received"
-    ))?;
-    let corrupt = q(&format!(
-        "upload of {dest} does not match its SHA-256 {sha256}, the previous file is kept"
-    ))?;
+    let (short, corrupt) = refusals(want)?;
     // No `set -e` and no subshell: [`apply_then_check`] runs this in the
     // script's own shell, so that the check after it can read `$hashed`.
     let apply = format!(
@@ -628,6 +623,22 @@ fn upload_owned(want: &FileWant, stdin: Stdin, owner: &str) -> R<StepScripts> {
         apply: Script::with_stdin(apply, stdin),
         verify: Some(Script::new(verify)),
     })
+}
+
+/// Why a received file is refused, quoted for `echo`: cut short (the
+/// received size follows as the next word), or other bytes than `want`'s.
+fn refusals(want: &FileWant) -> R<(String, String)> {
+    let FileWant {
+        path, size, sha256, ..
+    } = want;
+    Ok((
+        q(&format!(
+            "upload of {path} cut short, the previous file is kept: expected {size} bytes, received"
+        ))?,
+        q(&format!(
+            "upload of {path} does not match its SHA-256 {sha256}, the previous file is kept"
+        ))?,
+    ))
 }
 
 fn write_file(path: &str, mode: u32, bytes: &[u8], secret: bool) -> R<StepScripts> {
@@ -840,14 +851,7 @@ fn uploads_owned<'a>(
             "    \"$t{k}\") z{k}=$s; [ \"$t $s $m $o\" = {meta} ] && i{k}=$k ;;\n",
             meta = q(&meta)?
         ));
-        let short = q(&format!(
-            "upload of {} cut short, the previous file is kept: expected {size} bytes, received",
-            want.path
-        ))?;
-        let corrupt = q(&format!(
-            "upload of {} does not match its SHA-256 {}, the previous file is kept",
-            want.path, want.sha256
-        ))?;
+        let (short, corrupt) = refusals(want)?;
         let wrong = q(&format!(
             "the received copy of {} is not a regular file with mode {:o} owned by {owner}, the previous file is kept",
             want.path, want.mode

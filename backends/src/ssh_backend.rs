@@ -1079,9 +1079,10 @@ impl Backend for SshBackend {
         let mut parts: Vec<(FileWant, Stdin)> = Vec::new();
         let mut rest = Vec::with_capacity(sent.len());
         for (k, s) in sent {
+            // A path the batch cannot take keeps its own upload script.
             match self
                 .file_want(&cxs[k])
-                .filter(|_| !matches!(s.apply.stdin, Stdin::Empty))
+                .filter(|w| w.batchable() && !matches!(s.apply.stdin, Stdin::Empty))
             {
                 Some(w) => {
                     files.push((k, w.clone()));
