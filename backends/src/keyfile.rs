@@ -107,6 +107,20 @@ pub fn check_private_key_permissions(path: &Path) -> Result<(), KeyFileError> {
 /// disk before the rename, and the directory after it, so a crash leaves
 /// either the old content or the new one.
 pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
+    write_secret(path, bytes, true)
+}
+
+/// [`write_secret_file`] without the two flushes, for a copy that is
+/// rendered again from durable material on the next run (a node's file in
+/// the render tree): a killed process still leaves the old content or the
+/// new one, and only a crash of the machine itself may lose the new one.
+/// The flushes cost a disk round trip each, two per file, on a first
+/// apply's critical path.
+pub fn write_secret_copy(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
+    write_secret(path, bytes, false)
+}
+
+fn write_secret(path: &Path, bytes: &[u8], flush: bool) -> Result<(), KeyFileError> {
     if path.file_name().is_none() {
         return Err(KeyFileError::NoFileName {
             path: path.to_path_buf(),
@@ -149,9 +163,11 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> 
         .map_err(io_err("cannot set mode 0600 on temporary file for", path))?;
     tmp.write_all(bytes)
         .map_err(io_err("cannot write temporary file for", path))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io_err("cannot flush temporary file for", path))?;
+    if flush {
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_err("cannot flush temporary file for", path))?;
+    }
     tmp.persist(path).map_err(|e| KeyFileError::Io {
         action: "cannot rename temporary file onto",
         path: path.to_path_buf(),
@@ -159,9 +175,11 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> 
     })?;
     // Flush the rename itself; a failure here does not undo the write, but is
     // reported because durability was asked for.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("cannot flush directory", dir))?;
+    if flush {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("cannot flush directory", dir))?;
+    }
     Ok(())
 }
 
@@ -244,32 +262,40 @@ mod tests {
         ));
     }
 
+    type Writer = fn(&Path, &[u8]) -> Result<(), KeyFileError>;
+    /// The flushed writer and the one for copies: the same file either way.
+    const WRITERS: [Writer; 2] = [write_secret_file, write_secret_copy];
+
     #[test]
     fn secret_file_is_0600_in_a_new_0700_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let ssh_dir = dir.path().join("home/.ssh");
-        let key = ssh_dir.join("id_ed25519");
-        write_secret_file(&key, b"secret").unwrap();
-        assert_eq!(fs::read(&key).unwrap(), b"secret");
-        assert_eq!(mode_of(&key), 0o600);
-        assert_eq!(mode_of(&ssh_dir), 0o700);
-        check_private_key_permissions(&key).unwrap();
+        for write in WRITERS {
+            let dir = tempfile::tempdir().unwrap();
+            let ssh_dir = dir.path().join("home/.ssh");
+            let key = ssh_dir.join("id_ed25519");
+            write(&key, b"secret").unwrap();
+            assert_eq!(fs::read(&key).unwrap(), b"secret");
+            assert_eq!(mode_of(&key), 0o600);
+            assert_eq!(mode_of(&ssh_dir), 0o700);
+            check_private_key_permissions(&key).unwrap();
+        }
     }
 
     #[test]
     fn secret_file_replaces_an_open_file_and_leaves_no_temporaries() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("token");
-        write_with_mode(&key, 0o644);
-        write_secret_file(&key, b"new content").unwrap();
-        assert_eq!(fs::read(&key).unwrap(), b"new content");
-        assert_eq!(mode_of(&key), 0o600);
-        // An existing parent keeps its mode; only a created one gets 0700.
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("token")]);
+        for write in WRITERS {
+            let dir = tempfile::tempdir().unwrap();
+            let key = dir.path().join("token");
+            write_with_mode(&key, 0o644);
+            write(&key, b"new content").unwrap();
+            assert_eq!(fs::read(&key).unwrap(), b"new content");
+            assert_eq!(mode_of(&key), 0o600);
+            // An existing parent keeps its mode; only a created one gets 0700.
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, vec![std::ffi::OsString::from("token")]);
+        }
     }
 
     #[test]

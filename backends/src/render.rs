@@ -11,10 +11,12 @@
 //! generated again only when its spec's fingerprint changed (a new SAN, a
 //! new group...), when its CA was regenerated, or when its files are gone;
 //! the report says which and why. Private keys, tokens and kubeconfigs are
-//! written 0600 through [`crate::keyfile::write_secret_file`], everything
-//! else 0644. The report names files and certificates, never their content.
+//! written 0600, everything else 0644: the key store through
+//! [`crate::keyfile::write_secret_file`], flushed to disk, and the nodes'
+//! copies, rendered again from it on every run, through
+//! [`crate::keyfile::write_secret_copy`], not flushed. The report names files and certificates, never their content.
 
-use crate::keyfile::{write_secret_file, KeyFileError};
+use crate::keyfile::{write_secret_copy, write_secret_file, KeyFileError};
 use crate::pki::{self, KeyAndCert, PkiError};
 use kscratch_core::plan::{Action, Asset, Ca, Cert, KubeconfigUser, Plan, Target};
 use kscratch_core::render::{
@@ -228,7 +230,8 @@ fn put_file(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, Error> {
         mkdir(dir, 0o755)?;
     }
     if mode & 0o077 == 0 {
-        write_secret_file(path, bytes)?;
+        // Rendered again from the key store, which is flushed, on every run.
+        write_secret_copy(path, bytes)?;
         if mode != 0o600 {
             set_mode(path, mode)?;
         }
