@@ -14,7 +14,8 @@
 //! written 0600, everything else 0644: the key store through
 //! [`crate::keyfile::write_secret_file`], flushed to disk, and the nodes'
 //! copies, rendered again from it on every run, through
-//! [`crate::keyfile::write_secret_copy`], not flushed. The report names files and certificates, never their content.
+//! [`crate::keyfile::write_secret_copy`], not flushed. The report names
+//! files and certificates, never their content.
 
 use crate::keyfile::{write_secret_copy, write_secret_file, KeyFileError};
 use crate::pki::{self, KeyAndCert, PkiError};

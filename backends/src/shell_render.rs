@@ -2421,7 +2421,7 @@ fn sort_lines(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kscratch_core::plan::{plan, Target};
     use std::process::Command;
@@ -3002,7 +3002,7 @@ mod tests {
     }
 
     /// Runs `text` with `sh -c`, `stdin` written to it.
-    fn sh_with_stdin(text: &str, stdin: &[u8]) -> std::process::Output {
+    pub(crate) fn sh_with_stdin(text: &str, stdin: &[u8]) -> std::process::Output {
         sh_in(text, stdin, &std::env::var("PATH").unwrap())
     }
 

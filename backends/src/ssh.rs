@@ -1176,20 +1176,8 @@ mod tests {
     /// stdin; returns its answers (status, stdout) and whatever it wrote
     /// after the last one.
     fn agent_answers(input: &[u8]) -> (Vec<(u32, String)>, String) {
-        use std::io::Read as _;
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(AGENT)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        let mut out = Vec::new();
-        child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-        child.wait().unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let out = crate::shell_render::tests::sh_with_stdin(AGENT, input);
+        let text = String::from_utf8(out.stdout).unwrap();
         let mut rest = text.strip_prefix("KSA-READY 1\n").unwrap();
         let mut answers = Vec::new();
         while let Some((header, after)) = rest.split_once('\n') {
