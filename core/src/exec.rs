@@ -310,9 +310,12 @@ pub async fn execute(
     }
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-    let mut ready: BTreeSet<StepRef> = (0..n as StepRef)
-        .filter(|&i| pending[i as usize] == 0)
-        .collect();
+    let mut ready = Ready::new(plan, &counts, &dependents);
+    for i in 0..n as StepRef {
+        if pending[i as usize] == 0 {
+            ready.insert(i);
+        }
+    }
     // Units in flight (one step, or a batch of one target's steps); each
     // ends with its target. Their steps' outcomes come through `finished`
     // one by one, as soon as each is known.
@@ -346,19 +349,37 @@ pub async fn execute(
     }
 
     while done < n {
-        // Start the lowest-numbered ready steps that fit the limits (and, in
-        // a rollout, whose wave is open); a ready step of a target that is
-        // starting a unit now joins it, up to `batch` steps.
+        // Start the ready steps that fit the limits (and, in a rollout, whose
+        // wave is open), in `Ready`'s order, the chain to a health wait
+        // first; a wait only once its node has no other ready step (it only
+        // polls: the node's work goes first, and the daemon comes up
+        // meanwhile; per node, one unit runs at a time). A ready step of a target that is starting a
+        // unit now joins it, up to `batch` steps, if it is as urgent as the
+        // unit's first step: a less urgent one waits for the next unit, so
+        // the urgent unit is not held up by it.
+        let may_start = |i: StepRef| gate.as_ref().is_none_or(|g| g.may_start(i));
+        // Targets with ready work: their health waits yield to it.
+        let working: BTreeSet<Target> = ready
+            .iter()
+            .filter(|&i| may_start(i) && !waits_on_others(&plan.steps[i as usize]))
+            .map(|i| plan.steps[i as usize].target)
+            .collect();
         let mut units: Vec<Vec<StepRef>> = Vec::new();
-        for &i in &ready {
-            if gate.as_ref().is_some_and(|g| !g.may_start(i)) {
+        for i in ready.iter() {
+            if !may_start(i) {
                 continue;
             }
             let step = &plan.steps[i as usize];
+            if waits_on_others(step) && working.contains(&step.target) {
+                continue;
+            }
             if batchable(step) {
                 if let Some(u) = units.iter_mut().find(|u| {
                     let first = &plan.steps[u[0] as usize];
-                    first.target == step.target && u.len() < batch && batchable(first)
+                    first.target == step.target
+                        && u.len() < batch
+                        && batchable(first)
+                        && ready.urgency(u[0]) == ready.urgency(i)
                 }) {
                     u.push(i);
                     continue;
@@ -388,7 +409,7 @@ pub async fn execute(
         for unit in units {
             let mut run = Vec::with_capacity(unit.len());
             for i in unit {
-                ready.remove(&i);
+                ready.remove(i);
                 // A step whose dependency did not succeed is skipped, not run; so
                 // is a wave's step after the rollout stopped.
                 let skipped = gate.as_ref().and_then(|g| g.stopped(plan, i)).or_else(|| {
@@ -464,17 +485,84 @@ pub async fn execute(
     }
 }
 
+/// The ready steps, in the order the scheduler considers them: the most
+/// urgent first, the step with the most health waits on its longest chain
+/// of dependents, then plan order. On a control-plane node the most urgent
+/// are etcd's binary, certificates and unit, whose wait the apiserver's
+/// manifests then wait for: etcd starts, and elects itself, while the
+/// node's other files go up, rather than after them.
+///
+/// The order only chooses among steps whose dependencies are done: it never
+/// changes what runs, only when, and the simulator (which runs in plan
+/// order) is unaffected.
+struct Ready {
+    set: BTreeSet<(std::cmp::Reverse<u32>, StepRef)>,
+    /// Per step: its urgency.
+    urgency: Vec<u32>,
+}
+
+impl Ready {
+    /// The keys of `plan`'s steps, from the dependents of each (`counts`
+    /// and `dependents`, the scheduler's CSR of the dependencies it honours).
+    fn new(plan: &Plan, counts: &[u32], dependents: &[StepRef]) -> Ready {
+        let n = plan.steps.len();
+        let mut urgency = vec![0u32; n];
+        // Every dependency comes earlier in the plan: dependents first.
+        for i in (0..n).rev() {
+            let waits = matches!(
+                plan.steps[i].action,
+                crate::plan::Action::WaitHealthy { .. }
+            );
+            let after = dependents[counts[i] as usize..counts[i + 1] as usize]
+                .iter()
+                .map(|&d| urgency[d as usize])
+                .max()
+                .unwrap_or(0);
+            urgency[i] = after + u32::from(waits);
+        }
+        Ready {
+            set: BTreeSet::new(),
+            urgency,
+        }
+    }
+
+    fn key(&self, i: StepRef) -> (std::cmp::Reverse<u32>, StepRef) {
+        (std::cmp::Reverse(self.urgency[i as usize]), i)
+    }
+
+    fn urgency(&self, i: StepRef) -> u32 {
+        self.urgency[i as usize]
+    }
+
+    fn insert(&mut self, i: StepRef) {
+        self.set.insert(self.key(i));
+    }
+
+    fn remove(&mut self, i: StepRef) {
+        self.set.remove(&self.key(i));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = StepRef> + '_ {
+        self.set.iter().map(|&(_, i)| i)
+    }
+}
+
+/// A health wait or a cluster validation: it waits on other machines or
+/// daemons rather than doing work.
+fn waits_on_others(step: &Step) -> bool {
+    matches!(
+        step.action,
+        crate::plan::Action::WaitHealthy { .. } | crate::plan::Action::ValidateCluster { .. }
+    )
+}
+
 /// Whether a step may share a batch: a remote step that is not a health
 /// wait or a cluster validation, which wait on other machines (what was
 /// batched with them would wait too). The operator's own steps cost no
 /// round trip, and one of them may make what the others check (one key
 /// store render generates every missing key): they run one by one.
 fn batchable(step: &Step) -> bool {
-    step.target != Target::Local
-        && !matches!(
-            step.action,
-            crate::plan::Action::WaitHealthy { .. } | crate::plan::Action::ValidateCluster { .. }
-        )
+    step.target != Target::Local && !waits_on_others(step)
 }
 
 /// Runs one unit: a lone step as [`run_step`] does; a batch's checks in
@@ -756,7 +844,7 @@ fn finish(
     pending: &mut [u32],
     counts: &[u32],
     dependents: &[StepRef],
-    ready: &mut BTreeSet<StepRef>,
+    ready: &mut Ready,
 ) {
     outcomes[i as usize] = Some(o);
     for &d in &dependents[counts[i as usize] as usize..counts[i as usize + 1] as usize] {
@@ -1241,6 +1329,102 @@ mod tests {
         assert!(one.batches.lock().unwrap().is_empty());
         let again = run_batching(&p, &s, &b, &ExecOptions::default());
         assert_eq!(again.count("ok"), p.steps.len());
+    }
+
+    #[test]
+    fn etcds_inputs_go_first_and_a_wait_yields_to_its_nodes_other_work() {
+        // etcd as a static pod (the kubelet is one of its inputs), and as a
+        // service (it needs only its binary, certificates and unit).
+        for extra in ["", "etcd: {runAs: service}\n"] {
+            let text = format!("cluster: {{name: t, kubernetesVersion: \"1.30.0\"}}\nnodes:\n  - {{name: a, ip: 192.168.0.1, roles: [control-plane, etcd, worker]}}\n  - {{name: b, ip: 192.168.0.2}}\n{extra}");
+            let s = crate::load("t.yaml", &text, None).unwrap().scenario;
+            let p = crate::plan::plan(&s);
+            etcd_goes_first(&s, &p);
+        }
+    }
+
+    #[test]
+    fn urgency_counts_the_health_waits_ahead() {
+        let text = "cluster: {name: t, kubernetesVersion: \"1.30.0\"}\nnodes:\n  - {name: a, ip: 192.168.0.1, roles: [control-plane, etcd, worker]}\n  - {name: b, ip: 192.168.0.2}\netcd: {runAs: service}\n";
+        let s = crate::load("t.yaml", text, None).unwrap().scenario;
+        let p = crate::plan::plan(&s);
+        let n = p.steps.len();
+        let (mut counts, mut dependents) = (vec![0u32; n + 1], Vec::new());
+        for i in 0..n {
+            for (j, st) in p.steps.iter().enumerate() {
+                if p.deps(st).contains(&(i as StepRef)) {
+                    dependents.push(j as StepRef);
+                }
+            }
+            counts[i + 1] = dependents.len() as u32;
+        }
+        let ready = Ready::new(&p, &counts, &dependents);
+        let u = |name: &str| {
+            let i = (0..n as StepRef).find(|&i| p.step_id(&p.steps[i as usize]) == name);
+            ready.urgency(i.unwrap_or_else(|| panic!("no step {name}")))
+        };
+        // etcd's wait, then the apiserver's, then the controller manager's.
+        assert_eq!(u("a/wait/kube-controller-manager"), 1);
+        assert_eq!(u("a/wait/kube-apiserver"), 2);
+        assert_eq!(u("a/wait/etcd"), 3);
+        assert_eq!(u("a/service/etcd"), 3);
+        assert_eq!(u("a/bin/etcd"), 3);
+        // The kubelet comes before the apiserver's wait, not etcd's.
+        assert_eq!(u("a/bin/kubelet"), 2);
+        // Nothing waits on kube-proxy, nor on a worker.
+        assert_eq!(u("a/service/kube-proxy"), 0);
+        assert_eq!(u("b/bin/kubelet"), 0);
+    }
+
+    fn etcd_goes_first(s: &Scenario, p: &Plan) {
+        let b = Batching::new(&[], &[]);
+        let r = run_batching(p, s, &b, &ExecOptions::default());
+        assert!(r.succeeded(), "{:?}", r.outcomes);
+        let id = |i: StepRef| p.step_id(&p.steps[i as usize]);
+        let wait = (0..p.steps.len() as StepRef)
+            .find(|&i| id(i) == "a/wait/etcd")
+            .unwrap();
+        let etcd = p.deps(&p.steps[wait as usize])[0];
+        let inputs = ancestors(p, etcd);
+        let log = b.inner.log.lock().unwrap().clone();
+        let on_a: Vec<StepRef> = log
+            .iter()
+            .copied()
+            .filter(|&i| p.steps[i as usize].target == p.steps[etcd as usize].target)
+            .collect();
+        // etcd starts before any of node a's steps it does not need.
+        let started = on_a.iter().position(|&i| i == etcd).unwrap();
+        for &i in &on_a[..started] {
+            assert!(inputs.contains(&i), "{} went before etcd's start", id(i));
+        }
+        // Its batches held nothing else, so nothing else delayed them.
+        for batch in b.batches.lock().unwrap().iter() {
+            if batch.iter().any(|i| inputs.contains(i) || *i == etcd) {
+                for i in batch {
+                    assert!(
+                        inputs.contains(i) || *i == etcd,
+                        "{} batched with etcd's inputs",
+                        id(*i)
+                    );
+                }
+            }
+        }
+        // The wait came after every step of node a that was ready before it
+        // and that it does not gate.
+        let waited = on_a.iter().position(|&i| i == wait).unwrap();
+        let gated: BTreeSet<StepRef> = (0..p.steps.len() as StepRef)
+            .filter(|&j| ancestors(p, j).contains(&wait))
+            .collect();
+        for &i in &on_a[waited + 1..] {
+            assert!(
+                gated.contains(&i)
+                    || ancestors(p, i)
+                        .iter()
+                        .any(|d| on_a[waited + 1..].contains(d)),
+                "{} waited behind a/wait/etcd",
+                id(i)
+            );
+        }
     }
 
     #[test]
