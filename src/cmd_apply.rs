@@ -62,7 +62,10 @@ pub struct ApplyArgs {
     /// Steps in flight at once, over all nodes.
     #[arg(long, value_name = "N", default_value_t = 16)]
     parallel: usize,
-    /// Steps in flight at once on one node.
+    /// Units (a step, or a batch of a node's steps) in flight at once on one
+    /// node. A node's units share its one agent session, which runs one
+    /// request at a time: more than 1 only queues the next unit behind the
+    /// running one.
     #[arg(long, value_name = "N", default_value_t = 1)]
     per_node: usize,
     /// Seconds one remote command may take (health waits get their own timeout on top).
