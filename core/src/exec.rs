@@ -288,26 +288,7 @@ pub async fn execute(
         return execute_in_order(plan, scenario, backend, opts, observer).await;
     }
     let n = plan.steps.len();
-    // Dependents in one flat array (CSR), like the plan's own dependency pool.
-    let mut pending = vec![0u32; n];
-    let mut counts = vec![0u32; n + 1];
-    for i in 0..n {
-        for d in deps_of(plan, opts, i as StepRef) {
-            pending[i] += 1;
-            counts[d as usize + 1] += 1;
-        }
-    }
-    for i in 0..n {
-        counts[i + 1] += counts[i];
-    }
-    let mut fill = counts.clone();
-    let mut dependents = vec![0 as StepRef; counts[n] as usize];
-    for i in 0..n {
-        for d in deps_of(plan, opts, i as StepRef) {
-            dependents[fill[d as usize] as usize] = i as StepRef;
-            fill[d as usize] += 1;
-        }
-    }
+    let (mut pending, counts, dependents) = dependents_of(plan, opts);
 
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     let mut ready = Ready::new(plan, &counts, &dependents);
@@ -353,10 +334,10 @@ pub async fn execute(
         // wave is open), in `Ready`'s order, the chain to a health wait
         // first; a wait only once its node has no other ready step (it only
         // polls: the node's work goes first, and the daemon comes up
-        // meanwhile; per node, one unit runs at a time). A ready step of a target that is starting a
-        // unit now joins it, up to `batch` steps, if it is as urgent as the
-        // unit's first step: a less urgent one waits for the next unit, so
-        // the urgent unit is not held up by it.
+        // meanwhile; per node, one unit runs at a time). A ready step of a
+        // target that is starting a unit now joins it, up to `batch` steps,
+        // if it is as urgent as the unit's first step: a less urgent one
+        // waits for the next unit, so the urgent unit is not held up by it.
         let may_start = |i: StepRef| gate.as_ref().is_none_or(|g| g.may_start(i));
         // Targets with ready work: their health waits yield to it.
         let working: BTreeSet<Target> = ready
@@ -485,6 +466,33 @@ pub async fn execute(
     }
 }
 
+/// Each step's number of dependencies the scheduler waits for, and its
+/// dependents in one flat array (CSR, like the plan's own dependency
+/// pool): those of step `i` are `dependents[counts[i]..counts[i + 1]]`.
+fn dependents_of(plan: &Plan, opts: &ExecOptions) -> (Vec<u32>, Vec<u32>, Vec<StepRef>) {
+    let n = plan.steps.len();
+    let mut pending = vec![0u32; n];
+    let mut counts = vec![0u32; n + 1];
+    for i in 0..n {
+        for d in deps_of(plan, opts, i as StepRef) {
+            pending[i] += 1;
+            counts[d as usize + 1] += 1;
+        }
+    }
+    for i in 0..n {
+        counts[i + 1] += counts[i];
+    }
+    let mut fill = counts.clone();
+    let mut dependents = vec![0 as StepRef; counts[n] as usize];
+    for i in 0..n {
+        for d in deps_of(plan, opts, i as StepRef) {
+            dependents[fill[d as usize] as usize] = i as StepRef;
+            fill[d as usize] += 1;
+        }
+    }
+    (pending, counts, dependents)
+}
+
 /// The ready steps, in the order the scheduler considers them: the most
 /// urgent first, the step with the most health waits on its longest chain
 /// of dependents, then plan order. On a control-plane node the most urgent
@@ -502,8 +510,9 @@ struct Ready {
 }
 
 impl Ready {
-    /// The keys of `plan`'s steps, from the dependents of each (`counts`
-    /// and `dependents`, the scheduler's CSR of the dependencies it honours).
+    /// The urgency of `plan`'s steps, from the dependents of each (`counts`
+    /// and `dependents` from [`dependents_of`]: the dependencies the
+    /// scheduler honours).
     fn new(plan: &Plan, counts: &[u32], dependents: &[StepRef]) -> Ready {
         let n = plan.steps.len();
         let mut urgency = vec![0u32; n];
@@ -1024,8 +1033,14 @@ mod tests {
     }
 
     fn guide() -> (Scenario, Plan) {
-        let text = "cluster: {name: t, kubernetesVersion: \"1.30.0\"}\nnodes:\n  - {name: a, ip: 192.168.0.1, roles: [control-plane, etcd, worker]}\n  - {name: b, ip: 192.168.0.2}\n";
-        let s = crate::load("t.yaml", text, None).unwrap().scenario;
+        two_nodes("")
+    }
+
+    /// Node `a` (control plane, etcd, worker) and worker `b`, with `extra`
+    /// YAML at the end.
+    fn two_nodes(extra: &str) -> (Scenario, Plan) {
+        let text = format!("cluster: {{name: t, kubernetesVersion: \"1.30.0\"}}\nnodes:\n  - {{name: a, ip: 192.168.0.1, roles: [control-plane, etcd, worker]}}\n  - {{name: b, ip: 192.168.0.2}}\n{extra}");
+        let s = crate::load("t.yaml", &text, None).unwrap().scenario;
         let p = crate::plan::plan(&s);
         (s, p)
     }
@@ -1336,28 +1351,16 @@ mod tests {
         // etcd as a static pod (the kubelet is one of its inputs), and as a
         // service (it needs only its binary, certificates and unit).
         for extra in ["", "etcd: {runAs: service}\n"] {
-            let text = format!("cluster: {{name: t, kubernetesVersion: \"1.30.0\"}}\nnodes:\n  - {{name: a, ip: 192.168.0.1, roles: [control-plane, etcd, worker]}}\n  - {{name: b, ip: 192.168.0.2}}\n{extra}");
-            let s = crate::load("t.yaml", &text, None).unwrap().scenario;
-            let p = crate::plan::plan(&s);
+            let (s, p) = two_nodes(extra);
             etcd_goes_first(&s, &p);
         }
     }
 
     #[test]
     fn urgency_counts_the_health_waits_ahead() {
-        let text = "cluster: {name: t, kubernetesVersion: \"1.30.0\"}\nnodes:\n  - {name: a, ip: 192.168.0.1, roles: [control-plane, etcd, worker]}\n  - {name: b, ip: 192.168.0.2}\netcd: {runAs: service}\n";
-        let s = crate::load("t.yaml", text, None).unwrap().scenario;
-        let p = crate::plan::plan(&s);
+        let (_, p) = two_nodes("etcd: {runAs: service}\n");
         let n = p.steps.len();
-        let (mut counts, mut dependents) = (vec![0u32; n + 1], Vec::new());
-        for i in 0..n {
-            for (j, st) in p.steps.iter().enumerate() {
-                if p.deps(st).contains(&(i as StepRef)) {
-                    dependents.push(j as StepRef);
-                }
-            }
-            counts[i + 1] = dependents.len() as u32;
-        }
+        let (_, counts, dependents) = dependents_of(&p, &ExecOptions::default());
         let ready = Ready::new(&p, &counts, &dependents);
         let u = |name: &str| {
             let i = (0..n as StepRef).find(|&i| p.step_id(&p.steps[i as usize]) == name);
